@@ -1,0 +1,192 @@
+"""Chain + rules -> torch modules and state dicts, and back to Flax; every direction uses the same rules."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from ._chain import Step, Variables, discover_chain
+from ._errors import LayerMismatchError, UnsupportedModelError, at_layer
+from ._tensors import to_numpy, to_tensor, torch_dtype
+from .rules import LayerRule, ParamMap, rule_for_flax, rule_for_torch
+
+
+class PlannedStep(NamedTuple):
+    """A step of the chain with the rule that converts it."""
+
+    step: Step
+    rule: LayerRule
+
+
+def plan(model: nn.Module, variables: Variables) -> tuple[PlannedStep, ...]:
+    """Discover the chain of ``model`` and pick a rule for each step (raises before converting anything)."""
+    return tuple(PlannedStep(step, rule_for_flax(step.layer, step.where)) for step in discover_chain(model, variables))
+
+
+def to_state_dict(model: nn.Module, variables: Variables) -> dict[str, torch.Tensor]:
+    """The torch state dict of ``model``'s parameters, keys ``"0.weight"``, ``"0.bias"``, ``"2.weight"``, ...
+
+    Arguments:
+        model: a Flax model that is (or returns) one ``nn.Sequential``.
+        variables: what ``model.init`` returned. It is not modified.
+
+    Returns:
+        New tensors (copies), laid out for torch: a Dense kernel ``(in, out)`` becomes a weight ``(out, in)``.
+
+    Raises:
+        BridgeError: when the model is not a chain, a layer has no rule, or its variables do not fit it.
+    """
+    return {key: to_tensor(array) for key, array in _torch_arrays(plan(model, variables)).items()}
+
+
+def to_torch(model: nn.Module, variables: Variables) -> torch.nn.Sequential:
+    """A ``torch.nn.Sequential`` computing what ``model`` computes with ``variables`` (same positions).
+
+    Raises:
+        BridgeError: when the model is not a chain, a layer has no rule, or its variables do not fit it.
+    """
+    planned = plan(model, variables)
+    arrays = _torch_arrays(planned)
+    modules = []
+    for step, rule in planned:
+        try:
+            modules.append(rule.make_torch(step.layer, step.variables))
+        except LayerMismatchError as e:
+            raise LayerMismatchError(f"{step.where}: {e}") from e
+    sequential = torch.nn.Sequential(*modules)
+    sequential.load_state_dict({key: to_tensor(array) for key, array in arrays.items()}, strict=True, assign=True)
+    return sequential.eval()
+
+
+def load_into(torch_module: torch.nn.Module, model: nn.Module, variables: Variables) -> torch.nn.Module:
+    """Copy ``model``'s variables into an existing torch port, after checking layer kinds, names, shapes and dtypes.
+
+    Nothing is copied unless everything fits, so a failed call leaves ``torch_module`` as it was.
+
+    Returns:
+        ``torch_module`` itself, loaded.
+
+    Raises:
+        LayerMismatchError: naming the first position whose torch module has the wrong kind, or every
+            missing, unexpected, mis-shaped or mis-typed tensor.
+    """
+    planned = plan(model, variables)
+    if not isinstance(torch_module, torch.nn.Sequential):
+        raise LayerMismatchError(f"expected a torch.nn.Sequential, got {type(torch_module).__name__}")
+    if len(torch_module) != len(planned):
+        kinds = ", ".join(step.kind for step, _ in planned)
+        raise LayerMismatchError(
+            f"the Flax chain has {len(planned)} layers ({kinds}) but the torch Sequential has {len(torch_module)}"
+        )
+    for (step, rule), module in zip(planned, torch_module, strict=True):
+        if type(module) not in rule.torch_types:
+            expected = " or ".join(t.__name__ for t in rule.torch_types)
+            raise LayerMismatchError(f"{step.where}: expected torch {expected}, found {type(module).__name__}")
+    arrays = _torch_arrays(planned)
+    target = torch_module.state_dict()
+    problems = []
+    for step, _ in planned:
+        prefix = f"{step.index}."
+        ours = {key for key in arrays if key.startswith(prefix)}
+        theirs = {key for key in target if key.startswith(prefix)}
+        problems += [
+            f"{step.where}: {problem}"
+            for problem in _key_problems(expected=ours, found=theirs, expected_side="Flax", found_side="torch")
+        ]
+        for key in sorted(ours & theirs):
+            want, have = arrays[key], target[key]
+            if tuple(want.shape) != tuple(have.shape):
+                problems.append(
+                    f"{step.where}: {key} has shape {tuple(have.shape)} in torch, Flax gives {tuple(want.shape)}"
+                )
+            elif torch_dtype(want.dtype) != have.dtype:
+                problems.append(
+                    f"{step.where}: {key} is {have.dtype} in torch, Flax gives {want.dtype}; "
+                    "cast one side explicitly (the bridge never casts silently)"
+                )
+    if problems:
+        raise LayerMismatchError("cannot load into the torch module: " + "; ".join(problems))
+    torch_module.load_state_dict({key: to_tensor(array) for key, array in arrays.items()}, strict=True)
+    return torch_module
+
+
+def to_flax(torch_sequential: torch.nn.Module) -> tuple[nn.Sequential, dict[str, Any]]:
+    """The Flax ``nn.Sequential`` and its variables equivalent to a ``torch.nn.Sequential``.
+
+    Returns:
+        ``(model, variables)``: layers named ``layers_0``, ``layers_2``, ... as Flax names a
+        Sequential used as the model; weights ``(out, in)`` become kernels ``(in, out)``.
+
+    Raises:
+        UnsupportedModelError: when the module is not a ``torch.nn.Sequential``.
+        UnknownLayerError: naming the position of a torch module with no rule.
+        LayerMismatchError: when a module holds tensors its rule does not account for, or a dtype JAX
+            would silently change (float64 without ``jax_enable_x64``).
+    """
+    if not isinstance(torch_sequential, torch.nn.Sequential):
+        raise UnsupportedModelError(
+            f"to_flax converts a torch.nn.Sequential, got {type(torch_sequential).__name__}; "
+            "wrap the layers in torch.nn.Sequential"
+        )
+    layers = []
+    variables: dict[str, dict[str, Any]] = {}
+    for index, module in enumerate(torch_sequential):
+        where = at_layer(index, str(index), f"torch {type(module).__name__}")
+        rule = rule_for_torch(module, where)
+        maps = rule.torch_param_maps(module)
+        state = module.state_dict()
+        problems = _key_problems(
+            expected={m.torch_name for m in maps}, found=set(state), expected_side="rule", found_side="module"
+        )
+        if problems:
+            raise LayerMismatchError(f"{where}: " + "; ".join(problems))
+        layers.append(rule.make_flax(module))
+        for m in maps:
+            value = _to_jax(m.torch_to_flax(to_numpy(state[m.torch_name])), f"{where} {m.torch_name}")
+            variables.setdefault(m.collection, {}).setdefault(f"layers_{index}", {})[m.flax_name] = value
+    return nn.Sequential(layers), variables
+
+
+def _torch_arrays(planned: tuple[PlannedStep, ...]) -> dict[str, np.ndarray]:
+    """Each step's variables laid out for torch (views), keyed ``"<position>.<torch name>"``."""
+    arrays: dict[str, np.ndarray] = {}
+    for step, rule in planned:
+        maps = rule.param_maps(step.layer, step.variables)
+        _check_variable_names(step, maps)
+        for m in maps:
+            arrays[f"{step.index}.{m.torch_name}"] = m.flax_to_torch(
+                np.asarray(step.variables[m.collection][m.flax_name])
+            )
+    return arrays
+
+
+def _check_variable_names(step: Step, maps: tuple[ParamMap, ...]) -> None:
+    expected = {f"{m.collection}/{m.flax_name}" for m in maps}
+    found = {f"{collection}/{name}" for collection, names in step.variables.items() for name in names}
+    problems = _key_problems(expected=expected, found=found, expected_side="rule", found_side="variables")
+    if problems:
+        raise LayerMismatchError(f"{step.where}: " + "; ".join(problems))
+
+
+def _key_problems(*, expected: set[str], found: set[str], expected_side: str, found_side: str) -> list[str]:
+    """Missing and unexpected keys, sorted, as message parts (empty when the sets agree)."""
+    problems = []
+    if missing := sorted(expected - found):
+        problems.append(f"missing in {found_side}: {', '.join(missing)}")
+    if unexpected := sorted(found - expected):
+        problems.append(f"unexpected in {found_side} (not in {expected_side}): {', '.join(unexpected)}")
+    return problems
+
+
+def _to_jax(array: np.ndarray, what: str) -> Any:
+    value = jnp.asarray(array)
+    if value.dtype != array.dtype:
+        raise LayerMismatchError(
+            f"{what}: JAX would store {array.dtype} as {value.dtype}; "
+            "enable 64-bit JAX (jax.config.update('jax_enable_x64', True)) or cast the torch module first"
+        )
+    return value

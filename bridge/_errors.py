@@ -1,0 +1,37 @@
+"""The exception hierarchy: every error the package raises is a ``BridgeError``.
+
+Each message says what is wrong, where (layer position and Flax path, or file), and what to do.
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Base of every error raised by ``bridge``."""
+
+
+class InvalidArgumentError(BridgeError, ValueError):
+    """An argument given to a bridge function is out of its domain (the message names it)."""
+
+
+class UnsupportedModelError(BridgeError):
+    """The Flax model is not a chain of layers the bridge can discover (a single ``nn.Sequential``)."""
+
+
+class UnknownLayerError(BridgeError):
+    """A layer kind (Flax module, function, or torch module) has no conversion rule."""
+
+
+class LayerMismatchError(BridgeError):
+    """Parameters or modules do not match the layer they are meant for: missing, unexpected or mis-shaped."""
+
+
+class RuleRegistrationError(BridgeError):
+    """A conversion rule was registered for a layer kind that already has one."""
+
+
+def at_layer(index: int, flax_path: tuple[str, ...] | str, kind: str) -> str:
+    """The prefix that names a layer in error messages: ``layer 2 (Dense at 'Dense_1')``."""
+    path = flax_path if isinstance(flax_path, str) else "/".join(flax_path)
+    where = f" at '{path}'" if path else ""
+    return f"layer {index} ({kind}{where})"

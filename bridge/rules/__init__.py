@@ -1,0 +1,12 @@
+"""Conversion rules, one per layer kind. Every rule module is imported here, in one place."""
+
+from . import activations as activations
+from . import dense as dense
+from ._registry import LayerRule as LayerRule
+from ._registry import ParamMap as ParamMap
+from ._registry import register as register
+from ._registry import registered_rules as registered_rules
+from ._registry import rule_for_flax as rule_for_flax
+from ._registry import rule_for_torch as rule_for_torch
+from ._registry import supported_flax_kinds as supported_flax_kinds
+from ._registry import unregister as unregister

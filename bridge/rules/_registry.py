@@ -1,0 +1,157 @@
+"""The rule registry: one rule per layer kind, keyed by type (or, for functions, by the function).
+
+A rule describes a layer kind once and serves both directions: how to build the torch module
+from a Flax layer, how to build the Flax layer from the torch module, and how each variable maps
+between them (``ParamMap``: names and an axis permutation whose inverse gives the way back).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, NamedTuple, TypeVar
+
+import flax.linen as nn
+import numpy as np
+import torch
+
+from .._errors import RuleRegistrationError, UnknownLayerError
+
+
+class ParamMap(NamedTuple):
+    """One variable of a layer in both frameworks.
+
+    ``to_torch_axes`` permutes the Flax array's axes into torch's layout (``(1, 0)`` turns a Dense
+    kernel ``(in, out)`` into a Linear weight ``(out, in)``); ``None`` keeps the layout.
+    """
+
+    collection: str
+    flax_name: str
+    torch_name: str
+    to_torch_axes: tuple[int, ...] | None = None
+
+    def flax_to_torch(self, array: np.ndarray) -> np.ndarray:
+        """Lay a Flax array out as torch expects (a view; copy it to own the memory)."""
+        return array if self.to_torch_axes is None else np.transpose(array, self.to_torch_axes)
+
+    def torch_to_flax(self, array: np.ndarray) -> np.ndarray:
+        """Lay a torch array out as Flax expects: the inverse permutation of ``flax_to_torch``."""
+        return array if self.to_torch_axes is None else np.transpose(array, np.argsort(self.to_torch_axes))
+
+
+class LayerRule:
+    """Base of the conversion rules. Subclass it, set the class attributes, and decorate with ``@register``.
+
+    Attributes:
+        kind: the name used in messages and reports (``"Dense"``).
+        flax_keys: the Flax module classes, or the functions, this rule converts (matched exactly).
+        torch_types: the torch module classes it produces and accepts back (matched exactly).
+    """
+
+    kind: ClassVar[str]
+    flax_keys: ClassVar[tuple[Any, ...]]
+    torch_types: ClassVar[tuple[type[torch.nn.Module], ...]]
+
+    def param_maps(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> tuple[ParamMap, ...]:
+        """The variables of this Flax layer and their torch names (none for parameter-free layers)."""
+        return ()
+
+    def torch_param_maps(self, module: torch.nn.Module) -> tuple[ParamMap, ...]:
+        """The variables of this torch module and their Flax names (none for parameter-free layers)."""
+        return ()
+
+    def make_torch(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> torch.nn.Module:
+        """A torch module of the right kind and shapes for this Flax layer (its values are loaded after)."""
+        raise NotImplementedError
+
+    def make_flax(self, module: torch.nn.Module) -> Any:
+        """The unbound Flax layer (module or function) equivalent to this torch module."""
+        raise NotImplementedError
+
+
+_BY_FLAX_KEY: dict[Any, LayerRule] = {}
+_BY_TORCH_TYPE: dict[type[torch.nn.Module], LayerRule] = {}
+
+RuleT = TypeVar("RuleT", bound=type[LayerRule])
+
+
+def register(rule_class: RuleT) -> RuleT:
+    """Class decorator: add a rule to the registry.
+
+    Raises:
+        RuleRegistrationError: when one of its Flax keys or torch types already has a rule.
+    """
+    rule = rule_class()
+    for key in rule.flax_keys:
+        if key in _BY_FLAX_KEY:
+            raise RuleRegistrationError(
+                f"{_key_name(key)} already has the rule {type(_BY_FLAX_KEY[key]).__name__}; "
+                f"cannot register {rule_class.__name__} for it too"
+            )
+    for torch_type in rule.torch_types:
+        if torch_type in _BY_TORCH_TYPE:
+            raise RuleRegistrationError(
+                f"torch {torch_type.__name__} already has the rule {type(_BY_TORCH_TYPE[torch_type]).__name__}; "
+                f"cannot register {rule_class.__name__} for it too"
+            )
+    _BY_FLAX_KEY.update(dict.fromkeys(rule.flax_keys, rule))
+    _BY_TORCH_TYPE.update(dict.fromkeys(rule.torch_types, rule))
+    return rule_class
+
+
+def unregister(rule_class: type[LayerRule]) -> None:
+    """Remove a rule registered with ``register`` (for tests and for replacing a rule on purpose)."""
+    for table in (_BY_FLAX_KEY, _BY_TORCH_TYPE):
+        for key in [key for key, rule in table.items() if type(rule) is rule_class]:
+            del table[key]
+
+
+def rule_for_flax(layer: Any, where: str) -> LayerRule:
+    """The rule for a Flax layer (a module, matched by exact class, or a function, matched by identity).
+
+    Raises:
+        UnknownLayerError: naming ``where`` (the layer's position and path) when no rule matches.
+    """
+    key = type(layer) if isinstance(layer, nn.Module) else layer
+    try:
+        rule = _BY_FLAX_KEY.get(key)
+    except TypeError:  # an unhashable callable
+        rule = None
+    if rule is None:
+        raise UnknownLayerError(
+            f"{where}: no conversion rule for {_key_name(key)}; supported: {', '.join(supported_flax_kinds())}. "
+            "Register one with @bridge.register_rule (see bridge.LayerRule)"
+        )
+    return rule
+
+
+def rule_for_torch(module: torch.nn.Module, where: str) -> LayerRule:
+    """The rule for a torch module, matched by exact class.
+
+    Raises:
+        UnknownLayerError: naming ``where`` when no rule matches.
+    """
+    rule = _BY_TORCH_TYPE.get(type(module))
+    if rule is None:
+        supported = ", ".join(sorted(t.__name__ for t in _BY_TORCH_TYPE))
+        raise UnknownLayerError(
+            f"{where}: no conversion rule for torch {type(module).__name__}; supported: {supported}. "
+            "Register one with @bridge.register_rule (see bridge.LayerRule)"
+        )
+    return rule
+
+
+def supported_flax_kinds() -> list[str]:
+    """Names of every Flax layer kind that has a rule, sorted."""
+    return sorted({_key_name(key) for key in _BY_FLAX_KEY})
+
+
+def registered_rules() -> list[LayerRule]:
+    """Every registered rule, once each."""
+    return list({id(rule): rule for rule in _BY_FLAX_KEY.values()}.values())
+
+
+def _key_name(key: Any) -> str:
+    if isinstance(key, type):
+        return f"{key.__module__.split('.')[0]} {key.__name__}"
+    name = getattr(key, "__name__", None)
+    return str(name) if name else repr(key)

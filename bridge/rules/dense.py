@@ -1,0 +1,45 @@
+"""``nn.Dense`` <-> ``torch.nn.Linear``: kernel ``(in, out)`` is weight ``(out, in)``, bias is bias."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import torch
+
+from .._errors import LayerMismatchError
+from .._tensors import torch_dtype
+from ._registry import LayerRule, ParamMap, register
+
+_KERNEL = ParamMap("params", "kernel", "weight", (1, 0))
+_BIAS = ParamMap("params", "bias", "bias")
+
+
+@register
+class DenseRule(LayerRule):
+    """Dense over the last axis; ``use_bias=False`` maps to ``Linear(bias=False)``."""
+
+    kind = "Dense"
+    flax_keys = (nn.Dense,)
+    torch_types = (torch.nn.Linear,)
+
+    def param_maps(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> tuple[ParamMap, ...]:
+        return (_KERNEL, _BIAS) if layer.use_bias else (_KERNEL,)
+
+    def torch_param_maps(self, module: torch.nn.Module) -> tuple[ParamMap, ...]:
+        return (_KERNEL, _BIAS) if module.bias is not None else (_KERNEL,)
+
+    def make_torch(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> torch.nn.Module:
+        kernel = variables.get("params", {}).get("kernel")
+        if kernel is None or kernel.ndim != 2:
+            found = "none" if kernel is None else f"shape {tuple(kernel.shape)}"
+            raise LayerMismatchError(f"expected a 2-D 'kernel' (in, out) in params, found {found}")
+        in_features, out_features = kernel.shape
+        return torch.nn.Linear(
+            in_features, out_features, bias=layer.use_bias, dtype=torch_dtype(kernel.dtype), device="meta"
+        )
+
+    def make_flax(self, module: torch.nn.Module) -> Any:
+        assert isinstance(module, torch.nn.Linear)
+        return nn.Dense(features=module.out_features, use_bias=module.bias is not None)

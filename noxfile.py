@@ -1,0 +1,56 @@
+"""Sessions: tests, lint, typecheck (default), check (the main job), bench (opt-in).
+
+Every environment installs ``torch==2.13.0`` before the project: on the development machine that
+pin takes the local CPU wheel, while the open range in pyproject.toml, resolved alone, would pull
+a multi-GB CUDA build. Override it elsewhere with ``TORCH_SPEC="torch==2.5.1" nox ...``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.needs_version = ">=2024.4.15"
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = False
+
+PYTHON = "3.11"
+TORCH_SPEC = os.environ.get("TORCH_SPEC", "torch==2.13.0")
+
+
+def install_project(session: nox.Session, extras: str = "") -> None:
+    """Install the pinned torch first, then the project (editable) with ``extras``."""
+    session.install(TORCH_SPEC)
+    session.install("-e", f".[{extras}]" if extras else ".")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Run the test suite (pytest arguments pass through: ``nox -s tests -- -k chain``)."""
+    install_project(session, "test")
+    session.run("pytest", "-n", "auto", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Ruff lint and format check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """Mypy (strict) on the three packages."""
+    install_project(session)
+    session.install("mypy>=1.10")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def check(session: nox.Session) -> None:
+    """The main job: convert the seed's Flax MLP to PyTorch and check both agree (arguments pass through)."""
+    install_project(session)
+    session.run("flax2torch", "check", *session.posargs)

@@ -1,0 +1,47 @@
+"""Shared fixtures and settings: fixed seeds, hypothesis profiles, and small model builders."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from hypothesis import settings
+
+settings.register_profile("default", deadline=None, max_examples=40, print_blob=True)
+settings.register_profile("thorough", deadline=None, max_examples=400, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+class SetupMLP(nn.Module):
+    """The same MLP with the Sequential built in ``setup`` (params under ``net/layers_{0,2,4}``)."""
+
+    hidden: int
+    out: int
+
+    def setup(self) -> None:
+        self.net = nn.Sequential(
+            [nn.Dense(self.hidden), jax.nn.relu, nn.Dense(self.hidden), jax.nn.relu, nn.Dense(self.out)]
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.net(x)
+
+
+def sequential_mlp(hidden: int, out: int) -> nn.Sequential:
+    """The same MLP with the Sequential as the model itself (params under ``layers_{0,2,4}``)."""
+    return nn.Sequential([nn.Dense(hidden), jax.nn.relu, nn.Dense(hidden), jax.nn.relu, nn.Dense(out)])
+
+
+def init(model: nn.Module, in_features: int, seed: int = 0) -> Any:
+    """``model.init`` on a batch of ones of width ``in_features``."""
+    return model.init(jax.random.PRNGKey(seed), np.ones((1, in_features), np.float32))
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A NumPy generator with a fixed seed, so that every run draws the same inputs."""
+    return np.random.default_rng(20261125)
