@@ -56,7 +56,7 @@ def layer_name(layer: Any) -> str:
     return str(name) if name else type(layer).__name__
 
 
-class _Refused(Exception):
+class _RefusedSignal(Exception):  # noqa: N818 (a control-flow signal, not an error)
     """Stops the trace at the first call that shows the model is not one chain (the reason is kept aside)."""
 
 
@@ -98,13 +98,13 @@ def discover_chain(model: nn.Module, variables: Variables) -> tuple[Step, ...]:
                 f"'{'/'.join(path)}' outside its nn.Sequential; the bridge converts models that are one "
                 "nn.Sequential chain: move every layer into it"
             )
-            raise _Refused
+            raise _RefusedSignal
         if found:
             refusals.append(
                 f"{type(model).__name__} calls more than one nn.Sequential; "
                 "the bridge converts a single chain: nest them in one Sequential"
             )
-            raise _Refused
+            raise _RefusedSignal
         given = args[0] if args else None
         found.append(_FoundSequential(tuple(module.layers), given is model_input[0]))
         return sentinel
@@ -121,7 +121,7 @@ def discover_chain(model: nn.Module, variables: Variables) -> tuple[Step, ...]:
     refusals: list[str] = []
     try:
         jax.eval_shape(traced, jax.ShapeDtypeStruct((1,), jnp.float32))
-    except _Refused:
+    except _RefusedSignal:
         # Raised afresh here: an error raised inside the trace would carry JAX's traceback notes.
         raise UnsupportedModelError(refusals[0]) from None
     except Exception as e:  # the user's model code may raise anything while traced

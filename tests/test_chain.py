@@ -95,12 +95,12 @@ def test_variables_outside_the_chain_are_named() -> None:
     model = flax_impl.SeqMLP(4, 2)
     variables: Any = jax.tree_util.tree_map(lambda a: a, init(model, 3))
     variables["params"]["Stray_0"] = {"w": jnp.zeros(3)}
-    with pytest.raises(bridge.UnsupportedModelError, match="no layer of its nn.Sequential owns: params/Stray_0/w"):
+    with pytest.raises(bridge.UnsupportedModelError, match=r"no layer of its nn\.Sequential owns: params/Stray_0/w"):
         bridge.to_torch(model, variables)
 
 
 def test_non_module_and_non_mapping_inputs_are_refused() -> None:
-    with pytest.raises(bridge.UnsupportedModelError, match="expected a flax.linen Module"):
+    with pytest.raises(bridge.UnsupportedModelError, match=r"expected a flax\.linen Module"):
         discover_chain(lambda x: x, {})  # type: ignore[arg-type]
     with pytest.raises(bridge.UnsupportedModelError, match="variables must be the mapping"):
         discover_chain(flax_impl.SeqMLP(4, 2), np.zeros(3))  # type: ignore[arg-type]

@@ -176,7 +176,7 @@ def test_unknown_torch_layer_is_named_with_its_position() -> None:
 
 
 def test_to_flax_refuses_a_non_sequential() -> None:
-    with pytest.raises(bridge.UnsupportedModelError, match="converts a torch.nn.Sequential, got Linear"):
+    with pytest.raises(bridge.UnsupportedModelError, match=r"converts a torch\.nn\.Sequential, got Linear"):
         bridge.to_flax(torch.nn.Linear(3, 4))
 
 

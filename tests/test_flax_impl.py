@@ -12,7 +12,7 @@ import flax_impl
 
 def test_seed_example_has_the_documented_shape_and_param_tree() -> None:
     x = jnp.array([1.0, 0.0, 0.0])
-    model, variables = flax_impl.init_variables(flax_impl.validate_run_arguments(0, x, 4, 2))
+    _, variables = flax_impl.init_variables(flax_impl.validate_run_arguments(0, x, 4, 2))
     shapes = jax.tree_util.tree_map(jnp.shape, variables)
     # DESIGN.md: the compact form binds the Dense layers to the outer module (no Sequential_0 level).
     assert shapes == {
@@ -27,7 +27,7 @@ def test_seed_example_has_the_documented_shape_and_param_tree() -> None:
 
 def test_run_equals_the_explicit_computation() -> None:
     x = np.array([0.5, -1.0, 2.0], np.float32)
-    model, variables = flax_impl.init_variables(flax_impl.validate_run_arguments(3, x, 5, 2))
+    _, variables = flax_impl.init_variables(flax_impl.validate_run_arguments(3, x, 5, 2))
     p = variables["params"]
     h = np.maximum(x @ np.asarray(p["Dense_0"]["kernel"]) + np.asarray(p["Dense_0"]["bias"]), 0)
     h = np.maximum(h @ np.asarray(p["Dense_1"]["kernel"]) + np.asarray(p["Dense_1"]["bias"]), 0)
