@@ -2,6 +2,7 @@
 
 from . import activations as activations
 from . import dense as dense
+from ._registry import BoundInputs as BoundInputs
 from ._registry import LayerRule as LayerRule
 from ._registry import ParamMap as ParamMap
 from ._registry import register as register

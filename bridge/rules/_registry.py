@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .._errors import RuleRegistrationError, UnknownLayerError
+from .._numerics import Precision
 
 
 class ParamMap(NamedTuple):
@@ -66,6 +67,28 @@ class LayerRule:
     def make_flax(self, module: torch.nn.Module) -> Any:
         """The unbound Flax layer (module or function) equivalent to this torch module."""
         raise NotImplementedError
+
+    def input_features(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> int | None:
+        """The width of the last input axis this layer expects, when its variables fix it (for random inputs)."""
+        return None
+
+    def error_bound(self, layer: Any, variables: Mapping[str, Mapping[str, Any]], bound: BoundInputs) -> np.ndarray:
+        """Per-element bound of how far two correct ports' outputs of this layer may differ.
+
+        The default suits elementwise layers with slope at most 1 that round once (activations):
+        the input error passes through, plus one rounding of the output on each side.
+        """
+        return bound.tol_in + 2.0 * bound.precision.storage * np.abs(bound.y)
+
+
+class BoundInputs(NamedTuple):
+    """What an error bound is computed from: the layer's input and output (float64 copies of the
+    reference side), the bound on the input's error (zeros in isolated mode), and the precision."""
+
+    x: np.ndarray
+    y: np.ndarray
+    tol_in: np.ndarray
+    precision: Precision
 
 
 _BY_FLAX_KEY: dict[Any, LayerRule] = {}
@@ -155,3 +178,12 @@ def _key_name(key: Any) -> str:
         return f"{key.__module__.split('.')[0]} {key.__name__}"
     name = getattr(key, "__name__", None)
     return str(name) if name else repr(key)
+
+
+def rule_or_none(layer: Any) -> LayerRule | None:
+    """The rule for a Flax layer, or None: the checker compares layers with no rule by their outputs alone."""
+    key = type(layer) if isinstance(layer, nn.Module) else layer
+    try:
+        return _BY_FLAX_KEY.get(key)
+    except TypeError:
+        return None

@@ -6,9 +6,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import numpy as np
 import torch
 
-from ._registry import LayerRule, register
+from ._registry import BoundInputs, LayerRule, register
 
 
 @register
@@ -24,3 +25,7 @@ class ReluRule(LayerRule):
 
     def make_flax(self, module: torch.nn.Module) -> Any:
         return jax.nn.relu
+
+    def error_bound(self, layer: Any, variables: Mapping[str, Mapping[str, Any]], bound: BoundInputs) -> np.ndarray:
+        """relu is exact and has slope at most 1: only the input's error passes through."""
+        return bound.tol_in

@@ -6,11 +6,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
+import numpy as np
 import torch
 
 from .._errors import LayerMismatchError
+from .._numerics import dot_error_bound, propagated_error
 from .._tensors import torch_dtype
-from ._registry import LayerRule, ParamMap, register
+from ._registry import BoundInputs, LayerRule, ParamMap, register
 
 _KERNEL = ParamMap("params", "kernel", "weight", (1, 0))
 _BIAS = ParamMap("params", "bias", "bias")
@@ -43,3 +45,17 @@ class DenseRule(LayerRule):
     def make_flax(self, module: torch.nn.Module) -> Any:
         assert isinstance(module, torch.nn.Linear)
         return nn.Dense(features=module.out_features, use_bias=module.bias is not None)
+
+    def input_features(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> int | None:
+        return int(variables["params"]["kernel"].shape[0])
+
+    def error_bound(self, layer: Any, variables: Mapping[str, Mapping[str, Any]], bound: BoundInputs) -> np.ndarray:
+        """Accumulation error of ``x @ kernel`` (fan-in K), the input error carried through the kernel, and
+        the output roundings: Flax rounds after the matmul and after the bias, torch's F.linear once."""
+        kernel = np.asarray(variables["params"]["kernel"], np.float64)
+        x = bound.x.reshape(-1, kernel.shape[0])
+        tol_in = bound.tol_in.reshape(x.shape)
+        y = bound.y.reshape(x.shape[0], -1)
+        rounding = bound.precision.storage * (np.abs(x @ kernel) + 2.0 * np.abs(y))
+        total = dot_error_bound(x, kernel, bound.precision.accumulation) + propagated_error(tol_in, kernel) + rounding
+        return total.reshape(bound.y.shape)

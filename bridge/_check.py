@@ -1,0 +1,391 @@
+"""``check_equivalence``: run a Flax model and its torch port side by side and say where they differ and why."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import traverse_util
+
+from ._capture import flax_layer_outputs, torch_layer_outputs
+from ._chain import Step, Variables, discover_chain
+from ._compare import compare
+from ._errors import InvalidArgumentError, LayerMismatchError
+from ._hints import HintContext, diagnose
+from ._numerics import Precision, gradient_tolerance
+from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow
+from ._tensors import to_numpy, to_tensor, torch_dtype
+from .rules import BoundInputs, LayerRule
+from .rules._registry import rule_or_none
+
+Loss = Callable[[Any], Any]
+
+
+class _Tolerance(NamedTuple):
+    """Explicit ``rtol``/``atol`` (both set), or None for the tolerance derived per layer."""
+
+    rtol: float
+    atol: float
+
+    def of(self, reference: np.ndarray) -> np.ndarray:
+        return self.atol + self.rtol * np.abs(reference)
+
+
+def check_equivalence(
+    model: nn.Module,
+    variables: Variables,
+    torch_module: torch.nn.Module,
+    inputs: Any = None,
+    *,
+    seed: int = 0,
+    n_inputs: int = 32,
+    dtype: Any = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    grads: bool = True,
+    loss: Loss | None = None,
+) -> EquivalenceReport:
+    """Check that ``torch_module`` computes what the Flax ``model`` computes with ``variables``, layer by layer.
+
+    Arguments:
+        model, variables: the Flax reference (an ``nn.Sequential`` chain) and what its ``init`` returned.
+        torch_module: the port, a ``torch.nn.Sequential`` whose position i is the chain's position i.
+            It is not modified (a copy is cast when ``dtype`` is given); put it in eval mode yourself.
+        inputs: an array ``(batch..., in_features)`` fed to both sides; by default ``n_inputs`` rows of
+            standard normal numbers drawn from ``seed``, as wide as the first layer expects.
+        dtype: cast both sides' floating variables and the inputs to it (``"float64"`` needs
+            ``jax_enable_x64``); by default each side computes in its own dtype.
+        rtol, atol: compare with ``atol + rtol * |flax|`` instead of the tolerance derived from each
+            layer's rounding error; setting one takes the other from ``bridge.DEFAULT_RTOL_ATOL``.
+        grads: also compare the gradients of ``loss`` with respect to the input and every parameter.
+        loss: a scalar function of the output written so that it works on a ``jax.Array`` and a
+            ``torch.Tensor`` alike (``lambda y: (y ** 2).sum()``); by default the sum of the outputs.
+
+    Returns:
+        An ``EquivalenceReport``: ``.ok``, ``.first_divergence`` (with a ``.hint``), ``.layers``, ``str()`` a table.
+
+    Raises:
+        BridgeError: when the model is not a chain, the arguments are invalid, or the torch module
+            cannot run on the inputs (the message names the position).
+    """
+    if not isinstance(torch_module, torch.nn.Sequential):
+        raise LayerMismatchError(
+            "the torch port must be a torch.nn.Sequential (position i <-> chain position i), "
+            f"got {type(torch_module).__name__}"
+        )
+    steps = discover_chain(model, variables)
+    rules = [rule_or_none(step.layer) for step in steps]
+    if dtype is not None:
+        variables, torch_module = _cast(variables, torch_module, dtype)
+    x = _inputs(inputs, steps, rules, seed, n_inputs, dtype)
+    tolerance = _explicit_tolerance(rtol, atol, x.dtype)
+
+    flax_outputs = [np.asarray(y) for y in flax_layer_outputs(model, variables, jnp.asarray(x))]
+    flax_inputs = [x, *flax_outputs[:-1]]
+    with torch.no_grad():
+        torch_final, torch_outputs = torch_layer_outputs(torch_module, to_tensor(x))
+    torch_arrays = [to_numpy(y) for y in torch_outputs]
+    children = list(torch_module)
+    structure = _structure_problem(steps, rules, children)
+    problems = [structure[1]] if structure else []
+
+    rows: list[LayerRow] = []
+    tol_in = np.zeros(x.shape)
+    isolated_bounds: list[np.ndarray] = []
+    for step, rule, x_in, y in zip(steps, rules, flax_inputs, flax_outputs, strict=True):
+        x64, y64 = np.asarray(x_in, np.float64), np.asarray(y, np.float64)
+        precision = Precision.of(y.dtype if _is_float(y.dtype) else np.float32)
+        bound_e2e = _bound(rule, step, BoundInputs(x64, y64, tol_in, precision), tolerance)
+        bound_iso = _bound(rule, step, BoundInputs(x64, y64, np.zeros_like(x64), precision), tolerance)
+        isolated_bounds.append(bound_iso)
+        has_torch = step.index < len(children)
+        end_to_end = compare(
+            y64, torch_arrays[step.index] if step.index < len(torch_arrays) else np.empty(0), bound_e2e
+        )
+        isolated = None
+        if has_torch:
+            isolated = compare(y64, _run_isolated(children[step.index], x_in, step), bound_iso)
+        rows.append(
+            LayerRow(
+                step.index,
+                step.kind,
+                "/".join(step.flax_path),
+                str(step.index) if has_torch else "",
+                type(children[step.index]).__name__ if has_torch else "",
+                end_to_end,
+                isolated,
+            )
+        )
+        tol_in = bound_e2e if bound_e2e.shape == y64.shape else np.zeros(y64.shape)
+    flax_final = np.asarray(flax_outputs[-1], np.float64)
+    last_tol = tol_in if tolerance is None else tolerance.of(flax_final)
+    output = compare(flax_final, to_numpy(torch_final), last_tol)
+
+    gradient_rows: tuple[GradientRow, ...] = ()
+    if grads and not problems:
+        gradient_rows = _gradients(model, variables, torch_module, steps, rules, x, loss or _sum, tolerance)
+
+    first = _first_divergence(
+        rows, steps, children, flax_inputs, flax_outputs, isolated_bounds, structure, gradient_rows
+    )
+    ok = not problems and all(row.ok for row in rows) and output.ok and all(g.comparison.ok for g in gradient_rows)
+    return EquivalenceReport(
+        ok=ok,
+        first_divergence=first,
+        layers=tuple(rows),
+        output=output,
+        gradients=gradient_rows,
+        problems=tuple(problems),
+        nonfinite={
+            "flax": _first_nonfinite(flax_outputs),
+            "torch": _first_nonfinite(torch_arrays),
+        },
+        settings={
+            "dtype": np.dtype(x.dtype).name,
+            "tolerance": "derived per layer"
+            if tolerance is None
+            else f"rtol={tolerance.rtol:g}, atol={tolerance.atol:g}",
+            "inputs": f"shape {tuple(x.shape)}" + (f", normal(seed={seed})" if inputs is None else ", given"),
+            "grads": bool(grads),
+        },
+    )
+
+
+def assert_equivalent(
+    model: nn.Module, variables: Variables, torch_module: torch.nn.Module, inputs: Any = None, **options: Any
+) -> EquivalenceReport:
+    """``check_equivalence`` for tests: returns the report when equivalent, else raises ``AssertionError``
+    whose message is the report's table (first divergence and hint included)."""
+    report = check_equivalence(model, variables, torch_module, inputs, **options)
+    if not report.ok:
+        raise AssertionError(f"the torch port is not equivalent to the Flax model:\n{report}")
+    return report
+
+
+def _sum(y: Any) -> Any:
+    return y.sum()
+
+
+def _explicit_tolerance(rtol: float | None, atol: float | None, dtype: Any) -> _Tolerance | None:
+    from ._numerics import DEFAULT_RTOL_ATOL
+
+    if rtol is None and atol is None:
+        return None
+    name = np.dtype(dtype).name
+    default_rtol, default_atol = DEFAULT_RTOL_ATOL.get(name, DEFAULT_RTOL_ATOL["float32"])
+    chosen = _Tolerance(default_rtol if rtol is None else float(rtol), default_atol if atol is None else float(atol))
+    if not (chosen.rtol >= 0 and chosen.atol >= 0):
+        raise InvalidArgumentError(f"rtol and atol must be >= 0, got rtol={chosen.rtol}, atol={chosen.atol}")
+    return chosen
+
+
+_GENERIC_RULE = LayerRule()  # its error_bound: slope <= 1 and one rounding, for layers with no rule
+
+
+def _bound(rule: LayerRule | None, step: Step, inputs: BoundInputs, tolerance: _Tolerance | None) -> np.ndarray:
+    """The per-element tolerance of one layer's output: explicit, or derived by the layer's rule."""
+    if tolerance is not None:
+        return tolerance.of(inputs.y)
+    if inputs.tol_in.shape != inputs.x.shape:  # the layer changes shape: its input error cannot be mapped
+        inputs = inputs._replace(tol_in=np.zeros(inputs.x.shape))
+    with np.errstate(invalid="ignore", over="ignore"):
+        bound = (rule or _GENERIC_RULE).error_bound(step.layer, step.variables, inputs)
+    return np.broadcast_to(np.asarray(bound, np.float64), inputs.y.shape)
+
+
+def _is_float(dtype: Any) -> bool:
+    return bool(jnp.issubdtype(dtype, jnp.floating))
+
+
+def _inputs(
+    inputs: Any, steps: Sequence[Step], rules: Sequence[LayerRule | None], seed: int, n_inputs: int, dtype: Any
+) -> np.ndarray:
+    if inputs is not None:
+        x = np.asarray(inputs)
+        if x.ndim == 0:
+            raise InvalidArgumentError("inputs must have rank >= 1 (features on the last axis), got a scalar")
+    else:
+        if not isinstance(n_inputs, int) or n_inputs < 1:
+            raise InvalidArgumentError(f"n_inputs must be an integer >= 1, got {n_inputs!r}")
+        first, rule = steps[0], rules[0]
+        width = rule.input_features(first.layer, first.variables) if rule is not None else None
+        if width is None:
+            raise InvalidArgumentError(
+                f"{first.where} does not fix the input width: pass inputs= (an array shaped like the model's input)"
+            )
+        first_param = next(iter(traverse_util.flatten_dict(dict(first.variables)).values()))
+        x = np.random.default_rng(seed).standard_normal((n_inputs, width)).astype(np.asarray(first_param).dtype)
+    if dtype is not None and _is_float(x.dtype):
+        x = x.astype(jnp.dtype(dtype))
+    return x
+
+
+def _cast(variables: Variables, torch_module: torch.nn.Sequential, dtype: Any) -> tuple[Any, torch.nn.Sequential]:
+    target = jnp.dtype(dtype)
+    if target == jnp.float64 and not jax.config.read("jax_enable_x64"):
+        raise InvalidArgumentError(
+            "dtype float64 needs 64-bit JAX: jax.config.update('jax_enable_x64', True) before building the model"
+        )
+    cast = jax.tree_util.tree_map(
+        lambda a: jnp.asarray(a, target) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, variables
+    )
+    return cast, copy.deepcopy(torch_module).to(torch_dtype(target))
+
+
+def _run_isolated(module: torch.nn.Module, x: np.ndarray, step: Step) -> np.ndarray:
+    try:
+        with torch.no_grad():
+            return to_numpy(module(to_tensor(x)))
+    except RuntimeError:
+        return np.full((0,), np.nan)  # cannot run on the Flax layer's input: the row shows a shape mismatch
+
+
+def _structure_problem(
+    steps: Sequence[Step], rules: Sequence[LayerRule | None], children: Sequence[torch.nn.Module]
+) -> tuple[int, str] | None:
+    """When the torch side has more or fewer layers than the chain: the position and a description.
+
+    Kinds that differ at equal length are no problem by themselves (a custom module may compute the
+    same function); the numbers decide, and the hints name a wrong kind.
+    """
+    if len(children) == len(steps):
+        return None
+
+    def fits(rule: LayerRule | None, module: torch.nn.Module) -> bool:
+        return rule is None or type(module) in rule.torch_types
+
+    pairs = zip(rules, children, strict=False)
+    first_bad = next(
+        (i for i, (rule, module) in enumerate(pairs) if not fits(rule, module)), min(len(rules), len(children))
+    )
+    if len(children) > len(steps) and all(
+        fits(r, m) for r, m in zip(rules[first_bad:], children[first_bad + 1 :], strict=False)
+    ):
+        module = children[first_bad]
+        return (
+            first_bad,
+            f"torch has an extra {type(module).__name__} at position {first_bad} "
+            "(a doubled or inserted layer): remove it",
+        )
+    if len(children) < len(steps) and all(
+        fits(r, m) for r, m in zip(rules[first_bad + 1 :], children[first_bad:], strict=False)
+    ):
+        return (
+            first_bad,
+            f"torch lacks {steps[first_bad].where}: insert the matching torch layer at position {first_bad}",
+        )
+    return first_bad, f"the Flax chain has {len(steps)} layers but the torch Sequential has {len(children)}"
+
+
+def _first_divergence(
+    rows: Sequence[LayerRow],
+    steps: Sequence[Step],
+    children: Sequence[torch.nn.Module],
+    flax_inputs: Sequence[np.ndarray],
+    flax_outputs: Sequence[np.ndarray],
+    isolated_bounds: Sequence[np.ndarray],
+    structure: tuple[int, str] | None,
+    gradient_rows: Sequence[GradientRow],
+) -> Divergence | None:
+    """The structure problem, else the first layer failing on its own input, else the first failing end to end."""
+
+    def at(index: int, mode: str, hint: str | None) -> Divergence:
+        step = steps[min(index, len(steps) - 1)]
+        torch_name = str(index) if index < len(children) else ""
+        return Divergence(index, "/".join(step.flax_path), torch_name, step.kind, mode, hint)
+
+    if structure is not None:
+        return at(structure[0], "structure", structure[1])
+    for mode, failing in (
+        ("isolated", lambda r: r.isolated is not None and not r.isolated.ok),
+        ("end to end", lambda r: not r.end_to_end.ok),
+    ):
+        row = next((r for r in rows if failing(r)), None)
+        if row is not None:
+            module = children[row.index] if row.index < len(children) else None
+            torch_out = _run_isolated(module, flax_inputs[row.index], steps[row.index]) if module is not None else None
+            context = HintContext(
+                steps[row.index],
+                module,
+                np.asarray(flax_inputs[row.index], np.float64),
+                np.asarray(flax_outputs[row.index], np.float64),
+                None if torch_out is None else np.asarray(torch_out, np.float64),
+                isolated_bounds[row.index],
+            )
+            hint = diagnose(context)
+            if hint is None and mode == "end to end":
+                hint = "each layer is within its own tolerance, but their errors compound beyond the bound"
+            return at(row.index, mode, hint)
+    bad = next((g for g in gradient_rows if not g.comparison.ok), None)
+    if bad is not None:
+        index = next((s.index for s in steps if s.flax_path and bad.name.startswith("/".join(s.flax_path) + "/")), 0)
+        return at(index, "gradient", f"outputs match but the gradient {bad.name} differs: check custom backward code")
+    return None
+
+
+def _first_nonfinite(arrays: Sequence[np.ndarray]) -> int | None:
+    for index, array in enumerate(arrays):
+        values = np.asarray(array)
+        if _is_float(values.dtype) and not np.all(np.isfinite(values.astype(np.float64))):
+            return index
+    return None
+
+
+def _gradients(model, variables, torch_module, steps, rules, x, loss, tolerance) -> tuple[GradientRow, ...]:  # type: ignore[no-untyped-def]
+    """Gradients of ``loss`` w.r.t. the input and each parameter, mapped across frameworks by the rules."""
+    params = variables["params"]
+    differentiable_x = _is_float(x.dtype)
+
+    def flax_loss(p: Any, inp: Any) -> Any:
+        return loss(model.apply({**variables, "params": p}, inp))
+
+    if differentiable_x:
+        flax_params_grad, flax_x_grad = jax.grad(flax_loss, argnums=(0, 1))(params, jnp.asarray(x))
+    else:
+        flax_params_grad, flax_x_grad = jax.grad(flax_loss)(params, jnp.asarray(x)), None
+    x_tensor = to_tensor(x).requires_grad_(differentiable_x)
+    named = dict(torch_module.named_parameters())
+    torch_loss = loss(torch_module(x_tensor))
+    wanted = ([x_tensor] if differentiable_x else []) + list(named.values())
+    torch_grads = torch.autograd.grad(torch_loss, wanted, allow_unused=True)
+    by_name = dict(zip(named, torch_grads[1:] if differentiable_x else torch_grads, strict=True))
+
+    u = Precision.of(x.dtype if differentiable_x else np.float32).accumulation
+    widths = [
+        int(d)
+        for step in steps
+        for array in traverse_util.flatten_dict(dict(step.variables)).values()
+        for d in np.shape(array)
+    ]
+    length, depth = max([*widths, int(np.prod(x.shape[:-1]))]), sum(1 for s in steps if s.variables)
+
+    def row(name: str, reference: np.ndarray, candidate: torch.Tensor | None) -> GradientRow:
+        ref = np.asarray(reference, np.float64)
+        tol = tolerance.of(ref) if tolerance is not None else gradient_tolerance(ref, length, depth, u)
+        got = np.zeros_like(ref) if candidate is None else to_numpy(candidate).astype(np.float64)
+        return GradientRow(name, compare(ref, got, tol))
+
+    rows = []
+    if flax_x_grad is not None:
+        rows.append(row("input", np.asarray(flax_x_grad), torch_grads[0]))
+    for step, rule in zip(steps, rules, strict=True):
+        if rule is None:
+            continue
+        for m in rule.param_maps(step.layer, step.variables):
+            if m.collection != "params":
+                continue
+            node = flax_params_grad
+            for key in step.flax_path:
+                node = node[key]
+            reference = m.flax_to_torch(np.asarray(node[m.flax_name]))
+            torch_name = f"{step.index}.{m.torch_name}"
+            rows.append(
+                row(f"{'/'.join(step.flax_path)}/{m.flax_name} <-> {torch_name}", reference, by_name.get(torch_name))
+            )
+    return tuple(rows)

@@ -1,0 +1,81 @@
+"""Compare a candidate array with a reference under a per-element tolerance, with the statistics people ask for.
+
+NaN against NaN and an infinity against the same infinity count as equal; a non-finite value
+against anything else is a mismatch, never masked.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Comparison(NamedTuple):
+    """Error statistics of one pair of arrays (reference = Flax, candidate = torch).
+
+    ``worst_ratio`` is the largest error / tolerance: the comparison passes when it is at most 1, and
+    the tolerance scaled by it is the smallest that would pass (``inf`` when a non-finite value differs).
+    """
+
+    shape: tuple[int, ...]
+    candidate_shape: tuple[int, ...]
+    max_abs: float
+    max_abs_index: tuple[int, ...]
+    max_rel: float
+    max_rel_index: tuple[int, ...]
+    mismatched: int
+    size: int
+    nonfinite_mismatched: int
+    tolerance_at_worst: float
+    worst_ratio: float
+
+    @property
+    def ok(self) -> bool:
+        """Whether every element is within its tolerance (and the shapes agree)."""
+        return self.shape == self.candidate_shape and self.mismatched == 0
+
+    @property
+    def mismatched_fraction(self) -> float:
+        """The fraction of elements outside their tolerance."""
+        return self.mismatched / self.size if self.size else 0.0
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, tolerance: np.ndarray) -> Comparison:
+    """Compare ``candidate`` with ``reference`` element by element under ``tolerance`` (broadcastable)."""
+    reference = np.asarray(reference, np.float64)
+    candidate = np.asarray(candidate, np.float64)
+    if reference.size == 0 and reference.shape == candidate.shape:
+        return Comparison(reference.shape, candidate.shape, 0.0, (), 0.0, (), 0, 0, 0, 0.0, 0.0)
+    if reference.shape != candidate.shape:
+        nan = float("nan")
+        return Comparison(
+            reference.shape, candidate.shape, nan, (), nan, (), reference.size, reference.size, 0, nan, float("inf")
+        )
+    tolerance = np.broadcast_to(
+        np.nan_to_num(np.asarray(tolerance, np.float64), nan=0.0, posinf=np.inf), reference.shape
+    )
+    both_finite = np.isfinite(reference) & np.isfinite(candidate)
+    same_nonfinite = (np.isnan(reference) & np.isnan(candidate)) | (np.isinf(reference) & (reference == candidate))
+    nonfinite_bad = ~both_finite & ~same_nonfinite
+    error = np.where(both_finite, np.abs(reference - candidate), 0.0)
+    relative = np.divide(error, np.abs(reference), out=np.zeros_like(error), where=both_finite & (reference != 0))
+    ratio = np.divide(error, tolerance, out=np.where(error > 0, np.inf, 0.0), where=tolerance > 0)
+    ratio[nonfinite_bad] = np.inf
+    mismatched = int(np.count_nonzero((error > tolerance) | nonfinite_bad))
+    abs_index = np.unravel_index(int(np.argmax(error)), reference.shape)
+    rel_index = np.unravel_index(int(np.argmax(relative)), reference.shape)
+    worst_index = np.unravel_index(int(np.argmax(ratio)), reference.shape)
+    return Comparison(
+        shape=reference.shape,
+        candidate_shape=candidate.shape,
+        max_abs=float(error[abs_index]),
+        max_abs_index=tuple(int(i) for i in abs_index),
+        max_rel=float(relative[rel_index]),
+        max_rel_index=tuple(int(i) for i in rel_index),
+        mismatched=mismatched,
+        size=int(reference.size),
+        nonfinite_mismatched=int(np.count_nonzero(nonfinite_bad)),
+        tolerance_at_worst=float(tolerance[worst_index]),
+        worst_ratio=float(ratio[worst_index]),
+    )

@@ -1,0 +1,169 @@
+"""Diagnosis: the known porting mistakes, one small rule each, tried on the first divergent layer.
+
+A hint re-creates a mistake on the Flax side (an untransposed kernel, torch's default epsilon, an
+exact GELU, ...) and names it when the mistaken output reproduces what the torch layer computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from ._chain import Step
+from ._compare import compare
+from ._tensors import to_numpy
+
+
+class HintContext(NamedTuple):
+    """The divergent position: the Flax step, the torch module there (None if missing), the Flax layer's
+    input and output, the torch layer's output on that same input, and the tolerance used."""
+
+    step: Step
+    torch_module: torch.nn.Module | None
+    x: np.ndarray
+    flax_out: np.ndarray
+    torch_out: np.ndarray | None
+    tolerance: np.ndarray
+
+
+Hint = Callable[[HintContext], str | None]
+_HINTS: list[tuple[frozenset[str] | None, Hint]] = []
+
+
+def hint(*kinds: str) -> Callable[[Hint], Hint]:
+    """Decorator: register a hint for the given Flax layer kinds (none: for every kind)."""
+
+    def decorate(function: Hint) -> Hint:
+        _HINTS.append((frozenset(kinds) or None, function))
+        return function
+
+    return decorate
+
+
+def diagnose(context: HintContext) -> str | None:
+    """The first registered hint that explains the divergence, or None."""
+    for kinds, function in _HINTS:
+        if kinds is None or context.step.kind in kinds:
+            message = function(context)
+            if message:
+                return message
+    return None
+
+
+def reproduces(context: HintContext, candidate: Any) -> bool:
+    """Whether a mistaken Flax output reproduces the torch output within the tolerance."""
+    if context.torch_out is None:
+        return False
+    mistaken = np.asarray(candidate, np.float64)
+    return mistaken.shape == context.torch_out.shape and compare(mistaken, context.torch_out, context.tolerance).ok
+
+
+def apply_flax_layer(step: Step, x: np.ndarray, **changes: Any) -> np.ndarray:
+    """Run one Flax layer of the chain on its own, optionally with changed attributes (``epsilon=1e-5``)."""
+    layer = step.layer
+    if isinstance(layer, nn.Module):
+        return np.asarray(layer.clone(parent=None, **changes).apply(step.variables, jnp.asarray(x)))
+    return np.asarray(layer(jnp.asarray(x)))
+
+
+@hint()
+def training_mode(context: HintContext) -> str | None:
+    """Dropout and BatchNorm compute differently in training mode; Flax's inference form is torch's eval()."""
+    module = context.torch_module
+    if (
+        module is not None
+        and module.training
+        and isinstance(module, torch.nn.Dropout | torch.nn.modules.batchnorm._BatchNorm)
+    ):
+        return f"torch {type(module).__name__} is in training mode: call .eval() on the torch model before comparing"
+    return None
+
+
+@hint("Dense")
+def dense_parameters(context: HintContext) -> str | None:
+    """Untransposed square kernels, a missing or extra bias, or weights that differ from the kernel."""
+    module = context.torch_module
+    if not isinstance(module, torch.nn.Linear):
+        return None
+    kernel = np.asarray(context.step.variables["params"]["kernel"], np.float64)
+    bias = context.step.variables["params"].get("bias")
+    weight = to_numpy(module.weight).astype(np.float64)
+    if weight.shape == kernel.shape and np.array_equal(weight, kernel) and not np.array_equal(kernel, kernel.T):
+        return (
+            "the Linear weight holds the Dense kernel untransposed: a square kernel loads without a shape error; "
+            "torch weight is (out, in), Flax kernel is (in, out): use kernel.T (bridge.load_into does)"
+        )
+    if bias is not None and module.bias is None and reproduces(context, context.x @ kernel):
+        return "the torch Linear has no bias but the Flax Dense does: use Linear(..., bias=True) and load the bias"
+    if bias is None and module.bias is not None:
+        return "the torch Linear has a bias the Flax Dense lacks (use_bias=False): use Linear(..., bias=False)"
+    if weight.shape == kernel.T.shape and not np.array_equal(weight, kernel.T):
+        relative = np.abs(weight - kernel.T).max() / (np.abs(kernel).max() or 1.0)
+        return (
+            f"the Linear weight differs from the transposed Dense kernel by up to {relative:.1e} "
+            "of the kernel's scale: reload it with bridge.load_into"
+        )
+    if bias is not None and module.bias is not None and not np.array_equal(to_numpy(module.bias), np.asarray(bias)):
+        return "the Linear bias differs from the Dense bias: reload it with bridge.load_into"
+    return None
+
+
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": jax.nn.relu,
+    "gelu (tanh approximation, Flax's default)": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu (exact erf form, torch's default)": lambda x: jax.nn.gelu(x, approximate=False),
+    "tanh": jnp.tanh,
+    "sigmoid": jax.nn.sigmoid,
+    "silu": jax.nn.silu,
+    "elu": jax.nn.elu,
+    "leaky_relu (slope 0.01)": jax.nn.leaky_relu,
+    "softplus": jax.nn.softplus,
+    "identity (no activation)": lambda x: x,
+}
+
+
+@hint()
+def wrong_activation(context: HintContext) -> str | None:
+    """An elementwise activation that reproduces the torch output where Flax's does not."""
+    if isinstance(context.step.layer, nn.Module) or context.torch_out is None:
+        return None
+    for name, function in _ACTIVATIONS.items():
+        if reproduces(context, function(jnp.asarray(context.x))):
+            module = type(context.torch_module).__name__ if context.torch_module is not None else "layer"
+            return (
+                f"torch {module} computes {name} where Flax applies {context.step.kind}: "
+                "use the matching torch activation"
+            )
+    return None
+
+
+@hint("softmax", "log_softmax")
+def softmax_axis(context: HintContext) -> str | None:
+    """torch's softmax without ``dim`` picks dim 0 on 3-D inputs; Flax normalises the last axis."""
+    function = jax.nn.softmax if context.step.kind == "softmax" else jax.nn.log_softmax
+    for axis in range(context.x.ndim - 1):
+        if reproduces(context, function(jnp.asarray(context.x), axis=axis)):
+            return f"torch normalises over dim {axis}, Flax over the last axis: pass dim=-1 to the torch softmax"
+    return None
+
+
+@hint("LayerNorm", "RMSNorm", "GroupNorm")
+def norm_epsilon(context: HintContext) -> str | None:
+    """Normalisation epsilons differ by default (Flax 1e-6; torch LayerNorm/GroupNorm 1e-5, RMSNorm machine eps)."""
+    module = context.torch_module
+    torch_eps = getattr(module, "eps", None)
+    flax_eps = getattr(context.step.layer, "epsilon", None)
+    if torch_eps is None or flax_eps is None or torch_eps == flax_eps:
+        return None
+    if reproduces(context, apply_flax_layer(context.step, context.x, epsilon=float(torch_eps))):
+        return (
+            f"torch {type(module).__name__} uses eps={torch_eps:g} where Flax {context.step.kind} uses "
+            f"epsilon={flax_eps:g}: construct the torch layer with eps={flax_eps:g}"
+        )
+    return None

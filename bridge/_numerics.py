@@ -1,0 +1,69 @@
+"""Floating-point error analysis: how far two correct implementations of a layer may differ.
+
+A dot product of length K accumulated in unit roundoff u differs from the exact value by about
+``sqrt(K) * u * sqrt(|s|^2/3 + ||t||^2/6)`` for a sum s of terms t when rounding errors behave
+like random signs (Higham and Mary, "A new approach to probabilistic rounding error analysis",
+2019). We bound it by ``C_DOT * sqrt(K) * u * (|s| + ||t||_2)``, which never exceeds the classical
+``C_DOT * sqrt(K) * u * sum|t|`` yet stays tight when terms cancel (|s| << sum|t|), as in wide layers.
+Two ports each carry such an error; their difference is compared against the bound.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import ml_dtypes
+import numpy as np
+
+# Safety factor of the probabilistic bound. Measured (float32, batch 32, tests/test_check.py):
+# the largest isolated Dense error is 0.28 of the bound with C_DOT = 4 (1024-4096-4096-1024),
+# while a 1e-4 relative change of a layer's weights exceeds it 5-fold.
+C_DOT = 4.0
+
+
+class Precision(NamedTuple):
+    """Unit roundoffs of a computation: of stored results and of accumulation (float32 for half types on CPU)."""
+
+    storage: float
+    accumulation: float
+
+    @classmethod
+    def of(cls, dtype: Any) -> Precision:
+        """The precision of a layer computing in ``dtype`` (float16/bfloat16 accumulate in float32)."""
+        storage = unit_roundoff(dtype)
+        return cls(storage, min(storage, unit_roundoff(np.float32)))
+
+
+def unit_roundoff(dtype: Any) -> float:
+    """Half the machine epsilon of a floating dtype (``2**-24`` for float32, ``2**-8`` for bfloat16)."""
+    dt = np.dtype(dtype)
+    eps = ml_dtypes.finfo(dt).eps if dt == np.dtype(ml_dtypes.bfloat16) else np.finfo(dt).eps
+    return float(eps) / 2.0
+
+
+def dot_error_bound(x: np.ndarray, w: np.ndarray, u: float) -> np.ndarray:
+    """Per-element bound of the rounding error of ``x @ w`` (float64 arrays, contraction on x's last axis)."""
+    k = x.shape[-1]
+    return C_DOT * np.sqrt(k) * u * (np.abs(x @ w) + np.sqrt(np.square(x) @ np.square(w)))
+
+
+def propagated_error(tol_in: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """How input errors ``tol_in`` reach ``x @ w``: independent errors add in quadrature, ``sqrt(tol^2 @ w^2)``."""
+    return np.sqrt(np.square(tol_in) @ np.square(w))
+
+
+# torch.testing.assert_close's defaults (rtol, atol), used when a caller sets one of rtol/atol only.
+DEFAULT_RTOL_ATOL: dict[str, tuple[float, float]] = {
+    "float16": (1e-3, 1e-5),
+    "bfloat16": (1.6e-2, 1e-5),
+    "float32": (1.3e-6, 1e-5),
+    "float64": (1e-7, 1e-7),
+}
+
+
+def gradient_tolerance(reference: np.ndarray, length: int, depth: int, u: float) -> np.ndarray:
+    """A bound for gradients, whose exact error analysis would need every backward product: each
+    backward matmul of length up to ``length`` adds ``C_DOT * sqrt(length) * u`` relative error, over
+    ``depth`` layers, relative to the element's magnitude plus the tensor's RMS (for cancelling sums)."""
+    rms = float(np.sqrt(np.mean(np.square(reference[np.isfinite(reference)])))) if reference.size else 0.0
+    return C_DOT * np.sqrt(length) * np.sqrt(max(depth, 1)) * u * (np.abs(reference) + rms)

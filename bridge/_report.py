@@ -1,0 +1,219 @@
+"""The equivalence report: one row per chain position, the gradients, the first divergence and its hint."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+from ._compare import Comparison
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Where the port first goes wrong: chain position, both names, the layer kind, and a diagnosis."""
+
+    index: int
+    flax_path: str
+    torch_name: str
+    kind: str
+    mode: str  # "isolated" (the layer's own error), "end to end", or "structure"
+    hint: str | None
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One chain position: the end-to-end comparison (each side feeds itself) and the isolated one
+    (the torch layer fed the Flax layer's input); ``isolated`` is None when the torch side has no such layer."""
+
+    index: int
+    kind: str
+    flax_path: str
+    torch_name: str
+    torch_kind: str
+    end_to_end: Comparison
+    isolated: Comparison | None
+
+    @property
+    def ok(self) -> bool:
+        """Whether both comparisons pass."""
+        return self.end_to_end.ok and (self.isolated is None or self.isolated.ok)
+
+
+class GradientRow(NamedTuple):
+    """The gradient of the loss with respect to one input or parameter, on both sides."""
+
+    name: str
+    comparison: Comparison
+
+
+@dataclass(frozen=True)
+class EquivalenceReport:
+    """The verdict of ``check_equivalence`` and everything behind it.
+
+    Attributes:
+        ok: whether the port computes the same function (every row, the output and the gradients pass).
+        first_divergence: None, or where and why the port first differs.
+        layers: one row per chain position.
+        output: the comparison of the final outputs.
+        gradients: one row per gradient (input first), empty when gradients were not checked.
+        problems: structural problems (layer counts or kinds that differ), in order.
+        nonfinite: for each side, the first position whose output holds NaN or Inf, if any.
+        settings: how the check ran (dtype, tolerance mode, inputs, seed).
+    """
+
+    ok: bool
+    first_divergence: Divergence | None
+    layers: tuple[LayerRow, ...]
+    output: Comparison
+    gradients: tuple[GradientRow, ...]
+    problems: tuple[str, ...]
+    nonfinite: dict[str, int | None]
+    settings: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain JSON-serialisable data (non-finite numbers as strings)."""
+        return _jsonable(
+            {
+                "ok": self.ok,
+                "first_divergence": None if self.first_divergence is None else asdict(self.first_divergence),
+                "layers": [
+                    {
+                        "index": row.index,
+                        "kind": row.kind,
+                        "flax_path": row.flax_path,
+                        "torch_name": row.torch_name,
+                        "torch_kind": row.torch_kind,
+                        "ok": row.ok,
+                        "end_to_end": _comparison_dict(row.end_to_end),
+                        "isolated": None if row.isolated is None else _comparison_dict(row.isolated),
+                    }
+                    for row in self.layers
+                ],
+                "output": _comparison_dict(self.output),
+                "gradients": [{"name": g.name, **_comparison_dict(g.comparison)} for g in self.gradients],
+                "problems": list(self.problems),
+                "nonfinite": self.nonfinite,
+                "settings": self.settings,
+            }
+        )
+
+    def __str__(self) -> str:
+        return format_report(self)
+
+
+def _comparison_dict(c: Comparison) -> dict[str, Any]:
+    return {**c._asdict(), "ok": c.ok, "mismatched_fraction": c.mismatched_fraction}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _num(value: float) -> str:
+    return f"{value:.2e}" if value == value else "n/a"
+
+
+def _ratio(c: Comparison | None) -> str:
+    if c is None:
+        return "-"
+    if c.shape != c.candidate_shape:
+        return "shape"
+    return "NaN/Inf" if c.nonfinite_mismatched else f"{c.worst_ratio:.2g}"
+
+
+def format_report(report: EquivalenceReport) -> str:
+    """An aligned text table: one line per position, the output and gradients, the divergence highlighted."""
+    header = (
+        "",
+        "pos",
+        "layer",
+        "flax path",
+        "torch",
+        "shape",
+        "max abs",
+        "max rel",
+        "mismatch",
+        "tol",
+        "err/tol",
+        "isolated",
+    )
+    rows: list[tuple[str, ...]] = []
+    first = report.first_divergence
+    for row in report.layers:
+        c = row.end_to_end
+        marker = ">>" if first is not None and first.index == row.index else ("ok" if row.ok else "!!")
+        rows.append(
+            (
+                marker,
+                str(row.index),
+                row.kind,
+                row.flax_path or "-",
+                f"{row.torch_name}:{row.torch_kind}" if row.torch_name else "(none)",
+                "x".join(map(str, c.shape)) if c.shape == c.candidate_shape else f"{c.shape} vs {c.candidate_shape}",
+                _num(c.max_abs),
+                _num(c.max_rel),
+                f"{100 * c.mismatched_fraction:.1f}%",
+                _num(c.tolerance_at_worst),
+                _ratio(c),
+                _ratio(row.isolated),
+            )
+        )
+    o = report.output
+    rows.append(
+        (
+            "ok" if o.ok else "!!",
+            "out",
+            "output",
+            "",
+            "",
+            "x".join(map(str, o.shape)),
+            _num(o.max_abs),
+            _num(o.max_rel),
+            f"{100 * o.mismatched_fraction:.1f}%",
+            _num(o.tolerance_at_worst),
+            _ratio(o),
+            "",
+        )
+    )
+    for g in report.gradients:
+        c = g.comparison
+        rows.append(
+            (
+                "ok" if c.ok else "!!",
+                "grad",
+                "d loss",
+                g.name,
+                "",
+                "x".join(map(str, c.shape)),
+                _num(c.max_abs),
+                _num(c.max_rel),
+                f"{100 * c.mismatched_fraction:.1f}%",
+                _num(c.tolerance_at_worst),
+                _ratio(c),
+                "",
+            )
+        )
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in (header, *rows)]
+    s = report.settings
+    lines.insert(0, f"flax-torch-bridge equivalence check: {'EQUIVALENT' if report.ok else 'NOT EQUIVALENT'}")
+    lines.insert(
+        1, f"dtype {s.get('dtype')}, tolerance {s.get('tolerance')}, inputs {s.get('inputs')}; err/tol <= 1 passes"
+    )
+    lines.extend(f"problem: {p}" for p in report.problems)
+    for side, position in report.nonfinite.items():
+        if position is not None:
+            lines.append(f"NaN/Inf first appears on the {side} side at position {position}")
+    if first is not None:
+        where = f"{first.kind} at '{first.flax_path}'" if first.flax_path else first.kind
+        torch_side = f"torch '{first.torch_name}'" if first.torch_name else "no torch layer"
+        lines.append(f">> first divergence: position {first.index} ({where} <-> {torch_side}), {first.mode}")
+        lines.append(f"   hint: {first.hint or 'no known porting mistake explains it; compare the layer by hand'}")
+    return "\n".join(lines)
