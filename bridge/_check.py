@@ -356,7 +356,7 @@ def _gradients(model, variables, torch_module, steps, rules, x, loss, tolerance)
     torch_grads = torch.autograd.grad(torch_loss, wanted, allow_unused=True)
     by_name = dict(zip(named, torch_grads[1:] if differentiable_x else torch_grads, strict=True))
 
-    u = Precision.of(x.dtype if differentiable_x else np.float32).accumulation
+    precision = Precision.of(x.dtype if differentiable_x else np.float32)
     widths = [
         int(d)
         for step in steps
@@ -367,7 +367,7 @@ def _gradients(model, variables, torch_module, steps, rules, x, loss, tolerance)
 
     def row(name: str, reference: np.ndarray, candidate: torch.Tensor | None) -> GradientRow:
         ref = np.asarray(reference, np.float64)
-        tol = tolerance.of(ref) if tolerance is not None else gradient_tolerance(ref, length, depth, u)
+        tol = tolerance.of(ref) if tolerance is not None else gradient_tolerance(ref, length, depth, precision)
         got = np.zeros_like(ref) if candidate is None else to_numpy(candidate).astype(np.float64)
         return GradientRow(name, compare(ref, got, tol))
 

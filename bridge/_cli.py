@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-EXIT_MATCH, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
+EXIT_USAGE = 2
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,11 +29,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert the seed's Flax MLP to PyTorch and compare both outputs",
         description="Build the seed problem's Flax SeqMLP, convert it to PyTorch, run both on x and compare.",
     )
-    check.add_argument("--seed", type=int, default=0, help="PRNG seed of the Flax init (default 0)")
-    check.add_argument("--in-features", type=int, default=3, help="input width (default 3; x = [1, 0, 0, ...])")
-    check.add_argument("--hidden", type=int, default=4, help="width of both hidden layers (default 4)")
-    check.add_argument("--out", type=int, default=2, help="output width (default 2)")
+    check.add_argument(
+        "--seed", type=int, default=0, help="PRNG seed of the Flax init, the first with --seeds (default 0)"
+    )
+    check.add_argument("--seeds", type=_positive, default=1, metavar="N", help="check N seeds from --seed on")
+    seed_model = check.add_argument_group("the seed model (the default)")
+    seed_model.add_argument("--in-features", type=int, default=3, help="input width (default 3; x = [1, 0, 0, ...])")
+    seed_model.add_argument("--hidden", type=int, default=4, help="width of both hidden layers (default 4)")
+    seed_model.add_argument("--out", type=int, default=2, help="output width (default 2)")
+    own = check.add_argument_group("your own model and port")
+    own.add_argument("--flax", metavar="MODULE:ATTR", help="a Flax nn.Sequential model (or a factory of one)")
+    own.add_argument("--torch", metavar="MODULE:ATTR", help="its torch.nn.Sequential port (default: converted)")
+    own.add_argument("--params", metavar="FILE", help="saved Flax variables (.msgpack) instead of a seeded init")
+    own.add_argument("--keep-torch-weights", action="store_true", help="do not load the Flax weights into --torch")
+    how = check.add_argument_group("how to compare")
+    how.add_argument("--dtype", choices=["native", "float32", "float64", "bfloat16"], default="native")
+    how.add_argument("--n-inputs", type=_positive, default=32, help="random input rows per check (default 32)")
+    how.add_argument("--rtol", type=float, help="fixed relative tolerance instead of the derived one")
+    how.add_argument("--atol", type=float, help="fixed absolute tolerance instead of the derived one")
+    how.add_argument("--grads", action=argparse.BooleanOptionalAction, default=True, help="compare gradients too")
+    out = check.add_argument_group("output")
+    out.add_argument("--json", action="store_true", help="print the report as JSON")
+    out.add_argument("--plot", metavar="FILE.png", help="plot per-layer error against tolerance (needs matplotlib)")
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,7 +20,7 @@ def test_check_with_no_arguments_runs_the_seed_problem() -> None:
     assert "seed 0, x = [1. 0. 0.], widths 3-4-4-2" in result.stdout
     assert "flax : [0.1509903 0.0469353]" in result.stdout
     assert "torch: [0.1509903 0.0469353]" in result.stdout
-    assert "MATCH" in result.stdout
+    assert "equivalence check: EQUIVALENT" in result.stdout
 
 
 def test_check_options_change_the_model(capsys: pytest.CaptureFixture[str]) -> None:
