@@ -35,8 +35,13 @@ def flax_layer_outputs(model: nn.Module, variables: Variables, x: Any) -> list[A
         finally:
             inside = False
 
-    with nn.intercept_methods(interceptor):
-        model.apply(variables, x)
+    try:
+        with nn.intercept_methods(interceptor):
+            model.apply(variables, x)
+    except Exception as e:  # the user's model code may raise anything
+        where = f"after position {len(outputs) - 1}" if outputs else "at its first layer"
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise LayerMismatchError(f"the Flax model failed on inputs of shape {tuple(x.shape)} {where}: {message}") from e
     return outputs
 
 

@@ -95,50 +95,35 @@ def check_equivalence(
     structure = _structure_problem(steps, rules, children)
     problems = [structure[1]] if structure else []
 
-    rows: list[LayerRow] = []
+    positions: list[_Position] = []
     tol_in = np.zeros(x.shape)
-    isolated_bounds: list[np.ndarray] = []
     for step, rule, x_in, y in zip(steps, rules, flax_inputs, flax_outputs, strict=True):
         x64, y64 = np.asarray(x_in, np.float64), np.asarray(y, np.float64)
         precision = Precision.of(y.dtype if _is_float(y.dtype) else np.float32)
         bound_e2e = _bound(rule, step, BoundInputs(x64, y64, tol_in, precision), tolerance)
         bound_iso = _bound(rule, step, BoundInputs(x64, y64, np.zeros_like(x64), precision), tolerance)
-        isolated_bounds.append(bound_iso)
-        has_torch = step.index < len(children)
-        end_to_end = compare(
-            y64, torch_arrays[step.index] if step.index < len(torch_arrays) else np.empty(0), bound_e2e
-        )
-        isolated = None
-        if has_torch:
-            isolated = compare(y64, _run_isolated(children[step.index], x_in, step), bound_iso)
-        rows.append(
-            LayerRow(
-                step.index,
-                step.kind,
-                "/".join(step.flax_path),
-                str(step.index) if has_torch else "",
-                type(children[step.index]).__name__ if has_torch else "",
-                end_to_end,
-                isolated,
-            )
-        )
-        tol_in = bound_e2e if bound_e2e.shape == y64.shape else np.zeros(y64.shape)
+        module = children[step.index] if step.index < len(children) else None
+        isolated_out = None if module is None else _run_isolated(module, x_in)
+        positions.append(_Position(step, rule, module, x_in, y, tol_in, bound_e2e, bound_iso, precision, isolated_out))
+        tol_in = bound_e2e
+    rows = tuple(_row(p, torch_arrays) for p in positions)
     flax_final = np.asarray(flax_outputs[-1], np.float64)
-    last_tol = tol_in if tolerance is None else tolerance.of(flax_final)
-    output = compare(flax_final, to_numpy(torch_final), last_tol)
+    output = compare(flax_final, to_numpy(torch_final), positions[-1].bound_e2e)
 
     gradient_rows: tuple[GradientRow, ...] = ()
+    dropped = 0
     if grads and not problems:
-        gradient_rows = _gradients(model, variables, torch_module, steps, rules, x, loss or _sum, tolerance)
+        smooth = _rows_away_from_kinks(positions)
+        dropped = int(np.count_nonzero(~smooth))
+        if smooth.any():
+            gradient_rows = _gradients(model, variables, torch_module, steps, rules, x[smooth], loss or _sum, tolerance)
 
-    first = _first_divergence(
-        rows, steps, children, flax_inputs, flax_outputs, isolated_bounds, structure, gradient_rows
-    )
+    first = _first_divergence(rows, positions, structure, gradient_rows)
     ok = not problems and all(row.ok for row in rows) and output.ok and all(g.comparison.ok for g in gradient_rows)
     return EquivalenceReport(
         ok=ok,
         first_divergence=first,
-        layers=tuple(rows),
+        layers=rows,
         output=output,
         gradients=gradient_rows,
         problems=tuple(problems),
@@ -153,6 +138,7 @@ def check_equivalence(
             else f"rtol={tolerance.rtol:g}, atol={tolerance.atol:g}",
             "inputs": f"shape {tuple(x.shape)}" + (f", normal(seed={seed})" if inputs is None else ", given"),
             "grads": bool(grads),
+            "gradient_rows_dropped_at_kinks": dropped,
         },
     )
 
@@ -170,6 +156,54 @@ def assert_equivalent(
 
 def _sum(y: Any) -> Any:
     return y.sum()
+
+
+class _Position(NamedTuple):
+    """What the check knows of one chain position: both sides' layers, the Flax input and output, the
+    tolerance of its input (end to end), its output's tolerances, and the torch layer's output on the
+    Flax input (None without a torch layer; an empty array when it could not run on it)."""
+
+    step: Step
+    rule: LayerRule | None
+    module: torch.nn.Module | None
+    x: np.ndarray
+    y: np.ndarray
+    bound_in: np.ndarray
+    bound_e2e: np.ndarray
+    bound_iso: np.ndarray
+    precision: Precision
+    isolated_out: np.ndarray | None
+
+
+def _row(position: _Position, torch_arrays: Sequence[np.ndarray]) -> LayerRow:
+    step, module = position.step, position.module
+    y64 = np.asarray(position.y, np.float64)
+    torch_y = torch_arrays[step.index] if step.index < len(torch_arrays) else np.empty(0)
+    return LayerRow(
+        step.index,
+        step.kind,
+        "/".join(step.flax_path),
+        "" if module is None else str(step.index),
+        "" if module is None else type(module).__name__,
+        compare(y64, torch_y, position.bound_e2e),
+        None if position.isolated_out is None else compare(y64, position.isolated_out, position.bound_iso),
+    )
+
+
+def _rows_away_from_kinks(positions: Sequence[_Position]) -> np.ndarray:
+    """Input rows (first axis) where no layer input lies within its tolerance of a kink (relu at 0):
+    there the two sides may take different branches, and their gradients legitimately differ."""
+    smooth = np.ones(positions[0].x.shape[0] if positions[0].x.ndim > 1 else 1, bool)
+    for p in positions:
+        if p.rule is None or not p.rule.kinks or p.x.ndim < 2:
+            continue
+        x64 = np.asarray(p.x, np.float64)
+        near = np.zeros(x64.shape, bool)
+        for kink in p.rule.kinks:
+            near |= np.abs(x64 - kink) <= p.bound_in
+        near &= p.bound_in > 0  # an exact input (tolerance 0) takes the same branch on both sides
+        smooth &= ~near.reshape(len(near), -1).any(axis=1)
+    return smooth
 
 
 def _explicit_tolerance(rtol: float | None, atol: float | None, dtype: Any) -> _Tolerance | None:
@@ -238,7 +272,7 @@ def _cast(variables: Variables, torch_module: torch.nn.Sequential, dtype: Any) -
     return cast, copy.deepcopy(torch_module).to(torch_dtype(target))
 
 
-def _run_isolated(module: torch.nn.Module, x: np.ndarray, step: Step) -> np.ndarray:
+def _run_isolated(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     try:
         with torch.no_grad():
             return to_numpy(module(to_tensor(x)))
@@ -285,46 +319,49 @@ def _structure_problem(
 
 def _first_divergence(
     rows: Sequence[LayerRow],
-    steps: Sequence[Step],
-    children: Sequence[torch.nn.Module],
-    flax_inputs: Sequence[np.ndarray],
-    flax_outputs: Sequence[np.ndarray],
-    isolated_bounds: Sequence[np.ndarray],
+    positions: Sequence[_Position],
     structure: tuple[int, str] | None,
     gradient_rows: Sequence[GradientRow],
 ) -> Divergence | None:
     """The structure problem, else the first layer failing on its own input, else the first failing end to end."""
 
     def at(index: int, mode: str, hint: str | None) -> Divergence:
-        step = steps[min(index, len(steps) - 1)]
-        torch_name = str(index) if index < len(children) else ""
-        return Divergence(index, "/".join(step.flax_path), torch_name, step.kind, mode, hint)
+        p = positions[min(index, len(positions) - 1)]
+        torch_name = str(index) if p.module is not None and index < len(positions) else ""
+        return Divergence(index, "/".join(p.step.flax_path), torch_name, p.step.kind, mode, hint)
 
     if structure is not None:
         return at(structure[0], "structure", structure[1])
-    for mode, failing in (
-        ("isolated", lambda r: r.isolated is not None and not r.isolated.ok),
-        ("end to end", lambda r: not r.end_to_end.ok),
-    ):
-        row = next((r for r in rows if failing(r)), None)
-        if row is not None:
-            module = children[row.index] if row.index < len(children) else None
-            torch_out = _run_isolated(module, flax_inputs[row.index], steps[row.index]) if module is not None else None
-            context = HintContext(
-                steps[row.index],
-                module,
-                np.asarray(flax_inputs[row.index], np.float64),
-                np.asarray(flax_outputs[row.index], np.float64),
-                None if torch_out is None else np.asarray(torch_out, np.float64),
-                isolated_bounds[row.index],
-            )
-            hint = diagnose(context)
-            if hint is None and mode == "end to end":
-                hint = "each layer is within its own tolerance, but their errors compound beyond the bound"
-            return at(row.index, mode, hint)
+    isolated = next((r for r in rows if r.isolated is not None and not r.isolated.ok), None)
+    end_to_end = next((r for r in rows if not r.end_to_end.ok), None)
+    for mode, row in (("isolated", isolated), ("end to end", end_to_end)):
+        if row is None:
+            continue
+        p = positions[row.index]
+        torch_out = None if p.isolated_out is None else np.asarray(p.isolated_out, np.float64)
+        context = HintContext(
+            p.step,
+            p.module,
+            np.asarray(p.x, np.float64),
+            np.asarray(p.y, np.float64),
+            torch_out,
+            p.bound_iso,
+            p.precision,
+        )
+        hint = diagnose(context)
+        if hint is None and mode == "end to end":
+            hint = "each layer is within its own tolerance, but their errors compound beyond the bound"
+        return at(row.index, mode, hint)
     bad = next((g for g in gradient_rows if not g.comparison.ok), None)
     if bad is not None:
-        index = next((s.index for s in steps if s.flax_path and bad.name.startswith("/".join(s.flax_path) + "/")), 0)
+        index = next(
+            (
+                p.step.index
+                for p in positions
+                if p.step.flax_path and bad.name.startswith("/".join(p.step.flax_path) + "/")
+            ),
+            0,
+        )
         return at(index, "gradient", f"outputs match but the gradient {bad.name} differs: check custom backward code")
     return None
 

@@ -64,6 +64,21 @@ DEFAULT_RTOL_ATOL: dict[str, tuple[float, float]] = {
 }
 
 
+# Two frameworks' versions of one elementary function (tanh, erf, exp, rsqrt) differ by a few roundings.
+FUNCTION_ROUNDOFFS = 16
+
+
+def function_rounding(x: np.ndarray, y: np.ndarray, u: float) -> np.ndarray:
+    """How far two implementations of one elementwise or normalising function may differ: a few
+    roundings relative to the output, its RMS (normalisations), and the input where shapes agree
+    (``x * Phi(x)`` in an exact GELU is accurate relative to x, not to the product)."""
+    finite = y[np.isfinite(y)]
+    scale = np.abs(y) + (float(np.sqrt(np.mean(np.square(finite)))) if finite.size else 0.0)
+    if x.shape == y.shape:
+        scale = scale + np.abs(x)
+    return FUNCTION_ROUNDOFFS * u * scale
+
+
 def gradient_tolerance(reference: np.ndarray, length: int, depth: int, precision: Precision) -> np.ndarray:
     """A bound for gradients, whose exact analysis would need every backward product. Relative to the
     element's magnitude plus the tensor's RMS (sums that cancel): each of ``depth`` layers adds an

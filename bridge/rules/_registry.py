@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .._errors import RuleRegistrationError, UnknownLayerError
-from .._numerics import Precision
+from .._numerics import Precision, function_rounding
 
 
 class ParamMap(NamedTuple):
@@ -51,6 +51,8 @@ class LayerRule:
     kind: ClassVar[str]
     flax_keys: ClassVar[tuple[Any, ...]]
     torch_types: ClassVar[tuple[type[torch.nn.Module], ...]]
+    # Inputs where the layer's derivative jumps (relu: 0): gradients there depend on rounding.
+    kinks: ClassVar[tuple[float, ...]] = ()
 
     def param_maps(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> tuple[ParamMap, ...]:
         """The variables of this Flax layer and their torch names (none for parameter-free layers)."""
@@ -75,10 +77,11 @@ class LayerRule:
     def error_bound(self, layer: Any, variables: Mapping[str, Mapping[str, Any]], bound: BoundInputs) -> np.ndarray:
         """Per-element bound of how far two correct ports' outputs of this layer may differ.
 
-        The default suits elementwise layers with slope at most 1 that round once (activations):
-        the input error passes through, plus one rounding of the output on each side.
+        The default suits elementwise functions with slope at most about 1 (activations): the
+        input error passes through, plus the roundings of two implementations of the function.
+        Layers that amplify errors (normalisations divide by a small deviation) override it.
         """
-        return bound.tol_in + 2.0 * bound.precision.storage * np.abs(bound.y)
+        return bound.tol_in + function_rounding(bound.x, bound.y, bound.precision.storage)
 
 
 class BoundInputs(NamedTuple):

@@ -19,6 +19,7 @@ class ReluRule(LayerRule):
     kind = "relu"
     flax_keys = (jax.nn.relu,)
     torch_types = (torch.nn.ReLU,)
+    kinks = (0.0,)
 
     def make_torch(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> torch.nn.Module:
         return torch.nn.ReLU()
