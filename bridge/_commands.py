@@ -11,7 +11,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._errors import InvalidArgumentError
+from ._errors import InvalidArgumentError, LayerMismatchError
 
 EXIT_MATCH, EXIT_MISMATCH = 0, 1
 
@@ -39,21 +39,25 @@ def run_check(args: argparse.Namespace) -> int:
     seeds = range(args.seed, args.seed + args.seeds)
     shown = len(seeds) > 1 and not args.json
     reports = []
-    for seed in track(seeds, "checking seeds", console=Console(stderr=True), disable=not shown, transient=True):
-        pair = _build(args, seed)
-        report = check_equivalence(
-            pair.model,
-            pair.variables,
-            pair.torch_module,
-            pair.inputs,
-            seed=seed,
-            n_inputs=args.n_inputs,
-            dtype=None if args.dtype == "native" else args.dtype,
-            rtol=args.rtol,
-            atol=args.atol,
-            grads=args.grads,
-        )
-        reports.append((seed, pair, report))
+    try:
+        for seed in track(seeds, "checking seeds", console=Console(stderr=True), disable=not shown, transient=True):
+            pair = _build(args, seed)
+            report = check_equivalence(
+                pair.model,
+                pair.variables,
+                pair.torch_module,
+                pair.inputs,
+                seed=seed,
+                n_inputs=args.n_inputs,
+                dtype=None if args.dtype == "native" else args.dtype,
+                rtol=args.rtol,
+                atol=args.atol,
+                grads=args.grads,
+            )
+            reports.append((seed, pair, report))
+    except _PortMismatchError as e:
+        print(json.dumps({"ok": False, "error": str(e)}) if args.json else f"NOT EQUIVALENT: {e}")
+        return EXIT_MISMATCH
     if args.plot:
         from ._plot import plot_report
 
@@ -100,8 +104,15 @@ def _build(args: argparse.Namespace, seed: int) -> _Pair:
         return _Pair(model, variables, to_torch(model, variables), None)
     port = _instantiate(args.torch, "--torch")
     if not args.keep_torch_weights:
-        load_into(port, model, variables)
+        try:
+            load_into(port, model, variables)
+        except LayerMismatchError as e:
+            raise _PortMismatchError(f"the Flax weights do not fit the port: {e}") from e
     return _Pair(model, variables, port.eval(), None)
+
+
+class _PortMismatchError(LayerMismatchError):
+    """The port's layers do not fit the Flax model's weights: a verdict (exit 1), not a usage error."""
 
 
 def _variables(model: Any, args: argparse.Namespace, seed: int) -> Any:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +52,160 @@ def test_usage_errors_exit_2_with_one_line(args: list[str], message: str) -> Non
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(message)
     assert "Traceback" not in result.stderr
+
+
+PORTS_MODULE = """
+import flax.linen as nn
+import jax
+import torch
+
+def flax_model():
+    return nn.Sequential([nn.Dense(8), jax.nn.relu, nn.Dense(3)])
+
+def good_port():
+    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+
+def tanh_port():
+    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+
+not_a_model = 42
+"""
+
+
+@pytest.fixture
+def ports_dir(tmp_path: Path) -> Path:
+    (tmp_path / "myports.py").write_text(PORTS_MODULE)
+    return tmp_path
+
+
+def _run_in(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bridge", *args], capture_output=True, text=True, timeout=300, cwd=directory
+    )
+
+
+def test_json_report_is_machine_readable() -> None:
+    result = _run("check", "--json", "--no-grads")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["ok"] is True
+    assert document["seed"] == 0
+    assert [row["kind"] for row in document["layers"]] == ["Dense", "relu", "Dense", "relu", "Dense"]
+    assert document["gradients"] == []
+
+
+def test_several_seeds_end_with_a_summary_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--seeds", "3", "--seed", "5", "--hidden", "16", "--no-grads"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("3/3 seeds equivalent; largest err/tol ")
+
+
+def test_user_model_and_good_port_pass(ports_dir: Path) -> None:
+    result = _run_in(
+        ports_dir, "check", "--flax", "myports:flax_model", "--torch", "myports:good_port", "--in-features", "5"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "equivalence check: EQUIVALENT" in result.stdout
+
+
+def test_user_port_with_a_bug_exits_1_and_names_it(ports_dir: Path) -> None:
+    result = _run_in(
+        ports_dir, "check", "--flax", "myports:flax_model", "--torch", "myports:tanh_port", "--in-features", "5"
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.strip() == (
+        "NOT EQUIVALENT: the Flax weights do not fit the port: layer 1 (relu): expected torch ReLU, found Tanh"
+    )
+
+
+def test_user_port_with_its_own_weights_is_checked_as_it_is(ports_dir: Path) -> None:
+    """--keep-torch-weights: the port's own (torch-initialised) weights differ from Flax's, at position 0."""
+    args = ("check", "--flax", "myports:flax_model", "--torch", "myports:good_port", "--in-features", "5")
+    result = _run_in(ports_dir, *args, "--keep-torch-weights", "--no-grads")
+    assert result.returncode == 1, result.stderr
+    assert ">> first divergence: position 0 (Dense at 'layers_0' <-> torch '0'), isolated" in result.stdout
+    assert "hint: the Linear weight differs from the transposed Dense kernel" in result.stdout
+
+
+def test_user_model_without_a_port_is_converted_and_checked_in_bfloat16(ports_dir: Path) -> None:
+    result = _run_in(ports_dir, "check", "--flax", "myports:flax_model", "--in-features", "5", "--dtype", "bfloat16")
+    assert result.returncode == 0, result.stderr
+    assert "dtype bfloat16" in result.stdout
+
+
+def test_float64_enables_64_bit_jax(capsys: pytest.CaptureFixture[str]) -> None:
+    result = _run("check", "--dtype", "float64", "--no-grads")
+    assert result.returncode == 0, result.stderr
+    assert "dtype float64" in result.stdout
+
+
+def test_saved_params_are_used(ports_dir: Path) -> None:
+    import jax
+    import numpy as np
+    from flax import serialization
+
+    sys.path.insert(0, str(ports_dir))
+    try:
+        import myports  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(ports_dir))
+    variables = myports.flax_model().init(jax.random.PRNGKey(7), np.ones((1, 5), np.float32))
+    (ports_dir / "weights.msgpack").write_bytes(serialization.to_bytes(variables))
+    result = _run_in(
+        ports_dir,
+        "check",
+        "--flax",
+        "myports:flax_model",
+        "--params",
+        "weights.msgpack",
+        "--in-features",
+        "5",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["ok"] is True
+    (ports_dir / "bad.msgpack").write_bytes(b"\x00\x01garbage")
+    result = _run_in(
+        ports_dir, "check", "--flax", "myports:flax_model", "--params", "bad.msgpack", "--in-features", "5"
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "bad.msgpack" in result.stderr
+
+
+def test_plot_writes_a_png(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    target = tmp_path / "errors.png"
+    assert main(["check", "--no-grads", "--plot", str(target)]) == 0
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["errors.png"]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["check", "--flax", "nonexistent_module_xyz:Model"],
+            "flax2torch check: error: --flax nonexistent_module_xyz:Model: No module named",
+        ),
+        (["check", "--flax", "myports"], "flax2torch check: error: --flax takes MODULE:ATTR"),
+        (
+            ["check", "--flax", "myports:not_a_model"],
+            "flax2torch check: error: --flax myports:not_a_model is a int, not a Flax or torch module",
+        ),
+        (["check", "--torch", "myports:good_port"], "flax2torch check: error: --torch needs --flax"),
+        (
+            ["check", "--flax", "myports:flax_model", "--in-features", "5", "--params", "missing.msgpack"],
+            "flax2torch check: error: missing.msgpack: cannot read it",
+        ),
+        (["check", "--seeds", "0"], "flax2torch check: error: argument --seeds: must be >= 1"),
+        (["check", "--dtype", "float8"], "flax2torch check: error: argument --dtype: invalid choice"),
+    ],
+    ids=["no-module", "no-attr", "not-a-model", "torch-alone", "missing-params", "zero-seeds", "bad-dtype"],
+)
+def test_user_model_errors_exit_2_with_one_line(ports_dir: Path, args: list[str], message: str) -> None:
+    result = _run_in(ports_dir, *args)
+    assert result.returncode == 2, result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(message)
