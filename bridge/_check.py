@@ -248,13 +248,12 @@ def _inputs(
         if not isinstance(n_inputs, int) or n_inputs < 1:
             raise InvalidArgumentError(f"n_inputs must be an integer >= 1, got {n_inputs!r}")
         first, rule = steps[0], rules[0]
-        width = rule.input_features(first.layer, first.variables) if rule is not None else None
-        if width is None:
+        drawn = rule.random_input(first.layer, first.variables, np.random.default_rng(seed), n_inputs) if rule else None
+        if drawn is None:
             raise InvalidArgumentError(
-                f"{first.where} does not fix the input width: pass inputs= (an array shaped like the model's input)"
+                f"{first.where} does not fix the input shape: pass inputs= (an array shaped like the model's input)"
             )
-        first_param = next(iter(traverse_util.flatten_dict(dict(first.variables)).values()))
-        x = np.random.default_rng(seed).standard_normal((n_inputs, width)).astype(np.asarray(first_param).dtype)
+        x = drawn
     if dtype is not None and _is_float(x.dtype):
         x = x.astype(jnp.dtype(dtype))
     return x

@@ -58,7 +58,7 @@ def to_torch(model: nn.Module, variables: Variables) -> torch.nn.Sequential:
         except LayerMismatchError as e:
             raise LayerMismatchError(f"{step.where}: {e}") from e
     sequential = torch.nn.Sequential(*modules)
-    sequential.load_state_dict({key: to_tensor(array) for key, array in arrays.items()}, strict=True, assign=True)
+    _load(sequential, planned, {key: to_tensor(array) for key, array in arrays.items()}, assign=True)
     return sequential.eval()
 
 
@@ -87,7 +87,7 @@ def load_into(torch_module: torch.nn.Module, model: nn.Module, variables: Variab
             expected = " or ".join(t.__name__ for t in rule.torch_types)
             raise LayerMismatchError(f"{step.where}: expected torch {expected}, found {type(module).__name__}")
     arrays = _torch_arrays(planned)
-    target = torch_module.state_dict()
+    target = {key: value for key, value in torch_module.state_dict().items() if not _torch_only(planned, key)}
     problems = []
     for step, _ in planned:
         prefix = f"{step.index}."
@@ -110,7 +110,7 @@ def load_into(torch_module: torch.nn.Module, model: nn.Module, variables: Variab
                 )
     if problems:
         raise LayerMismatchError("cannot load into the torch module: " + "; ".join(problems))
-    torch_module.load_state_dict({key: to_tensor(array) for key, array in arrays.items()}, strict=True)
+    _load(torch_module, planned, {key: to_tensor(array) for key, array in arrays.items()}, assign=False)
     return torch_module
 
 
@@ -138,7 +138,7 @@ def to_flax(torch_sequential: torch.nn.Module) -> tuple[nn.Sequential, dict[str,
         where = at_layer(index, str(index), f"torch {type(module).__name__}")
         rule = rule_for_torch(module, where)
         maps = rule.torch_param_maps(module)
-        state = module.state_dict()
+        state = {key: value for key, value in module.state_dict().items() if key not in rule.torch_only_keys}
         problems = _key_problems(
             expected={m.torch_name for m in maps}, found=set(state), expected_side="rule", found_side="module"
         )
@@ -149,6 +149,22 @@ def to_flax(torch_sequential: torch.nn.Module) -> tuple[nn.Sequential, dict[str,
             value = _to_jax(m.torch_to_flax(to_numpy(state[m.torch_name])), f"{where} {m.torch_name}")
             variables.setdefault(m.collection, {}).setdefault(f"layers_{index}", {})[m.flax_name] = value
     return nn.Sequential(layers), variables
+
+
+def _torch_only(planned: tuple[PlannedStep, ...], key: str) -> bool:
+    """Whether a torch state-dict key is one its rule leaves to torch (``3.num_batches_tracked``)."""
+    position, _, name = key.partition(".")
+    return position.isdigit() and int(position) < len(planned) and name in planned[int(position)].rule.torch_only_keys
+
+
+def _load(
+    module: torch.nn.Module, planned: tuple[PlannedStep, ...], state: dict[str, torch.Tensor], *, assign: bool
+) -> None:
+    """``load_state_dict`` that is strict about every key but those the rules leave to torch."""
+    result = module.load_state_dict(state, strict=False, assign=assign)
+    missing = [key for key in result.missing_keys if not _torch_only(planned, key)]
+    if missing or result.unexpected_keys:  # the checks before make this unreachable; never load silently
+        raise LayerMismatchError(f"state dict mismatch: missing {missing}, unexpected {result.unexpected_keys}")
 
 
 def _torch_arrays(planned: tuple[PlannedStep, ...]) -> dict[str, np.ndarray]:

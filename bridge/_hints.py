@@ -6,6 +6,7 @@ exact GELU, ...) and names it when the mistaken output reproduces what the torch
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -19,6 +20,7 @@ from ._chain import Step
 from ._compare import compare
 from ._numerics import Precision, function_rounding
 from ._tensors import to_numpy
+from .rules.activations import ACTIVATIONS
 
 
 class HintContext(NamedTuple):
@@ -120,18 +122,16 @@ def dense_parameters(context: HintContext) -> str | None:
     return None
 
 
-_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": jax.nn.relu,
-    "gelu (tanh approximation, Flax's default)": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu (exact erf form, torch's default)": lambda x: jax.nn.gelu(x, approximate=False),
-    "tanh": jnp.tanh,
-    "sigmoid": jax.nn.sigmoid,
-    "silu": jax.nn.silu,
-    "elu": jax.nn.elu,
-    "leaky_relu (slope 0.01)": jax.nn.leaky_relu,
-    "softplus": jax.nn.softplus,
-    "identity (no activation)": lambda x: x,
-}
+def _activation_variants() -> dict[str, Callable[[jax.Array], jax.Array]]:
+    """Every activation the rules know, with its defaults, plus both GELU forms and no activation at all."""
+    variants: dict[str, Callable[[jax.Array], jax.Array]] = {
+        a.kind: a.function for a in ACTIVATIONS if a.kind != "gelu"
+    }
+    variants["gelu (tanh approximation, Flax's default)"] = functools.partial(jax.nn.gelu, approximate=True)
+    variants["gelu (exact erf form, torch's default)"] = functools.partial(jax.nn.gelu, approximate=False)
+    variants["leaky_relu (slope 0.01)"] = variants.pop("leaky_relu")
+    variants["identity (no activation)"] = lambda x: x
+    return variants
 
 
 @hint()
@@ -139,7 +139,7 @@ def wrong_activation(context: HintContext) -> str | None:
     """An elementwise activation that reproduces the torch output where Flax's does not."""
     if isinstance(context.step.layer, nn.Module) or context.torch_out is None:
         return None
-    for name, function in _ACTIVATIONS.items():
+    for name, function in _activation_variants().items():
         if reproduces(context, function(jnp.asarray(context.x))):
             module = type(context.torch_module).__name__ if context.torch_module is not None else "layer"
             return (

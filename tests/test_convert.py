@@ -165,8 +165,10 @@ def test_load_into_refuses_a_mismatched_module_and_leaves_it_untouched(
 
 
 def test_unknown_flax_layer_is_named_with_its_position() -> None:
-    model = nn.Sequential([nn.Dense(4), jax.numpy.tanh])
-    with pytest.raises(bridge.UnknownLayerError, match=r"layer 1 \(tanh\): no conversion rule for tanh.*register_rule"):
+    model = nn.Sequential([nn.Dense(4), lambda x: 2 * x])
+    with pytest.raises(
+        bridge.UnknownLayerError, match=r"layer 1 \(<lambda>\): no conversion rule for <lambda>.*register_rule"
+    ):
         bridge.to_torch(model, init(model, 3))
 
 
@@ -201,32 +203,42 @@ def test_registering_a_kind_twice_raises() -> None:
         bridge.register_rule(AnotherDense)
 
 
+class Sin(torch.nn.Module):
+    """A user's own torch layer."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(x)
+
+
 def test_a_user_rule_converts_a_new_kind_both_ways(rng: np.random.Generator) -> None:
-    class TanhRule(bridge.LayerRule):
-        kind = "tanh"
-        flax_keys = (jax.numpy.tanh,)
-        torch_types = (torch.nn.Tanh,)
+    class SinRule(bridge.LayerRule):
+        kind = "sin"
+        flax_keys = (jax.numpy.sin,)
+        torch_types = (Sin,)
 
         def make_torch(self, layer: Any, variables: Any) -> torch.nn.Module:
-            return torch.nn.Tanh()
+            return Sin()
 
         def make_flax(self, module: torch.nn.Module) -> Any:
-            return jax.numpy.tanh
+            return jax.numpy.sin
 
-    bridge.register_rule(TanhRule)
+    bridge.register_rule(SinRule)
     try:
-        model = nn.Sequential([nn.Dense(4), jax.numpy.tanh, nn.Dense(2)])
+        model = nn.Sequential([nn.Dense(4), jax.numpy.sin, nn.Dense(2)])
         variables = init(model, 3)
         converted = bridge.to_torch(model, variables)
-        assert isinstance(converted[1], torch.nn.Tanh)
+        assert isinstance(converted[1], Sin)
         x = rng.normal(size=(5, 3)).astype(np.float32)
         np.testing.assert_allclose(
             converted(torch.from_numpy(x)).detach().numpy(), model.apply(variables, x), rtol=1e-5
         )
         back_model, _ = bridge.to_flax(converted)
-        assert back_model.layers[1] is jax.numpy.tanh
+        assert back_model.layers[1] is jax.numpy.sin
+        assert bridge.check_equivalence(model, variables, converted).ok
     finally:
-        bridge.rules.unregister(TanhRule)
+        bridge.rules.unregister(SinRule)
+    with pytest.raises(bridge.UnknownLayerError, match="no conversion rule for sin"):
+        bridge.to_torch(model, variables)
 
 
 # One sample torch module per supported kind: a rule added without a sample fails the test below.

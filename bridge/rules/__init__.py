@@ -2,6 +2,9 @@
 
 from . import activations as activations
 from . import dense as dense
+from . import embedding as embedding
+from . import normalization as normalization
+from . import regularization as regularization
 from ._registry import BoundInputs as BoundInputs
 from ._registry import LayerRule as LayerRule
 from ._registry import ParamMap as ParamMap

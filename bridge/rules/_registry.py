@@ -7,6 +7,7 @@ between them (``ParamMap``: names and an axis permutation whose inverse gives th
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
@@ -53,6 +54,8 @@ class LayerRule:
     torch_types: ClassVar[tuple[type[torch.nn.Module], ...]]
     # Inputs where the layer's derivative jumps (relu: 0): gradients there depend on rounding.
     kinks: ClassVar[tuple[float, ...]] = ()
+    # torch state-dict entries with no Flax counterpart, left at torch's value (BatchNorm's counter).
+    torch_only_keys: ClassVar[tuple[str, ...]] = ()
 
     def param_maps(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> tuple[ParamMap, ...]:
         """The variables of this Flax layer and their torch names (none for parameter-free layers)."""
@@ -70,8 +73,10 @@ class LayerRule:
         """The unbound Flax layer (module or function) equivalent to this torch module."""
         raise NotImplementedError
 
-    def input_features(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> int | None:
-        """The width of the last input axis this layer expects, when its variables fix it (for random inputs)."""
+    def random_input(
+        self, layer: Any, variables: Mapping[str, Mapping[str, Any]], rng: np.random.Generator, n: int
+    ) -> np.ndarray | None:
+        """``n`` random inputs this layer accepts as the first of a chain, when its variables fix their shape."""
         return None
 
     def error_bound(self, layer: Any, variables: Mapping[str, Mapping[str, Any]], bound: BoundInputs) -> np.ndarray:
@@ -137,12 +142,9 @@ def rule_for_flax(layer: Any, where: str) -> LayerRule:
     Raises:
         UnknownLayerError: naming ``where`` (the layer's position and path) when no rule matches.
     """
-    key = type(layer) if isinstance(layer, nn.Module) else layer
-    try:
-        rule = _BY_FLAX_KEY.get(key)
-    except TypeError:  # an unhashable callable
-        rule = None
+    rule = rule_or_none(layer)
     if rule is None:
+        key = _flax_key(layer)
         raise UnknownLayerError(
             f"{where}: no conversion rule for {_key_name(key)}; supported: {', '.join(supported_flax_kinds())}. "
             "Register one with @bridge.register_rule (see bridge.LayerRule)"
@@ -185,8 +187,14 @@ def _key_name(key: Any) -> str:
 
 def rule_or_none(layer: Any) -> LayerRule | None:
     """The rule for a Flax layer, or None: the checker compares layers with no rule by their outputs alone."""
-    key = type(layer) if isinstance(layer, nn.Module) else layer
     try:
-        return _BY_FLAX_KEY.get(key)
-    except TypeError:
+        return _BY_FLAX_KEY.get(_flax_key(layer))
+    except TypeError:  # an unhashable callable
         return None
+
+
+def _flax_key(layer: Any) -> Any:
+    """What a Flax layer is looked up by: a module's exact class, a function itself, a partial's function."""
+    if isinstance(layer, nn.Module):
+        return type(layer)
+    return layer.func if isinstance(layer, functools.partial) else layer

@@ -46,8 +46,11 @@ class DenseRule(LayerRule):
         assert isinstance(module, torch.nn.Linear)
         return nn.Dense(features=module.out_features, use_bias=module.bias is not None)
 
-    def input_features(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> int | None:
-        return int(variables["params"]["kernel"].shape[0])
+    def random_input(
+        self, layer: Any, variables: Mapping[str, Mapping[str, Any]], rng: np.random.Generator, n: int
+    ) -> np.ndarray | None:
+        kernel = variables["params"]["kernel"]
+        return rng.standard_normal((n, kernel.shape[0])).astype(kernel.dtype)
 
     def error_bound(self, layer: Any, variables: Mapping[str, Mapping[str, Any]], bound: BoundInputs) -> np.ndarray:
         """Accumulation error of ``x @ kernel`` (fan-in K), the input error carried through the kernel, and

@@ -1,0 +1,187 @@
+"""LayerNorm, RMSNorm and BatchNorm (inference) <-> their torch modules, epsilons and momenta translated.
+
+Defaults differ between the frameworks (Flax epsilon 1e-6 vs torch 1e-5 for LayerNorm, torch's
+machine epsilon for RMSNorm; BatchNorm momentum 0.99 keep-rate vs 0.1 update-rate): the rules
+carry the Flax values over explicitly, so a converted model never relies on torch's defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import numpy as np
+import torch
+from flax import nnx
+
+from .._errors import LayerMismatchError
+from .._numerics import function_rounding
+from .._tensors import torch_dtype
+from ._registry import BoundInputs, LayerRule, ParamMap, register
+
+_SCALE = ParamMap("params", "scale", "weight")
+_BIAS = ParamMap("params", "bias", "bias")
+_MEAN = ParamMap("batch_stats", "mean", "running_mean")
+_VAR = ParamMap("batch_stats", "var", "running_var")
+
+
+def _last_axis_only(layer: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(layer, name, -1)
+        if value not in (-1, (-1,)):
+            raise LayerMismatchError(f"{name}={value!r}: the bridge converts normalisation over the last axis only")
+
+
+def _features(variables: Mapping[str, Mapping[str, Any]], *names: str) -> tuple[int, Any]:
+    for collection in ("params", "batch_stats"):
+        for name in names:
+            array = variables.get(collection, {}).get(name)
+            if array is not None:
+                return int(array.shape[-1]), array.dtype
+    raise LayerMismatchError("has neither scale nor bias: its width is unknown; give it use_scale=True")
+
+
+def _affine_maps(use_scale: bool, use_bias: bool) -> tuple[ParamMap, ...]:
+    return (_SCALE,) * use_scale + (_BIAS,) * use_bias
+
+
+def _normalised_bound(bound: BoundInputs, scale: Any, centred: bool) -> np.ndarray:
+    """Error of ``(x - mean) / sqrt(var + eps) * scale + bias`` over the last axis: the input error
+    divided by the deviation (twice, for the mean's and variance's share), the roundings of the
+    statistics (one-pass variance loses ``u * E[x^2] / var`` of relative accuracy), and the output's."""
+    x = bound.x
+    mean = x.mean(axis=-1, keepdims=True) if centred else 0.0
+    var = np.square(x - mean).mean(axis=-1, keepdims=True)
+    square = np.square(x).mean(axis=-1, keepdims=True)
+    eps = 1e-12
+    deviation = np.sqrt(var + eps)
+    s = np.ones(x.shape[-1]) if scale is None else np.abs(np.asarray(scale, np.float64))
+    normalised = np.abs(x - mean) / deviation
+    passed = 2.0 * s * np.sqrt(np.mean(np.square(bound.tol_in), axis=-1, keepdims=True)) / deviation
+    statistics = (
+        16.0 * bound.precision.storage * s * (1.0 + normalised) * np.sqrt(x.shape[-1]) * (square + eps) / (var + eps)
+    )
+    return passed + statistics + function_rounding(bound.x, bound.y, bound.precision.storage)
+
+
+@register
+class LayerNormRule(LayerRule):
+    """``nn.LayerNorm`` / ``nnx.LayerNorm`` <-> ``torch.nn.LayerNorm``: ``scale`` is ``weight``, epsilon kept."""
+
+    kind = "LayerNorm"
+    flax_keys = (nn.LayerNorm, nnx.LayerNorm)
+    torch_types = (torch.nn.LayerNorm,)
+
+    def param_maps(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> tuple[ParamMap, ...]:
+        return _affine_maps(layer.use_scale, layer.use_bias)
+
+    def torch_param_maps(self, module: torch.nn.Module) -> tuple[ParamMap, ...]:
+        return _affine_maps(module.weight is not None, module.bias is not None)
+
+    def make_torch(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> torch.nn.Module:
+        _last_axis_only(layer, "reduction_axes", "feature_axes")
+        width, dtype = _features(variables, "scale", "bias")
+        if not layer.use_scale and layer.use_bias:
+            raise LayerMismatchError("use_scale=False with use_bias=True has no torch LayerNorm equivalent")
+        return torch.nn.LayerNorm(
+            width, eps=layer.epsilon, elementwise_affine=layer.use_scale, bias=layer.use_bias, dtype=torch_dtype(dtype)
+        )
+
+    def make_flax(self, module: torch.nn.Module) -> Any:
+        assert isinstance(module, torch.nn.LayerNorm)
+        if len(module.normalized_shape) != 1:
+            raise LayerMismatchError(f"normalized_shape={module.normalized_shape}: only the last axis converts")
+        return nn.LayerNorm(
+            epsilon=module.eps,
+            use_scale=module.weight is not None,
+            use_bias=module.bias is not None,
+            use_fast_variance=False,
+        )
+
+    def error_bound(self, layer: Any, variables: Mapping[str, Mapping[str, Any]], bound: BoundInputs) -> np.ndarray:
+        return _normalised_bound(bound, variables.get("params", {}).get("scale"), centred=True)
+
+
+@register
+class RMSNormRule(LayerRule):
+    """``nn.RMSNorm`` / ``nnx.RMSNorm`` <-> ``torch.nn.RMSNorm`` (whose default eps is machine epsilon, not 1e-6)."""
+
+    kind = "RMSNorm"
+    flax_keys = (nn.RMSNorm, nnx.RMSNorm)
+    torch_types = (torch.nn.RMSNorm,)
+
+    def param_maps(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> tuple[ParamMap, ...]:
+        return _affine_maps(layer.use_scale, False)
+
+    def torch_param_maps(self, module: torch.nn.Module) -> tuple[ParamMap, ...]:
+        return _affine_maps(module.weight is not None, False)
+
+    def make_torch(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> torch.nn.Module:
+        _last_axis_only(layer, "reduction_axes", "feature_axes")
+        width, dtype = _features(variables, "scale")
+        return torch.nn.RMSNorm(width, eps=layer.epsilon, elementwise_affine=layer.use_scale, dtype=torch_dtype(dtype))
+
+    def make_flax(self, module: torch.nn.Module) -> Any:
+        assert isinstance(module, torch.nn.RMSNorm)
+        if module.eps is None:
+            raise LayerMismatchError("torch RMSNorm(eps=None) uses the dtype's machine epsilon; set eps explicitly")
+        return nn.RMSNorm(epsilon=module.eps, use_scale=module.weight is not None)
+
+    def error_bound(self, layer: Any, variables: Mapping[str, Mapping[str, Any]], bound: BoundInputs) -> np.ndarray:
+        return _normalised_bound(bound, variables.get("params", {}).get("scale"), centred=False)
+
+
+@register
+class BatchNormRule(LayerRule):
+    """``nn.BatchNorm`` / ``nnx.BatchNorm`` in inference <-> ``torch.nn.BatchNorm1d`` in eval, on (batch, features).
+
+    ``batch_stats`` ``mean``/``var`` are ``running_mean``/``running_var``; Flax's momentum is a
+    keep-rate (0.99) where torch's is an update-rate (0.1): torch momentum = 1 - Flax momentum.
+    """
+
+    kind = "BatchNorm"
+    flax_keys = (nn.BatchNorm, nnx.BatchNorm)
+    torch_types = (torch.nn.BatchNorm1d,)
+    torch_only_keys = ("num_batches_tracked",)
+
+    def param_maps(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> tuple[ParamMap, ...]:
+        return (*_affine_maps(layer.use_scale, layer.use_bias), _MEAN, _VAR)
+
+    def torch_param_maps(self, module: torch.nn.Module) -> tuple[ParamMap, ...]:
+        return (*_affine_maps(module.weight is not None, module.bias is not None), _MEAN, _VAR)
+
+    def make_torch(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> torch.nn.Module:
+        if getattr(layer, "axis", -1) != -1:
+            raise LayerMismatchError(f"axis={layer.axis}: the bridge converts BatchNorm over the last axis only")
+        if not (layer.use_scale == layer.use_bias):
+            raise LayerMismatchError("torch BatchNorm has both weight and bias or neither (affine); Flax has one")
+        width, dtype = _features(variables, "mean")
+        module = torch.nn.BatchNorm1d(
+            width, eps=layer.epsilon, momentum=1.0 - layer.momentum, affine=layer.use_scale, dtype=torch_dtype(dtype)
+        )
+        return module.eval()
+
+    def make_flax(self, module: torch.nn.Module) -> Any:
+        assert isinstance(module, torch.nn.BatchNorm1d)
+        if module.momentum is None:
+            raise LayerMismatchError("torch BatchNorm momentum=None (a cumulative average) has no Flax equivalent")
+        if not module.track_running_stats:
+            raise LayerMismatchError("torch BatchNorm without running statistics has no Flax inference equivalent")
+        return nn.BatchNorm(
+            use_running_average=True,
+            momentum=1.0 - module.momentum,
+            epsilon=module.eps,
+            use_scale=module.affine,
+            use_bias=module.affine,
+        )
+
+    def error_bound(self, layer: Any, variables: Mapping[str, Mapping[str, Any]], bound: BoundInputs) -> np.ndarray:
+        """An elementwise affine map in inference: the input error scaled by ``|scale| / sqrt(var + eps)``."""
+        stats = variables["batch_stats"]
+        slope = 1.0 / np.sqrt(np.asarray(stats["var"], np.float64) + layer.epsilon)
+        scale = variables.get("params", {}).get("scale")
+        if scale is not None:
+            slope = slope * np.abs(np.asarray(scale, np.float64))
+        passed = slope * bound.tol_in if bound.tol_in.shape == bound.y.shape else 0.0
+        return passed + function_rounding(bound.x, bound.y, bound.precision.storage)
