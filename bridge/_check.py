@@ -11,30 +11,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
-from flax import traverse_util
 
 from ._capture import flax_layer_outputs, torch_layer_outputs
 from ._chain import Step, Variables, discover_chain
 from ._compare import compare
 from ._errors import InvalidArgumentError, LayerMismatchError
+from ._gradients import Tolerance, compare_gradients
 from ._hints import HintContext, diagnose
-from ._numerics import Precision, gradient_tolerance
+from ._numerics import Precision
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow
 from ._tensors import to_numpy, to_tensor, torch_dtype
 from .rules import BoundInputs, LayerRule
 from .rules._registry import rule_or_none
 
 Loss = Callable[[Any], Any]
-
-
-class _Tolerance(NamedTuple):
-    """Explicit ``rtol``/``atol`` (both set), or None for the tolerance derived per layer."""
-
-    rtol: float
-    atol: float
-
-    def of(self, reference: np.ndarray) -> np.ndarray:
-        return self.atol + self.rtol * np.abs(reference)
 
 
 def check_equivalence(
@@ -115,8 +105,13 @@ def check_equivalence(
     if grads and not problems:
         smooth = _rows_away_from_kinks(positions)
         dropped = int(np.count_nonzero(~smooth))
+        if x.ndim < 2 and _is_float(x.dtype):  # a single sample: nothing to leave out
+            smooth, dropped = np.ones(len(x), bool), 0
         if smooth.any():
-            gradient_rows = _gradients(model, variables, torch_module, steps, rules, x[smooth], loss or _sum, tolerance)
+            planned = list(zip(steps, rules, strict=True))
+            gradient_rows = compare_gradients(
+                model, variables, torch_module, planned, x[smooth], loss or _sum, tolerance
+            )
 
     first = _first_divergence(rows, positions, structure, gradient_rows)
     ok = not problems and all(row.ok for row in rows) and output.ok and all(g.comparison.ok for g in gradient_rows)
@@ -193,9 +188,9 @@ def _row(position: _Position, torch_arrays: Sequence[np.ndarray]) -> LayerRow:
 def _rows_away_from_kinks(positions: Sequence[_Position]) -> np.ndarray:
     """Input rows (first axis) where no layer input lies within its tolerance of a kink (relu at 0):
     there the two sides may take different branches, and their gradients legitimately differ."""
-    smooth = np.ones(positions[0].x.shape[0] if positions[0].x.ndim > 1 else 1, bool)
+    smooth = np.ones(len(positions[0].x), bool)
     for p in positions:
-        if p.rule is None or not p.rule.kinks or p.x.ndim < 2:
+        if p.rule is None or not p.rule.kinks or len(p.x) != len(smooth):
             continue
         x64 = np.asarray(p.x, np.float64)
         near = np.zeros(x64.shape, bool)
@@ -206,14 +201,14 @@ def _rows_away_from_kinks(positions: Sequence[_Position]) -> np.ndarray:
     return smooth
 
 
-def _explicit_tolerance(rtol: float | None, atol: float | None, dtype: Any) -> _Tolerance | None:
+def _explicit_tolerance(rtol: float | None, atol: float | None, dtype: Any) -> Tolerance | None:
     from ._numerics import DEFAULT_RTOL_ATOL
 
     if rtol is None and atol is None:
         return None
     name = np.dtype(dtype).name
     default_rtol, default_atol = DEFAULT_RTOL_ATOL.get(name, DEFAULT_RTOL_ATOL["float32"])
-    chosen = _Tolerance(default_rtol if rtol is None else float(rtol), default_atol if atol is None else float(atol))
+    chosen = Tolerance(default_rtol if rtol is None else float(rtol), default_atol if atol is None else float(atol))
     if not (chosen.rtol >= 0 and chosen.atol >= 0):
         raise InvalidArgumentError(f"rtol and atol must be >= 0, got rtol={chosen.rtol}, atol={chosen.atol}")
     return chosen
@@ -222,7 +217,7 @@ def _explicit_tolerance(rtol: float | None, atol: float | None, dtype: Any) -> _
 _GENERIC_RULE = LayerRule()  # its error_bound: slope <= 1 and one rounding, for layers with no rule
 
 
-def _bound(rule: LayerRule | None, step: Step, inputs: BoundInputs, tolerance: _Tolerance | None) -> np.ndarray:
+def _bound(rule: LayerRule | None, step: Step, inputs: BoundInputs, tolerance: Tolerance | None) -> np.ndarray:
     """The per-element tolerance of one layer's output: explicit, or derived by the layer's rule."""
     if tolerance is not None:
         return tolerance.of(inputs.y)
@@ -371,57 +366,3 @@ def _first_nonfinite(arrays: Sequence[np.ndarray]) -> int | None:
         if _is_float(values.dtype) and not np.all(np.isfinite(values.astype(np.float64))):
             return index
     return None
-
-
-def _gradients(model, variables, torch_module, steps, rules, x, loss, tolerance) -> tuple[GradientRow, ...]:  # type: ignore[no-untyped-def]
-    """Gradients of ``loss`` w.r.t. the input and each parameter, mapped across frameworks by the rules."""
-    params = variables["params"]
-    differentiable_x = _is_float(x.dtype)
-
-    def flax_loss(p: Any, inp: Any) -> Any:
-        return loss(model.apply({**variables, "params": p}, inp))
-
-    if differentiable_x:
-        flax_params_grad, flax_x_grad = jax.grad(flax_loss, argnums=(0, 1))(params, jnp.asarray(x))
-    else:
-        flax_params_grad, flax_x_grad = jax.grad(flax_loss)(params, jnp.asarray(x)), None
-    x_tensor = to_tensor(x).requires_grad_(differentiable_x)
-    named = dict(torch_module.named_parameters())
-    torch_loss = loss(torch_module(x_tensor))
-    wanted = ([x_tensor] if differentiable_x else []) + list(named.values())
-    torch_grads = torch.autograd.grad(torch_loss, wanted, allow_unused=True)
-    by_name = dict(zip(named, torch_grads[1:] if differentiable_x else torch_grads, strict=True))
-
-    precision = Precision.of(x.dtype if differentiable_x else np.float32)
-    widths = [
-        int(d)
-        for step in steps
-        for array in traverse_util.flatten_dict(dict(step.variables)).values()
-        for d in np.shape(array)
-    ]
-    length, depth = max([*widths, int(np.prod(x.shape[:-1]))]), sum(1 for s in steps if s.variables)
-
-    def row(name: str, reference: np.ndarray, candidate: torch.Tensor | None) -> GradientRow:
-        ref = np.asarray(reference, np.float64)
-        tol = tolerance.of(ref) if tolerance is not None else gradient_tolerance(ref, length, depth, precision)
-        got = np.zeros_like(ref) if candidate is None else to_numpy(candidate).astype(np.float64)
-        return GradientRow(name, compare(ref, got, tol))
-
-    rows = []
-    if flax_x_grad is not None:
-        rows.append(row("input", np.asarray(flax_x_grad), torch_grads[0]))
-    for step, rule in zip(steps, rules, strict=True):
-        if rule is None:
-            continue
-        for m in rule.param_maps(step.layer, step.variables):
-            if m.collection != "params":
-                continue
-            node = flax_params_grad
-            for key in step.flax_path:
-                node = node[key]
-            reference = m.flax_to_torch(np.asarray(node[m.flax_name]))
-            torch_name = f"{step.index}.{m.torch_name}"
-            rows.append(
-                row(f"{'/'.join(step.flax_path)}/{m.flax_name} <-> {torch_name}", reference, by_name.get(torch_name))
-            )
-    return tuple(rows)

@@ -164,6 +164,8 @@ def norm_epsilon(context: HintContext) -> str | None:
     """Normalisation epsilons differ by default (Flax 1e-6; torch LayerNorm/GroupNorm 1e-5, RMSNorm machine eps)."""
     module = context.torch_module
     torch_eps = getattr(module, "eps", None)
+    if isinstance(module, torch.nn.RMSNorm) and torch_eps is None:  # torch's default: the dtype's machine epsilon
+        torch_eps = torch.finfo(module.weight.dtype if module.weight is not None else torch.float32).eps
     flax_eps = getattr(context.step.layer, "epsilon", None)
     if torch_eps is None or flax_eps is None or torch_eps == flax_eps:
         return None
