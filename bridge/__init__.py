@@ -1,6 +1,7 @@
 """flax-torch-bridge: convert Flax models to PyTorch and back, and prove that both compute the same function."""
 
 from . import rules as rules
+from . import torch_layers as torch_layers
 from ._check import assert_equivalent as assert_equivalent
 from ._check import check_equivalence as check_equivalence
 from ._compare import Comparison as Comparison
@@ -23,6 +24,7 @@ from ._seed_model import run_torch as run_torch
 from .rules import LayerRule as LayerRule
 from .rules import ParamMap as ParamMap
 from .rules import register as register_rule
+from .rules.conv import flatten as flatten
 
 __all__ = [
     "DEFAULT_RTOL_ATOL",
@@ -41,6 +43,7 @@ __all__ = [
     "UnsupportedModelError",
     "assert_equivalent",
     "check_equivalence",
+    "flatten",
     "load_into",
     "register_rule",
     "rules",
@@ -48,4 +51,5 @@ __all__ = [
     "to_flax",
     "to_state_dict",
     "to_torch",
+    "torch_layers",
 ]

@@ -20,6 +20,7 @@ from ._chain import Step
 from ._compare import compare
 from ._numerics import Precision, function_rounding
 from ._tensors import to_numpy
+from .rules._registry import rule_or_none
 from .rules.activations import ACTIVATIONS
 
 
@@ -94,8 +95,8 @@ def training_mode(context: HintContext) -> str | None:
 
 
 @hint("Dense")
-def dense_parameters(context: HintContext) -> str | None:
-    """Untransposed square kernels, a missing or extra bias, or weights that differ from the kernel."""
+def dense_layout(context: HintContext) -> str | None:
+    """An untransposed square kernel, or a bias present on one side only."""
     module = context.torch_module
     if not isinstance(module, torch.nn.Linear):
         return None
@@ -111,14 +112,48 @@ def dense_parameters(context: HintContext) -> str | None:
         return "the torch Linear has no bias but the Flax Dense does: use Linear(..., bias=True) and load the bias"
     if bias is None and module.bias is not None:
         return "the torch Linear has a bias the Flax Dense lacks (use_bias=False): use Linear(..., bias=False)"
-    if weight.shape == kernel.T.shape and not np.array_equal(weight, kernel.T):
-        relative = np.abs(weight - kernel.T).max() / (np.abs(kernel).max() or 1.0)
+    return None
+
+
+@hint()
+def parameters_differ(context: HintContext) -> str | None:
+    """A torch tensor that differs from the Flax variable its rule maps it to (names the first, with the size)."""
+    module, rule = context.torch_module, rule_or_none(context.step.layer)
+    if module is None or rule is None or type(module) not in rule.torch_types:
+        return None
+    state = module.state_dict()
+    for m in rule.param_maps(context.step.layer, context.step.variables):
+        expected = m.flax_to_torch(np.asarray(context.step.variables[m.collection][m.flax_name], np.float64))
+        actual = state.get(m.torch_name)
+        if actual is None or tuple(actual.shape) != expected.shape:
+            continue
+        found = to_numpy(actual).astype(np.float64)
+        if not np.array_equal(found, expected):
+            relative = np.abs(found - expected).max() / (np.abs(expected).max() or 1.0)
+            return (
+                f"torch {m.torch_name} differs from Flax {m.collection}/{m.flax_name}"
+                f"{' (laid out for torch)' if m.to_torch_axes else ''} by up to {relative:.1e} of its scale: "
+                "reload it with bridge.load_into"
+            )
+    return None
+
+
+@hint("Conv")
+def symmetric_padding(context: HintContext) -> str | None:
+    """torch's ``padding=k // 2`` pads both sides alike; XLA's 'SAME' pads ``total // 2`` low and the rest high."""
+    layer = context.step.layer
+    if context.torch_module is None or getattr(layer, "padding", None) not in ("SAME", "same"):
+        return None
+    kernel_size = np.shape(context.step.variables["params"]["kernel"])[:-2]
+    dilation = layer.kernel_dilation or 1
+    dilations = (dilation,) * len(kernel_size) if isinstance(dilation, int) else tuple(dilation)
+    symmetric = [((k - 1) * d // 2, (k - 1) * d // 2) for k, d in zip(kernel_size, dilations, strict=True)]
+    if reproduces(context, apply_flax_layer(context.step, context.x, padding=symmetric)):
         return (
-            f"the Linear weight differs from the transposed Dense kernel by up to {relative:.1e} "
-            "of the kernel's scale: reload it with bridge.load_into"
+            f"torch pads symmetrically ({symmetric[0][0]} on each side) where Flax 'SAME' with stride "
+            f"{layer.strides} pads total // 2 low and the rest high: pad explicitly with functional.pad and "
+            "padding=0 (bridge.torch_layers.FlaxConv2d does)"
         )
-    if bias is not None and module.bias is not None and not np.array_equal(to_numpy(module.bias), np.asarray(bias)):
-        return "the Linear bias differs from the Dense bias: reload it with bridge.load_into"
     return None
 
 

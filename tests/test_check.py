@@ -96,7 +96,10 @@ def test_no_false_alarm_on_a_1024_4096_4096_1024_port_and_a_1e_4_change_is_caugh
     assert report.first_divergence is not None
     assert report.first_divergence.index == 2
     assert report.first_divergence.hint is not None
-    assert "differs from the transposed Dense kernel by up to 1.0e-04" in report.first_divergence.hint
+    assert (
+        "torch weight differs from Flax params/kernel (laid out for torch) by up to 1.0e-04"
+        in report.first_divergence.hint
+    )
 
 
 # ---------------------------------------------------------------- planted bugs, one per hint and position
@@ -127,7 +130,7 @@ def test_a_1e_4_weight_change_is_localised(position: int) -> None:
     assert report.first_divergence is not None
     assert report.first_divergence.index == position
     assert report.first_divergence.hint is not None
-    assert "differs from the transposed Dense kernel" in report.first_divergence.hint
+    assert "torch weight differs from Flax params/kernel" in report.first_divergence.hint
     # layers before the bug are fine on their own and end to end
     assert all(row.ok for row in report.layers[:position])
 
@@ -299,7 +302,7 @@ def test_report_table_json_and_row_statistics() -> None:
     text = str(report)
     assert text.splitlines()[0] == "flax-torch-bridge equivalence check: NOT EQUIVALENT"
     assert ">>  4     Dense" in text
-    assert "hint: the Linear bias differs from the Dense bias" in text
+    assert "hint: torch bias differs from Flax params/bias by up to" in text
     row = report.layers[4]
     assert row.end_to_end.max_abs == pytest.approx(1e-3, rel=1e-3)
     assert row.end_to_end.mismatched_fraction == 1.0

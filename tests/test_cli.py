@@ -124,7 +124,7 @@ def test_user_port_with_its_own_weights_is_checked_as_it_is(ports_dir: Path) -> 
     result = _run_in(ports_dir, *args, "--keep-torch-weights", "--no-grads")
     assert result.returncode == 1, result.stderr
     assert ">> first divergence: position 0 (Dense at 'layers_0' <-> torch '0'), isolated" in result.stdout
-    assert "hint: the Linear weight differs from the transposed Dense kernel" in result.stdout
+    assert "hint: torch weight differs from Flax params/kernel (laid out for torch)" in result.stdout
 
 
 def test_user_model_without_a_port_is_converted_and_checked_in_bfloat16(ports_dir: Path) -> None:

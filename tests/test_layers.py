@@ -84,7 +84,57 @@ CASES = [
     Case("batchnorm", lambda: [nn.Dense(6), nn.BatchNorm(use_running_average=True)], naive=_train(1)),
     Case("dropout", lambda: [nn.Dense(6), nn.Dropout(0.5, deterministic=True), nn.Dense(3)], naive=_train(1)),
     Case("embed", lambda: [nn.Embed(10, 4), nn.Dense(3)], shape=(12,), integer_inputs=10),
+    Case(
+        "conv1d-same-stride2",
+        lambda: [nn.Conv(4, (5,), strides=2, padding="SAME")],
+        shape=(3, 12, 2),
+        naive=lambda p: _symmetric(p, 0, 2),
+    ),
+    Case(
+        "conv2d-same-stride2",
+        lambda: [nn.Conv(4, (3, 3), strides=2, padding="SAME")],
+        shape=(3, 8, 10, 2),
+        naive=lambda p: _symmetric(p, 0, 1),
+    ),
+    Case("conv2d-valid-dilated", lambda: [nn.Conv(4, (3, 3), padding="VALID", kernel_dilation=2)], shape=(2, 9, 9, 3)),
+    Case(
+        "conv2d-explicit-groups",
+        lambda: [nn.Conv(6, (3, 2), padding=((2, 0), (1, 1)), feature_group_count=3)],
+        shape=(2, 7, 6, 3),
+    ),
+    Case(
+        "cnn",
+        lambda: [
+            nn.Conv(4, (3, 3), strides=2, padding="SAME"),
+            jax.nn.relu,
+            nn.Conv(8, (3, 3)),
+            jax.nn.relu,
+            bridge.flatten,
+            nn.Dense(5),
+        ],
+        shape=(4, 9, 9, 3),
+    ),
+    Case(
+        "mlp-layernorm-gelu-dropout-batchnorm",
+        lambda: [
+            nn.Dense(16),
+            nn.LayerNorm(),
+            nn.gelu,
+            nn.Dropout(0.1, deterministic=True),
+            nn.Dense(16),
+            nn.BatchNorm(use_running_average=True),
+            jax.nn.relu,
+            nn.Dense(4),
+        ],
+    ),
 ]
+
+
+def _symmetric(port: torch.nn.Sequential, position: int, pad: int) -> torch.nn.Sequential:
+    """The usual hand port: torch's symmetric padding=k//2 where Flax 'SAME' with stride 2 pads asymmetrically."""
+    conv = port[position]
+    conv.flax_padding = ((pad, pad),) * (conv.weight.ndim - 2)
+    return port
 
 
 def _untransposed(port: torch.nn.Sequential, position: int) -> torch.nn.Sequential:
@@ -219,7 +269,43 @@ TORCH_SAMPLES: dict[type[torch.nn.Module], torch.nn.Module] = {
     torch.nn.BatchNorm1d: torch.nn.BatchNorm1d(3),
     torch.nn.Dropout: torch.nn.Dropout(),
     torch.nn.Embedding: torch.nn.Embedding(4, 3),
+    torch.nn.Flatten: torch.nn.Flatten(),
+    bridge.torch_layers.FlaxConv1d: bridge.torch_layers.FlaxConv1d(2, 3, (3,), flax_padding="SAME"),
+    bridge.torch_layers.FlaxConv2d: bridge.torch_layers.FlaxConv2d(
+        2, 4, (3, 3), flax_padding=((1, 0), (0, 1)), groups=2
+    ),
 }
+
+
+def test_the_symmetric_padding_mistake_is_named() -> None:
+    case = next(c for c in CASES if c.name == "conv2d-same-stride2")
+    model, variables, x = _build(case)
+    assert case.naive is not None
+    port = case.naive(bridge.to_torch(model, variables))
+    report = bridge.check_equivalence(model, variables, port, x, grads=False)
+    assert report.first_divergence is not None
+    assert "torch pads symmetrically (1 on each side) where Flax 'SAME' with stride 2" in str(
+        report.first_divergence.hint
+    )
+
+
+def test_channels_first_convolution_takes_nchw() -> None:
+    conv = bridge.torch_layers.FlaxConv2d(3, 4, (3, 3), flax_padding="SAME", stride=2, channels_last=False)
+    x = torch.randn(2, 3, 8, 8)
+    nhwc = bridge.torch_layers.FlaxConv2d(3, 4, (3, 3), flax_padding="SAME", stride=2)
+    nhwc.load_state_dict(conv.state_dict())
+    torch.testing.assert_close(conv(x), nhwc(x.movedim(1, -1)).movedim(-1, 1))
+    with pytest.raises(bridge.LayerMismatchError, match="channels-first convolution takes NCHW"):
+        bridge.to_flax(torch.nn.Sequential(conv))
+
+
+def test_unsupported_convolutions_are_refused_with_the_reason() -> None:
+    model = nn.Sequential([nn.Conv(2, (3, 3), padding="CIRCULAR")])
+    variables = model.init(jax.random.PRNGKey(0), np.ones((1, 5, 5, 1), np.float32))
+    with pytest.raises(
+        bridge.LayerMismatchError, match=r"layer 0 \(Conv at 'layers_0'\): padding='CIRCULAR' has no torch equivalent"
+    ):
+        bridge.to_torch(model, variables)
 
 
 def test_every_rule_maps_its_torch_kinds_back_to_itself() -> None:

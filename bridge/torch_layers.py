@@ -1,0 +1,92 @@
+"""Torch modules that compute exactly what a Flax layer computes where no stock torch module does.
+
+``FlaxConv1d``/``FlaxConv2d`` are ``torch.nn.Conv1d``/``Conv2d`` (same ``weight``/``bias``, so
+state dicts stay standard) that pad the way XLA does and may take channels-last input, as Flax
+does. XLA's 'SAME' pads ``total // 2`` before and the rest after: with stride 2 that is
+asymmetric, which torch's symmetric ``padding=`` cannot express, so the padding is applied with
+``F.pad`` and the convolution itself runs with ``padding=0``. Pure torch: no JAX import.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.nn import functional
+
+Padding = str | tuple[tuple[int, int], ...]
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
+    """XLA's 'SAME' padding of one spatial axis: ``(low, high)`` with ``low = total // 2``."""
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+class _FlaxPadding:
+    """Shared forward of the Flax-compatible convolutions (a mixin over ``torch.nn.Conv*d``)."""
+
+    flax_padding: Padding
+    channels_last: bool
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+
+    def _pads(self, spatial: Sequence[int]) -> list[int]:
+        if self.flax_padding == "SAME":
+            pairs = [
+                same_padding(n, k, s, d)
+                for n, k, s, d in zip(spatial, self.kernel_size, self.stride, self.dilation, strict=True)
+            ]
+        elif self.flax_padding == "VALID":
+            pairs = [(0, 0)] * len(spatial)
+        else:
+            pairs = list(self.flax_padding)  # type: ignore[arg-type]
+        return [p for low, high in reversed(pairs) for p in (low, high)]  # pad's order: last axis first
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.movedim(-1, 1)
+        x = functional.pad(x, self._pads(x.shape[2:]))
+        y = self._conv_forward(x, self.weight, self.bias)  # type: ignore[attr-defined]
+        return y.movedim(1, -1) if self.channels_last else y
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, flax_padding={self.flax_padding!r}, channels_last={self.channels_last}"  # type: ignore[misc]
+
+
+class FlaxConv1d(_FlaxPadding, torch.nn.Conv1d):
+    """``torch.nn.Conv1d`` with XLA padding; input ``(N, L, C)`` when ``channels_last`` (Flax's), else ``(N, C, L)``."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Any,
+        *,
+        flax_padding: Padding,
+        channels_last: bool = True,
+        **conv_options: Any,
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, padding=0, **conv_options)
+        self.flax_padding, self.channels_last = flax_padding, channels_last
+
+
+class FlaxConv2d(_FlaxPadding, torch.nn.Conv2d):
+    """``torch.nn.Conv2d`` with XLA padding; input ``(N, H, W, C)`` when ``channels_last`` (Flax's), else NCHW."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Any,
+        *,
+        flax_padding: Padding,
+        channels_last: bool = True,
+        **conv_options: Any,
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, padding=0, **conv_options)
+        self.flax_padding, self.channels_last = flax_padding, channels_last
