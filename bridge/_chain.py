@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import traverse_util
+from flax import nnx, traverse_util
 
 from ._errors import UnsupportedModelError, at_layer
 
@@ -49,7 +49,7 @@ class Step:
 
 def layer_name(layer: Any) -> str:
     """Name a Flax layer or a function for messages: the class name or the function's ``__name__``."""
-    if isinstance(layer, nn.Module):
+    if isinstance(layer, nn.Module | nnx.Module):
         return type(layer).__name__
     func = getattr(layer, "func", None)  # functools.partial
     name = getattr(layer, "__name__", None) or getattr(func, "__name__", None)
@@ -65,18 +65,23 @@ class _FoundSequential(NamedTuple):
     got_model_input: bool
 
 
-def discover_chain(model: nn.Module, variables: Variables) -> tuple[Step, ...]:
+def discover_chain(model: Any, variables: Variables | None = None) -> tuple[Step, ...]:
     """Return the steps of the ``nn.Sequential`` that ``model`` consists of, in call order.
 
     Arguments:
         model: a Flax linen module that is an ``nn.Sequential``, or whose ``__call__`` returns the
-            result of exactly one ``nn.Sequential`` applied to its input.
-        variables: what ``model.init`` returned (``{"params": ...}``, plus ``batch_stats`` etc.).
+            result of exactly one ``nn.Sequential`` applied to its input; or an ``nnx.Sequential``.
+        variables: what ``model.init`` returned (``{"params": ...}``, plus ``batch_stats`` etc.);
+            None for an NNX model, which holds its own.
 
     Raises:
         UnsupportedModelError: when the model is not such a chain, or holds variables that no layer
             of the chain owns.
     """
+    if isinstance(model, nnx.Module):
+        if variables is not None:
+            raise UnsupportedModelError("an NNX model holds its own variables: pass variables=None")
+        return _nnx_chain(model)
     if not isinstance(model, nn.Module):
         raise UnsupportedModelError(f"expected a flax.linen Module, got {type(model).__name__}")
     if not isinstance(variables, Mapping):
@@ -143,6 +148,23 @@ def discover_chain(model: nn.Module, variables: Variables) -> tuple[Step, ...]:
     steps = tuple(_step(i, layer, variables) for i, layer in enumerate(found[0].layers))
     _check_every_variable_is_owned(name, steps, variables)
     return steps
+
+
+def _nnx_chain(model: nnx.Module) -> tuple[Step, ...]:
+    """The steps of an ``nnx.Sequential``: its layers, each with its Param and BatchStat variables."""
+    if not isinstance(model, nnx.Sequential):
+        raise UnsupportedModelError(
+            f"{type(model).__name__} is an NNX module but not an nnx.Sequential: the bridge converts one chain"
+        )
+    steps = []
+    for index, layer in enumerate(model.layers):
+        owned: dict[str, dict[str, Any]] = {}
+        if isinstance(layer, nnx.Module):
+            for collection, kind in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
+                if state := nnx.to_pure_dict(nnx.state(layer, kind)):
+                    owned[collection] = dict(state)
+        steps.append(Step(index, layer, ("layers", str(index)) if isinstance(layer, nnx.Module) else (), owned))
+    return tuple(steps)
 
 
 def _step(index: int, layer: Any, variables: Variables) -> Step:

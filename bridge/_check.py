@@ -6,12 +6,12 @@ import copy
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 
+from . import _flax_model as flax_model
 from ._capture import flax_layer_outputs, torch_layer_outputs
 from ._chain import Step, Variables, discover_chain
 from ._compare import compare
@@ -28,8 +28,8 @@ Loss = Callable[[Any], Any]
 
 
 def check_equivalence(
-    model: nn.Module,
-    variables: Variables,
+    model: Any,
+    variables: Variables | None,
     torch_module: torch.nn.Module,
     inputs: Any = None,
     *,
@@ -44,7 +44,8 @@ def check_equivalence(
     """Check that ``torch_module`` computes what the Flax ``model`` computes with ``variables``, layer by layer.
 
     Arguments:
-        model, variables: the Flax reference (an ``nn.Sequential`` chain) and what its ``init`` returned.
+        model, variables: the Flax reference (an ``nn.Sequential`` chain) and what its ``init`` returned;
+            or an ``nnx.Sequential`` and None (it holds its own variables; put it in eval mode).
         torch_module: the port, a ``torch.nn.Sequential`` whose position i is the chain's position i.
             It is not modified (a copy is cast when ``dtype`` is given); put it in eval mode yourself.
         inputs: an array ``(batch..., in_features)`` fed to both sides; by default ``n_inputs`` rows of
@@ -69,10 +70,11 @@ def check_equivalence(
             "the torch port must be a torch.nn.Sequential (position i <-> chain position i), "
             f"got {type(torch_module).__name__}"
         )
-    steps = discover_chain(model, variables)
-    rules = [rule_or_none(step.layer) for step in steps]
     if dtype is not None:
-        variables, torch_module = _cast(variables, torch_module, dtype)
+        model, variables, torch_module = _cast(model, variables, torch_module, dtype)
+    steps = discover_chain(model, variables)
+    _refuse_training_mode(steps)
+    rules = [rule_or_none(step.layer) for step in steps]
     x = _inputs(inputs, steps, rules, seed, n_inputs, dtype)
     tolerance = _explicit_tolerance(rtol, atol, x.dtype)
 
@@ -139,7 +141,7 @@ def check_equivalence(
 
 
 def assert_equivalent(
-    model: nn.Module, variables: Variables, torch_module: torch.nn.Module, inputs: Any = None, **options: Any
+    model: Any, variables: Variables | None, torch_module: torch.nn.Module, inputs: Any = None, **options: Any
 ) -> EquivalenceReport:
     """``check_equivalence`` for tests: returns the report when equivalent, else raises ``AssertionError``
     whose message is the report's table (first divergence and hint included)."""
@@ -201,6 +203,20 @@ def _rows_away_from_kinks(positions: Sequence[_Position]) -> np.ndarray:
     return smooth
 
 
+def _refuse_training_mode(steps: Sequence[Step]) -> None:
+    """NNX Dropout and BatchNorm default to training mode: random outputs, and statistics that running
+    the model would overwrite. Linen layers in that mode cannot run without extra arguments at all."""
+    for step in steps:
+        if (
+            getattr(step.layer, "deterministic", None) is False
+            or getattr(step.layer, "use_running_average", None) is False
+        ):
+            raise InvalidArgumentError(
+                f"{step.where} is in training mode (NNX Dropout and BatchNorm are by default): "
+                "call model.eval() before checking, and compare against the torch model in eval mode"
+            )
+
+
 def _explicit_tolerance(rtol: float | None, atol: float | None, dtype: Any) -> Tolerance | None:
     from ._numerics import DEFAULT_RTOL_ATOL
 
@@ -254,16 +270,20 @@ def _inputs(
     return x
 
 
-def _cast(variables: Variables, torch_module: torch.nn.Sequential, dtype: Any) -> tuple[Any, torch.nn.Sequential]:
-    target = jnp.dtype(dtype)
+def _cast(
+    model: Any, variables: Any, torch_module: torch.nn.Sequential, dtype: Any
+) -> tuple[Any, Any, torch.nn.Sequential]:
+    """Copies of both sides in ``dtype`` (the caller's model, variables and module stay as they were)."""
+    try:
+        target = jnp.dtype(dtype)
+    except TypeError as e:
+        raise InvalidArgumentError(f"dtype {dtype!r} is not a dtype (use float32, float64 or bfloat16)") from e
     if target == jnp.float64 and not jax.config.read("jax_enable_x64"):
         raise InvalidArgumentError(
             "dtype float64 needs 64-bit JAX: jax.config.update('jax_enable_x64', True) before building the model"
         )
-    cast = jax.tree_util.tree_map(
-        lambda a: jnp.asarray(a, target) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a, variables
-    )
-    return cast, copy.deepcopy(torch_module).to(torch_dtype(target))
+    model, variables = flax_model.cast(model, variables, target)
+    return model, variables, copy.deepcopy(torch_module).to(torch_dtype(target))
 
 
 def _run_isolated(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:

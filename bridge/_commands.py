@@ -166,10 +166,11 @@ def _is_model(obj: Any) -> bool:
 def _print_seed_outputs(args: argparse.Namespace, pair: _Pair, report: Any) -> None:
     if args.flax is not None:
         return
+    from ._flax_model import apply
     from ._tensors import to_numpy, to_tensor
 
     x = pair.inputs[:1]
-    flax_out = np.asarray(pair.model.apply(pair.variables, x))[0]
+    flax_out = np.asarray(apply(pair.model, pair.variables, x))[0]
     torch_out = to_numpy(pair.torch_module(to_tensor(x)).detach())[0]
     widths = f"{args.in_features}-{args.hidden}-{args.hidden}-{args.out}"
     print(f"seed {args.seed}, x = {x[0]}, widths {widths}")

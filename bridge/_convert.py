@@ -22,17 +22,17 @@ class PlannedStep(NamedTuple):
     rule: LayerRule
 
 
-def plan(model: nn.Module, variables: Variables) -> tuple[PlannedStep, ...]:
+def plan(model: Any, variables: Variables | None = None) -> tuple[PlannedStep, ...]:
     """Discover the chain of ``model`` and pick a rule for each step (raises before converting anything)."""
     return tuple(PlannedStep(step, rule_for_flax(step.layer, step.where)) for step in discover_chain(model, variables))
 
 
-def to_state_dict(model: nn.Module, variables: Variables) -> dict[str, torch.Tensor]:
+def to_state_dict(model: Any, variables: Variables | None = None) -> dict[str, torch.Tensor]:
     """The torch state dict of ``model``'s parameters, keys ``"0.weight"``, ``"0.bias"``, ``"2.weight"``, ...
 
     Arguments:
-        model: a Flax model that is (or returns) one ``nn.Sequential``.
-        variables: what ``model.init`` returned. It is not modified.
+        model: a Flax model that is (or returns) one ``nn.Sequential``, or an ``nnx.Sequential``.
+        variables: what ``model.init`` returned (None for NNX). It is not modified.
 
     Returns:
         New tensors (copies), laid out for torch: a Dense kernel ``(in, out)`` becomes a weight ``(out, in)``.
@@ -43,7 +43,7 @@ def to_state_dict(model: nn.Module, variables: Variables) -> dict[str, torch.Ten
     return {key: to_tensor(array) for key, array in _torch_arrays(plan(model, variables)).items()}
 
 
-def to_torch(model: nn.Module, variables: Variables) -> torch.nn.Sequential:
+def to_torch(model: Any, variables: Variables | None = None) -> torch.nn.Sequential:
     """A ``torch.nn.Sequential`` computing what ``model`` computes with ``variables`` (same positions).
 
     Raises:
@@ -62,7 +62,7 @@ def to_torch(model: nn.Module, variables: Variables) -> torch.nn.Sequential:
     return sequential.eval()
 
 
-def load_into(torch_module: torch.nn.Module, model: nn.Module, variables: Variables) -> torch.nn.Module:
+def load_into(torch_module: torch.nn.Module, model: Any, variables: Variables | None = None) -> torch.nn.Module:
     """Copy ``model``'s variables into an existing torch port, after checking layer kinds, names, shapes and dtypes.
 
     Nothing is copied unless everything fits, so a failed call leaves ``torch_module`` as it was.

@@ -20,6 +20,7 @@ from flax import traverse_util
 
 from ._chain import Step, Variables
 from ._compare import compare
+from ._flax_model import apply, cast, gradients, parameter_leaves
 from ._numerics import Precision, gradient_tolerance
 from ._report import GradientRow
 from ._tensors import to_numpy, to_tensor
@@ -49,30 +50,17 @@ def _is_float(dtype: Any) -> bool:
     return bool(jnp.issubdtype(dtype, jnp.floating))
 
 
-def _flax_gradients(model: Any, variables: Variables, x: Any, loss: Callable[[Any], Any]) -> tuple[Any, Any]:
-    """``(d loss / d params, d loss / d x)`` on the Flax side (the second None for integer inputs)."""
-
-    def flax_loss(params: Any, inputs: Any) -> Any:
-        return loss(model.apply({**variables, "params": params}, inputs))
-
-    if _is_float(x.dtype):
-        return jax.grad(flax_loss, argnums=(0, 1))(variables["params"], jnp.asarray(x))
-    return jax.grad(flax_loss)(variables["params"], jnp.asarray(x)), None
-
-
-def _float64_reference(model: Any, variables: Variables, x: np.ndarray, loss: Callable[[Any], Any]) -> tuple[Any, Any]:
+def _float64_reference(model: Any, variables: Any, x: np.ndarray, loss: Callable[[Any], Any]) -> tuple[Any, Any]:
     with jax.enable_x64(True):
-        wide = jax.tree_util.tree_map(
-            lambda a: np.asarray(a, np.float64) if _is_float(np.asarray(a).dtype) else a, variables
-        )
+        wide_model, wide_variables = cast(model, variables, jnp.float64)
         inputs = x.astype(np.float64) if _is_float(x.dtype) else x
-        params, x_grad = _flax_gradients(model, wide, inputs, loss)
+        params, x_grad = gradients(wide_model, wide_variables, inputs, loss)
         return jax.tree_util.tree_map(np.asarray, params), None if x_grad is None else np.asarray(x_grad)
 
 
 def compare_gradients(
     model: Any,
-    variables: Variables,
+    variables: Any,
     torch_module: torch.nn.Sequential,
     planned: Sequence[tuple[Step, LayerRule | None]],
     x: np.ndarray,
@@ -80,7 +68,7 @@ def compare_gradients(
     tolerance: Tolerance | None,
 ) -> tuple[GradientRow, ...]:
     """One row per gradient: the input's first, then each parameter's in chain order."""
-    flax_params, flax_x = _flax_gradients(model, variables, x, loss)
+    flax_params, flax_x = gradients(model, variables, x, loss)
     narrow = _is_float(x.dtype) and np.dtype(x.dtype).itemsize < 8
     reference_params, reference_x = _float64_reference(model, variables, x, loss) if narrow else (None, None)
 
@@ -142,9 +130,9 @@ def _cancellation_floor(
 ) -> float:
     """An absolute floor for gradients that cancel to about zero (the sum of a softmax is constant):
     a few roundings of the output's cotangent times the scale of the inputs and parameters."""
-    y = model.apply(variables, jnp.asarray(x))
+    y = apply(model, variables, jnp.asarray(x))
     cotangent = np.asarray(jax.grad(lambda out: loss(out))(y), np.float64)
-    leaves = [np.asarray(a, np.float64) for a in jax.tree_util.tree_leaves(variables)]
+    leaves = [a.astype(np.float64) for a in parameter_leaves(model, variables) if _is_float(a.dtype)]
     scale = max(
         [_rms(a) for a in leaves if a.size] + ([_rms(np.asarray(x, np.float64))] if _is_float(x.dtype) else []) + [1.0]
     )

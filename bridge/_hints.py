@@ -18,6 +18,7 @@ import torch
 
 from ._chain import Step
 from ._compare import compare
+from ._flax_model import run_layer
 from ._numerics import Precision, function_rounding
 from ._tensors import to_numpy
 from .rules._registry import rule_or_none
@@ -75,10 +76,7 @@ def reproduces(context: HintContext, candidate: Any) -> bool:
 
 def apply_flax_layer(step: Step, x: np.ndarray, **changes: Any) -> np.ndarray:
     """Run one Flax layer of the chain on its own, optionally with changed attributes (``epsilon=1e-5``)."""
-    layer = step.layer
-    if isinstance(layer, nn.Module):
-        return np.asarray(layer.clone(parent=None, **changes).apply(step.variables, jnp.asarray(x)))
-    return np.asarray(layer(jnp.asarray(x)))
+    return np.asarray(run_layer(step.layer, step.variables, jnp.asarray(x), **changes))
 
 
 @hint()

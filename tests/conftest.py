@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
-settings.register_profile("default", deadline=None, max_examples=40, print_blob=True)
+# Derandomised: CI runs the same examples every time; the "thorough" profile explores new ones.
+settings.register_profile("default", deadline=None, max_examples=40, print_blob=True, derandomize=True)
 settings.register_profile("thorough", deadline=None, max_examples=400, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 

@@ -49,10 +49,13 @@ def test_converted_model_matches_over_seeds_sizes_and_batch_shapes(
     flax_out = np.asarray(flax_impl.run(seed, x, hidden, out))
     torch_out = bridge.run_torch(seed, x, hidden, out).numpy()
     assert flax_out.shape == torch_out.shape == (*batch, out)
-    # float32 noise of a correct port grows with the fan-in (DESIGN.md): 1e-6 of the output scale
-    # holds for these widths; the checker's derived tolerance is tested in test_check.py.
-    error = _normwise_relative(flax_out, torch_out)
-    assert error <= 2e-6, f"normwise relative error {error:.3e}"
+    # A fixed relative bound fails here: one output summing 89 cancelling terms differs by 3.8e-6 of
+    # its size (DESIGN.md). The differences must stay within the checker's derived tolerance.
+    model, variables = flax_impl.init_variables(flax_impl.validate_run_arguments(seed, x, hidden, out))
+    rows = x.reshape(-1, in_features)
+    report = bridge.check_equivalence(model, variables, bridge.to_torch(model, variables), rows, grads=False)
+    assert report.ok, str(report)
+    np.testing.assert_array_equal(np.asarray(model.apply(variables, rows)), flax_out.reshape(-1, out))
 
 
 def test_nan_input_propagates_on_both_sides() -> None:

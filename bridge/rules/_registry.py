@@ -14,6 +14,7 @@ from typing import Any, ClassVar, NamedTuple, TypeVar
 import flax.linen as nn
 import numpy as np
 import torch
+from flax import nnx
 
 from .._errors import RuleRegistrationError, UnknownLayerError
 from .._numerics import Precision, function_rounding
@@ -144,9 +145,9 @@ def rule_for_flax(layer: Any, where: str) -> LayerRule:
     """
     rule = rule_or_none(layer)
     if rule is None:
-        key = _flax_key(layer)
         raise UnknownLayerError(
-            f"{where}: no conversion rule for {_key_name(key)}; supported: {', '.join(supported_flax_kinds())}. "
+            f"{where}: no conversion rule for {_key_name(_flax_key(layer))}; "
+            f"supported: {', '.join(supported_flax_kinds())}. "
             "Register one with @bridge.register_rule (see bridge.LayerRule)"
         )
     return rule
@@ -180,7 +181,8 @@ def registered_rules() -> list[LayerRule]:
 
 def _key_name(key: Any) -> str:
     if isinstance(key, type):
-        return f"{key.__module__.split('.')[0]} {key.__name__}"
+        api = "nnx" if ".nnx." in f"{key.__module__}." else ("nn" if ".linen." in key.__module__ else key.__module__)
+        return f"{api}.{key.__name__}"
     name = getattr(key, "__name__", None)
     return str(name) if name else repr(key)
 
@@ -195,6 +197,6 @@ def rule_or_none(layer: Any) -> LayerRule | None:
 
 def _flax_key(layer: Any) -> Any:
     """What a Flax layer is looked up by: a module's exact class, a function itself, a partial's function."""
-    if isinstance(layer, nn.Module):
+    if isinstance(layer, nn.Module | nnx.Module):
         return type(layer)
     return layer.func if isinstance(layer, functools.partial) else layer

@@ -8,6 +8,7 @@ from typing import Any
 import flax.linen as nn
 import numpy as np
 import torch
+from flax import nnx
 
 from .._errors import LayerMismatchError
 from .._numerics import dot_error_bound, propagated_error
@@ -20,10 +21,10 @@ _BIAS = ParamMap("params", "bias", "bias")
 
 @register
 class DenseRule(LayerRule):
-    """Dense over the last axis; ``use_bias=False`` maps to ``Linear(bias=False)``."""
+    """``nn.Dense`` / ``nnx.Linear`` over the last axis; ``use_bias=False`` maps to ``Linear(bias=False)``."""
 
     kind = "Dense"
-    flax_keys = (nn.Dense,)
+    flax_keys = (nn.Dense, nnx.Linear)
     torch_types = (torch.nn.Linear,)
 
     def param_maps(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> tuple[ParamMap, ...]:

@@ -132,6 +132,11 @@ class RMSNormRule(LayerRule):
         return _normalised_bound(bound, variables.get("params", {}).get("scale"), centred=False)
 
 
+def _flip(momentum: float) -> float:
+    """Keep-rate <-> update-rate (Flax 0.99 is torch 0.01), rounded so that 1 - 0.99 reads 0.01."""
+    return round(1.0 - float(momentum), 12)
+
+
 @register
 class BatchNormRule(LayerRule):
     """``nn.BatchNorm`` / ``nnx.BatchNorm`` in inference <-> ``torch.nn.BatchNorm1d`` in eval, on (batch, features).
@@ -158,7 +163,7 @@ class BatchNormRule(LayerRule):
             raise LayerMismatchError("torch BatchNorm has both weight and bias or neither (affine); Flax has one")
         width, dtype = _features(variables, "mean")
         module = torch.nn.BatchNorm1d(
-            width, eps=layer.epsilon, momentum=1.0 - layer.momentum, affine=layer.use_scale, dtype=torch_dtype(dtype)
+            width, eps=layer.epsilon, momentum=_flip(layer.momentum), affine=layer.use_scale, dtype=torch_dtype(dtype)
         )
         return module.eval()
 
@@ -170,7 +175,7 @@ class BatchNormRule(LayerRule):
             raise LayerMismatchError("torch BatchNorm without running statistics has no Flax inference equivalent")
         return nn.BatchNorm(
             use_running_average=True,
-            momentum=1.0 - module.momentum,
+            momentum=_flip(module.momentum),
             epsilon=module.eps,
             use_scale=module.affine,
             use_bias=module.affine,

@@ -1,0 +1,121 @@
+"""One interface over the two Flax APIs: linen (a module plus its variables) and NNX (a stateful module).
+
+Everything the bridge does to the Flax side (run it, run its layers one by one, differentiate it,
+cast it) goes through these functions, so the rest of the package does not care which API built it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+def is_nnx(model: Any) -> bool:
+    """Whether ``model`` is a Flax NNX module (its variables live inside it)."""
+    return isinstance(model, nnx.Module)
+
+
+def apply(model: Any, variables: Any, x: Any) -> Any:
+    """The model's output for ``x``."""
+    return model(x) if is_nnx(model) else model.apply(variables, x)
+
+
+def layer_outputs(model: Any, variables: Any, x: Any) -> list[Any]:
+    """The output of each item of the model's Sequential chain (the last is the model's output).
+
+    Linen: the model's own ``apply``, its ``nn.Sequential`` intercepted so that the items run one by
+    one (as ``nn.Sequential.__call__`` does). NNX: the items of ``nnx.Sequential.layers`` in order.
+    """
+    outputs: list[Any] = []
+    if is_nnx(model):
+        hidden = x
+        for layer in model.layers:
+            hidden = layer(hidden)
+            outputs.append(hidden)
+        return outputs
+    inside = False
+
+    def interceptor(next_fun: Any, args: Any, kwargs: Any, context: Any) -> Any:
+        nonlocal inside
+        if inside or context.method_name != "__call__" or not isinstance(context.module, nn.Sequential):
+            return next_fun(*args, **kwargs)
+        inside = True
+        try:
+            hidden = args[0]
+            for layer in context.module.layers:
+                hidden = layer(hidden)
+                outputs.append(hidden)
+            return hidden
+        finally:
+            inside = False
+
+    with nn.intercept_methods(interceptor):
+        model.apply(variables, x)
+    return outputs
+
+
+def gradients(model: Any, variables: Any, x: Any, loss: Callable[[Any], Any]) -> tuple[Any, Any]:
+    """``(d loss / d params, d loss / d x)`` as nested dicts addressed like the chain's ``flax_path``
+    (the second is None for integer inputs)."""
+    wrt_x = bool(jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating))
+    if is_nnx(model):
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
+
+        def nnx_loss(p: Any, inputs: Any) -> Any:
+            return loss(nnx.merge(graphdef, p, rest)(inputs))
+
+        if wrt_x:
+            params_grad, x_grad = jax.grad(nnx_loss, argnums=(0, 1))(params, jnp.asarray(x))
+        else:
+            params_grad, x_grad = jax.grad(nnx_loss)(params, jnp.asarray(x)), None
+        return _string_keys(nnx.to_pure_dict(params_grad)), x_grad
+
+    def linen_loss(p: Any, inputs: Any) -> Any:
+        return loss(model.apply({**variables, "params": p}, inputs))
+
+    if wrt_x:
+        return jax.grad(linen_loss, argnums=(0, 1))(variables["params"], jnp.asarray(x))
+    return jax.grad(linen_loss)(variables["params"], jnp.asarray(x)), None
+
+
+def cast(model: Any, variables: Any, dtype: Any) -> tuple[Any, Any]:
+    """Copies of the model and variables with every floating array cast to ``dtype`` (the originals untouched)."""
+
+    def convert(a: Any) -> Any:
+        return jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a
+
+    if is_nnx(model):
+        graphdef, state = nnx.split(model)
+        return nnx.merge(graphdef, jax.tree_util.tree_map(convert, state)), None
+    return model, jax.tree_util.tree_map(convert, variables)
+
+
+def parameter_leaves(model: Any, variables: Any) -> list[np.ndarray]:
+    """Every parameter and statistic array of the model (not NNX's RNG state)."""
+    tree = nnx.state(model, nnx.Param, nnx.BatchStat) if is_nnx(model) else variables
+    return [np.asarray(a) for a in jax.tree_util.tree_leaves(tree)]
+
+
+def run_layer(layer: Any, variables: Any, x: Any, **changes: Any) -> Any:
+    """Run one layer of the chain on its own, optionally with changed attributes (``epsilon=1e-5``)."""
+    if isinstance(layer, nn.Module):
+        return layer.clone(parent=None, **changes).apply(variables, x)
+    if isinstance(layer, nnx.Module):
+        copy = nnx.clone(layer)
+        for name, value in changes.items():
+            setattr(copy, name, value)
+        return copy(x)
+    return layer(x)
+
+
+def _string_keys(tree: Any) -> Any:
+    """NNX's pure dicts key list items by int; the chain's paths are strings."""
+    if isinstance(tree, dict):
+        return {str(key): _string_keys(value) for key, value in tree.items()}
+    return tree
