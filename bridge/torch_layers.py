@@ -90,3 +90,16 @@ class FlaxConv2d(_FlaxPadding, torch.nn.Conv2d):
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, padding=0, **conv_options)
         self.flax_padding, self.channels_last = flax_padding, channels_last
+
+
+class FlaxGroupNorm(torch.nn.GroupNorm):
+    """``torch.nn.GroupNorm`` over the last axis (Flax's channels-last layout) when ``channels_last``."""
+
+    def __init__(self, num_groups: int, num_channels: int, *, channels_last: bool = True, **options: Any) -> None:
+        super().__init__(num_groups, num_channels, **options)
+        self.channels_last = channels_last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.channels_last or x.ndim == 2:
+            return super().forward(x)
+        return super().forward(x.movedim(-1, 1)).movedim(1, -1)

@@ -81,6 +81,13 @@ CASES = [
     Case("layernorm", lambda: [nn.LayerNorm()], scale=1e-3, naive=_copy_affine_into(0, torch.nn.LayerNorm(6))),
     Case("layernorm-no-bias", lambda: [nn.Dense(6), nn.LayerNorm(use_bias=False, epsilon=1e-3)]),
     Case("rmsnorm", lambda: [nn.RMSNorm()], scale=1e-3, naive=_copy_affine_into(0, torch.nn.RMSNorm(6))),
+    Case(
+        "groupnorm",
+        lambda: [nn.Dense(8), nn.GroupNorm(num_groups=4)],
+        scale=1e-3,
+        naive=lambda p: _torch_groupnorm(p, 1),
+    ),
+    Case("groupnorm-conv", lambda: [nn.Conv(8, (3, 3)), nn.GroupNorm(num_groups=2, epsilon=1e-5)], shape=(2, 6, 6, 3)),
     Case("batchnorm", lambda: [nn.Dense(6), nn.BatchNorm(use_running_average=True)], naive=_train(1)),
     Case("dropout", lambda: [nn.Dense(6), nn.Dropout(0.5, deterministic=True), nn.Dense(3)], naive=_train(1)),
     Case("embed", lambda: [nn.Embed(10, 4), nn.Dense(3)], shape=(12,), integer_inputs=10),
@@ -128,6 +135,14 @@ CASES = [
         ],
     ),
 ]
+
+
+def _torch_groupnorm(port: torch.nn.Sequential, position: int) -> torch.nn.Sequential:
+    """The naive port: torch's GroupNorm with its default eps 1e-5 (Flax: 1e-6)."""
+    module = torch.nn.GroupNorm(port[position].num_groups, port[position].num_channels)
+    module.load_state_dict(port[position].state_dict())
+    port[position] = module
+    return port
 
 
 def _symmetric(port: torch.nn.Sequential, position: int, pad: int) -> torch.nn.Sequential:
@@ -270,6 +285,7 @@ TORCH_SAMPLES: dict[type[torch.nn.Module], torch.nn.Module] = {
     torch.nn.Dropout: torch.nn.Dropout(),
     torch.nn.Embedding: torch.nn.Embedding(4, 3),
     torch.nn.Flatten: torch.nn.Flatten(),
+    bridge.torch_layers.FlaxGroupNorm: bridge.torch_layers.FlaxGroupNorm(2, 4),
     bridge.torch_layers.FlaxConv1d: bridge.torch_layers.FlaxConv1d(2, 3, (3,), flax_padding="SAME"),
     bridge.torch_layers.FlaxConv2d: bridge.torch_layers.FlaxConv2d(
         2, 4, (3, 3), flax_padding=((1, 0), (0, 1)), groups=2

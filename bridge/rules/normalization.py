@@ -18,6 +18,7 @@ from flax import nnx
 from .._errors import LayerMismatchError
 from .._numerics import function_rounding
 from .._tensors import torch_dtype
+from ..torch_layers import FlaxGroupNorm
 from ._registry import BoundInputs, LayerRule, ParamMap, register
 
 _SCALE = ParamMap("params", "scale", "weight")
@@ -190,3 +191,63 @@ class BatchNormRule(LayerRule):
             slope = slope * np.abs(np.asarray(scale, np.float64))
         passed = slope * bound.tol_in if bound.tol_in.shape == bound.y.shape else 0.0
         return passed + function_rounding(bound.x, bound.y, bound.precision.storage)
+
+
+@register
+class GroupNormRule(LayerRule):
+    """``nn.GroupNorm`` / ``nnx.GroupNorm`` <-> ``bridge.torch_layers.FlaxGroupNorm`` (channels last, like Flax).
+
+    Flax defaults to 32 groups and epsilon 1e-6, torch's GroupNorm to eps 1e-5: both are carried over.
+    """
+
+    kind = "GroupNorm"
+    flax_keys = (nn.GroupNorm, nnx.GroupNorm)
+    torch_types = (FlaxGroupNorm,)
+
+    def param_maps(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> tuple[ParamMap, ...]:
+        return _affine_maps(layer.use_scale, layer.use_bias)
+
+    def torch_param_maps(self, module: torch.nn.Module) -> tuple[ParamMap, ...]:
+        return _affine_maps(module.weight is not None, module.bias is not None)
+
+    def make_torch(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> torch.nn.Module:
+        width, dtype = _features(variables, "scale", "bias")
+        if layer.use_scale != layer.use_bias:
+            raise LayerMismatchError("torch GroupNorm has both weight and bias or neither (affine); Flax has one")
+        return FlaxGroupNorm(
+            _groups(layer, width), width, eps=layer.epsilon, affine=layer.use_scale, dtype=torch_dtype(dtype)
+        )
+
+    def make_flax(self, module: torch.nn.Module) -> Any:
+        assert isinstance(module, FlaxGroupNorm)
+        if not module.channels_last:
+            raise LayerMismatchError("a channels-first GroupNorm takes NCHW input; Flax's normalises the last axis")
+        return nn.GroupNorm(
+            num_groups=module.num_groups, epsilon=module.eps, use_scale=module.affine, use_bias=module.affine
+        )
+
+    def error_bound(self, layer: Any, variables: Mapping[str, Mapping[str, Any]], bound: BoundInputs) -> np.ndarray:
+        """The LayerNorm bound, with the statistics of each group (over its channels and the spatial axes)."""
+        x = bound.x
+        groups = _groups(layer, x.shape[-1])
+        grouped = x.reshape(x.shape[0], -1, groups, x.shape[-1] // groups)
+        axes = (1, 3)
+        mean = grouped.mean(axis=axes, keepdims=True)
+        var = np.square(grouped - mean).mean(axis=axes, keepdims=True) + 1e-12
+        square = np.square(grouped).mean(axis=axes, keepdims=True) + 1e-12
+        deviation = np.sqrt(var + layer.epsilon)
+        tol_in = bound.tol_in.reshape(grouped.shape) if bound.tol_in.shape == x.shape else np.zeros(grouped.shape)
+        passed = 2.0 * np.sqrt(np.mean(np.square(tol_in), axis=axes, keepdims=True)) / deviation
+        count = grouped.shape[1] * grouped.shape[3]
+        statistics = (
+            16.0 * bound.precision.storage * (1.0 + np.abs(grouped - mean) / deviation) * np.sqrt(count) * square / var
+        )
+        scale = variables.get("params", {}).get("scale")
+        s = 1.0 if scale is None else np.abs(np.asarray(scale, np.float64))
+        amplified = s * np.broadcast_to(passed + statistics, grouped.shape).reshape(x.shape)
+        return amplified + function_rounding(bound.x, bound.y, bound.precision.storage)
+
+
+def _groups(layer: Any, width: int) -> int:
+    """Flax's GroupNorm is configured by ``num_groups`` or by ``group_size``."""
+    return int(layer.num_groups) if layer.num_groups is not None else width // int(layer.group_size)
