@@ -5,6 +5,7 @@ from . import torch_layers as torch_layers
 from ._check import assert_equivalent as assert_equivalent
 from ._check import check_equivalence as check_equivalence
 from ._compare import Comparison as Comparison
+from ._convert import from_state_dict as from_state_dict
 from ._convert import load_into as load_into
 from ._convert import to_flax as to_flax
 from ._convert import to_state_dict as to_state_dict
@@ -15,6 +16,10 @@ from ._errors import LayerMismatchError as LayerMismatchError
 from ._errors import RuleRegistrationError as RuleRegistrationError
 from ._errors import UnknownLayerError as UnknownLayerError
 from ._errors import UnsupportedModelError as UnsupportedModelError
+from ._files import CheckpointError as CheckpointError
+from ._files import NonFiniteWarning as NonFiniteWarning
+from ._files import load_checkpoint as load_checkpoint
+from ._files import save_checkpoint as save_checkpoint
 from ._numerics import DEFAULT_RTOL_ATOL as DEFAULT_RTOL_ATOL
 from ._report import Divergence as Divergence
 from ._report import EquivalenceReport as EquivalenceReport
@@ -29,6 +34,7 @@ from .rules.conv import flatten as flatten
 __all__ = [
     "DEFAULT_RTOL_ATOL",
     "BridgeError",
+    "CheckpointError",
     "Comparison",
     "Divergence",
     "EquivalenceReport",
@@ -37,6 +43,7 @@ __all__ = [
     "LayerMismatchError",
     "LayerRow",
     "LayerRule",
+    "NonFiniteWarning",
     "ParamMap",
     "RuleRegistrationError",
     "UnknownLayerError",
@@ -44,10 +51,13 @@ __all__ = [
     "assert_equivalent",
     "check_equivalence",
     "flatten",
+    "from_state_dict",
+    "load_checkpoint",
     "load_into",
     "register_rule",
     "rules",
     "run_torch",
+    "save_checkpoint",
     "to_flax",
     "to_state_dict",
     "to_torch",

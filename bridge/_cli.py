@@ -1,16 +1,19 @@
 """The ``flax2torch`` command line (also ``python -m bridge``).
 
-Exit codes: 0 the models match, 1 they do not, 2 a usage error or a bad input (one line, no traceback).
+Exit codes: 0 the models match, 1 they do not, 2 a usage error or a bad input (one line, no traceback),
+3 an internal error (one line; FLAX2TORCH_TRACEBACK=1 shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
-EXIT_USAGE = 2
+EXIT_USAGE, EXIT_INTERNAL = 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,7 +54,39 @@ def build_parser() -> argparse.ArgumentParser:
     out = check.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print the report as JSON")
     out.add_argument("--plot", metavar="FILE.png", help="plot per-layer error against tolerance (needs matplotlib)")
+    convert = commands.add_parser(
+        "convert",
+        help="convert a checkpoint between Flax (.msgpack, Orbax folder) and torch (.safetensors, .pt)",
+        description="Convert SRC to DST; the direction follows from the suffixes. The Flax model gives the "
+        "tree: the seed MLP (--in-features/--hidden/--out) or --flax MODULE:ATTR.",
+    )
+    convert.add_argument("source", metavar="SRC")
+    convert.add_argument("destination", metavar="DST")
+    _model_options(convert)
+    convert.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    convert.add_argument("--strict", action="store_true", help="refuse NaN/Inf weights instead of warning")
+    convert.add_argument("--no-check", dest="check", action="store_false", help="skip the equivalence check after")
+    golden = commands.add_parser(
+        "golden",
+        help="write the seed model's variables, inputs and both outputs to one .safetensors file",
+        description="Golden vectors: variables, inputs and both frameworks' outputs, with library versions.",
+    )
+    golden.add_argument("destination", metavar="OUT.safetensors")
+    golden.add_argument("--seed", type=int, default=0)
+    golden.add_argument("--in-features", type=int, default=3)
+    golden.add_argument("--hidden", type=int, default=4)
+    golden.add_argument("--out", type=int, default=2)
+    golden.add_argument("--n-inputs", type=_positive, default=8)
+    golden.add_argument("--force", action="store_true", help="overwrite the file if it exists")
     return parser
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--flax", metavar="MODULE:ATTR", help="the Flax model (default: the seed MLP)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the init that gives the tree (default 0)")
+    parser.add_argument("--in-features", type=int, default=3, help="input width (default 3)")
+    parser.add_argument("--hidden", type=int, default=4, help="seed MLP hidden width (default 4)")
+    parser.add_argument("--out", type=int, default=2, help="seed MLP output width (default 2)")
 
 
 def _positive(text: str) -> int:
@@ -65,14 +100,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``flax2torch`` with ``argv`` (default ``sys.argv[1:]``) and return its exit code."""
     args = build_parser().parse_args(argv)
     from ._errors import BridgeError  # heavy imports (jax, torch) only once the arguments are valid
+    from ._files import NonFiniteWarning
 
     try:
-        from ._commands import run_check
+        from ._commands import COMMANDS
 
-        return run_check(args)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", NonFiniteWarning)
+            code = COMMANDS[args.command](args)
     except BridgeError as e:
         print(f"flax2torch {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as e:  # a bug of ours: still one line, with a way to get the traceback
+        if os.environ.get("FLAX2TORCH_TRACEBACK"):
+            raise
+        detail = str(e).splitlines()[0] if str(e) else ""
+        print(
+            f"flax2torch {args.command}: internal error: {type(e).__name__}: {detail} "
+            "(rerun with FLAX2TORCH_TRACEBACK=1 and report it)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+    for warning in caught:
+        if issubclass(warning.category, NonFiniteWarning):
+            print(f"flax2torch {args.command}: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return code
 
 
 def entry_point() -> NoReturn:

@@ -7,6 +7,7 @@ import importlib
 import json
 import os
 import sys
+import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -178,3 +179,119 @@ def _print_seed_outputs(args: argparse.Namespace, pair: _Pair, report: Any) -> N
     print(f"torch: {torch_out}")
     print(f"max abs difference: {np.abs(flax_out.astype(np.float64) - torch_out).max():.3e}")
     print()
+
+
+def _flax_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The Flax model of ``convert`` and the shapes of its variables (``jax.eval_shape``: nothing allocated)."""
+    import jax
+
+    if args.flax is None:
+        import flax_impl
+
+        model = flax_impl.SeqMLP(hidden=args.hidden, out=args.out)
+    else:
+        model = _instantiate(args.flax, "--flax")
+    example = jax.ShapeDtypeStruct((1, args.in_features), np.float32)
+    try:
+        target = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(args.seed), x), example)
+    except Exception as e:
+        raise InvalidArgumentError(
+            f"cannot init {type(model).__name__} on an input of width {args.in_features}: "
+            f"{str(e).splitlines()[0]} (set --in-features)"
+        ) from e
+    return model, target
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """``flax2torch convert SRC DST``: Flax checkpoint <-> torch checkpoint, then an equivalence check."""
+    from ._convert import from_state_dict, to_state_dict, torch_module_for
+    from ._files import FLAX_FORMATS, checkpoint_format, load_checkpoint, save_checkpoint
+
+    source_format, destination_format = checkpoint_format(args.source), checkpoint_format(args.destination)
+    if (source_format in FLAX_FORMATS) == (destination_format in FLAX_FORMATS):
+        raise InvalidArgumentError(
+            f"convert goes between a Flax file (.msgpack, Orbax folder) and a torch file (.safetensors, .pt); "
+            f"got {source_format} -> {destination_format}"
+        )
+    model, target = _flax_model(args)
+    if source_format in FLAX_FORMATS:
+        variables = load_checkpoint(args.source, target, strict=args.strict)
+        save_checkpoint(to_state_dict(model, variables), args.destination, force=args.force)
+        written = _read_back(load_checkpoint, args.destination)
+    elif source_format == "safetensors" and destination_format == "msgpack":
+        from ._stream import stream_safetensors_to_msgpack
+
+        stream_safetensors_to_msgpack(
+            args.source, args.destination, model, target, force=args.force, strict=args.strict
+        )
+        variables = _read_back(load_checkpoint, args.destination, target) if args.check else None
+        written = _read_back(load_checkpoint, args.source) if args.check else None
+    else:
+        written = load_checkpoint(args.source, strict=args.strict)
+        variables = from_state_dict(model, written, target)
+        save_checkpoint(variables, args.destination, force=args.force)
+        variables = _read_back(load_checkpoint, args.destination, target)
+    print(f"wrote {args.destination} ({destination_format}) from {args.source} ({source_format})")
+    if not args.check:
+        return EXIT_MATCH
+    from ._check import check_equivalence
+
+    port = torch_module_for(model, variables, written)
+    report = check_equivalence(model, variables, port, seed=args.seed, n_inputs=8, grads=False)
+    if report.ok:
+        worst = max(row.end_to_end.worst_ratio for row in report.layers)
+        print(f"check: EQUIVALENT on 8 random inputs (largest err/tol {worst:.2g})")
+        return EXIT_MATCH
+    divergence = report.first_divergence
+    where = f" at position {divergence.index} ({divergence.kind}): {divergence.hint}" if divergence else ""
+    print(f"check: NOT EQUIVALENT{where}")
+    return EXIT_MISMATCH
+
+
+def _read_back(load: Any, *args: Any) -> Any:
+    """Read a file this command has already read or written: its NaN/Inf were reported once already."""
+    from ._files import NonFiniteWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonFiniteWarning)
+        return load(*args)
+
+
+def run_golden(args: argparse.Namespace) -> int:
+    """``flax2torch golden OUT.safetensors``: the seed model's variables, inputs and both outputs, with versions."""
+    import flax
+    import jax
+    import torch
+
+    from ._atomic import atomic_output
+    from ._convert import to_state_dict
+    from ._seed_model import seed_models
+    from ._tensors import to_numpy, to_tensor
+
+    rng = np.random.default_rng(args.seed)
+    inputs = rng.standard_normal((args.n_inputs, args.in_features)).astype(np.float32)
+    models = seed_models(args.seed, inputs, args.hidden, args.out)
+    with torch.no_grad():
+        torch_output = models.torch_module(to_tensor(inputs))
+    tensors = {f"state/{key}": value for key, value in to_state_dict(models.model, models.variables).items()}
+    tensors["inputs"] = to_tensor(inputs)
+    tensors["outputs/flax"] = to_tensor(np.asarray(models.model.apply(models.variables, inputs)))
+    tensors["outputs/torch"] = torch_output.contiguous()
+    metadata = {
+        "jax": jax.__version__,
+        "flax": flax.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "seed": str(args.seed),
+        "widths": f"{args.in_features}-{args.hidden}-{args.hidden}-{args.out}",
+    }
+    from safetensors.torch import save_file
+
+    with atomic_output(args.destination, force=args.force) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)
+    largest = float(np.abs(to_numpy(tensors["outputs/flax"]) - to_numpy(torch_output)).max())
+    print(f"wrote {args.destination}: {len(tensors)} tensors; flax vs torch max abs difference {largest:.3e}")
+    return EXIT_MATCH
+
+
+COMMANDS = {"check": run_check, "convert": run_convert, "golden": run_golden}

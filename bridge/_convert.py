@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -50,7 +51,19 @@ def to_torch(model: Any, variables: Variables | None = None) -> torch.nn.Sequent
         BridgeError: when the model is not a chain, a layer has no rule, or its variables do not fit it.
     """
     planned = plan(model, variables)
-    arrays = _torch_arrays(planned)
+    state = {key: to_tensor(array) for key, array in _torch_arrays(planned).items()}
+    return _build_torch(planned, state)
+
+
+def torch_module_for(
+    model: Any, variables: Variables | None, state_dict: Mapping[str, torch.Tensor]
+) -> torch.nn.Sequential:
+    """The torch Sequential the rules build for ``model``, holding the tensors of ``state_dict`` (not
+    ``variables``, which only give the layers' shapes): how a converted checkpoint is checked against its source."""
+    return _build_torch(plan(model, variables), dict(state_dict))
+
+
+def _build_torch(planned: tuple[PlannedStep, ...], state: dict[str, torch.Tensor]) -> torch.nn.Sequential:
     modules = []
     for step, rule in planned:
         try:
@@ -58,7 +71,7 @@ def to_torch(model: Any, variables: Variables | None = None) -> torch.nn.Sequent
         except LayerMismatchError as e:
             raise LayerMismatchError(f"{step.where}: {e}") from e
     sequential = torch.nn.Sequential(*modules)
-    _load(sequential, planned, {key: to_tensor(array) for key, array in arrays.items()}, assign=True)
+    _load(sequential, planned, state, assign=True)
     return sequential.eval()
 
 
@@ -112,6 +125,50 @@ def load_into(torch_module: torch.nn.Module, model: Any, variables: Variables | 
         raise LayerMismatchError("cannot load into the torch module: " + "; ".join(problems))
     _load(torch_module, planned, {key: to_tensor(array) for key, array in arrays.items()}, assign=False)
     return torch_module
+
+
+def from_state_dict(model: Any, state_dict: Mapping[str, Any], variables: Variables | None = None) -> dict[str, Any]:
+    """Flax variables for ``model`` from a torch state dict (keys ``"0.weight"``...), the inverse of ``to_state_dict``.
+
+    Arguments:
+        model: the Flax model the weights belong to.
+        state_dict: tensors (or arrays) laid out for torch.
+        variables: variables of the model giving its tree (``model.init``, or ``jax.eval_shape`` of it
+            to avoid allocating); None for NNX.
+
+    Returns:
+        Nested dicts of NumPy arrays in the model's tree (``{"params": {"Dense_0": {"kernel": ...}}}``).
+
+    Raises:
+        LayerMismatchError: naming the layer and key of every missing, unexpected or mis-shaped tensor.
+    """
+    planned = plan(model, variables)
+    result: dict[str, Any] = {}
+    problems: list[str] = []
+    used: set[str] = set()
+    for step, rule in planned:
+        for m in rule.param_maps(step.layer, step.variables):
+            key = f"{step.index}.{m.torch_name}"
+            if key not in state_dict:
+                problems.append(f"{step.where}: missing {key}")
+                continue
+            used.add(key)
+            value = state_dict[key]
+            array = m.torch_to_flax(to_numpy(value) if isinstance(value, torch.Tensor) else np.asarray(value))
+            expected = tuple(step.variables[m.collection][m.flax_name].shape)
+            if array.shape != expected:
+                problems.append(
+                    f"{step.where}: {key} gives shape {array.shape} for {m.flax_name}, the model has {expected}"
+                )
+                continue
+            node = result.setdefault(m.collection, {})
+            for part in step.flax_path:
+                node = node.setdefault(part, {})
+            node[m.flax_name] = np.ascontiguousarray(array)
+    problems += [f"unexpected {key}" for key in sorted(set(state_dict) - used) if not _torch_only(planned, key)]
+    if problems:
+        raise LayerMismatchError("the state dict does not fit the model: " + "; ".join(problems))
+    return result
 
 
 def to_flax(torch_sequential: torch.nn.Module) -> tuple[nn.Sequential, dict[str, Any]]:

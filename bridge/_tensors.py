@@ -13,8 +13,8 @@ _BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
 def to_tensor(array: Any) -> torch.Tensor:
-    """Copy a NumPy or JAX array (any dtype torch has, bfloat16 included) into a new torch tensor."""
-    host = np.array(array, copy=True)
+    """Copy a NumPy or JAX array (any dtype torch has, bfloat16 included) into a new contiguous torch tensor."""
+    host = np.array(array, copy=True, order="C")
     if host.dtype == _BF16:
         return torch.from_numpy(host.view(np.uint16)).view(torch.bfloat16)
     return torch.from_numpy(host)

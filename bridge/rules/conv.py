@@ -64,7 +64,7 @@ class ConvRule(LayerRule):
     torch_types = (FlaxConv1d, FlaxConv2d)
 
     def param_maps(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> tuple[ParamMap, ...]:
-        spatial = np.ndim(variables["params"]["kernel"]) - 2
+        spatial = len(variables["params"]["kernel"].shape) - 2
         return (_kernel_map(spatial), _BIAS) if layer.use_bias else (_kernel_map(spatial),)
 
     def torch_param_maps(self, module: torch.nn.Module) -> tuple[ParamMap, ...]:

@@ -1,0 +1,115 @@
+"""Streaming conversion of a torch ``.safetensors`` file into Flax ``.msgpack``, one tensor at a time.
+
+``safetensors`` maps the file and reads each tensor on demand; the msgpack map is written as it
+goes (its headers only need the counts, known from the model). Peak memory stays near the largest
+tensor plus its encoding, not several copies of the model. The bytes are those of
+``flax.serialization.to_bytes``: arrays as msgpack extension 1, ``(shape, dtype name, C bytes)``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgpack
+import numpy as np
+
+from ._atomic import atomic_output
+from ._convert import plan
+from ._files import CheckpointError, NonFiniteWarning
+from ._tensors import to_numpy
+from .rules import ParamMap
+
+_NDARRAY_EXT = 1  # flax.serialization's extension code for ndarrays
+_MAX_ARRAY_BYTES = 2**30  # Flax chunks larger arrays; this writer does not
+
+
+def stream_safetensors_to_msgpack(
+    source: str | Path, destination: str | Path, model: Any, target: Any, *, force: bool = False, strict: bool = False
+) -> None:
+    """Write the Flax variables of ``model`` held by a torch-keyed ``.safetensors`` file as ``.msgpack``.
+
+    Arguments:
+        target: the model's variables or their shapes (``jax.eval_shape(model.init, ...)``): the tree to write.
+
+    Raises:
+        CheckpointError: for a missing, empty or damaged file, keys or shapes that do not fit the model
+            (checked before anything is written), NaN/Inf with ``strict``; the destination is then untouched.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    source = Path(source)
+    if not source.is_file():
+        raise CheckpointError(f"{source}: no such file")
+    if source.stat().st_size == 0:
+        raise CheckpointError(f"{source}: the file is empty")
+    entries: dict[tuple[str, ...], tuple[str, ParamMap]] = {}
+    for step, rule in plan(model, target):
+        for m in rule.param_maps(step.layer, step.variables):
+            entries[(m.collection, *step.flax_path, m.flax_name)] = (f"{step.index}.{m.torch_name}", m)
+    try:
+        with safe_open(str(source), framework="pt") as reader:
+            _check_layout(source, reader, entries, target, plan(model, target))
+            with atomic_output(destination, force=force) as temporary, temporary.open("wb") as out:
+                _write_tree(out, _nest(entries), reader, source, strict)
+    except SafetensorError as e:
+        raise CheckpointError(f"{source}: not a valid safetensors file, or truncated ({e})") from e
+
+
+def _check_layout(
+    source: Path, reader: Any, entries: dict[tuple[str, ...], tuple[str, ParamMap]], target: Any, planned: Any
+) -> None:
+    found = set(reader.keys())
+    wanted = {key for key, _ in entries.values()}
+    torch_only = {f"{step.index}.{name}" for step, rule in planned for name in rule.torch_only_keys}
+    problems = [f"missing {key}" for key in sorted(wanted - found)]
+    problems += [f"unexpected {key}" for key in sorted(found - wanted - torch_only)]
+    for path, (key, m) in entries.items():
+        if key in found:
+            shape = tuple(reader.get_slice(key).get_shape())
+            flax_shape = shape if m.to_torch_axes is None else tuple(shape[i] for i in np.argsort(m.to_torch_axes))
+            expected = _shape_at(target, path)
+            if flax_shape != expected:
+                problems.append(f"{key} gives {'/'.join(path)} shape {flax_shape}, the model has {expected}")
+    if problems:
+        raise CheckpointError(f"{source}: does not fit the model: " + "; ".join(problems[:8]))
+
+
+def _shape_at(tree: Any, path: tuple[str, ...]) -> tuple[int, ...]:
+    for part in path:
+        tree = tree[part]
+    return tuple(tree.shape)
+
+
+def _nest(entries: dict[tuple[str, ...], tuple[str, ParamMap]]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for path, leaf in entries.items():
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = leaf
+    return tree
+
+
+def _write_tree(out: BinaryIO, tree: dict[str, Any], reader: Any, source: Path, strict: bool) -> None:
+    packer = msgpack.Packer(use_bin_type=True)
+    out.write(packer.pack_map_header(len(tree)))
+    for name in tree:  # chain order, each layer's variables in its rule's order: Flax's creation order
+        out.write(packer.pack(name))
+        node = tree[name]
+        if isinstance(node, dict):
+            _write_tree(out, node, reader, source, strict)
+            continue
+        key, m = node
+        array = np.ascontiguousarray(m.torch_to_flax(to_numpy(reader.get_tensor(key))))
+        if array.nbytes >= _MAX_ARRAY_BYTES:
+            raise CheckpointError(f"{source}: {key} is {array.nbytes} bytes; tensors of 1 GiB or more are not streamed")
+        finite = np.isfinite(array.astype(np.float32) if array.dtype.kind == "V" else array)
+        if array.dtype.kind in "fV" and not finite.all():
+            if strict:
+                raise CheckpointError(f"{source}: {key} holds NaN or Inf (strict)")
+            warnings.warn(f"{source}: {key} holds NaN or Inf", NonFiniteWarning, stacklevel=2)
+        payload = msgpack.packb((array.shape, array.dtype.name, array.tobytes("C")), use_bin_type=True)
+        out.write(packer.pack(msgpack.ExtType(_NDARRAY_EXT, payload)))
+        del array, payload
