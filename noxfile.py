@@ -49,6 +49,13 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy")
 
 
+@nox.session(python=PYTHON, default=False)
+def bench(session: nox.Session) -> None:
+    """Benchmarks (minutes, about 4 GiB of temporary disk): peak memory of a 1 GiB checkpoint conversion."""
+    install_project(session)
+    session.run("python", "benchmarks/checkpoint_rss.py")
+
+
 @nox.session(python=PYTHON)
 def check(session: nox.Session) -> None:
     """The main job: convert the seed's Flax MLP to PyTorch and check both agree (arguments pass through)."""
