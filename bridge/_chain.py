@@ -184,11 +184,11 @@ def _step(index: int, layer: Any, variables: Variables) -> Step:
 
 
 def _check_every_variable_is_owned(name: str, steps: tuple[Step, ...], variables: Variables) -> None:
-    owned_paths = [step.flax_path for step in steps if isinstance(step.layer, nn.Module)]
+    owned = {step.flax_path for step in steps if isinstance(step.layer, nn.Module)}
     stray = sorted(
         "/".join(key)
         for key in traverse_util.flatten_dict(_plain(variables))
-        if not any(key[1 : 1 + len(path)] == path for path in owned_paths)
+        if not any(key[1:end] in owned for end in range(2, len(key)))  # some prefix of the path is a layer's
     )
     if stray:
         raise UnsupportedModelError(

@@ -217,11 +217,19 @@ def _torch_only(planned: tuple[PlannedStep, ...], key: str) -> bool:
 def _load(
     module: torch.nn.Module, planned: tuple[PlannedStep, ...], state: dict[str, torch.Tensor], *, assign: bool
 ) -> None:
-    """``load_state_dict`` that is strict about every key but those the rules leave to torch."""
-    result = module.load_state_dict(state, strict=False, assign=assign)
-    missing = [key for key in result.missing_keys if not _torch_only(planned, key)]
-    if missing or result.unexpected_keys:  # the checks before make this unreachable; never load silently
-        raise LayerMismatchError(f"state dict mismatch: missing {missing}, unexpected {result.unexpected_keys}")
+    """``load_state_dict`` layer by layer (torch's whole-model call is quadratic in the number of
+    layers), strict about every key but those the rules leave to torch."""
+    by_position: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        position, _, name = key.partition(".")
+        by_position.setdefault(position, {})[name] = tensor
+    if unexpected := sorted(set(by_position) - {str(i) for i in range(len(planned))}):
+        raise LayerMismatchError(f"state dict mismatch: unexpected positions {unexpected}")
+    for (step, rule), child in zip(planned, module, strict=True):
+        result = child.load_state_dict(by_position.get(str(step.index), {}), strict=False, assign=assign)
+        missing = [key for key in result.missing_keys if key not in rule.torch_only_keys]
+        if missing or result.unexpected_keys:  # the checks before make this unreachable; never load silently
+            raise LayerMismatchError(f"{step.where}: missing {missing}, unexpected {result.unexpected_keys}")
 
 
 def _torch_arrays(planned: tuple[PlannedStep, ...]) -> dict[str, np.ndarray]:
