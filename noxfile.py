@@ -51,8 +51,9 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, default=False)
 def bench(session: nox.Session) -> None:
-    """Benchmarks (minutes, about 4 GiB of temporary disk): peak memory of a 1 GiB checkpoint conversion."""
+    """Benchmarks (minutes; about 4 GiB of temporary disk): conversion speed and memory, checkpoint memory."""
     install_project(session)
+    session.run("python", "benchmarks/conversion_speed.py")
     session.run("python", "benchmarks/checkpoint_rss.py")
 
 

@@ -12,7 +12,7 @@ import torch
 
 from ._chain import Step, Variables, discover_chain
 from ._errors import LayerMismatchError, UnsupportedModelError, at_layer
-from ._tensors import to_numpy, to_tensor, torch_dtype
+from ._tensors import shared_tensor, to_numpy, to_tensor, torch_dtype
 from .rules import LayerRule, ParamMap, rule_for_flax, rule_for_torch
 
 
@@ -44,15 +44,23 @@ def to_state_dict(model: Any, variables: Variables | None = None) -> dict[str, t
     return {key: to_tensor(array) for key, array in _torch_arrays(plan(model, variables)).items()}
 
 
-def to_torch(model: Any, variables: Variables | None = None) -> torch.nn.Sequential:
+def to_torch(model: Any, variables: Variables | None = None, *, copy: bool = True) -> torch.nn.Sequential:
     """A ``torch.nn.Sequential`` computing what ``model`` computes with ``variables`` (same positions).
+
+    Arguments:
+        copy: True (default): each tensor is one contiguous copy of the Flax array (a memcpy) and the
+            layout change is a view (a Linear weight ``(out, in)`` with strides ``(1, out)``; kernels
+            of more than 2 axes are made contiguous, as convolutions want). False: no copy at all: each
+            weight is a DLPack view of the Flax buffer, so the two frameworks share memory (writing to
+            the torch weight changes the JAX array, which JAX assumes immutable; a donated or deleted
+            JAX buffer invalidates it). A copy is unavoidable for a read-only NumPy buffer (refused)
+            and where devices differ; dtypes never change.
 
     Raises:
         BridgeError: when the model is not a chain, a layer has no rule, or its variables do not fit it.
     """
     planned = plan(model, variables)
-    state = {key: to_tensor(array) for key, array in _torch_arrays(planned).items()}
-    return _build_torch(planned, state)
+    return _build_torch(planned, _torch_tensors(planned, copy=copy))
 
 
 def torch_module_for(
@@ -225,11 +233,28 @@ def _load(
         by_position.setdefault(position, {})[name] = tensor
     if unexpected := sorted(set(by_position) - {str(i) for i in range(len(planned))}):
         raise LayerMismatchError(f"state dict mismatch: unexpected positions {unexpected}")
-    for (step, rule), child in zip(planned, module, strict=True):
+    for (step, rule), child in zip(planned, module.children(), strict=True):
         result = child.load_state_dict(by_position.get(str(step.index), {}), strict=False, assign=assign)
         missing = [key for key in result.missing_keys if key not in rule.torch_only_keys]
         if missing or result.unexpected_keys:  # the checks before make this unreachable; never load silently
             raise LayerMismatchError(f"{step.where}: missing {missing}, unexpected {result.unexpected_keys}")
+
+
+def _torch_tensors(planned: tuple[PlannedStep, ...], *, copy: bool) -> dict[str, torch.Tensor]:
+    """Each step's variables as torch tensors laid out for torch, keyed ``"<position>.<torch name>"``."""
+    tensors: dict[str, torch.Tensor] = {}
+    for step, rule in planned:
+        maps = rule.param_maps(step.layer, step.variables)
+        _check_variable_names(step, maps)
+        for m in maps:
+            source = step.variables[m.collection][m.flax_name]
+            tensor = to_tensor(np.asarray(source)) if copy else shared_tensor(source, f"{step.where} {m.flax_name}")
+            if m.to_torch_axes is not None:
+                tensor = tensor.permute(m.to_torch_axes)
+                if copy and tensor.ndim > 2:
+                    tensor = tensor.contiguous()
+            tensors[f"{step.index}.{m.torch_name}"] = tensor
+    return tensors
 
 
 def _torch_arrays(planned: tuple[PlannedStep, ...]) -> dict[str, np.ndarray]:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import ml_dtypes
 import numpy as np
 import torch
+
+from ._errors import InvalidArgumentError
 
 # torch.from_numpy does not know ml_dtypes' bfloat16: it travels as its bits.
 _BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -35,3 +38,20 @@ def torch_dtype(dtype: Any) -> torch.dtype:
     if not isinstance(result, torch.dtype):
         raise TypeError(f"torch has no dtype {name}")
     return result
+
+
+def shared_tensor(array: Any, what: str) -> torch.Tensor:
+    """A torch tensor sharing the memory of a JAX array (DLPack) or a writable NumPy array: no copy.
+
+    Raises:
+        InvalidArgumentError: for a read-only NumPy array (torch cannot share it safely) or another type.
+    """
+    if isinstance(array, jax.Array):
+        return torch.utils.dlpack.from_dlpack(array)
+    if isinstance(array, np.ndarray):
+        if not array.flags.writeable:
+            raise InvalidArgumentError(f"{what}: a read-only NumPy array cannot be shared with torch; use copy=True")
+        if array.dtype == _BF16:
+            return torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)
+        return torch.from_numpy(array)
+    raise InvalidArgumentError(f"{what}: cannot share a {type(array).__name__} with torch; use copy=True")

@@ -196,7 +196,7 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
         (["check", "--torch", "myports:good_port"], "flax2torch check: error: --torch needs --flax"),
         (
             ["check", "--flax", "myports:flax_model", "--in-features", "5", "--params", "missing.msgpack"],
-            "flax2torch check: error: missing.msgpack: cannot read it",
+            "flax2torch check: error: missing.msgpack: no such file",
         ),
         (["check", "--seeds", "0"], "flax2torch check: error: argument --seeds: must be >= 1"),
         (["check", "--dtype", "float8"], "flax2torch check: error: argument --dtype: invalid choice"),

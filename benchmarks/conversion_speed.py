@@ -1,0 +1,96 @@
+"""Conversion speed against the physical limit: one NumPy copy of the same bytes into fresh memory.
+
+Run: ``python benchmarks/conversion_speed.py`` (or ``nox -s bench``). Measures, alternating the
+candidates within each repeat and printing medians:
+- eight 4096x4096 float32 Dense layers (512 MiB): ``np.array(copy=True)`` of every array, then
+  ``bridge.to_torch`` (default copy mode) and ``to_torch(copy=False)`` (DLPack views);
+- peak extra memory of ``to_torch`` over the model's size (a child process per measurement);
+- a chain of 2000 small Dense layers (4000 tensors): ``to_torch`` time.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REPEATS = 7
+MEMORY_PROBE = """
+import gc, sys, numpy as np, jax, flax.linen as nn
+sys.path.insert(0, sys.argv[1])
+import bridge
+
+
+def peak_bytes():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM"))
+
+
+model = nn.Sequential([nn.Dense(4096) for _ in range(8)])
+variables = jax.jit(model.init)(jax.random.PRNGKey(0), np.ones((1, 4096), np.float32))
+jax.block_until_ready(variables)
+size = sum(np.asarray(a).nbytes for a in jax.tree_util.tree_leaves(variables))
+tiny = nn.Sequential([nn.Dense(8)])
+bridge.to_torch(tiny, tiny.init(jax.random.PRNGKey(0), np.ones((1, 8), np.float32)))  # warm the code paths
+gc.collect()
+with open("/proc/self/clear_refs", "w") as refs:
+    refs.write("5")  # reset the peak (VmHWM) to the current resident size
+before = peak_bytes()
+converted = bridge.to_torch(model, variables)
+print(size, peak_bytes() - before)
+"""
+
+
+def _median_seconds(function: object, repeats: int = REPEATS) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        gc.collect()
+        start = time.perf_counter()
+        result = function()  # type: ignore[operator]
+        times.append(time.perf_counter() - start)
+        del result
+    return times
+
+
+def main() -> None:
+    import flax.linen as nn
+    import jax
+    import numpy as np
+
+    import bridge
+
+    model = nn.Sequential([nn.Dense(4096) for _ in range(8)])
+    variables = jax.jit(model.init)(jax.random.PRNGKey(0), np.ones((1, 4096), np.float32))
+    jax.block_until_ready(variables)
+    leaves = [np.asarray(a) for a in jax.tree_util.tree_leaves(variables)]
+    size = sum(a.nbytes for a in leaves)
+    copy_times, convert_times, shared_times = [], [], []
+    for _ in range(REPEATS):
+        copy_times += _median_seconds(lambda: [np.array(a, copy=True) for a in leaves], 1)
+        convert_times += _median_seconds(lambda: bridge.to_torch(model, variables), 1)
+        shared_times += _median_seconds(lambda: bridge.to_torch(model, variables, copy=False), 1)
+    numpy_copy, convert, shared = (statistics.median(t) for t in (copy_times, convert_times, shared_times))
+    print(f"8 x 4096x4096 float32 ({size / 2**20:.0f} MiB), medians of {REPEATS}:")
+    print(f"  NumPy copy into fresh memory  {numpy_copy:.3f} s   runs {[round(t, 3) for t in copy_times]}")
+    print(f"  bridge.to_torch (copy)        {convert:.3f} s   runs {[round(t, 3) for t in convert_times]}")
+    print(f"  bridge.to_torch(copy=False)   {shared:.4f} s")
+    print(f"  ratio to_torch / NumPy copy   {convert / numpy_copy:.2f}  (target <= 1.2)")
+
+    probe = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(ROOT)], check=True, capture_output=True, text=True)
+    model_bytes, extra = map(int, probe.stdout.split())
+    ratio = extra / model_bytes
+    print(f"  peak extra memory of to_torch {extra / 2**20:.0f} MiB = {ratio:.2f} x the model (target < 1.1)")
+
+    small = nn.Sequential([nn.Dense(4) for _ in range(2000)])
+    small_variables = small.init(jax.random.PRNGKey(0), np.ones((1, 4), np.float32))
+    small_times = _median_seconds(lambda: bridge.to_torch(small, small_variables), 5)
+    print(f"2000 Dense(4) layers (4000 tensors): to_torch median {statistics.median(small_times):.3f} s (target < 0.1)")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()
