@@ -35,6 +35,21 @@ class _FlaxPadding:
     stride: tuple[int, ...]
     dilation: tuple[int, ...]
 
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: Any,
+        *,
+        flax_padding: Padding,
+        channels_last: bool = True,
+        **conv_options: Any,
+    ) -> None:
+        """The arguments of ``torch.nn.Conv*d`` but ``padding``, which ``flax_padding`` replaces
+        ('SAME', 'VALID', or one ``(low, high)`` pair per spatial axis)."""
+        super().__init__(in_channels, out_channels, kernel_size, padding=0, **conv_options)  # type: ignore[call-arg]
+        self.flax_padding, self.channels_last = flax_padding, channels_last
+
     def _pads(self, spatial: Sequence[int]) -> list[int]:
         if self.flax_padding == "SAME":
             pairs = [
@@ -61,35 +76,9 @@ class _FlaxPadding:
 class FlaxConv1d(_FlaxPadding, torch.nn.Conv1d):
     """``torch.nn.Conv1d`` with XLA padding; input ``(N, L, C)`` when ``channels_last`` (Flax's), else ``(N, C, L)``."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: Any,
-        *,
-        flax_padding: Padding,
-        channels_last: bool = True,
-        **conv_options: Any,
-    ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, padding=0, **conv_options)
-        self.flax_padding, self.channels_last = flax_padding, channels_last
-
 
 class FlaxConv2d(_FlaxPadding, torch.nn.Conv2d):
     """``torch.nn.Conv2d`` with XLA padding; input ``(N, H, W, C)`` when ``channels_last`` (Flax's), else NCHW."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: Any,
-        *,
-        flax_padding: Padding,
-        channels_last: bool = True,
-        **conv_options: Any,
-    ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, padding=0, **conv_options)
-        self.flax_padding, self.channels_last = flax_padding, channels_last
 
 
 class FlaxGroupNorm(torch.nn.GroupNorm):
