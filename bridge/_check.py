@@ -105,10 +105,9 @@ def check_equivalence(
     gradient_rows: tuple[GradientRow, ...] = ()
     dropped = 0
     if grads and not problems:
-        smooth = _rows_away_from_kinks(positions)
+        single_sample = x.ndim < 2 and _is_float(x.dtype)  # nothing to leave out
+        smooth = np.ones(len(x), bool) if single_sample else _rows_away_from_kinks(positions)
         dropped = int(np.count_nonzero(~smooth))
-        if x.ndim < 2 and _is_float(x.dtype):  # a single sample: nothing to leave out
-            smooth, dropped = np.ones(len(x), bool), 0
         if smooth.any():
             planned = list(zip(steps, rules, strict=True))
             gradient_rows = compare_gradients(
