@@ -8,6 +8,7 @@ from ._compare import Comparison as Comparison
 from ._convert import from_state_dict as from_state_dict
 from ._convert import load_into as load_into
 from ._convert import to_flax as to_flax
+from ._convert import to_nnx as to_nnx
 from ._convert import to_state_dict as to_state_dict
 from ._convert import to_torch as to_torch
 from ._errors import BridgeError as BridgeError
@@ -59,6 +60,7 @@ __all__ = [
     "run_torch",
     "save_checkpoint",
     "to_flax",
+    "to_nnx",
     "to_state_dict",
     "to_torch",
     "torch_layers",

@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 import torch
+from flax import nnx
 
 from ._chain import Step, Variables, discover_chain
 from ._errors import LayerMismatchError, UnsupportedModelError, at_layer
@@ -192,13 +193,44 @@ def to_flax(torch_sequential: torch.nn.Module) -> tuple[nn.Sequential, dict[str,
         LayerMismatchError: when a module holds tensors its rule does not account for, or a dtype JAX
             would silently change (float64 without ``jax_enable_x64``).
     """
+    layers = []
+    variables: dict[str, dict[str, Any]] = {}
+    for index, module, rule, values in _torch_layers(torch_sequential):
+        layers.append(rule.make_flax(module))
+        for m, value in values:
+            variables.setdefault(m.collection, {}).setdefault(f"layers_{index}", {})[m.flax_name] = value
+    return nn.Sequential(layers), variables
+
+
+def to_nnx(torch_sequential: torch.nn.Module, rngs: nnx.Rngs | None = None) -> nnx.Sequential:
+    """The Flax NNX ``nnx.Sequential`` equivalent to a ``torch.nn.Sequential``, holding its weights.
+
+    Dropout and BatchNorm come in inference mode (``deterministic=True``, ``use_running_average=True``).
+    ``rngs`` only seeds the layers' initialisers, whose values are then replaced.
+
+    Raises:
+        The errors of ``to_flax``.
+    """
+    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    layers = []
+    for _, module, rule, values in _torch_layers(torch_sequential):
+        layer = rule.make_nnx(module, rngs)
+        for m, value in values:
+            getattr(layer, m.flax_name)[...] = value
+        layers.append(layer)
+    return nnx.Sequential(*layers)
+
+
+def _torch_layers(
+    torch_sequential: torch.nn.Module,
+) -> list[tuple[int, torch.nn.Module, LayerRule, list[tuple[ParamMap, Any]]]]:
+    """Each torch layer with its rule and its tensors laid out for Flax, checked before anything is built."""
     if not isinstance(torch_sequential, torch.nn.Sequential):
         raise UnsupportedModelError(
             f"to_flax converts a torch.nn.Sequential, got {type(torch_sequential).__name__}; "
             "wrap the layers in torch.nn.Sequential"
         )
     layers = []
-    variables: dict[str, dict[str, Any]] = {}
     for index, module in enumerate(torch_sequential):
         where = at_layer(index, str(index), f"torch {type(module).__name__}")
         rule = rule_for_torch(module, where)
@@ -209,11 +241,9 @@ def to_flax(torch_sequential: torch.nn.Module) -> tuple[nn.Sequential, dict[str,
         )
         if problems:
             raise LayerMismatchError(f"{where}: " + "; ".join(problems))
-        layers.append(rule.make_flax(module))
-        for m in maps:
-            value = _to_jax(m.torch_to_flax(to_numpy(state[m.torch_name])), f"{where} {m.torch_name}")
-            variables.setdefault(m.collection, {}).setdefault(f"layers_{index}", {})[m.flax_name] = value
-    return nn.Sequential(layers), variables
+        values = [(m, _to_jax(m.torch_to_flax(to_numpy(state[m.torch_name])), f"{where} {m.torch_name}")) for m in maps]
+        layers.append((index, module, rule, values))
+    return layers
 
 
 def _torch_only(planned: tuple[PlannedStep, ...], key: str) -> bool:

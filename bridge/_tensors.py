@@ -40,6 +40,11 @@ def torch_dtype(dtype: Any) -> torch.dtype:
     return result
 
 
+def numpy_dtype(dtype: torch.dtype) -> np.dtype[Any]:
+    """The NumPy/JAX dtype with the same name as a torch dtype (``torch.bfloat16`` -> ml_dtypes' bfloat16)."""
+    return _BF16 if dtype == torch.bfloat16 else np.dtype(str(dtype).removeprefix("torch."))
+
+
 def shared_tensor(array: Any, what: str) -> torch.Tensor:
     """A torch tensor sharing the memory of a JAX array (DLPack) or a writable NumPy array: no copy.
 

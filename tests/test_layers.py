@@ -222,6 +222,22 @@ def test_round_trip_is_bit_exact(case: Case) -> None:
     assert bridge.check_equivalence(back_model, back_variables, port, x).ok
 
 
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_torch_to_nnx_keeps_every_weight_and_passes_the_checker(case: Case) -> None:
+    model, variables, x = _build(case)
+    port = bridge.to_torch(model, variables)
+    nnx_model = bridge.to_nnx(port)
+    for original, returned in zip(discover_chain(model, variables), discover_chain(nnx_model), strict=True):
+        for collection, arrays in original.variables.items():
+            for name, array in arrays.items():
+                np.testing.assert_array_equal(np.asarray(returned.variables[collection][name]), np.asarray(array))
+    report = bridge.check_equivalence(nnx_model, None, port, x)
+    assert report.ok, str(report)
+    again = bridge.to_torch(nnx_model)
+    for key, value in port.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
+
+
 NAIVE = [c for c in CASES if c.naive is not None]
 
 

@@ -101,6 +101,17 @@ def test_nnx_to_torch_to_linen_keeps_every_weight_bit_for_bit() -> None:
     assert bridge.check_equivalence(linen_model, variables, bridge.to_torch(model)).ok
 
 
+def test_nnx_to_torch_to_nnx_is_bit_exact_for_the_cnn_and_the_mlp() -> None:
+    for model in (_cnn(), _mlp()):
+        back = bridge.to_nnx(bridge.to_torch(model))
+        assert type(back) is nnx.Sequential
+        for original, returned in zip(discover_chain(model), discover_chain(back), strict=True):
+            assert original.kind == returned.kind
+            for collection, arrays in original.variables.items():
+                for name, array in arrays.items():
+                    np.testing.assert_array_equal(np.asarray(returned.variables[collection][name]), np.asarray(array))
+
+
 def test_training_mode_is_refused_with_the_fix() -> None:
     model = _mlp()  # NNX Dropout and BatchNorm start in training mode
     with pytest.raises(

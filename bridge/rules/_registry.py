@@ -74,6 +74,16 @@ class LayerRule:
         """The unbound Flax layer (module or function) equivalent to this torch module."""
         raise NotImplementedError
 
+    def make_nnx(self, module: torch.nn.Module, rngs: nnx.Rngs) -> Any:
+        """The Flax NNX layer equivalent to this torch module (its values are assigned after).
+
+        The default serves parameter-free layers, whose Flax form is a function in both APIs.
+        """
+        layer = self.make_flax(module)
+        if isinstance(layer, nn.Module):
+            raise NotImplementedError(f"{type(self).__name__} has no NNX form; to_flax(api='linen') converts it")
+        return layer
+
     def random_input(
         self, layer: Any, variables: Mapping[str, Mapping[str, Any]], rng: np.random.Generator, n: int
     ) -> np.ndarray | None:

@@ -19,7 +19,7 @@ from flax import nnx
 
 from .._errors import LayerMismatchError
 from .._numerics import C_DOT
-from .._tensors import torch_dtype
+from .._tensors import numpy_dtype, torch_dtype
 from ..torch_layers import FlaxConv1d, FlaxConv2d, Padding
 from ._registry import BoundInputs, LayerRule, ParamMap, register
 
@@ -110,6 +110,15 @@ class ConvRule(LayerRule):
             feature_group_count=module.groups,
             use_bias=module.bias is not None,
         )
+
+    def make_nnx(self, module: torch.nn.Module, rngs: nnx.Rngs) -> Any:
+        flax = self.make_flax(module)
+        assert isinstance(module, FlaxConv1d | FlaxConv2d)
+        return nnx.Conv(
+            module.in_channels, flax.features, flax.kernel_size, strides=flax.strides, padding=flax.padding,
+            kernel_dilation=flax.kernel_dilation, feature_group_count=flax.feature_group_count,
+            use_bias=flax.use_bias, param_dtype=numpy_dtype(module.weight.dtype), rngs=rngs,
+        )  # fmt: skip
 
     def error_bound(self, layer: Any, variables: Mapping[str, Mapping[str, Any]], bound: BoundInputs) -> np.ndarray:
         """The Dense bound with the dot products of a convolution, computed by the layer itself in float64."""

@@ -12,7 +12,7 @@ from flax import nnx
 
 from .._errors import LayerMismatchError
 from .._numerics import dot_error_bound, propagated_error
-from .._tensors import torch_dtype
+from .._tensors import numpy_dtype, torch_dtype
 from ._registry import BoundInputs, LayerRule, ParamMap, register
 
 _KERNEL = ParamMap("params", "kernel", "weight", (1, 0))
@@ -46,6 +46,16 @@ class DenseRule(LayerRule):
     def make_flax(self, module: torch.nn.Module) -> Any:
         assert isinstance(module, torch.nn.Linear)
         return nn.Dense(features=module.out_features, use_bias=module.bias is not None)
+
+    def make_nnx(self, module: torch.nn.Module, rngs: nnx.Rngs) -> Any:
+        assert isinstance(module, torch.nn.Linear)
+        return nnx.Linear(
+            module.in_features,
+            module.out_features,
+            use_bias=module.bias is not None,
+            param_dtype=numpy_dtype(module.weight.dtype),
+            rngs=rngs,
+        )
 
     def random_input(
         self, layer: Any, variables: Mapping[str, Mapping[str, Any]], rng: np.random.Generator, n: int

@@ -11,7 +11,7 @@ import torch
 from flax import nnx
 
 from .._errors import LayerMismatchError
-from .._tensors import torch_dtype
+from .._tensors import numpy_dtype, torch_dtype
 from ._registry import BoundInputs, LayerRule, ParamMap, register
 
 _EMBEDDING = ParamMap("params", "embedding", "weight")
@@ -43,6 +43,11 @@ class EmbedRule(LayerRule):
         if module.max_norm is not None or module.padding_idx is not None:
             raise LayerMismatchError("torch Embedding with max_norm or padding_idx has no Flax Embed equivalent")
         return nn.Embed(num_embeddings=module.num_embeddings, features=module.embedding_dim)
+
+    def make_nnx(self, module: torch.nn.Module, rngs: nnx.Rngs) -> Any:
+        assert isinstance(module, torch.nn.Embedding)
+        flax = self.make_flax(module)
+        return nnx.Embed(flax.num_embeddings, flax.features, param_dtype=numpy_dtype(module.weight.dtype), rngs=rngs)
 
     def random_input(
         self, layer: Any, variables: Mapping[str, Mapping[str, Any]], rng: np.random.Generator, n: int

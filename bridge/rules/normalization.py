@@ -17,7 +17,7 @@ from flax import nnx
 
 from .._errors import LayerMismatchError
 from .._numerics import function_rounding
-from .._tensors import torch_dtype
+from .._tensors import numpy_dtype, torch_dtype
 from ..torch_layers import FlaxGroupNorm
 from ._registry import BoundInputs, LayerRule, ParamMap, register
 
@@ -100,6 +100,14 @@ class LayerNormRule(LayerRule):
             use_fast_variance=False,
         )
 
+    def make_nnx(self, module: torch.nn.Module, rngs: nnx.Rngs) -> Any:
+        assert isinstance(module, torch.nn.LayerNorm)
+        flax = self.make_flax(module)
+        return nnx.LayerNorm(
+            module.normalized_shape[0], epsilon=flax.epsilon, use_scale=flax.use_scale, use_bias=flax.use_bias,
+            use_fast_variance=False, param_dtype=_dtype(module), rngs=rngs,
+        )  # fmt: skip
+
     def error_bound(self, layer: Any, variables: Mapping[str, Mapping[str, Any]], bound: BoundInputs) -> np.ndarray:
         return _normalised_bound(bound, variables.get("params", {}).get("scale"), centred=True)
 
@@ -129,8 +137,24 @@ class RMSNormRule(LayerRule):
             raise LayerMismatchError("torch RMSNorm(eps=None) uses the dtype's machine epsilon; set eps explicitly")
         return nn.RMSNorm(epsilon=module.eps, use_scale=module.weight is not None)
 
+    def make_nnx(self, module: torch.nn.Module, rngs: nnx.Rngs) -> Any:
+        assert isinstance(module, torch.nn.RMSNorm)
+        flax = self.make_flax(module)
+        return nnx.RMSNorm(
+            module.normalized_shape[0],
+            epsilon=flax.epsilon,
+            use_scale=flax.use_scale,
+            param_dtype=_dtype(module),
+            rngs=rngs,
+        )
+
     def error_bound(self, layer: Any, variables: Mapping[str, Mapping[str, Any]], bound: BoundInputs) -> np.ndarray:
         return _normalised_bound(bound, variables.get("params", {}).get("scale"), centred=False)
+
+
+def _dtype(module: torch.nn.Module) -> Any:
+    """The parameter dtype of a torch module, as Flax names it."""
+    return numpy_dtype(next(iter(module.state_dict().values())).dtype) if module.state_dict() else np.float32
 
 
 def _flip(momentum: float) -> float:
@@ -182,6 +206,14 @@ class BatchNormRule(LayerRule):
             use_bias=module.affine,
         )
 
+    def make_nnx(self, module: torch.nn.Module, rngs: nnx.Rngs) -> Any:
+        assert isinstance(module, torch.nn.BatchNorm1d)
+        flax = self.make_flax(module)
+        return nnx.BatchNorm(
+            module.num_features, use_running_average=True, momentum=flax.momentum, epsilon=flax.epsilon,
+            use_scale=flax.use_scale, use_bias=flax.use_bias, param_dtype=_dtype(module), rngs=rngs,
+        )  # fmt: skip
+
     def error_bound(self, layer: Any, variables: Mapping[str, Mapping[str, Any]], bound: BoundInputs) -> np.ndarray:
         """An elementwise affine map in inference: the input error scaled by ``|scale| / sqrt(var + eps)``."""
         stats = variables["batch_stats"]
@@ -225,6 +257,14 @@ class GroupNormRule(LayerRule):
         return nn.GroupNorm(
             num_groups=module.num_groups, epsilon=module.eps, use_scale=module.affine, use_bias=module.affine
         )
+
+    def make_nnx(self, module: torch.nn.Module, rngs: nnx.Rngs) -> Any:
+        assert isinstance(module, FlaxGroupNorm)
+        flax = self.make_flax(module)
+        return nnx.GroupNorm(
+            module.num_channels, num_groups=flax.num_groups, epsilon=flax.epsilon, use_scale=flax.use_scale,
+            use_bias=flax.use_bias, param_dtype=_dtype(module), rngs=rngs,
+        )  # fmt: skip
 
     def error_bound(self, layer: Any, variables: Mapping[str, Mapping[str, Any]], bound: BoundInputs) -> np.ndarray:
         """The LayerNorm bound, with the statistics of each group (over its channels and the spatial axes)."""

@@ -28,5 +28,9 @@ class DropoutRule(LayerRule):
         assert isinstance(module, torch.nn.Dropout)
         return nn.Dropout(rate=module.p, deterministic=True)
 
+    def make_nnx(self, module: torch.nn.Module, rngs: nnx.Rngs) -> Any:
+        assert isinstance(module, torch.nn.Dropout)
+        return nnx.Dropout(rate=module.p, deterministic=True)
+
     def error_bound(self, layer: Any, variables: Mapping[str, Mapping[str, Any]], bound: BoundInputs) -> np.ndarray:
         return np.broadcast_to(bound.tol_in, bound.y.shape)
