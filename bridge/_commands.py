@@ -55,27 +55,26 @@ def run_check(args: argparse.Namespace) -> int:
                 atol=args.atol,
                 grads=args.grads,
             )
-            reports.append((seed, pair, report))
+            reports.append((seed, report))  # models are not kept: a long sweep holds one at a time
     except _PortMismatchError as e:
         print(json.dumps({"ok": False, "error": str(e)}) if args.json else f"NOT EQUIVALENT: {e}")
         return EXIT_MISMATCH
     if args.plot:
         from ._plot import plot_report
 
-        plot_report(reports[-1][2], args.plot)
-    failed = [seed for seed, _, report in reports if not report.ok]
+        plot_report(reports[-1][1], args.plot)
+    failed = [seed for seed, report in reports if not report.ok]
     if args.json:
-        documents = [{"seed": seed, **report.to_dict()} for seed, _, report in reports]
+        documents = [{"seed": seed, **report.to_dict()} for seed, report in reports]
         print(json.dumps(documents[0] if len(documents) == 1 else {"reports": documents, "failed_seeds": failed}))
     elif len(reports) == 1:
-        seed, pair, report = reports[0]
-        _print_seed_outputs(args, pair, report)
-        print(report)
+        _print_seed_outputs(args, pair)
+        print(reports[0][1])
     else:
-        for seed, _, report in reports:
+        for seed, report in reports:
             if not report.ok:
                 print(f"seed {seed}:\n{report}\n")
-        worst = max(max(row.end_to_end.worst_ratio for row in report.layers) for _, _, report in reports)
+        worst = max(max(row.end_to_end.worst_ratio for row in report.layers) for _, report in reports)
         print(
             f"{len(reports) - len(failed)}/{len(reports)} seeds equivalent"
             + (f"; failed: {', '.join(map(str, failed[:20]))}" if failed else "")
@@ -164,7 +163,7 @@ def _is_model(obj: Any) -> bool:
     return isinstance(obj, nn.Module | torch.nn.Module)
 
 
-def _print_seed_outputs(args: argparse.Namespace, pair: _Pair, report: Any) -> None:
+def _print_seed_outputs(args: argparse.Namespace, pair: _Pair) -> None:
     if args.flax is not None:
         return
     from ._flax_model import apply
