@@ -18,7 +18,7 @@ from ._compare import compare
 from ._errors import InvalidArgumentError, LayerMismatchError
 from ._gradients import Tolerance, compare_gradients
 from ._hints import HintContext, diagnose
-from ._numerics import Precision
+from ._numerics import DEFAULT_RTOL_ATOL, Precision
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow
 from ._tensors import to_numpy, to_tensor, torch_dtype
 from .rules import BoundInputs, LayerRule
@@ -217,8 +217,6 @@ def _refuse_training_mode(steps: Sequence[Step]) -> None:
 
 
 def _explicit_tolerance(rtol: float | None, atol: float | None, dtype: Any) -> Tolerance | None:
-    from ._numerics import DEFAULT_RTOL_ATOL
-
     if rtol is None and atol is None:
         return None
     name = np.dtype(dtype).name

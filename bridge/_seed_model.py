@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import torch
 
@@ -36,8 +37,8 @@ def seed_models(seed: Any, x: Any, hidden: Any, out: Any) -> SeedModels:
     except flax_impl.InvalidArgumentError as e:
         raise InvalidArgumentError(str(e)) from e
     model, variables = flax_impl.init_variables(args)
-    kernel = variables["params"]["Dense_0"]["kernel"]
-    twin = torch_impl.SeqMLP(kernel.shape[0], args.hidden, args.out, dtype=torch_dtype(kernel.dtype))
+    dtype = jax.tree_util.tree_leaves(variables)[0].dtype  # the twin holds the weights in Flax's dtype
+    twin = torch_impl.SeqMLP(args.x.shape[-1], args.hidden, args.out, dtype=torch_dtype(dtype))
     load_into(twin, model, variables)
     return SeedModels(model, variables, twin.eval(), jnp.asarray(args.x))
 
