@@ -73,17 +73,14 @@ def load_checkpoint(path: str | Path, target: Any = None, *, strict: bool = Fals
     """
     file = Path(path)
     fmt = checkpoint_format(file)
+    result: Any
     if fmt == "orbax":
         result = _read_orbax(file, target)
+    elif fmt == "msgpack":
+        result = _read_msgpack(file, _read_bytes(file), target)
     else:
-        data = _read_bytes(file) if fmt == "msgpack" else None
-        if data is None:
-            _require_nonempty_file(file)
-        result = {
-            "msgpack": lambda: _read_msgpack(file, data, target),
-            "safetensors": lambda: _read_safetensors(file),
-            "torch": lambda: _read_torch(file),
-        }[fmt]()
+        _require_nonempty_file(file)
+        result = _read_safetensors(file) if fmt == "safetensors" else _read_torch(file)
     _check_values(file, result, strict)
     return result
 
@@ -148,8 +145,7 @@ def _require_nonempty_file(file: Path) -> None:
         raise CheckpointError(f"{file}: the file is empty")
 
 
-def _read_msgpack(file: Path, data: bytes | None, target: Any) -> Any:
-    assert data is not None
+def _read_msgpack(file: Path, data: bytes, target: Any) -> Any:
     try:
         state = serialization.msgpack_restore(data)
     except Exception as e:  # msgpack raises several unrelated types on bad or truncated bytes
