@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ._errors import LayerMismatchError
+from ._errors import LayerMismatchError, first_line
 from ._flax_model import layer_outputs
 
 
@@ -19,8 +19,7 @@ def flax_layer_outputs(model: Any, variables: Any, x: Any) -> list[Any]:
     try:
         return layer_outputs(model, variables, x)
     except Exception as e:  # the user's model code may raise anything
-        message = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise LayerMismatchError(f"the Flax model failed on inputs of shape {tuple(x.shape)}: {message}") from e
+        raise LayerMismatchError(f"the Flax model failed on inputs of shape {tuple(x.shape)}: {first_line(e)}") from e
 
 
 def torch_layer_outputs(torch_module: torch.nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -38,7 +37,7 @@ def torch_layer_outputs(torch_module: torch.nn.Sequential, x: torch.Tensor) -> t
         kind = type(torch_module[position]).__name__ if position < len(torch_module) else "module"
         raise LayerMismatchError(
             f"torch position {position} ({kind}) failed on its input of shape "
-            f"{tuple(outputs[-1].shape) if outputs else tuple(x.shape)}: {str(e).splitlines()[0]}"
+            f"{tuple(outputs[-1].shape) if outputs else tuple(x.shape)}: {first_line(e)}"
         ) from e
     finally:
         for handle in handles:

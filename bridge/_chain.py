@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, traverse_util
 
-from ._errors import UnsupportedModelError, at_layer
+from ._errors import UnsupportedModelError, at_layer, first_line
 
 Variables = Mapping[str, Any]
 
@@ -132,7 +132,7 @@ def discover_chain(model: Any, variables: Variables | None = None) -> tuple[Step
     except Exception as e:  # the user's model code may raise anything while traced
         raise UnsupportedModelError(
             f"could not trace {type(model).__name__}.__call__ on a stand-in input to find its layers "
-            f"({type(e).__name__}: {_first_line(e)}); the bridge supports models whose __call__ takes one array"
+            f"({type(e).__name__}: {first_line(e)}); the bridge supports models whose __call__ takes one array"
         ) from e
     name = type(model).__name__
     if not found:
@@ -202,9 +202,3 @@ def _plain(tree: Any) -> Any:
     if isinstance(tree, Mapping):
         return {key: _plain(value) for key, value in tree.items()}
     return tree
-
-
-def _first_line(error: Exception) -> str:
-    """An exception's message without the notes JAX appends to errors raised under a trace."""
-    lines = str(error).splitlines()
-    return lines[0] if lines else ""

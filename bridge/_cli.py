@@ -99,7 +99,7 @@ def _positive(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``flax2torch`` with ``argv`` (default ``sys.argv[1:]``) and return its exit code."""
     args = build_parser().parse_args(argv)
-    from ._errors import BridgeError  # heavy imports (jax, torch) only once the arguments are valid
+    from ._errors import BridgeError, first_line  # heavy imports (jax, torch) only once the arguments are valid
     from ._files import NonFiniteWarning
 
     try:
@@ -114,9 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:  # a bug of ours: still one line, with a way to get the traceback
         if os.environ.get("FLAX2TORCH_TRACEBACK"):
             raise
-        detail = str(e).splitlines()[0] if str(e) else ""
         print(
-            f"flax2torch {args.command}: internal error: {type(e).__name__}: {detail} "
+            f"flax2torch {args.command}: internal error: {type(e).__name__}: {first_line(e)} "
             "(rerun with FLAX2TORCH_TRACEBACK=1 and report it)",
             file=sys.stderr,
         )

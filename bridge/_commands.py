@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._errors import InvalidArgumentError, LayerMismatchError
+from ._errors import InvalidArgumentError, LayerMismatchError, first_line
 
 EXIT_MATCH, EXIT_MISMATCH = 0, 1
 
@@ -115,17 +115,27 @@ class _PortMismatchError(LayerMismatchError):
     """The port's layers do not fit the Flax model's weights: a verdict (exit 1), not a usage error."""
 
 
-def _variables(model: Any, args: argparse.Namespace, seed: int) -> Any:
+def _init(model: Any, in_features: int, seed: int, *, shapes_only: bool = False) -> Any:
+    """``model.init`` on a batch of one input of width ``in_features`` (with ``shapes_only``, under
+    ``jax.eval_shape``: the tree and shapes, nothing allocated)."""
     import jax
 
-    example = np.ones((1, args.in_features), np.float32)
+    def init(x: Any) -> Any:
+        return model.init(jax.random.PRNGKey(seed), x)
+
     try:
-        variables = model.init(jax.random.PRNGKey(seed), example)
-    except Exception as e:
+        if shapes_only:
+            return jax.eval_shape(init, jax.ShapeDtypeStruct((1, in_features), np.float32))
+        return init(np.ones((1, in_features), np.float32))
+    except Exception as e:  # the user's model code may raise anything
         raise InvalidArgumentError(
-            f"cannot init {type(model).__name__} on an input of width {args.in_features}: "
-            f"{str(e).splitlines()[0]} (set --in-features)"
+            f"cannot init {type(model).__name__} on an input of width {in_features}: "
+            f"{first_line(e)} (set --in-features)"
         ) from e
+
+
+def _variables(model: Any, args: argparse.Namespace, seed: int) -> Any:
+    variables = _init(model, args.in_features, seed)
     if args.params is None:
         return variables
     from ._files import read_flax_variables
@@ -182,23 +192,13 @@ def _print_seed_outputs(args: argparse.Namespace, pair: _Pair) -> None:
 
 def _flax_model(args: argparse.Namespace) -> tuple[Any, Any]:
     """The Flax model of ``convert`` and the shapes of its variables (``jax.eval_shape``: nothing allocated)."""
-    import jax
-
     if args.flax is None:
         import flax_impl
 
         model = flax_impl.SeqMLP(hidden=args.hidden, out=args.out)
     else:
         model = _instantiate(args.flax, "--flax")
-    example = jax.ShapeDtypeStruct((1, args.in_features), np.float32)
-    try:
-        target = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(args.seed), x), example)
-    except Exception as e:
-        raise InvalidArgumentError(
-            f"cannot init {type(model).__name__} on an input of width {args.in_features}: "
-            f"{str(e).splitlines()[0]} (set --in-features)"
-        ) from e
-    return model, target
+    return model, _init(model, args.in_features, args.seed, shapes_only=True)
 
 
 def run_convert(args: argparse.Namespace) -> int:

@@ -35,3 +35,9 @@ def at_layer(index: int, flax_path: tuple[str, ...] | str, kind: str) -> str:
     path = flax_path if isinstance(flax_path, str) else "/".join(flax_path)
     where = f" at '{path}'" if path else ""
     return f"layer {index} ({kind}{where})"
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (without the notes JAX appends under a trace), or its type."""
+    lines = str(error).splitlines()
+    return lines[0] if lines else type(error).__name__

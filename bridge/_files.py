@@ -22,7 +22,7 @@ import torch
 from flax import serialization, traverse_util
 
 from ._atomic import atomic_output
-from ._errors import BridgeError
+from ._errors import BridgeError, first_line
 from ._tensors import to_numpy
 
 Format = Literal["msgpack", "orbax", "safetensors", "torch"]
@@ -164,9 +164,7 @@ def _read_orbax(file: Path, target: Any) -> Any:
         with ocp.StandardCheckpointer() as checkpointer:
             state = checkpointer.restore(file.absolute())
     except Exception as e:  # Orbax raises many types for damaged folders
-        raise CheckpointError(
-            f"{file}: not a readable Orbax checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-        ) from e
+        raise CheckpointError(f"{file}: not a readable Orbax checkpoint ({type(e).__name__}: {first_line(e)})") from e
     return _fit(file, jax.tree_util.tree_map(np.asarray, state), target)
 
 
@@ -205,15 +203,12 @@ def _read_torch(file: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).splitlines()[0] if str(e) else ""
         raise CheckpointError(
-            f"{file}: refused: loading it would run code or build objects other than tensors ({first[:160]}); "
+            f"{file}: refused: loading it would run code or build objects other than tensors ({first_line(e)[:160]}); "
             "save a plain state dict (model.state_dict()) or use .safetensors"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(
-            f"{file}: not a readable torch file, or truncated ({str(e).splitlines()[0][:160]})"
-        ) from None
+        raise CheckpointError(f"{file}: not a readable torch file, or truncated ({first_line(e)[:160]})") from None
     if not _is_state_dict(state):
         raise CheckpointError(f"{file}: holds a {type(state).__name__}, not a state dict (str -> Tensor)")
     return dict(state)
