@@ -187,7 +187,7 @@ def _check_every_variable_is_owned(name: str, steps: tuple[Step, ...], variables
     owned = {step.flax_path for step in steps if isinstance(step.layer, nn.Module)}
     stray = sorted(
         "/".join(key)
-        for key in traverse_util.flatten_dict(_plain(variables))
+        for key in traverse_util.flatten_dict(plain_tree(variables))
         if not any(key[1:end] in owned for end in range(2, len(key)))  # some prefix of the path is a layer's
     )
     if stray:
@@ -197,8 +197,9 @@ def _check_every_variable_is_owned(name: str, steps: tuple[Step, ...], variables
         )
 
 
-def _plain(tree: Any) -> Any:
-    """Nested mappings (FrozenDict included) as plain dicts, for ``flatten_dict``."""
+def plain_tree(tree: Any, leaf: Any = None) -> Any:
+    """Nested mappings (FrozenDict included) as plain dicts with string keys, in their own order
+    (``jax.tree_util`` would sort them); ``leaf`` converts the leaves."""
     if isinstance(tree, Mapping):
-        return {key: _plain(value) for key, value in tree.items()}
-    return tree
+        return {str(key): plain_tree(value, leaf) for key, value in tree.items()}
+    return tree if leaf is None else leaf(tree)

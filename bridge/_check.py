@@ -20,7 +20,7 @@ from ._gradients import Tolerance, compare_gradients
 from ._hints import HintContext, diagnose
 from ._numerics import DEFAULT_RTOL_ATOL, Precision
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow
-from ._tensors import to_numpy, to_tensor, torch_dtype
+from ._tensors import is_float, to_numpy, to_tensor, torch_dtype
 from .rules import BoundInputs, LayerRule
 from .rules._registry import rule_or_none
 
@@ -91,7 +91,7 @@ def check_equivalence(
     tol_in = np.zeros(x.shape)
     for step, rule, x_in, y in zip(steps, rules, flax_inputs, flax_outputs, strict=True):
         x64, y64 = np.asarray(x_in, np.float64), np.asarray(y, np.float64)
-        precision = Precision.of(y.dtype if _is_float(y.dtype) else np.float32)
+        precision = Precision.of(y.dtype if is_float(y.dtype) else np.float32)
         bound_e2e = _bound(rule, step, BoundInputs(x64, y64, tol_in, precision), tolerance)
         bound_iso = _bound(rule, step, BoundInputs(x64, y64, np.zeros_like(x64), precision), tolerance)
         module = children[step.index] if step.index < len(children) else None
@@ -105,7 +105,7 @@ def check_equivalence(
     gradient_rows: tuple[GradientRow, ...] = ()
     dropped = 0
     if grads and not problems:
-        single_sample = x.ndim < 2 and _is_float(x.dtype)  # nothing to leave out
+        single_sample = x.ndim < 2 and is_float(x.dtype)  # nothing to leave out
         smooth = np.ones(len(x), bool) if single_sample else _rows_away_from_kinks(positions)
         dropped = int(np.count_nonzero(~smooth))
         if smooth.any():
@@ -241,10 +241,6 @@ def _bound(rule: LayerRule | None, step: Step, inputs: BoundInputs, tolerance: T
     return np.broadcast_to(np.asarray(bound, np.float64), inputs.y.shape)
 
 
-def _is_float(dtype: Any) -> bool:
-    return bool(jnp.issubdtype(dtype, jnp.floating))
-
-
 def _inputs(
     inputs: Any, steps: Sequence[Step], rules: Sequence[LayerRule | None], seed: int, n_inputs: int, dtype: Any
 ) -> np.ndarray:
@@ -262,7 +258,7 @@ def _inputs(
                 f"{first.where} does not fix the input shape: pass inputs= (an array shaped like the model's input)"
             )
         x = drawn
-    if dtype is not None and _is_float(x.dtype):
+    if dtype is not None and is_float(x.dtype):
         x = x.astype(jnp.dtype(dtype))
     return x
 
@@ -380,6 +376,6 @@ def _first_divergence(
 def _first_nonfinite(arrays: Sequence[np.ndarray]) -> int | None:
     for index, array in enumerate(arrays):
         values = np.asarray(array)
-        if _is_float(values.dtype) and not np.all(np.isfinite(values.astype(np.float64))):
+        if is_float(values.dtype) and not np.all(np.isfinite(values.astype(np.float64))):
             return index
     return None

@@ -22,8 +22,9 @@ import torch
 from flax import serialization, traverse_util
 
 from ._atomic import atomic_output
+from ._chain import plain_tree
 from ._errors import BridgeError, first_line
-from ._tensors import to_numpy
+from ._tensors import is_float, to_numpy
 
 Format = Literal["msgpack", "orbax", "safetensors", "torch"]
 FLAX_FORMATS: tuple[Format, ...] = ("msgpack", "orbax")
@@ -96,7 +97,7 @@ def save_checkpoint(obj: Any, path: str | Path, *, force: bool = False) -> None:
     if fmt in FLAX_FORMATS:
         if not isinstance(obj, Mapping) or _is_state_dict(obj):
             raise CheckpointError(f"{file}: a {fmt} checkpoint holds Flax variables (nested dicts), not a state dict")
-        tree = _plain(obj, leaf=np.asarray)  # order kept (jax.tree_util would sort the keys)
+        tree = plain_tree(obj, leaf=np.asarray)  # order kept (jax.tree_util would sort the keys)
     else:
         if not _is_state_dict(obj):
             raise CheckpointError(f"{file}: a {fmt} checkpoint holds a torch state dict (str -> Tensor)")
@@ -119,7 +120,7 @@ def save_checkpoint(obj: Any, path: str | Path, *, force: bool = False) -> None:
 
 def flatten_variables(variables: Any) -> dict[str, Any]:
     """Flax variables as ``{"params/Dense_0/kernel": array}`` (for messages and comparisons)."""
-    return traverse_util.flatten_dict(_plain(serialization.to_state_dict(variables)), sep="/")
+    return traverse_util.flatten_dict(plain_tree(serialization.to_state_dict(variables)), sep="/")
 
 
 def _read_bytes(file: Path) -> bytes:
@@ -173,7 +174,7 @@ def _fit(file: Path, state: dict[str, Any], target: Any) -> Any:
     if target is None:
         return state
     expected = flatten_variables(target)
-    found = traverse_util.flatten_dict(_plain(state), sep="/")
+    found = traverse_util.flatten_dict(plain_tree(state), sep="/")
     for key in sorted(set(expected) | set(found)):
         if key not in found:
             raise CheckpointError(f"{file}: missing {key} (the model has shape {tuple(np.shape(expected[key]))})")
@@ -215,18 +216,30 @@ def _read_torch(file: Path) -> dict[str, torch.Tensor]:
 
 
 def _check_values(file: Path, checkpoint: Any, strict: bool) -> None:
-    """Refuse unsupported dtypes; warn (or, strict, raise) on NaN/Inf, naming the first tensor."""
+    """``check_tensor`` on every tensor of a checkpoint; one warning at most (the first tensor named)."""
     items = checkpoint.items() if _is_state_dict(checkpoint) else flatten_variables(checkpoint).items()
+    warned = False
     for key, value in sorted(items, key=lambda item: item[0]):
         array = to_numpy(value) if isinstance(value, torch.Tensor) else np.asarray(value)
-        if array.dtype.name not in _SUPPORTED_DTYPES:
-            raise CheckpointError(f"{file}: {key} has dtype {array.dtype.name}, which the bridge does not convert")
-        if array.dtype.kind in "fV" and not np.all(np.isfinite(array.astype(np.float64))):
-            message = f"{file}: {key} holds NaN or Inf"
-            if strict:
-                raise CheckpointError(message + " (strict)")
-            warnings.warn(message, NonFiniteWarning, stacklevel=3)
-            return
+        warned = check_tensor(file, key, array, strict=strict, warn=not warned) or warned
+
+
+def check_tensor(file: Path, key: str, array: np.ndarray, *, strict: bool, warn: bool = True) -> bool:
+    """Refuse an unsupported dtype; on NaN/Inf raise (``strict``) or warn. Returns whether it holds NaN/Inf.
+
+    Raises:
+        CheckpointError: naming the file and the tensor.
+    """
+    if array.dtype.name not in _SUPPORTED_DTYPES:
+        raise CheckpointError(f"{file}: {key} has dtype {array.dtype.name}, which the bridge does not convert")
+    if not is_float(array.dtype) or np.isfinite(array).all():
+        return False
+    message = f"{file}: {key} holds NaN or Inf"
+    if strict:
+        raise CheckpointError(message + " (strict)")
+    if warn:
+        warnings.warn(message, NonFiniteWarning, stacklevel=3)
+    return True
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -235,13 +248,6 @@ def _is_state_dict(obj: Any) -> bool:
         and bool(obj)
         and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     )
-
-
-def _plain(tree: Any, leaf: Any = None) -> Any:
-    """Nested mappings as plain dicts, in their own key order; ``leaf`` converts the leaves."""
-    if isinstance(tree, Mapping):
-        return {str(key): _plain(value, leaf) for key, value in tree.items()}
-    return tree if leaf is None else leaf(tree)
 
 
 def read_flax_variables(path: str | Path, target: Any) -> Any:

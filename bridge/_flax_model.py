@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ._tensors import is_float
+
 
 def is_nnx(model: Any) -> bool:
     """Whether ``model`` is a Flax NNX module (its variables live inside it)."""
@@ -63,7 +65,7 @@ def layer_outputs(model: Any, variables: Any, x: Any) -> list[Any]:
 def gradients(model: Any, variables: Any, x: Any, loss: Callable[[Any], Any]) -> tuple[Any, Any]:
     """``(d loss / d params, d loss / d x)`` as nested dicts addressed like the chain's ``flax_path``
     (the second is None for integer inputs)."""
-    wrt_x = bool(jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating))
+    wrt_x = is_float(jnp.asarray(x).dtype)
     if is_nnx(model):
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
 
@@ -88,7 +90,7 @@ def cast(model: Any, variables: Any, dtype: Any) -> tuple[Any, Any]:
     """Copies of the model and variables with every floating array cast to ``dtype`` (the originals untouched)."""
 
     def convert(a: Any) -> Any:
-        return jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype, jnp.floating) else a
+        return jnp.asarray(a, dtype) if is_float(jnp.asarray(a).dtype) else a
 
     if is_nnx(model):
         graphdef, state = nnx.split(model)

@@ -22,9 +22,9 @@ from flax import traverse_util
 from ._chain import Step, Variables
 from ._compare import compare
 from ._flax_model import apply, cast, gradients, parameter_leaves
-from ._numerics import Precision, gradient_tolerance
+from ._numerics import Precision, finite_rms, gradient_tolerance
 from ._report import GradientRow
-from ._tensors import to_numpy, to_tensor
+from ._tensors import is_float, to_numpy, to_tensor
 from .rules import LayerRule
 
 # Roundings of the output's cotangent allowed where a gradient cancels to about zero.
@@ -47,17 +47,13 @@ class Tolerance(NamedTuple):
         return self.atol + self.rtol * np.abs(reference)
 
 
-def _is_float(dtype: Any) -> bool:
-    return bool(jnp.issubdtype(dtype, jnp.floating))
-
-
 def _other_precision(
     model: Any, variables: Any, x: np.ndarray, loss: Callable[[Any], Any], dtype: Any
 ) -> tuple[Any, Any]:
     """The Flax gradients with the model and input cast to ``dtype`` (float64 runs with 64-bit JAX on)."""
     with jax.enable_x64(True):
         other_model, other_variables = cast(model, variables, dtype)
-        inputs = x.astype(dtype) if _is_float(x.dtype) else x
+        inputs = x.astype(dtype) if is_float(x.dtype) else x
         params, x_grad = gradients(other_model, other_variables, inputs, loss)
         return jax.tree_util.tree_map(np.asarray, params), None if x_grad is None else np.asarray(x_grad)
 
@@ -73,13 +69,13 @@ def compare_gradients(
 ) -> tuple[GradientRow, ...]:
     """One row per gradient: the input's first, then each parameter's in chain order."""
     flax_params, flax_x = gradients(model, variables, x, loss)
-    wide = _is_float(x.dtype) and np.dtype(x.dtype).itemsize == 8
+    wide = is_float(x.dtype) and np.dtype(x.dtype).itemsize == 8
     other = np.float32 if wide else np.float64
     reference_params, reference_x = _other_precision(model, variables, x, loss, other)
     # float64 checked against float32: the float32 error, scaled down to float64's roundoff
     sensitivity = Precision.of(np.float64).storage / Precision.of(np.float32).storage if wide else 1.0
 
-    differentiable = _is_float(x.dtype)
+    differentiable = is_float(x.dtype)
     x_tensor = to_tensor(x).requires_grad_(differentiable)
     named = dict(torch_module.named_parameters())
     wanted = ([x_tensor] if differentiable else []) + list(named.values())
@@ -100,9 +96,9 @@ def compare_gradients(
         else:
             tol = gradient_tolerance(ref, length, depth, precision) + floor * np.sqrt(length * depth)
             error = sensitivity * np.abs(ref - np.asarray(reference, np.float64))
-            tol = tol + C_CALIBRATION * (error + _rms(error))
+            tol = tol + C_CALIBRATION * (error + finite_rms(error))
             if wide:  # a float32 rerun shows conditioning, not how two float64 implementations differ
-                tol = tol + C_DERIVATIVE_ROUNDOFFS * precision.storage * (np.abs(ref) + _rms(ref))
+                tol = tol + C_DERIVATIVE_ROUNDOFFS * precision.storage * (np.abs(ref) + finite_rms(ref))
         got = np.zeros_like(ref) if candidate is None else to_numpy(candidate).astype(np.float64)
         return GradientRow(name, compare(ref, got, tol))
 
@@ -136,19 +132,16 @@ def _cancellation_floor(
     a few roundings of the output's cotangent times the scale of the inputs and parameters."""
     y = apply(model, variables, jnp.asarray(x))
     cotangent = np.asarray(jax.grad(lambda out: loss(out))(y), np.float64)
-    leaves = [a.astype(np.float64) for a in parameter_leaves(model, variables) if _is_float(a.dtype)]
+    leaves = [a.astype(np.float64) for a in parameter_leaves(model, variables) if is_float(a.dtype)]
     scale = max(
-        [_rms(a) for a in leaves if a.size] + ([_rms(np.asarray(x, np.float64))] if _is_float(x.dtype) else []) + [1.0]
+        [finite_rms(a) for a in leaves if a.size]
+        + ([finite_rms(np.asarray(x, np.float64))] if is_float(x.dtype) else [])
+        + [1.0]
     )
-    return C_FLOOR * precision.accumulation * _rms(cotangent) * scale
+    return C_FLOOR * precision.accumulation * finite_rms(cotangent) * scale
 
 
 def _at(tree: Any, path: tuple[str, ...]) -> Any:
     for key in path:
         tree = tree[key]
     return tree
-
-
-def _rms(values: np.ndarray) -> float:
-    finite = values[np.isfinite(values)]
-    return float(np.sqrt(np.mean(np.square(finite)))) if finite.size else 0.0

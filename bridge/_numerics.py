@@ -68,12 +68,17 @@ DEFAULT_RTOL_ATOL: dict[str, tuple[float, float]] = {
 FUNCTION_ROUNDOFFS = 16
 
 
+def finite_rms(values: np.ndarray) -> float:
+    """The root mean square of the finite entries (0 when there are none)."""
+    finite = values[np.isfinite(values)]
+    return float(np.sqrt(np.mean(np.square(finite)))) if finite.size else 0.0
+
+
 def function_rounding(x: np.ndarray, y: np.ndarray, u: float) -> np.ndarray:
     """How far two implementations of one elementwise or normalising function may differ: a few
     roundings relative to the output, its RMS (normalisations), and the input where shapes agree
     (``x * Phi(x)`` in an exact GELU is accurate relative to x, not to the product)."""
-    finite = y[np.isfinite(y)]
-    scale = np.abs(y) + (float(np.sqrt(np.mean(np.square(finite)))) if finite.size else 0.0)
+    scale = np.abs(y) + finite_rms(y)
     if x.shape == y.shape:
         scale = scale + np.abs(x)
     return FUNCTION_ROUNDOFFS * u * scale
@@ -84,8 +89,6 @@ def gradient_tolerance(reference: np.ndarray, length: int, depth: int, precision
     element's magnitude plus the tensor's RMS (sums that cancel): each of ``depth`` layers adds an
     accumulation error ``C_DOT * sqrt(length) * u_acc`` (products of length up to ``length``) and a few
     roundings of stored results ``C_ROUND * u_storage``."""
-    finite = reference[np.isfinite(reference)]
-    rms = float(np.sqrt(np.mean(np.square(finite)))) if finite.size else 0.0
     depth = max(depth, 1)
     relative = C_DOT * np.sqrt(length * depth) * precision.accumulation + C_ROUND * depth * precision.storage
-    return relative * (np.abs(reference) + rms)
+    return relative * (np.abs(reference) + finite_rms(reference))

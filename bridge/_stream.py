@@ -8,7 +8,6 @@ tensor plus its encoding, not several copies of the model. The bytes are those o
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -17,7 +16,7 @@ import numpy as np
 
 from ._atomic import atomic_output
 from ._convert import plan
-from ._files import CheckpointError, NonFiniteWarning
+from ._files import CheckpointError, check_tensor
 from ._tensors import to_numpy
 from .rules import ParamMap
 
@@ -105,11 +104,7 @@ def _write_tree(out: BinaryIO, tree: dict[str, Any], reader: Any, source: Path, 
         array = np.ascontiguousarray(m.torch_to_flax(to_numpy(reader.get_tensor(key))))
         if array.nbytes >= _MAX_ARRAY_BYTES:
             raise CheckpointError(f"{source}: {key} is {array.nbytes} bytes; tensors of 1 GiB or more are not streamed")
-        finite = np.isfinite(array.astype(np.float32) if array.dtype.kind == "V" else array)
-        if array.dtype.kind in "fV" and not finite.all():
-            if strict:
-                raise CheckpointError(f"{source}: {key} holds NaN or Inf (strict)")
-            warnings.warn(f"{source}: {key} holds NaN or Inf", NonFiniteWarning, stacklevel=2)
+        check_tensor(source, key, array, strict=strict)
         payload = msgpack.packb((array.shape, array.dtype.name, array.tobytes("C")), use_bin_type=True)
         out.write(packer.pack(msgpack.ExtType(_NDARRAY_EXT, payload)))
         del array, payload

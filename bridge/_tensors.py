@@ -31,6 +31,11 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return detached.numpy().copy()
 
 
+def is_float(dtype: Any) -> bool:
+    """Whether a NumPy/JAX dtype is floating point (bfloat16 included, which NumPy files under kind 'V')."""
+    return bool(jax.numpy.issubdtype(dtype, jax.numpy.floating))
+
+
 def torch_dtype(dtype: Any) -> torch.dtype:
     """The torch dtype with the same name as a NumPy/JAX dtype (``float32`` -> ``torch.float32``)."""
     name = np.dtype(dtype).name
