@@ -44,12 +44,13 @@ def stream_safetensors_to_msgpack(
     if source.stat().st_size == 0:
         raise CheckpointError(f"{source}: the file is empty")
     entries: dict[tuple[str, ...], tuple[str, ParamMap]] = {}
-    for step, rule in plan(model, target):
+    planned = plan(model, target)
+    for step, rule in planned:
         for m in rule.param_maps(step.layer, step.variables):
             entries[(m.collection, *step.flax_path, m.flax_name)] = (f"{step.index}.{m.torch_name}", m)
     try:
         with safe_open(str(source), framework="pt") as reader:
-            _check_layout(source, reader, entries, target, plan(model, target))
+            _check_layout(source, reader, entries, target, planned)
             with atomic_output(destination, force=force) as temporary, temporary.open("wb") as out:
                 _write_tree(out, _nest(entries), reader, source, strict)
     except SafetensorError as e:
