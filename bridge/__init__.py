@@ -17,6 +17,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "DEFAULT_RTOL_ATOL": ("._numerics", "DEFAULT_RTOL_ATOL"),
     "Divergence": ("._report", "Divergence"),
     "EquivalenceReport": ("._report", "EquivalenceReport"),
+    "SeedSweepReport": ("._report", "SeedSweepReport"),
     "GradientRow": ("._report", "GradientRow"),
     "InvalidArgumentError": ("._errors", "InvalidArgumentError"),
     "LayerMismatchError": ("._errors", "LayerMismatchError"),
@@ -87,6 +88,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors (tests/test_p
     from ._numerics import DEFAULT_RTOL_ATOL as DEFAULT_RTOL_ATOL
     from ._report import Divergence as Divergence
     from ._report import EquivalenceReport as EquivalenceReport
+    from ._report import SeedSweepReport as SeedSweepReport
     from ._report import GradientRow as GradientRow
     from ._report import LayerRow as LayerRow
     from ._seed_model import run_torch as run_torch

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
@@ -19,12 +19,48 @@ from ._errors import InvalidArgumentError, LayerMismatchError
 from ._gradients import Tolerance, compare_gradients
 from ._hints import HintContext, diagnose
 from ._numerics import DEFAULT_RTOL_ATOL, Precision
-from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow
+from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow, SeedSweepReport
 from ._tensors import is_float, to_numpy, to_tensor, torch_dtype
 from .rules import BoundInputs, LayerRule
 from .rules._registry import rule_or_none
 
 Loss = Callable[[Any], Any]
+
+
+@overload
+def check_equivalence(
+    model: Any,
+    variables: Variables | None,
+    torch_module: torch.nn.Module,
+    inputs: Any = None,
+    *,
+    seed: int = 0,
+    seeds: None = None,
+    n_inputs: int = 32,
+    dtype: Any = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    grads: bool = True,
+    loss: Loss | None = None,
+) -> EquivalenceReport: ...
+
+
+@overload
+def check_equivalence(
+    model: Any,
+    variables: Variables | None,
+    torch_module: torch.nn.Module,
+    inputs: Any = None,
+    *,
+    seed: int = 0,
+    seeds: Iterable[int],
+    n_inputs: int = 32,
+    dtype: Any = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    grads: bool = True,
+    loss: Loss | None = None,
+) -> SeedSweepReport: ...
 
 
 def check_equivalence(
@@ -34,13 +70,14 @@ def check_equivalence(
     inputs: Any = None,
     *,
     seed: int = 0,
+    seeds: Iterable[int] | None = None,
     n_inputs: int = 32,
     dtype: Any = None,
     rtol: float | None = None,
     atol: float | None = None,
     grads: bool = True,
     loss: Loss | None = None,
-) -> EquivalenceReport:
+) -> EquivalenceReport | SeedSweepReport:
     """Check that ``torch_module`` computes what the Flax ``model`` computes with ``variables``, layer by layer.
 
     Arguments:
@@ -57,9 +94,17 @@ def check_equivalence(
         grads: also compare the gradients of ``loss`` with respect to the input and every parameter.
         loss: a scalar function of the output written so that it works on a ``jax.Array`` and a
             ``torch.Tensor`` alike (``lambda y: (y ** 2).sum()``); by default the sum of the outputs.
+        seeds: check many seeds at once (linen models): for each seed s, the variables are
+            ``model.init(PRNGKey(s), x)`` and the inputs are drawn from s; ``variables`` then only give
+            the tree and shapes (``model.init``'s result or its ``jax.eval_shape``), and the port's
+            own weights are replaced by each seed's converted ones (the port itself is left as it is).
+            Initialising, converting and running are vectorised (``jax.vmap``, ``torch.func.vmap``);
+            every layer's output is compared for every seed, and one seed (the first failing, else the
+            first) gets a full report, with gradients when ``grads``.
 
     Returns:
-        An ``EquivalenceReport``: ``.ok``, ``.first_divergence`` (with a ``.hint``), ``.layers``, ``str()`` a table.
+        An ``EquivalenceReport``: ``.ok``, ``.first_divergence`` (with a ``.hint``), ``.layers``, ``str()`` a table;
+        with ``seeds``, a ``SeedSweepReport``: ``.ok``, ``.failed_seeds``, ``.seed_ok``, ``.detailed``.
 
     Raises:
         BridgeError: when the model is not a chain, the arguments are invalid, or the torch module
@@ -69,6 +114,23 @@ def check_equivalence(
         raise LayerMismatchError(
             "the torch port must be a torch.nn.Sequential (position i <-> chain position i), "
             f"got {type(torch_module).__name__}"
+        )
+    if seeds is not None:
+        from ._sweep import sweep_seeds
+
+        return sweep_seeds(
+            model,
+            variables,
+            torch_module,
+            seeds,
+            inputs,
+            check_equivalence,
+            n_inputs=n_inputs,
+            dtype=dtype,
+            rtol=rtol,
+            atol=atol,
+            grads=grads,
+            loss=loss,
         )
     if dtype is not None:
         model, variables, torch_module = _cast(model, variables, torch_module, dtype)

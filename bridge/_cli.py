@@ -35,7 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--seed", type=int, default=0, help="PRNG seed of the Flax init, the first with --seeds (default 0)"
     )
-    check.add_argument("--seeds", type=_positive, default=1, metavar="N", help="check N seeds from --seed on")
+    check.add_argument(
+        "--seeds",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="check N seeds from --seed on, vectorised: every layer's output for every seed, and the full "
+        "report (gradients included) for the first failing seed, else --seed; the inputs are --seed's",
+    )
     seed_model = check.add_argument_group("the seed model (the default)")
     seed_model.add_argument("--in-features", type=int, default=3, help="input width (default 3; x = [1, 0, 0, ...])")
     seed_model.add_argument("--hidden", type=int, default=4, help="width of both hidden layers (default 4)")

@@ -27,60 +27,56 @@ class _Pair(NamedTuple):
 
 
 def run_check(args: argparse.Namespace) -> int:
-    """``flax2torch check``: build (or import) a model and its port, check them for each seed, report."""
+    """``flax2torch check``: build (or import) a model and its port, check them (over ``--seeds``), report."""
     if args.dtype == "float64":
         import jax
 
         jax.config.update("jax_enable_x64", True)
-    from rich.console import Console
-    from rich.progress import track
-
     from ._check import check_equivalence
 
-    seeds = range(args.seed, args.seed + args.seeds)
-    shown = len(seeds) > 1 and not args.json
-    reports = []
+    if args.seeds > 1 and (args.params is not None or args.keep_torch_weights):
+        raise InvalidArgumentError(
+            "--seeds N draws each seed's weights from model.init: it cannot be combined with "
+            "--params or --keep-torch-weights (check those weights with one seed)"
+        )
     try:
-        for seed in track(seeds, "checking seeds", console=Console(stderr=True), disable=not shown, transient=True):
-            pair = _build(args, seed)
-            report = check_equivalence(
-                pair.model,
-                pair.variables,
-                pair.torch_module,
-                pair.inputs,
-                seed=seed,
-                n_inputs=args.n_inputs,
-                dtype=None if args.dtype == "native" else args.dtype,
-                rtol=args.rtol,
-                atol=args.atol,
-                grads=args.grads,
-            )
-            reports.append((seed, report))  # models are not kept: a long sweep holds one at a time
+        pair = _build(args, args.seed)
     except _PortMismatchError as e:
         print(json.dumps({"ok": False, "error": str(e)}) if args.json else f"NOT EQUIVALENT: {e}")
         return EXIT_MISMATCH
+    options: dict[str, Any] = {
+        "n_inputs": args.n_inputs,
+        "dtype": None if args.dtype == "native" else args.dtype,
+        "rtol": args.rtol,
+        "atol": args.atol,
+        "grads": args.grads,
+    }
+    if args.seeds > 1:
+        sweep = check_equivalence(
+            pair.model,
+            pair.variables,
+            pair.torch_module,
+            pair.inputs,
+            seeds=range(args.seed, args.seed + args.seeds),
+            **options,
+        )
+        report, ok = sweep.detailed, sweep.ok
+        print(json.dumps(sweep.to_dict()) if args.json else sweep)
+    else:
+        report = check_equivalence(
+            pair.model, pair.variables, pair.torch_module, pair.inputs, seed=args.seed, **options
+        )
+        ok = report.ok
+        if args.json:
+            print(json.dumps({"seed": args.seed, **report.to_dict()}))
+        else:
+            _print_seed_outputs(args, pair)
+            print(report)
     if args.plot:
         from ._plot import plot_report
 
-        plot_report(reports[-1][1], args.plot)
-    failed = [seed for seed, report in reports if not report.ok]
-    if args.json:
-        documents = [{"seed": seed, **report.to_dict()} for seed, report in reports]
-        print(json.dumps(documents[0] if len(documents) == 1 else {"reports": documents, "failed_seeds": failed}))
-    elif len(reports) == 1:
-        _print_seed_outputs(args, pair)
-        print(reports[0][1])
-    else:
-        for seed, report in reports:
-            if not report.ok:
-                print(f"seed {seed}:\n{report}\n")
-        worst = max(max(row.end_to_end.worst_ratio for row in report.layers) for _, report in reports)
-        print(
-            f"{len(reports) - len(failed)}/{len(reports)} seeds equivalent"
-            + (f"; failed: {', '.join(map(str, failed[:20]))}" if failed else "")
-            + f"; largest err/tol {worst:.2g}"
-        )
-    return EXIT_MISMATCH if failed else EXIT_MATCH
+        plot_report(report, args.plot)
+    return EXIT_MATCH if ok else EXIT_MISMATCH
 
 
 def _build(args: argparse.Namespace, seed: int) -> _Pair:

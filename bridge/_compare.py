@@ -52,17 +52,8 @@ def compare(reference: np.ndarray, candidate: np.ndarray, tolerance: np.ndarray)
         return Comparison(
             reference.shape, candidate.shape, nan, (), nan, (), reference.size, reference.size, 0, nan, float("inf")
         )
-    tolerance = np.broadcast_to(
-        np.nan_to_num(np.asarray(tolerance, np.float64), nan=0.0, posinf=np.inf), reference.shape
-    )
-    both_finite = np.isfinite(reference) & np.isfinite(candidate)
-    same_nonfinite = (np.isnan(reference) & np.isnan(candidate)) | (np.isinf(reference) & (reference == candidate))
-    nonfinite_bad = ~both_finite & ~same_nonfinite
-    error = np.where(both_finite, np.abs(reference - candidate), 0.0)
-    relative = np.divide(error, np.abs(reference), out=np.zeros_like(error), where=both_finite & (reference != 0))
-    ratio = np.divide(error, tolerance, out=np.where(error > 0, np.inf, 0.0), where=tolerance > 0)
-    ratio[nonfinite_bad] = np.inf
-    mismatched = int(np.count_nonzero((error > tolerance) | nonfinite_bad))
+    error, relative, ratio, bad, nonfinite_bad, tolerance = _elementwise(reference, candidate, tolerance)
+    mismatched = int(np.count_nonzero(bad))
     abs_index = np.unravel_index(int(np.argmax(error)), reference.shape)
     rel_index = np.unravel_index(int(np.argmax(relative)), reference.shape)
     worst_index = np.unravel_index(int(np.argmax(ratio)), reference.shape)
@@ -79,3 +70,40 @@ def compare(reference: np.ndarray, candidate: np.ndarray, tolerance: np.ndarray)
         tolerance_at_worst=float(tolerance[worst_index]),
         worst_ratio=float(ratio[worst_index]),
     )
+
+
+class SeedComparison(NamedTuple):
+    """Per-seed verdicts of a stack of comparisons (leading axis: seeds): elements outside their
+    tolerance, and the largest error / tolerance, for each seed."""
+
+    mismatched: np.ndarray
+    worst_ratio: np.ndarray
+
+
+def compare_per_seed(reference: np.ndarray, candidate: np.ndarray, tolerance: np.ndarray) -> SeedComparison:
+    """``compare`` for each ``reference[s]`` against ``candidate[s]`` at once, keeping only the verdict numbers."""
+    reference = np.asarray(reference, np.float64)
+    candidate = np.asarray(candidate, np.float64)
+    seeds = len(reference)
+    if reference.shape != candidate.shape:
+        return SeedComparison(np.full(seeds, max(reference[0].size, 1)), np.full(seeds, np.inf))
+    _, _, ratio, bad, _, _ = _elementwise(reference, candidate, tolerance)
+    flat_ratio = ratio.reshape(seeds, -1)
+    worst = flat_ratio.max(axis=1) if flat_ratio.shape[1] else np.zeros(seeds)
+    return SeedComparison(bad.reshape(seeds, -1).sum(axis=1), worst)
+
+
+def _elementwise(reference: np.ndarray, candidate: np.ndarray, tolerance: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``(|error|, relative error, error / tolerance, outside tolerance, non-finite mismatch, tolerance)`` of
+    same-shaped float64 arrays, the tolerance broadcast to their shape with NaN read as 0."""
+    tolerance = np.broadcast_to(
+        np.nan_to_num(np.asarray(tolerance, np.float64), nan=0.0, posinf=np.inf), reference.shape
+    )
+    both_finite = np.isfinite(reference) & np.isfinite(candidate)
+    same_nonfinite = (np.isnan(reference) & np.isnan(candidate)) | (np.isinf(reference) & (reference == candidate))
+    nonfinite_bad = ~both_finite & ~same_nonfinite
+    error = np.where(both_finite, np.abs(reference - candidate), 0.0)
+    relative = np.divide(error, np.abs(reference), out=np.zeros_like(error), where=both_finite & (reference != 0))
+    ratio = np.divide(error, tolerance, out=np.where(error > 0, np.inf, 0.0), where=tolerance > 0)
+    ratio[nonfinite_bad] = np.inf
+    return error, relative, ratio, (error > tolerance) | nonfinite_bad, nonfinite_bad, tolerance

@@ -70,15 +70,26 @@ FUNCTION_ROUNDOFFS = 16
 
 def finite_rms(values: np.ndarray) -> float:
     """The root mean square of the finite entries (0 when there are none)."""
-    finite = values[np.isfinite(values)]
-    return float(np.sqrt(np.mean(np.square(finite)))) if finite.size else 0.0
+    return float(finite_rms_per_seed(np.asarray(values)[None]).item())
 
 
-def function_rounding(x: np.ndarray, y: np.ndarray, u: float) -> np.ndarray:
+def finite_rms_per_seed(values: np.ndarray) -> np.ndarray:
+    """``finite_rms`` of each ``values[s]`` of a stack (leading axis: seeds), shaped to broadcast against it."""
+    flat = values.reshape(len(values), -1)
+    finite = np.isfinite(flat)
+    count = finite.sum(axis=1)
+    mean_square = np.divide(
+        np.where(finite, np.square(flat), 0.0).sum(axis=1), count, out=np.zeros(len(flat)), where=count > 0
+    )
+    return np.sqrt(mean_square).reshape((-1,) + (1,) * (values.ndim - 1))
+
+
+def function_rounding(x: np.ndarray, y: np.ndarray, u: float, *, stacked: bool = False) -> np.ndarray:
     """How far two implementations of one elementwise or normalising function may differ: a few
     roundings relative to the output, its RMS (normalisations), and the input where shapes agree
-    (``x * Phi(x)`` in an exact GELU is accurate relative to x, not to the product)."""
-    scale = np.abs(y) + finite_rms(y)
+    (``x * Phi(x)`` in an exact GELU is accurate relative to x, not to the product). ``stacked``:
+    the arrays carry a leading axis of seeds, each with its own RMS."""
+    scale = np.abs(y) + (finite_rms_per_seed(y) if stacked else finite_rms(y))
     if x.shape == y.shape:
         scale = scale + np.abs(x)
     return FUNCTION_ROUNDOFFS * u * scale

@@ -217,3 +217,63 @@ def format_report(report: EquivalenceReport) -> str:
         lines.append(f">> first divergence: position {first.index} ({where} <-> {torch_side}), {first.mode}")
         lines.append(f"   hint: {first.hint or 'no known porting mistake explains it; compare the layer by hand'}")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class SeedSweepReport:
+    """The verdict of ``check_equivalence(..., seeds=...)``: every seed's layer outputs compared at once,
+    and the full report (gradients included when asked) of one seed: the first that fails, else the first.
+
+    Attributes:
+        seeds: the seeds checked, in order.
+        seed_ok: for each seed, whether every layer's output (end to end and isolated) is within its
+            tolerance; for ``detailed_seed``, also whether its full report passes.
+        worst_ratio: for each seed, the largest error / tolerance over every layer (<= 1 passes).
+        detailed_seed, detailed: the seed given a full ``EquivalenceReport``, and that report.
+        settings: how the sweep ran (seeds, dtype, tolerance, inputs).
+    """
+
+    seeds: tuple[int, ...]
+    seed_ok: tuple[bool, ...]
+    worst_ratio: tuple[float, ...]
+    detailed_seed: int
+    detailed: EquivalenceReport
+    settings: dict[str, Any]
+
+    @property
+    def ok(self) -> bool:
+        """Whether every seed passes."""
+        return all(self.seed_ok)
+
+    @property
+    def failed_seeds(self) -> tuple[int, ...]:
+        """The seeds whose port is not equivalent, in order."""
+        return tuple(seed for seed, ok in zip(self.seeds, self.seed_ok, strict=True) if not ok)
+
+    def summary(self) -> str:
+        """One line: how many seeds pass, the first failing ones, and the largest error / tolerance."""
+        failed = self.failed_seeds
+        shown = ", ".join(map(str, failed[:20])) + (", ..." if len(failed) > 20 else "")
+        return (
+            f"{len(self.seeds) - len(failed)}/{len(self.seeds)} seeds equivalent"
+            + (f"; failed: {shown}" if failed else "")
+            + f"; largest err/tol {max(self.worst_ratio):.2g}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The sweep as plain JSON-serialisable data (non-finite numbers as strings)."""
+        return _jsonable(
+            {
+                "ok": self.ok,
+                "seeds": list(self.seeds),
+                "failed_seeds": list(self.failed_seeds),
+                "worst_ratio": list(self.worst_ratio),
+                "detailed_seed": self.detailed_seed,
+                "detailed": self.detailed.to_dict(),
+                "settings": self.settings,
+            }
+        )
+
+    def __str__(self) -> str:
+        detail = f"seed {self.detailed_seed}:\n{self.detailed}\n\n" if not self.detailed.ok or not self.ok else ""
+        return detail + self.summary()

@@ -32,9 +32,12 @@ class ParamMap(NamedTuple):
     torch_name: str
     to_torch_axes: tuple[int, ...] | None = None
 
-    def flax_to_torch(self, array: np.ndarray) -> np.ndarray:
-        """Lay a Flax array out as torch expects (a view; copy it to own the memory)."""
-        return array if self.to_torch_axes is None else np.transpose(array, self.to_torch_axes)
+    def flax_to_torch(self, array: np.ndarray, *, stacked: bool = False) -> np.ndarray:
+        """Lay a Flax array out as torch expects (a view; copy it to own the memory). ``stacked``: the
+        array carries a leading axis of seeds, which stays first."""
+        if self.to_torch_axes is None:
+            return array
+        return np.transpose(array, (0, *(a + 1 for a in self.to_torch_axes)) if stacked else self.to_torch_axes)
 
     def torch_to_flax(self, array: np.ndarray) -> np.ndarray:
         """Lay a torch array out as Flax expects: the inverse permutation of ``flax_to_torch``."""
@@ -57,6 +60,9 @@ class LayerRule:
     kinks: ClassVar[tuple[float, ...]] = ()
     # torch state-dict entries with no Flax counterpart, left at torch's value (BatchNorm's counter).
     torch_only_keys: ClassVar[tuple[str, ...]] = ()
+    # Whether ``error_bound`` accepts ``BoundInputs(stacked=True)`` (a leading seed axis on the inputs and
+    # on the variables): the multi-seed sweep then bounds every seed in one call, else it loops over seeds.
+    stacked_bounds: ClassVar[bool] = False
 
     def param_maps(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> tuple[ParamMap, ...]:
         """The variables of this Flax layer and their torch names (none for parameter-free layers)."""
@@ -97,17 +103,19 @@ class LayerRule:
         input error passes through, plus the roundings of two implementations of the function.
         Layers that amplify errors (normalisations divide by a small deviation) override it.
         """
-        return bound.tol_in + function_rounding(bound.x, bound.y, bound.precision.storage)
+        return bound.tol_in + function_rounding(bound.x, bound.y, bound.precision.storage, stacked=bound.stacked)
 
 
 class BoundInputs(NamedTuple):
     """What an error bound is computed from: the layer's input and output (float64 copies of the
-    reference side), the bound on the input's error (zeros in isolated mode), and the precision."""
+    reference side), the bound on the input's error (zeros in isolated mode), and the precision.
+    ``stacked``: every array, and the layer's variables, carry a leading axis of seeds."""
 
     x: np.ndarray
     y: np.ndarray
     tol_in: np.ndarray
     precision: Precision
+    stacked: bool = False
 
 
 _BY_FLAX_KEY: dict[Any, LayerRule] = {}

@@ -86,6 +86,7 @@ class ActivationRule(LayerRule):
     """The rule of one ``Activation``; subclasses are made from the table, one per entry."""
 
     activation: Activation
+    stacked_bounds = True
 
     def make_torch(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> torch.nn.Module:
         values = self.keywords(layer)
@@ -125,7 +126,7 @@ class ActivationRule(LayerRule):
         passed = slope * bound.tol_in if bound.tol_in.shape == bound.y.shape else 0.0
         if self.activation.exact:
             return np.broadcast_to(passed, bound.y.shape)
-        return passed + function_rounding(bound.x, bound.y, bound.precision.storage)
+        return passed + function_rounding(bound.x, bound.y, bound.precision.storage, stacked=bound.stacked)
 
 
 def _register(activation: Activation) -> type[ActivationRule]:

@@ -173,6 +173,7 @@ class FlattenRule(LayerRule):
     kind = "flatten"
     flax_keys = (flatten,)
     torch_types = (torch.nn.Flatten,)
+    stacked_bounds = True
 
     def make_torch(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> torch.nn.Module:
         return torch.nn.Flatten()

@@ -26,6 +26,7 @@ class DenseRule(LayerRule):
     kind = "Dense"
     flax_keys = (nn.Dense, nnx.Linear)
     torch_types = (torch.nn.Linear,)
+    stacked_bounds = True
 
     def param_maps(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> tuple[ParamMap, ...]:
         return (_KERNEL, _BIAS) if layer.use_bias else (_KERNEL,)
@@ -66,10 +67,11 @@ class DenseRule(LayerRule):
     def error_bound(self, layer: Any, variables: Mapping[str, Mapping[str, Any]], bound: BoundInputs) -> np.ndarray:
         """Accumulation error of ``x @ kernel`` (fan-in K), the input error carried through the kernel, and
         the output roundings: Flax rounds after the matmul and after the bias, torch's F.linear once."""
-        kernel = np.asarray(variables["params"]["kernel"], np.float64)
-        x = bound.x.reshape(-1, kernel.shape[0])
+        kernel = np.asarray(variables["params"]["kernel"], np.float64)  # (seeds..., K, N)
+        seeds = kernel.shape[:-2]
+        x = bound.x.reshape(*seeds, -1, kernel.shape[-2])
         tol_in = bound.tol_in.reshape(x.shape)
-        y = bound.y.reshape(x.shape[0], -1)
+        y = bound.y.reshape(*x.shape[:-1], -1)
         rounding = bound.precision.storage * (np.abs(x @ kernel) + 2.0 * np.abs(y))
         total = dot_error_bound(x, kernel, bound.precision.accumulation) + propagated_error(tol_in, kernel) + rounding
         return total.reshape(bound.y.shape)
