@@ -51,10 +51,13 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON, default=False)
 def bench(session: nox.Session) -> None:
-    """Benchmarks (minutes; about 4 GiB of temporary disk): conversion speed and memory, checkpoint memory."""
+    """Benchmarks (minutes; about 4 GiB of temporary disk): conversion speed and memory, checkpoint memory,
+    multi-seed sweep throughput, start-up time."""
     install_project(session)
     session.run("python", "benchmarks/conversion_speed.py")
     session.run("python", "benchmarks/checkpoint_rss.py")
+    session.run("python", "benchmarks/seed_sweep.py")
+    session.run("python", "benchmarks/startup.py")
 
 
 @nox.session(python=PYTHON)

@@ -5,7 +5,11 @@ candidates within each repeat and printing medians:
 - eight 4096x4096 float32 Dense layers (512 MiB): ``np.array(copy=True)`` of every array, then
   ``bridge.to_torch`` (default copy mode) and ``to_torch(copy=False)`` (DLPack views);
 - peak extra memory of ``to_torch`` over the model's size (a child process per measurement);
-- a chain of 2000 small Dense layers (4000 tensors): ``to_torch`` time.
+- a chain of 2000 small Dense layers (4000 tensors): ``to_torch`` time;
+- both, where ``transformers`` (< 5) can be imported, against Hugging Face's
+  ``load_flax_weights_in_pytorch_model`` (the torch model built beforehand, outside its time; the
+  Flax tree renamed to the torch names, as that function requires). It is not a dependency of the
+  project: ``pip install --target DIR 'transformers<5' --no-deps`` and ``PYTHONPATH=DIR``.
 """
 
 from __future__ import annotations
@@ -56,6 +60,28 @@ def _median_seconds(function: object, repeats: int = REPEATS) -> list[float]:
     return times
 
 
+def _hugging_face_loader() -> object | None:
+    """``load_flax_weights_in_pytorch_model`` when transformers is importable, else None."""
+    try:
+        import transformers
+        from transformers.modeling_flax_pytorch_utils import load_flax_weights_in_pytorch_model
+    except ImportError:
+        return None
+    transformers.logging.set_verbosity_error()  # it logs a paragraph per call
+    return load_flax_weights_in_pytorch_model
+
+
+def _hugging_face_time(loader: object, model: object, variables: object, repeats: int) -> list[float]:
+    """Time the Hugging Face loader on a torch Sequential built beforehand, the Flax tree keyed by torch position."""
+    import bridge
+
+    port = bridge.to_torch(model, variables)
+    port.base_model_prefix = "model"  # what the function reads from a PreTrainedModel
+    layers = [k for k in variables["params"]]  # layers_0, layers_1, ...: position = suffix
+    state = {k.rsplit("_", 1)[1]: dict(variables["params"][k]) for k in layers}
+    return _median_seconds(lambda: loader(port, state), repeats)  # type: ignore[operator]
+
+
 def main() -> None:
     import flax.linen as nn
     import jax
@@ -79,6 +105,12 @@ def main() -> None:
     print(f"  bridge.to_torch (copy)        {convert:.3f} s   runs {[round(t, 3) for t in convert_times]}")
     print(f"  bridge.to_torch(copy=False)   {shared:.4f} s")
     print(f"  ratio to_torch / NumPy copy   {convert / numpy_copy:.2f}  (target <= 1.2)")
+    hugging_face = _hugging_face_loader()
+    if hugging_face is not None:
+        hf = statistics.median(_hugging_face_time(hugging_face, model, variables, 3))
+        print(f"  Hugging Face loader           {hf:.3f} s   = {hf / convert:.1f} x bridge.to_torch")
+    else:
+        print("  Hugging Face loader           not measured (transformers < 5 is not importable)")
 
     probe = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(ROOT)], check=True, capture_output=True, text=True)
     model_bytes, extra = map(int, probe.stdout.split())
@@ -88,7 +120,11 @@ def main() -> None:
     small = nn.Sequential([nn.Dense(4) for _ in range(2000)])
     small_variables = small.init(jax.random.PRNGKey(0), np.ones((1, 4), np.float32))
     small_times = _median_seconds(lambda: bridge.to_torch(small, small_variables), 5)
-    print(f"2000 Dense(4) layers (4000 tensors): to_torch median {statistics.median(small_times):.3f} s (target < 0.1)")
+    small_median = statistics.median(small_times)
+    print(f"2000 Dense(4) layers (4000 tensors): to_torch median {small_median:.3f} s (target < 0.1)")
+    if hugging_face is not None:
+        hf = statistics.median(_hugging_face_time(hugging_face, small, small_variables, 1))
+        print(f"  Hugging Face loader               {hf:.3f} s   = {hf / small_median:.1f} x bridge.to_torch")
 
 
 if __name__ == "__main__":

@@ -88,9 +88,9 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors (tests/test_p
     from ._numerics import DEFAULT_RTOL_ATOL as DEFAULT_RTOL_ATOL
     from ._report import Divergence as Divergence
     from ._report import EquivalenceReport as EquivalenceReport
-    from ._report import SeedSweepReport as SeedSweepReport
     from ._report import GradientRow as GradientRow
     from ._report import LayerRow as LayerRow
+    from ._report import SeedSweepReport as SeedSweepReport
     from ._seed_model import run_torch as run_torch
     from .rules import LayerRule as LayerRule
     from .rules import ParamMap as ParamMap

@@ -15,6 +15,7 @@ from . import _flax_model as flax_model
 from ._capture import flax_layer_outputs, torch_layer_outputs
 from ._chain import Step, Variables, discover_chain
 from ._compare import compare
+from ._convert import channels_last_view
 from ._errors import InvalidArgumentError, LayerMismatchError
 from ._gradients import Tolerance, compare_gradients
 from ._hints import HintContext, diagnose
@@ -42,6 +43,7 @@ def check_equivalence(
     atol: float | None = None,
     grads: bool = True,
     loss: Loss | None = None,
+    channels_last: bool = True,
 ) -> EquivalenceReport: ...
 
 
@@ -60,6 +62,7 @@ def check_equivalence(
     atol: float | None = None,
     grads: bool = True,
     loss: Loss | None = None,
+    channels_last: bool = True,
 ) -> SeedSweepReport: ...
 
 
@@ -77,6 +80,7 @@ def check_equivalence(
     atol: float | None = None,
     grads: bool = True,
     loss: Loss | None = None,
+    channels_last: bool = True,
 ) -> EquivalenceReport | SeedSweepReport:
     """Check that ``torch_module`` computes what the Flax ``model`` computes with ``variables``, layer by layer.
 
@@ -101,6 +105,9 @@ def check_equivalence(
             Initialising, converting and running are vectorised (``jax.vmap``, ``torch.func.vmap``);
             every layer's output is compared for every seed, and one seed (the first failing, else the
             first) gets a full report, with gradients when ``grads``.
+        channels_last: False for a channels-first port (``to_torch(..., channels_last=False)`` or your
+            own): the inputs stay Flax's ``(N, H, W, C)`` and each torch layer before the flatten is fed
+            and compared through a moved channel axis (the port itself is not changed).
 
     Returns:
         An ``EquivalenceReport``: ``.ok``, ``.first_divergence`` (with a ``.hint``), ``.layers``, ``str()`` a table;
@@ -115,6 +122,8 @@ def check_equivalence(
             "the torch port must be a torch.nn.Sequential (position i <-> chain position i), "
             f"got {type(torch_module).__name__}"
         )
+    if not channels_last:
+        torch_module = channels_last_view(torch_module, discover_chain(model, variables))
     if seeds is not None:
         from ._sweep import sweep_seeds
 

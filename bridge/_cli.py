@@ -110,8 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ._files import NonFiniteWarning
 
     try:
-        from ._commands import COMMANDS
+        from ._commands import COMMANDS, use_compile_cache
 
+        use_compile_cache()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NonFiniteWarning)
             code = COMMANDS[args.command](args)

@@ -26,6 +26,34 @@ class _Pair(NamedTuple):
     inputs: Any
 
 
+# Programs that took less than this to compile are cheaper to rebuild than to read back.
+_CACHE_MIN_COMPILE_SECONDS = 0.0
+
+
+def use_compile_cache() -> None:
+    """Keep XLA's compiled programs between runs (JAX's persistent compilation cache): a second
+    ``flax2torch check`` skips most compilation. ``FLAX2TORCH_COMPILE_CACHE`` names the folder (default
+    ``$XDG_CACHE_HOME/flax-torch-bridge/xla``, or ``~/.cache/...``) or turns it off (``off``); a folder
+    set through JAX's own ``JAX_COMPILATION_CACHE_DIR`` is left as it is."""
+    setting = os.environ.get("FLAX2TORCH_COMPILE_CACHE", "")
+    if setting.lower() in ("0", "off", "false", "no"):
+        return
+    import jax
+
+    if getattr(jax.config, "jax_compilation_cache_dir", None):
+        return
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    directory = setting or os.path.join(cache_home, "flax-torch-bridge", "xla")
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError:
+        return  # an optimisation only: without a writable folder, compile as usual
+    if not os.access(directory, os.W_OK):
+        return
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", _CACHE_MIN_COMPILE_SECONDS)
+
+
 def run_check(args: argparse.Namespace) -> int:
     """``flax2torch check``: build (or import) a model and its port, check them (over ``--seeds``), report."""
     if args.dtype == "float64":

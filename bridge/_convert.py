@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -45,10 +46,19 @@ def to_state_dict(model: Any, variables: Variables | None = None) -> dict[str, t
     return {key: to_tensor(array) for key, array in _torch_arrays(plan(model, variables)).items()}
 
 
-def to_torch(model: Any, variables: Variables | None = None, *, copy: bool = True) -> torch.nn.Sequential:
+def to_torch(
+    model: Any, variables: Variables | None = None, *, copy: bool = True, channels_last: bool = True
+) -> torch.nn.Sequential:
     """A ``torch.nn.Sequential`` computing what ``model`` computes with ``variables`` (same positions).
 
     Arguments:
+        channels_last: True (default): the torch model takes the Flax model's input as it is (convolutions
+            on ``(N, H, W, C)``), so both run on the same array. False: a channels-first model, as torch
+            users write them: the layers before the flatten take ``(N, C, H, W)`` (``(N, C, L)`` in 1-D)
+            and ``bridge.flatten`` becomes ``ChannelsFirstFlatten``, which flattens in Flax's order so the
+            Dense weights after it are unchanged. Feed it ``x.transpose(0, 3, 1, 2)``, and check it with
+            ``check_equivalence(..., channels_last=False)``. Conv, flatten and elementwise layers have a
+            channels-first form; other layers before the flatten raise ``UnsupportedModelError``.
         copy: True (default): each tensor is one contiguous copy of the Flax array (a memcpy) and the
             layout change is a view (a Linear weight ``(out, in)`` with strides ``(1, out)``; kernels
             of more than 2 axes are made contiguous, as convolutions want). False: no copy at all: each
@@ -61,7 +71,7 @@ def to_torch(model: Any, variables: Variables | None = None, *, copy: bool = Tru
         BridgeError: when the model is not a chain, a layer has no rule, or its variables do not fit it.
     """
     planned = plan(model, variables)
-    return _build_torch(planned, _torch_tensors(planned, copy=copy))
+    return _build_torch(planned, _torch_tensors(planned, copy=copy), channels_last=channels_last)
 
 
 def torch_module_for(
@@ -72,16 +82,48 @@ def torch_module_for(
     return _build_torch(plan(model, variables), dict(state_dict))
 
 
-def _build_torch(planned: tuple[PlannedStep, ...], state: dict[str, torch.Tensor]) -> torch.nn.Sequential:
+def _build_torch(
+    planned: tuple[PlannedStep, ...], state: dict[str, torch.Tensor], *, channels_last: bool = True
+) -> torch.nn.Sequential:
+    spatial = len(planned) if channels_last else channels_first_positions([step for step, _ in planned])
     modules = []
     for step, rule in planned:
         try:
-            modules.append(rule.make_torch(step.layer, step.variables))
-        except LayerMismatchError as e:
-            raise LayerMismatchError(f"{step.where}: {e}") from e
+            if step.index < spatial and not channels_last:
+                modules.append(rule.make_torch_channels_first(step.layer, step.variables))
+            else:
+                modules.append(rule.make_torch(step.layer, step.variables))
+        except (LayerMismatchError, UnsupportedModelError) as e:
+            raise type(e)(f"{step.where}: {e}") from e
     sequential = torch.nn.Sequential(*modules)
     _load(sequential, planned, state, assign=True)
     return sequential.eval()
+
+
+def channels_first_positions(steps: Sequence[Step]) -> int:
+    """How many positions of a channels-first model take ``(N, C, spatial...)``: those up to the first
+    flatten, which is one of them (its input is channels-first, its output flat); every one without a flatten."""
+    return next((step.index + 1 for step in steps if step.kind == "flatten"), len(steps))
+
+
+def channels_last_view(torch_module: torch.nn.Sequential, steps: Sequence[Step]) -> torch.nn.Sequential:
+    """A copy of a channels-first port whose positions take and give Flax's channels-last arrays (forward
+    hooks move the channel axis around each layer before the flatten): module types, parameter names and
+    weights stay those of the port, so it is checked position by position like a channels-last one."""
+    view = copy.deepcopy(torch_module)
+    for child in list(view)[: channels_first_positions(steps)]:
+        child.register_forward_pre_hook(_channels_first_input)
+        child.register_forward_hook(_channels_last_output)
+    return view
+
+
+def _channels_first_input(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    x = args[0]
+    return (x.movedim(-1, 1) if x.ndim >= 3 else x, *args[1:])
+
+
+def _channels_last_output(module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+    return output.movedim(1, -1) if output.ndim >= 3 else output
 
 
 def load_into(torch_module: torch.nn.Module, model: Any, variables: Variables | None = None) -> torch.nn.Module:

@@ -64,7 +64,8 @@ def layer_outputs(model: Any, variables: Any, x: Any) -> list[Any]:
 
 def gradients(model: Any, variables: Any, x: Any, loss: Callable[[Any], Any]) -> tuple[Any, Any]:
     """``(d loss / d params, d loss / d x)`` as nested dicts addressed like the chain's ``flax_path``
-    (the second is None for integer inputs)."""
+    (the second is None for integer inputs). Compiled as one program: op-by-op differentiation
+    compiles every primitive separately, which costs seconds on a cold start."""
     wrt_x = is_float(jnp.asarray(x).dtype)
     if is_nnx(model):
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
@@ -73,17 +74,17 @@ def gradients(model: Any, variables: Any, x: Any, loss: Callable[[Any], Any]) ->
             return loss(nnx.merge(graphdef, p, rest)(inputs))
 
         if wrt_x:
-            params_grad, x_grad = jax.grad(nnx_loss, argnums=(0, 1))(params, jnp.asarray(x))
+            params_grad, x_grad = jax.jit(jax.grad(nnx_loss, argnums=(0, 1)))(params, jnp.asarray(x))
         else:
-            params_grad, x_grad = jax.grad(nnx_loss)(params, jnp.asarray(x)), None
+            params_grad, x_grad = jax.jit(jax.grad(nnx_loss))(params, jnp.asarray(x)), None
         return _string_keys(nnx.to_pure_dict(params_grad)), x_grad
 
     def linen_loss(p: Any, inputs: Any) -> Any:
         return loss(model.apply({**variables, "params": p}, inputs))
 
     if wrt_x:
-        return jax.grad(linen_loss, argnums=(0, 1))(variables["params"], jnp.asarray(x))
-    return jax.grad(linen_loss)(variables["params"], jnp.asarray(x)), None
+        return jax.jit(jax.grad(linen_loss, argnums=(0, 1)))(variables["params"], jnp.asarray(x))
+    return jax.jit(jax.grad(linen_loss))(variables["params"], jnp.asarray(x)), None
 
 
 def cast(model: Any, variables: Any, dtype: Any) -> tuple[Any, Any]:

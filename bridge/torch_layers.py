@@ -92,3 +92,11 @@ class FlaxGroupNorm(torch.nn.GroupNorm):
         if not self.channels_last or x.ndim == 2:
             return super().forward(x)
         return super().forward(x.movedim(-1, 1)).movedim(1, -1)
+
+
+class ChannelsFirstFlatten(torch.nn.Flatten):
+    """``torch.nn.Flatten()`` of a channels-first input ``(N, C, spatial...)`` in Flax's order: the
+    channels are moved last first, so the Linear after it takes the Flax Dense's weights unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.movedim(1, -1))

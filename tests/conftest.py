@@ -16,6 +16,10 @@ settings.register_profile("default", deadline=None, max_examples=40, print_blob=
 settings.register_profile("thorough", deadline=None, max_examples=400, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
+# The command line keeps XLA programs in a persistent cache: off in tests (commands run in this
+# process would turn it on for every later compilation); tests/test_cli.py turns it on where it tests it.
+os.environ["FLAX2TORCH_COMPILE_CACHE"] = "off"
+
 
 class SetupMLP(nn.Module):
     """The same MLP with the Sequential built in ``setup`` (params under ``net/layers_{0,2,4}``)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -209,3 +210,20 @@ def test_user_model_errors_exit_2_with_one_line(ports_dir: Path, args: list[str]
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(message)
+
+
+def test_compiled_programs_are_kept_between_runs_unless_turned_off(tmp_path: Path) -> None:
+    cache = tmp_path / "xla"
+    env = {**os.environ, "FLAX2TORCH_COMPILE_CACHE": str(cache)}
+    runs = [
+        subprocess.run([sys.executable, "-m", "bridge", "check"], capture_output=True, text=True, timeout=300, env=env)
+        for _ in range(2)
+    ]
+    assert [r.returncode for r in runs] == [0, 0], runs[0].stderr
+    assert runs[0].stdout == runs[1].stdout  # read back from the cache, the programs compute the same
+    assert len(list(cache.iterdir())) >= 3  # init, gradients in two precisions
+    off = tmp_path / "unused"
+    env["FLAX2TORCH_COMPILE_CACHE"] = "off"
+    env["XDG_CACHE_HOME"] = str(off)
+    assert subprocess.run([sys.executable, "-m", "bridge", "check", "--no-grads"], env=env, timeout=300).returncode == 0
+    assert not off.exists()

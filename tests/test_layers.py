@@ -301,6 +301,7 @@ TORCH_SAMPLES: dict[type[torch.nn.Module], torch.nn.Module] = {
     torch.nn.Dropout: torch.nn.Dropout(),
     torch.nn.Embedding: torch.nn.Embedding(4, 3),
     torch.nn.Flatten: torch.nn.Flatten(),
+    bridge.torch_layers.ChannelsFirstFlatten: bridge.torch_layers.ChannelsFirstFlatten(),
     bridge.torch_layers.FlaxGroupNorm: bridge.torch_layers.FlaxGroupNorm(2, 4),
     bridge.torch_layers.FlaxConv1d: bridge.torch_layers.FlaxConv1d(2, 3, (3,), flax_padding="SAME"),
     bridge.torch_layers.FlaxConv2d: bridge.torch_layers.FlaxConv2d(
@@ -327,8 +328,9 @@ def test_channels_first_convolution_takes_nchw() -> None:
     nhwc = bridge.torch_layers.FlaxConv2d(3, 4, (3, 3), flax_padding="SAME", stride=2)
     nhwc.load_state_dict(conv.state_dict())
     torch.testing.assert_close(conv(x), nhwc(x.movedim(1, -1)).movedim(-1, 1))
-    with pytest.raises(bridge.LayerMismatchError, match="channels-first convolution takes NCHW"):
-        bridge.to_flax(torch.nn.Sequential(conv))
+    flax_model, variables = bridge.to_flax(torch.nn.Sequential(conv))  # Flax's conv: the same weights, NHWC
+    flax_out = np.asarray(flax_model.apply(variables, x.movedim(1, -1).numpy()))
+    np.testing.assert_allclose(flax_out, conv(x).detach().movedim(1, -1).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_unsupported_convolutions_are_refused_with_the_reason() -> None:

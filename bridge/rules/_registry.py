@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from flax import nnx
 
-from .._errors import RuleRegistrationError, UnknownLayerError
+from .._errors import RuleRegistrationError, UnknownLayerError, UnsupportedModelError
 from .._numerics import Precision, function_rounding
 
 
@@ -63,6 +63,8 @@ class LayerRule:
     # Whether ``error_bound`` accepts ``BoundInputs(stacked=True)`` (a leading seed axis on the inputs and
     # on the variables): the multi-seed sweep then bounds every seed in one call, else it loops over seeds.
     stacked_bounds: ClassVar[bool] = False
+    # Whether the layer is elementwise, so that its torch module works in any layout (channels-first too).
+    elementwise: ClassVar[bool] = False
 
     def param_maps(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> tuple[ParamMap, ...]:
         """The variables of this Flax layer and their torch names (none for parameter-free layers)."""
@@ -75,6 +77,20 @@ class LayerRule:
     def make_torch(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> torch.nn.Module:
         """A torch module of the right kind and shapes for this Flax layer (its values are loaded after)."""
         raise NotImplementedError
+
+    def make_torch_channels_first(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> torch.nn.Module:
+        """The torch module at a position before the flatten of a channels-first model
+        (``to_torch(..., channels_last=False)``), whose input is ``(N, C, spatial...)``.
+
+        Raises:
+            UnsupportedModelError: for a layer that has no such form (the default, but for elementwise layers).
+        """
+        if self.elementwise:
+            return self.make_torch(layer, variables)
+        raise UnsupportedModelError(
+            f"{self.kind} has no channels-first torch form (the bridge's are Conv, flatten and elementwise "
+            "layers): convert with channels_last=True"
+        )
 
     def make_flax(self, module: torch.nn.Module) -> Any:
         """The unbound Flax layer (module or function) equivalent to this torch module."""

@@ -140,6 +140,7 @@ def _register(activation: Activation) -> type[ActivationRule]:
             "flax_keys": (activation.function,),
             "torch_types": (activation.torch_type,),
             "kinks": activation.kinks,
+            "elementwise": _AXIS not in activation.arguments,  # softmax is over an axis: not layout-free
         },
     )
     return register(rule)

@@ -20,7 +20,7 @@ from flax import nnx
 from .._errors import LayerMismatchError
 from .._numerics import C_DOT
 from .._tensors import numpy_dtype, torch_dtype
-from ..torch_layers import FlaxConv1d, FlaxConv2d, Padding
+from ..torch_layers import ChannelsFirstFlatten, FlaxConv1d, FlaxConv2d, Padding
 from ._registry import BoundInputs, LayerRule, ParamMap, register
 
 _BIAS = ParamMap("params", "bias", "bias")
@@ -96,10 +96,15 @@ class ConvRule(LayerRule):
             device="meta",
         )
 
-    def make_flax(self, module: torch.nn.Module) -> Any:
+    def make_torch_channels_first(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> torch.nn.Module:
+        module = self.make_torch(layer, variables)
         assert isinstance(module, FlaxConv1d | FlaxConv2d)
-        if not module.channels_last:
-            raise LayerMismatchError("a channels-first convolution takes NCHW input; Flax convolutions take NHWC")
+        module.channels_last = False
+        return module
+
+    def make_flax(self, module: torch.nn.Module) -> Any:
+        """The Flax Conv (channels-last, as every Flax convolution) of either layout of the torch module."""
+        assert isinstance(module, FlaxConv1d | FlaxConv2d)
         padding = module.flax_padding if isinstance(module.flax_padding, str) else list(module.flax_padding)
         return nn.Conv(
             features=module.out_channels,
@@ -168,15 +173,19 @@ def flatten(x: jax.Array) -> jax.Array:
 
 @register
 class FlattenRule(LayerRule):
-    """``bridge.flatten`` <-> ``torch.nn.Flatten()`` (start_dim 1, end_dim -1): a reshape, exact."""
+    """``bridge.flatten`` <-> ``torch.nn.Flatten()`` (start_dim 1, end_dim -1): a reshape, exact; in a
+    channels-first model, ``ChannelsFirstFlatten``, which flattens in Flax's (channels-last) order."""
 
     kind = "flatten"
     flax_keys = (flatten,)
-    torch_types = (torch.nn.Flatten,)
+    torch_types = (torch.nn.Flatten, ChannelsFirstFlatten)
     stacked_bounds = True
 
     def make_torch(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> torch.nn.Module:
         return torch.nn.Flatten()
+
+    def make_torch_channels_first(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> torch.nn.Module:
+        return ChannelsFirstFlatten()
 
     def make_flax(self, module: torch.nn.Module) -> Any:
         assert isinstance(module, torch.nn.Flatten)

@@ -21,6 +21,7 @@ class DropoutRule(LayerRule):
     flax_keys = (nn.Dropout, nnx.Dropout)
     torch_types = (torch.nn.Dropout,)
     stacked_bounds = True
+    elementwise = True
 
     def make_torch(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> torch.nn.Module:
         return torch.nn.Dropout(p=float(layer.rate)).eval()

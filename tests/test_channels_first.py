@@ -1,0 +1,119 @@
+"""``to_torch(..., channels_last=False)``: a channels-first torch CNN that computes the Flax CNN's function."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+import torch
+
+import bridge
+from bridge.torch_layers import ChannelsFirstFlatten, FlaxConv1d, FlaxConv2d
+
+
+def _cnn_2d() -> nn.Sequential:
+    return nn.Sequential(
+        [
+            nn.Conv(4, (3, 3), strides=2, padding="SAME"),
+            jax.nn.relu,
+            nn.Conv(3, (2, 2), padding="VALID"),
+            nn.gelu,
+            bridge.flatten,
+            nn.Dense(5),
+            jax.nn.relu,
+            nn.Dense(2),
+        ]
+    )
+
+
+def _cnn_1d() -> nn.Sequential:
+    return nn.Sequential([nn.Conv(3, (3,), strides=2, padding="SAME"), jax.nn.tanh, bridge.flatten, nn.Dense(2)])
+
+
+CASES = {"2d": (_cnn_2d, (4, 7, 6, 2)), "1d": (_cnn_1d, (4, 9, 2))}
+
+
+def _build(name: str) -> tuple[nn.Sequential, Any, np.ndarray]:
+    make, shape = CASES[name]
+    model = make()
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    return model, model.init(jax.random.PRNGKey(3), x), x
+
+
+def _channels_first(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_channels_first_model_takes_nchw_and_gives_the_flax_output(name: str) -> None:
+    model, variables, x = _build(name)
+    port = bridge.to_torch(model, variables, channels_last=False)
+    assert all(not m.channels_last for m in port if isinstance(m, FlaxConv1d | FlaxConv2d))
+    assert any(isinstance(m, ChannelsFirstFlatten) for m in port)
+    with torch.no_grad():
+        torch_out = port(_channels_first(x)).numpy()
+    flax_out = np.asarray(model.apply(variables, x))
+    np.testing.assert_allclose(torch_out, flax_out, rtol=1e-5, atol=1e-6)
+    report = bridge.check_equivalence(model, variables, port, x, channels_last=False)
+    assert report.ok, str(report)
+    assert report.gradients  # gradients, the input's included, compare in Flax's layout
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_channels_first_round_trip_is_bit_exact(name: str) -> None:
+    model, variables, x = _build(name)
+    back_model, back_variables = bridge.to_flax(bridge.to_torch(model, variables, channels_last=False))
+    mine = jax.tree_util.tree_leaves(variables["params"])
+    theirs = jax.tree_util.tree_leaves(back_variables["params"])
+    assert len(mine) == len(theirs)
+    for a, b in zip(mine, theirs, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(
+        np.asarray(back_model.apply(back_variables, x)), np.asarray(model.apply(variables, x))
+    )
+
+
+def test_naive_channels_first_flatten_is_caught_at_the_flatten() -> None:
+    """torch's own Flatten on NCHW orders the features C, H, W; the Flax Dense after it expects H, W, C."""
+    model, variables, x = _build("2d")
+    port = bridge.to_torch(model, variables, channels_last=False)
+    port[4] = torch.nn.Flatten()
+    report = bridge.check_equivalence(model, variables, port, x, channels_last=False, grads=False)
+    assert not report.ok
+    assert report.first_divergence is not None
+    assert report.first_divergence.index == 4
+
+
+def test_a_channels_first_port_checked_as_channels_last_fails_to_run() -> None:
+    model, variables, x = _build("2d")
+    port = bridge.to_torch(model, variables, channels_last=False)
+    with pytest.raises(bridge.LayerMismatchError, match="torch position 0"):
+        bridge.check_equivalence(model, variables, port, x)
+
+
+def test_sweep_of_a_channels_first_port() -> None:
+    model, variables, x = _build("2d")
+    port = bridge.to_torch(model, variables, channels_last=False)
+    sweep = bridge.check_equivalence(model, variables, port, x, seeds=range(4), channels_last=False, grads=False)
+    assert sweep.seed_ok == (True,) * 4
+
+
+def test_layers_without_a_channels_first_form_are_refused_by_name() -> None:
+    model = nn.Sequential([nn.Conv(4, (3, 3)), nn.LayerNorm(), bridge.flatten, nn.Dense(2)])
+    variables = model.init(jax.random.PRNGKey(0), np.ones((1, 5, 5, 2), np.float32))
+    with pytest.raises(bridge.UnsupportedModelError, match=r"layer 1 \(LayerNorm.*no channels-first torch form"):
+        bridge.to_torch(model, variables, channels_last=False)
+    softmax = nn.Sequential([nn.Conv(4, (3, 3)), jax.nn.softmax, bridge.flatten, nn.Dense(2)])
+    with pytest.raises(bridge.UnsupportedModelError, match="softmax"):
+        bridge.to_torch(
+            softmax, softmax.init(jax.random.PRNGKey(0), np.ones((1, 5, 5, 2), np.float32)), channels_last=False
+        )
+
+
+def test_layers_after_the_flatten_are_ordinary() -> None:
+    model, variables, _ = _build("2d")
+    port = bridge.to_torch(model, variables, channels_last=False)
+    assert [type(m) for m in port][5:] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]
