@@ -200,9 +200,7 @@ def check_equivalence(
         },
         settings={
             "dtype": np.dtype(x.dtype).name,
-            "tolerance": "derived per layer"
-            if tolerance is None
-            else f"rtol={tolerance.rtol:g}, atol={tolerance.atol:g}",
+            "tolerance": describe_tolerance(tolerance),
             "inputs": f"shape {tuple(x.shape)}" + (f", normal(seed={seed})" if inputs is None else ", given"),
             "grads": bool(grads),
             "gradient_rows_dropped_at_kinks": dropped,
@@ -285,6 +283,11 @@ def _refuse_training_mode(steps: Sequence[Step]) -> None:
                 f"{step.where} is in training mode (NNX Dropout and BatchNorm are by default): "
                 "call model.eval() before checking, and compare against the torch model in eval mode"
             )
+
+
+def describe_tolerance(tolerance: Tolerance | None) -> str:
+    """How a report's settings name the tolerance: derived per layer, or the explicit rtol/atol."""
+    return "derived per layer" if tolerance is None else f"rtol={tolerance.rtol:g}, atol={tolerance.atol:g}"
 
 
 def _explicit_tolerance(rtol: float | None, atol: float | None, dtype: Any) -> Tolerance | None:

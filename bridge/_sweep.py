@@ -49,7 +49,7 @@ def sweep_seeds(
 ) -> SeedSweepReport:
     """The sweep behind ``check_equivalence(..., seeds=...)``; ``check_one`` is the single-seed check
     (for the detailed report) and ``options`` its keyword options (``n_inputs``, ``dtype``, ...)."""
-    from ._check import _bound, _cast, _explicit_tolerance, _inputs, _refuse_training_mode
+    from ._check import _bound, _cast, _explicit_tolerance, _inputs, _refuse_training_mode, describe_tolerance
 
     seed_list = _valid_seeds(seeds)
     if flax_model.is_nnx(model):
@@ -66,7 +66,7 @@ def sweep_seeds(
     native = init_seeds(model, seed_list, xs)
     first = _one_seed(native, 0)
     _check_fits(template, first)
-    load_into(copy.deepcopy(torch_module), model, first)  # raises, naming the layer, when the port cannot take them
+    fitted = load_into(copy.deepcopy(torch_module), model, first)  # raises, naming the layer, when it cannot fit
     stacked, port = native, torch_module
     if dtype is not None:
         _, stacked, port = _cast(model, native, torch_module, dtype)
@@ -100,12 +100,10 @@ def sweep_seeds(
     seed_ok = np.all([v.mismatched == 0 for v in verdicts], axis=0)
     worst = np.max([v.worst_ratio for v in verdicts], axis=0)
 
-    detailed_index = int(np.argmin(seed_ok)) if not seed_ok.all() else 0
+    detailed_index = int(np.argmin(seed_ok))  # the first failing seed; the first seed when none fails
     detailed_seed = seed_list[detailed_index]
     own = _one_seed(native, detailed_index)
-    detailed = check_one(
-        model, own, load_into(copy.deepcopy(torch_module), model, own), inputs, seed=detailed_seed, **options
-    )
+    detailed = check_one(model, own, load_into(fitted, model, own), inputs, seed=detailed_seed, **options)
     seed_ok[detailed_index] &= detailed.ok
     return SeedSweepReport(
         seeds=tuple(seed_list),
@@ -116,9 +114,7 @@ def sweep_seeds(
         settings={
             "seeds": len(seed_list),
             "dtype": np.dtype(xs.dtype).name,
-            "tolerance": "derived per layer"
-            if tolerance is None
-            else f"rtol={tolerance.rtol:g}, atol={tolerance.atol:g}",
+            "tolerance": describe_tolerance(tolerance),
             "inputs": f"shape {tuple(xs.shape[1:])} per seed" + (", given" if inputs is not None else ", normal(seed)"),
             "compared per seed": "every layer's output, end to end and isolated",
             "grads": f"seed {detailed_seed} only" if options["grads"] else False,
