@@ -18,7 +18,7 @@ import torch
 from flax import nnx
 
 from .._errors import LayerMismatchError
-from .._numerics import C_DOT
+from .._numerics import affine_error_bound
 from .._tensors import numpy_dtype, torch_dtype
 from ..torch_layers import ChannelsFirstFlatten, FlaxConv1d, FlaxConv2d, Padding
 from ._registry import BoundInputs, LayerRule, ParamMap, register
@@ -136,15 +136,14 @@ class ConvRule(LayerRule):
                 return np.asarray(bare.apply({"params": {"kernel": jnp.asarray(k)}}, jnp.asarray(x)))
 
             product = conv(bound.x, kernel)
-            terms = np.sqrt(conv(np.square(bound.x), np.square(kernel)))
+            squares = np.maximum(conv(np.square(bound.x), np.square(kernel)), 0.0)
             passed = (
                 np.sqrt(conv(np.square(bound.tol_in), np.square(kernel)))
                 if bound.tol_in.shape == bound.x.shape
                 else 0.0
             )
-        accumulation = C_DOT * np.sqrt(fan_in) * bound.precision.accumulation * (np.abs(product) + terms)
-        rounding = bound.precision.storage * (np.abs(product) + 2.0 * np.abs(bound.y))
-        return accumulation + passed + rounding
+        bias = np.asarray(variables["params"]["bias"], np.float64) if layer.use_bias else None
+        return affine_error_bound(product, squares, bias, bound.y, fan_in, bound.precision) + passed
 
 
 def _unbound(layer: Any) -> nn.Conv:

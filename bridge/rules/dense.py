@@ -11,7 +11,7 @@ import torch
 from flax import nnx
 
 from .._errors import LayerMismatchError
-from .._numerics import dot_error_bound, propagated_error
+from .._numerics import affine_error_bound, propagated_error
 from .._tensors import numpy_dtype, torch_dtype
 from ._registry import BoundInputs, LayerRule, ParamMap, register
 
@@ -65,13 +65,19 @@ class DenseRule(LayerRule):
         return rng.standard_normal((n, kernel.shape[0])).astype(kernel.dtype)
 
     def error_bound(self, layer: Any, variables: Mapping[str, Mapping[str, Any]], bound: BoundInputs) -> np.ndarray:
-        """Accumulation error of ``x @ kernel`` (fan-in K), the input error carried through the kernel, and
-        the output roundings: Flax rounds after the matmul and after the bias, torch's F.linear once."""
-        kernel = np.asarray(variables["params"]["kernel"], np.float64)  # (seeds..., K, N)
+        """Accumulation error of ``x @ kernel + bias`` (fan-in K, the bias one more term), the input error
+        carried through the kernel, and the output roundings: Flax rounds after the matmul and after the
+        bias, torch's F.linear once."""
+        params = variables["params"]
+        kernel = np.asarray(params["kernel"], np.float64)  # (seeds..., K, N)
         seeds = kernel.shape[:-2]
         x = bound.x.reshape(*seeds, -1, kernel.shape[-2])
         tol_in = bound.tol_in.reshape(x.shape)
         y = bound.y.reshape(*x.shape[:-1], -1)
-        rounding = bound.precision.storage * (np.abs(x @ kernel) + 2.0 * np.abs(y))
-        total = dot_error_bound(x, kernel, bound.precision.accumulation) + propagated_error(tol_in, kernel) + rounding
+        bias = params.get("bias") if layer.use_bias else None
+        bias = None if bias is None else np.expand_dims(np.asarray(bias, np.float64), -2)  # (seeds..., 1, N)
+        product = x @ kernel
+        squares = np.square(x) @ np.square(kernel)
+        total = affine_error_bound(product, squares, bias, y, kernel.shape[-2], bound.precision)
+        total = total + propagated_error(tol_in, kernel)
         return total.reshape(bound.y.shape)
