@@ -161,10 +161,7 @@ def check_equivalence(
     positions: list[_Position] = []
     tol_in = np.zeros(x.shape)
     for step, rule, x_in, y in zip(steps, rules, flax_inputs, flax_outputs, strict=True):
-        x64, y64 = np.asarray(x_in, np.float64), np.asarray(y, np.float64)
-        precision = Precision.of(y.dtype if is_float(y.dtype) else np.float32)
-        bound_e2e = _bound(rule, step, BoundInputs(x64, y64, tol_in, precision), tolerance)
-        bound_iso = _bound(rule, step, BoundInputs(x64, y64, np.zeros_like(x64), precision), tolerance)
+        bound_e2e, bound_iso, precision = _bounds(step, rule, x_in, y, tol_in, tolerance)
         module = children[step.index] if step.index < len(children) else None
         isolated_out = None if module is None else _run_isolated(module, x_in)
         positions.append(_Position(step, rule, module, x_in, y, tol_in, bound_e2e, bound_iso, precision, isolated_out))
@@ -302,6 +299,33 @@ def _explicit_tolerance(rtol: float | None, atol: float | None, dtype: Any) -> T
 
 
 _GENERIC_RULE = LayerRule()  # its error_bound: slope <= 1 and one rounding, for layers with no rule
+
+
+def output_tolerance(model: Any, variables: Variables | None, inputs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The Flax chain's output on ``inputs`` and how far a correct port's output may lie from it there:
+    the tolerance ``check_equivalence`` derives end to end, for comparing stored (golden) outputs.
+
+    Returns:
+        ``(output, tolerance)``: float64 arrays of the output's shape.
+    """
+    steps = discover_chain(model, variables)
+    x = np.asarray(inputs)
+    outputs = [np.asarray(y) for y in flax_layer_outputs(model, variables, jnp.asarray(x))]
+    tol_in = np.zeros(x.shape)
+    for step, x_in, y in zip(steps, [x, *outputs[:-1]], outputs, strict=True):
+        tol_in = _bounds(step, rule_or_none(step.layer), x_in, y, tol_in, None)[0]
+    return np.asarray(outputs[-1], np.float64), tol_in
+
+
+def _bounds(
+    step: Step, rule: LayerRule | None, x_in: np.ndarray, y: np.ndarray, tol_in: np.ndarray, tolerance: Tolerance | None
+) -> tuple[np.ndarray, np.ndarray, Precision]:
+    """One position's output tolerances, end to end (its input off by ``tol_in``) and isolated, and its precision."""
+    x64, y64 = np.asarray(x_in, np.float64), np.asarray(y, np.float64)
+    precision = Precision.of(y.dtype if is_float(y.dtype) else np.float32)
+    bound_e2e = _bound(rule, step, BoundInputs(x64, y64, tol_in, precision), tolerance)
+    bound_iso = _bound(rule, step, BoundInputs(x64, y64, np.zeros_like(x64), precision), tolerance)
+    return bound_e2e, bound_iso, precision
 
 
 def _bound(rule: LayerRule | None, step: Step, inputs: BoundInputs, tolerance: Tolerance | None) -> np.ndarray:

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
@@ -59,12 +60,14 @@ def to_torch(
             Dense weights after it are unchanged. Feed it ``x.transpose(0, 3, 1, 2)``, and check it with
             ``check_equivalence(..., channels_last=False)``. Conv, flatten and elementwise layers have a
             channels-first form; other layers before the flatten raise ``UnsupportedModelError``.
-        copy: True (default): each tensor is one contiguous copy of the Flax array (a memcpy) and the
-            layout change is a view (a Linear weight ``(out, in)`` with strides ``(1, out)``; kernels
-            of more than 2 axes are made contiguous, as convolutions want). False: no copy at all: each
-            weight is a DLPack view of the Flax buffer, so the two frameworks share memory (writing to
-            the torch weight changes the JAX array, which JAX assumes immutable; a donated or deleted
-            JAX buffer invalidates it). A copy is unavoidable for a read-only NumPy buffer (refused)
+        copy: True (default): each tensor is a new contiguous tensor in torch's layout (a Linear weight
+            ``(out, in)``, a convolution ``(out, in, *spatial)``), made by one transposing copy from the
+            Flax buffer: an ordinary torch module, ready for ``safetensors.torch.save_file``. False: no
+            copy at all: each weight is a DLPack view of the Flax buffer, so the two frameworks share
+            memory; the layout change is then a view (strides ``(1, out)`` for a Linear weight), which
+            is not contiguous: ``safetensors`` refuses to save it and some kernels copy it on each call
+            (``.contiguous()`` it, or convert with copy=True, before saving). Writing to the torch weight
+            changes the JAX array, which JAX assumes immutable; a donated or deleted JAX buffer invalidates it. A copy is unavoidable for a read-only NumPy buffer (refused)
             and where devices differ; dtypes never change.
 
     Raises:
@@ -320,13 +323,23 @@ def _torch_tensors(planned: tuple[PlannedStep, ...], *, copy: bool) -> dict[str,
         _check_variable_names(step, maps)
         for m in maps:
             source = step.variables[m.collection][m.flax_name]
-            tensor = to_tensor(np.asarray(source)) if copy else shared_tensor(source, f"{step.where} {m.flax_name}")
-            if m.to_torch_axes is not None:
-                tensor = tensor.permute(m.to_torch_axes)
-                if copy and tensor.ndim > 2:
-                    tensor = tensor.contiguous()
+            if copy:
+                tensor = _contiguous_copy(source, m)
+            else:
+                tensor = shared_tensor(source, f"{step.where} {m.flax_name}")
+                tensor = tensor if m.to_torch_axes is None else tensor.permute(m.to_torch_axes)
             tensors[f"{step.index}.{m.torch_name}"] = tensor
     return tensors
+
+
+def _contiguous_copy(source: Any, m: ParamMap) -> torch.Tensor:
+    """A new contiguous tensor in torch's layout: one (transposing) copy straight from the JAX buffer,
+    as torch's own ``w.t().contiguous()`` would make; NumPy sources are copied by NumPy the same way."""
+    if isinstance(source, jax.Array) and source.is_fully_addressable:
+        view = torch.utils.dlpack.from_dlpack(source)
+        view = view if m.to_torch_axes is None else view.permute(m.to_torch_axes)
+        return view.clone(memory_format=torch.contiguous_format)
+    return to_tensor(m.flax_to_torch(np.asarray(source)))
 
 
 def _torch_arrays(planned: tuple[PlannedStep, ...]) -> dict[str, np.ndarray]:

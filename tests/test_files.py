@@ -205,9 +205,14 @@ def test_save_refuses_the_wrong_kind_of_object(tmp_path: Path) -> None:
 
 def test_golden_vectors_match_the_current_libraries() -> None:
     """tests/golden/seed_model.safetensors was written by `flax2torch golden`: the seed model's variables,
-    inputs and both outputs. Recomputed here: JAX's random numbers and both frameworks' numerics must not
-    have moved (bit-exact on the versions in its metadata, within float32 noise elsewhere)."""
+    inputs and both outputs. Recomputed here. The weights are JAX's random numbers (integer arithmetic,
+    then one transform): bit-exact on the versions in its metadata. The outputs are float sums whose last
+    bits depend on the machine's kernels (FMA, blocking, threads): both frameworks' outputs, today's and
+    the stored ones, and a plain float64 recomputation must agree within the checker's derived tolerance."""
     from safetensors import safe_open
+
+    from bridge._check import output_tolerance
+    from bridge._compare import compare
 
     path = Path(__file__).parent / "golden" / "seed_model.safetensors"
     with safe_open(str(path), framework="np") as golden:
@@ -216,25 +221,32 @@ def test_golden_vectors_match_the_current_libraries() -> None:
     seed, (in_features, hidden, _, out) = int(metadata["seed"]), map(int, metadata["widths"].split("-"))
     model = flax_impl.SeqMLP(hidden, out)
     variables = model.init(jax.random.PRNGKey(seed), np.ones(in_features, np.float32))
-    state = bridge.to_state_dict(model, variables)
     versions = f"golden written with jax {metadata['jax']}, flax {metadata['flax']}, torch {metadata['torch']}; now jax {jax.__version__}, torch {torch.__version__}"
-    for key, value in state.items():
-        np.testing.assert_array_equal(value.numpy(), stored[f"state/{key}"], err_msg=f"JAX's init changed: {versions}")
+    if metadata["jax"] == jax.__version__:
+        for key, value in bridge.to_state_dict(model, variables).items():
+            np.testing.assert_array_equal(
+                value.numpy(), stored[f"state/{key}"], err_msg=f"JAX's init changed: {versions}"
+            )
     x = stored["inputs"]
-    # the stored outputs, recomputed with plain NumPy from the stored weights (independent of the bridge)
-    h = x.astype(np.float64)
+    stored_variables = bridge.from_state_dict(
+        model, {key.removeprefix("state/"): value for key, value in stored.items() if key.startswith("state/")}, variables
+    )
+    reference, tolerance = output_tolerance(model, stored_variables, x)
+    h = x.astype(np.float64)  # plain NumPy from the stored weights, independent of both frameworks
     for index in (0, 2, 4):
         h = h @ stored[f"state/{index}.weight"].T.astype(np.float64) + stored[f"state/{index}.bias"]
         h = np.maximum(h, 0) if index < 4 else h
-    for side in ("flax", "torch"):
-        np.testing.assert_allclose(stored[f"outputs/{side}"], h, rtol=1e-5, atol=1e-6, err_msg=side)
-    flax_now = np.asarray(model.apply(variables, x))
-    torch_now = bridge.run_torch(seed, x, hidden, out).numpy()
-    same_versions = metadata["jax"] == jax.__version__ and metadata["torch"] == torch.__version__
-    for now, side in ((flax_now, "flax"), (torch_now, "torch")):
-        if same_versions:
-            np.testing.assert_array_equal(
-                now, stored[f"outputs/{side}"], err_msg=f"{side} numerics changed: {versions}"
-            )
-        else:
-            np.testing.assert_allclose(now, stored[f"outputs/{side}"], rtol=1e-5, atol=1e-6, err_msg=versions)
+    candidates = {
+        "stored flax output": stored["outputs/flax"],
+        "stored torch output": stored["outputs/torch"],
+        "flax output now": np.asarray(model.apply(stored_variables, x)),
+        "torch output now": bridge.run_torch(seed, x, hidden, out).numpy(),
+        "float64 recomputation": h,
+    }
+    for name, values in candidates.items():
+        result = compare(reference, values, tolerance)
+        assert result.ok, (
+            f"{name} differs from Flax's output on the stored weights: {result.mismatched} of {result.size} "
+            f"elements outside the derived tolerance, max abs {result.max_abs:.3g} at {result.max_abs_index}, "
+            f"err/tol {result.worst_ratio:.3g} ({versions})"
+        )
