@@ -67,8 +67,8 @@ def to_torch(
             memory; the layout change is then a view (strides ``(1, out)`` for a Linear weight), which
             is not contiguous: ``safetensors`` refuses to save it and some kernels copy it on each call
             (``.contiguous()`` it, or convert with copy=True, before saving). Writing to the torch weight
-            changes the JAX array, which JAX assumes immutable; a donated or deleted JAX buffer invalidates it. A copy is unavoidable for a read-only NumPy buffer (refused)
-            and where devices differ; dtypes never change.
+            changes the JAX array, which JAX assumes immutable; a donated or deleted JAX buffer
+            invalidates it. A read-only NumPy buffer cannot be shared (refused). Dtypes never change.
 
     Raises:
         BridgeError: when the model is not a chain, a layer has no rule, or its variables do not fit it.

@@ -229,7 +229,9 @@ def test_golden_vectors_match_the_current_libraries() -> None:
             )
     x = stored["inputs"]
     stored_variables = bridge.from_state_dict(
-        model, {key.removeprefix("state/"): value for key, value in stored.items() if key.startswith("state/")}, variables
+        model,
+        {key.removeprefix("state/"): value for key, value in stored.items() if key.startswith("state/")},
+        variables,
     )
     reference, tolerance = output_tolerance(model, stored_variables, x)
     h = x.astype(np.float64)  # plain NumPy from the stored weights, independent of both frameworks
