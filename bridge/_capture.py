@@ -32,7 +32,7 @@ def torch_layer_outputs(torch_module: torch.nn.Sequential, x: torch.Tensor) -> t
     ]
     try:
         result = torch_module(x)
-    except RuntimeError as e:
+    except Exception as e:  # the port's code may raise anything
         position = len(outputs)
         kind = type(torch_module[position]).__name__ if position < len(torch_module) else "module"
         raise LayerMismatchError(

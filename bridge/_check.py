@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, overload
 
 import jax
@@ -179,10 +179,18 @@ def check_equivalence(
         if smooth.any():
             planned = list(zip(steps, rules, strict=True))
             gradient_rows = compare_gradients(
-                model, variables, torch_module, planned, x[smooth], loss or _sum, tolerance
+                model,
+                variables,
+                torch_module,
+                planned,
+                x[smooth],
+                loss or _sum,
+                tolerance,
+                getattr(torch_module, "bridge_input_permutations", None),
             )
 
-    first = _first_divergence(rows, positions, structure, gradient_rows)
+    permutations = getattr(torch_module, "bridge_input_permutations", {})
+    first = _first_divergence(rows, positions, structure, gradient_rows, permutations)
     ok = not problems and all(row.ok for row in rows) and output.ok and all(g.comparison.ok for g in gradient_rows)
     return EquivalenceReport(
         ok=ok,
@@ -381,7 +389,7 @@ def _run_isolated(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     try:
         with torch.no_grad():
             return to_numpy(module(to_tensor(x)))
-    except RuntimeError:
+    except Exception:  # the port's code may raise anything
         return np.full((0,), np.nan)  # cannot run on the Flax layer's input: the row shows a shape mismatch
 
 
@@ -427,6 +435,7 @@ def _first_divergence(
     positions: Sequence[_Position],
     structure: tuple[int, str] | None,
     gradient_rows: Sequence[GradientRow],
+    permutations: Mapping[int, np.ndarray],
 ) -> Divergence | None:
     """The structure problem, else the first layer failing on its own input, else the first failing end to end."""
 
@@ -452,6 +461,7 @@ def _first_divergence(
             torch_out,
             p.bound_iso,
             p.precision,
+            permutations.get(row.index),
         )
         hint = diagnose(context)
         if hint is None and mode == "end to end":

@@ -15,8 +15,10 @@ from flax import nnx
 
 from ._chain import Step, Variables, discover_chain
 from ._errors import LayerMismatchError, UnsupportedModelError, at_layer
+from ._match import owned_tensors, port_tensors
 from ._tensors import shared_tensor, to_numpy, to_tensor, torch_dtype
 from .rules import LayerRule, ParamMap, rule_for_flax, rule_for_torch
+from .rules._registry import torch_rule_or_none
 
 
 class PlannedStep(NamedTuple):
@@ -114,10 +116,60 @@ def channels_last_view(torch_module: torch.nn.Sequential, steps: Sequence[Step])
     hooks move the channel axis around each layer before the flatten): module types, parameter names and
     weights stay those of the port, so it is checked position by position like a channels-last one."""
     view = copy.deepcopy(torch_module)
-    for child in list(view)[: channels_first_positions(steps)]:
+    spatial = channels_first_positions(steps)
+    children = list(view)
+    for child in children[:spatial]:
         child.register_forward_pre_hook(_channels_first_input)
         child.register_forward_hook(_channels_last_output)
+    permutations: dict[int, np.ndarray] = {}
+    view.bridge_input_permutations = permutations  # read by the gradient comparison
+    if spatial < len(steps) and spatial <= len(children):
+        children[spatial - 1].register_forward_hook(_FlattenOrder(spatial, permutations))
+        if spatial < len(children):
+            children[spatial].register_forward_pre_hook(_permuted_input(spatial, permutations))
     return view
+
+
+def channels_first_flatten_permutation(channels: int, positions: int) -> np.ndarray:
+    """For each feature of Flax's flatten of ``(positions, channels)`` (channels last), its index in
+    torch's ``nn.Flatten`` of ``(channels, positions)``: ``permutation[p * C + c] = c * P + p``."""
+    return np.arange(channels * positions).reshape(channels, positions).T.reshape(-1)
+
+
+class _FlattenOrder:
+    """Forward hook of a channels-first port's flatten: a flatten in torch's order (``nn.Flatten`` of
+    NCHW, found by running the module on a probe) is reordered to Flax's for the comparison, and the
+    permutation is kept for the next layer, whose weight columns are in torch's order."""
+
+    def __init__(self, next_index: int, permutations: dict[int, np.ndarray]) -> None:
+        self.next_index, self.permutations = next_index, permutations
+
+    def __call__(self, module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        x = args[0]
+        if x.ndim < 3 or output.ndim != 2:
+            return output
+        probe = torch.arange(x[:1].numel(), dtype=torch.float64).reshape(1, *x.shape[1:])
+        with torch.no_grad():
+            flattened = module.forward(probe)
+        if not torch.equal(flattened, probe.reshape(1, -1)) or torch.equal(
+            flattened, probe.movedim(1, -1).reshape(1, -1)
+        ):
+            return output  # Flax's order already (ChannelsFirstFlatten), or another function: compared as it is
+        permutation = channels_first_flatten_permutation(x.shape[1], x[0, 0].numel())
+        self.permutations[self.next_index] = permutation
+        return output[:, torch.as_tensor(permutation)]
+
+
+def _permuted_input(index: int, permutations: dict[int, np.ndarray]) -> Any:
+    """Forward pre-hook of the layer after a torch-order flatten: Flax's feature order back to torch's."""
+
+    def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        permutation = permutations.get(index)
+        if permutation is None or args[0].shape[-1] != len(permutation):
+            return args
+        return (args[0][..., torch.as_tensor(np.argsort(permutation))], *args[1:])
+
+    return hook
 
 
 def _channels_first_input(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -129,17 +181,29 @@ def _channels_last_output(module: torch.nn.Module, args: tuple[Any, ...], output
     return output.movedim(1, -1) if output.ndim >= 3 else output
 
 
-def load_into(torch_module: torch.nn.Module, model: Any, variables: Variables | None = None) -> torch.nn.Module:
-    """Copy ``model``'s variables into an existing torch port, after checking layer kinds, names, shapes and dtypes.
+def load_into(
+    torch_module: torch.nn.Module, model: Any, variables: Variables | None = None, *, channels_last: bool = True
+) -> torch.nn.Module:
+    """Copy ``model``'s variables into an existing torch port, after checking that every one fits.
 
-    Nothing is copied unless everything fits, so a failed call leaves ``torch_module`` as it was.
+    Position i of the ``nn.Sequential`` port takes chain position i's variables, each found in the
+    module that owns it (``bridge._match``): the rule's torch module itself, a wrapper around it
+    (``0.inner.weight``), or a module of its own whose tensors are matched by shape (``w``, ``b``).
+    A stock ``torch.nn.Conv2d`` takes a Conv's kernel as ``(out, in, kh, kw)``. Nothing is copied
+    unless everything fits, so a failed call leaves ``torch_module`` as it was.
+
+    Arguments:
+        channels_last: False for a channels-first port: when its flatten is ``nn.Flatten`` of
+            ``(N, C, H, W)`` (torch's order, found by running it on a probe), the Linear after it gets the
+            Dense kernel's rows permuted into that order
+            (``K.reshape(H*W, C, out).transpose(1, 0, 2).reshape(-1, out).T``).
 
     Returns:
         ``torch_module`` itself, loaded.
 
     Raises:
-        LayerMismatchError: naming the first position whose torch module has the wrong kind, or every
-            missing, unexpected, mis-shaped or mis-typed tensor.
+        LayerMismatchError: naming every position whose module is of another layer kind, or whose
+            tensors are missing, left over, mis-shaped or mis-typed.
     """
     planned = plan(model, variables)
     if not isinstance(torch_module, torch.nn.Sequential):
@@ -150,35 +214,81 @@ def load_into(torch_module: torch.nn.Module, model: Any, variables: Variables | 
             f"the Flax chain has {len(planned)} layers ({kinds}) but the torch Sequential has {len(torch_module)}"
         )
     for (step, rule), module in zip(planned, torch_module, strict=True):
-        if type(module) not in rule.torch_types:
+        known = torch_rule_or_none(module)
+        if known is not None and known is not rule:  # a module of another registered kind; wrappers may pass
             expected = " or ".join(t.__name__ for t in rule.torch_types)
             raise LayerMismatchError(f"{step.where}: expected torch {expected}, found {type(module).__name__}")
     arrays = _torch_arrays(planned)
-    target = {key: value for key, value in torch_module.state_dict().items() if not _torch_only(planned, key)}
-    problems = []
-    for step, _ in planned:
-        prefix = f"{step.index}."
-        ours = {key for key in arrays if key.startswith(prefix)}
-        theirs = {key for key in target if key.startswith(prefix)}
-        problems += [
-            f"{step.where}: {problem}"
-            for problem in _key_problems(expected=ours, found=theirs, expected_side="Flax", found_side="torch")
-        ]
-        for key in sorted(ours & theirs):
-            want, have = arrays[key], target[key]
-            if tuple(want.shape) != tuple(have.shape):
+    permutations = {} if channels_last else _flatten_permutations(planned, torch_module)
+    problems: list[str] = []
+    copies: list[tuple[torch.Tensor, np.ndarray]] = []
+    for (step, rule), module in zip(planned, torch_module, strict=True):
+        owned = owned_tensors(rule, step.layer, step.variables, module, by_value=False)
+        claimed = {o.torch_name for o in owned if o.tensor is not None}
+        for o in owned:
+            key = f"{step.index}.{o.param_map.torch_name}"
+            want = arrays[key]
+            if step.index in permutations and want.ndim == 2 and want.shape[1] == len(permutations[step.index]):
+                want = np.empty_like(want)
+                want[:, permutations[step.index]] = arrays[key]  # Flax feature j is torch column perm[j]
+            if o.tensor is None:
+                problems.append(f"{step.where}: missing in torch: {key} (no tensor of shape {tuple(want.shape)})")
+            elif tuple(want.shape) != tuple(o.tensor.shape):
                 problems.append(
-                    f"{step.where}: {key} has shape {tuple(have.shape)} in torch, Flax gives {tuple(want.shape)}"
+                    f"{step.where}: {step.index}.{o.torch_name} has shape {tuple(o.tensor.shape)} in torch, "
+                    f"Flax gives {tuple(want.shape)}"
                 )
-            elif torch_dtype(want.dtype) != have.dtype:
+            elif torch_dtype(want.dtype) != o.tensor.dtype:
                 problems.append(
-                    f"{step.where}: {key} is {have.dtype} in torch, Flax gives {want.dtype}; "
+                    f"{step.where}: {step.index}.{o.torch_name} is {o.tensor.dtype} in torch, Flax gives {want.dtype}; "
                     "cast one side explicitly (the bridge never casts silently)"
                 )
+            else:
+                copies.append((o.tensor, want))
+        left = sorted(
+            f"{step.index}.{name}"
+            for name in port_tensors(module)
+            if name not in claimed and name.rsplit(".", 1)[-1] not in rule.torch_only_keys
+        )
+        if left:
+            problems.append(f"{step.where}: unexpected in torch (not in Flax): {', '.join(left)}")
     if problems:
         raise LayerMismatchError("cannot load into the torch module: " + "; ".join(problems))
-    _load(torch_module, planned, {key: to_tensor(array) for key, array in arrays.items()}, assign=False)
+    with torch.no_grad():
+        for tensor, array in copies:
+            tensor.copy_(to_tensor(array))
     return torch_module
+
+
+def _flatten_permutations(planned: tuple[PlannedStep, ...], torch_module: torch.nn.Sequential) -> dict[int, np.ndarray]:
+    """For a channels-first port whose flatten flattens ``(C, H, W)`` (torch's order): the position after
+    it and the permutation of its input features (``channels_first_flatten_permutation``)."""
+    steps = [step for step, _ in planned]
+    flatten = channels_first_positions(steps) - 1
+    if flatten + 1 >= len(steps) or steps[flatten].kind != "flatten":
+        return {}
+    channels = next(
+        (
+            int(np.shape(s.variables["params"]["kernel"])[-1])
+            for s in reversed(steps[:flatten])
+            if "kernel" in s.variables.get("params", {})
+        ),
+        None,
+    )
+    dense = planned[flatten + 1]
+    kernel = dense.step.variables.get("params", {}).get("kernel")
+    if channels is None or kernel is None or np.ndim(kernel) != 2 or np.shape(kernel)[0] % channels:
+        return {}
+    positions = np.shape(kernel)[0] // channels
+    probe = torch.arange(channels * positions, dtype=torch.float64).reshape(1, channels, positions)
+    with torch.no_grad():
+        try:
+            flattened = torch_module[flatten](probe)
+        except RuntimeError:
+            return {}
+    if not torch.equal(flattened, probe.reshape(1, -1)) or channels == 1 or positions == 1:
+        return {}  # Flax's order already (ChannelsFirstFlatten), or nothing to permute
+    return {flatten + 1: channels_first_flatten_permutation(channels, positions)}
 
 
 def from_state_dict(model: Any, state_dict: Mapping[str, Any], variables: Variables | None = None) -> dict[str, Any]:

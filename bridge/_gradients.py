@@ -10,7 +10,7 @@ difference, scaled by the ratio of unit roundoffs, estimates the float64 error t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -22,6 +22,7 @@ from flax import traverse_util
 from ._chain import Step, Variables
 from ._compare import compare
 from ._flax_model import apply, cast, gradients, parameter_leaves
+from ._match import owned_tensors
 from ._numerics import Precision, finite_rms, gradient_tolerance
 from ._report import GradientRow
 from ._tensors import is_float, to_numpy, to_tensor
@@ -66,8 +67,13 @@ def compare_gradients(
     x: np.ndarray,
     loss: Callable[[Any], Any],
     tolerance: Tolerance | None,
+    input_permutations: Mapping[int, np.ndarray] | None = None,
 ) -> tuple[GradientRow, ...]:
-    """One row per gradient: the input's first, then each parameter's in chain order."""
+    """One row per gradient: the input's first, then each parameter's in chain order, each parameter
+    found in the port by the module that owns it (``bridge._match``). ``input_permutations``: positions
+    whose torch layer takes its input features in another order (the Linear after a channels-first
+    ``nn.Flatten``), as the index of each Flax feature in torch's order."""
+    input_permutations = input_permutations or {}
     flax_params, flax_x = gradients(model, variables, x, loss)
     wide = is_float(x.dtype) and np.dtype(x.dtype).itemsize == 8
     other = np.float32 if wide else np.float64
@@ -99,29 +105,35 @@ def compare_gradients(
             tol = tol + C_CALIBRATION * (error + finite_rms(error))
             if wide:  # a float32 rerun shows conditioning, not how two float64 implementations differ
                 tol = tol + C_DERIVATIVE_ROUNDOFFS * precision.storage * (np.abs(ref) + finite_rms(ref))
-        got = np.zeros_like(ref) if candidate is None else to_numpy(candidate).astype(np.float64)
+        got = np.empty((0,)) if candidate is None else to_numpy(candidate).astype(np.float64)
         return GradientRow(name, compare(ref, got, tol))
 
     rows = []
     if flax_x is not None:
-        rows.append(row("input", flax_x, reference_x, torch_grads[0]))
+        input_gradient = torch_grads[0] if torch_grads[0] is not None else torch.zeros_like(x_tensor)
+        rows.append(row("input", flax_x, reference_x, input_gradient))
+    children = list(torch_module)
     for step, rule in planned:
-        if rule is None:
+        if rule is None or step.index >= len(children):
             continue
-        for m in rule.param_maps(step.layer, step.variables):
+        permutation = input_permutations.get(step.index)
+        for owned in owned_tensors(rule, step.layer, step.variables, children[step.index], by_value=True):
+            m = owned.param_map
             if m.collection != "params":
                 continue
-            torch_name = f"{step.index}.{m.torch_name}"
+            flax_name = f"{'/'.join(step.flax_path)}/{m.flax_name}"
             value = m.flax_to_torch(np.asarray(_at(flax_params, step.flax_path)[m.flax_name]))
             reference = m.flax_to_torch(np.asarray(_at(reference_params, step.flax_path)[m.flax_name]))
-            rows.append(
-                row(
-                    f"{'/'.join(step.flax_path)}/{m.flax_name} <-> {torch_name}",
-                    value,
-                    reference,
-                    by_name.get(torch_name),
-                )
-            )
+            if owned.tensor is None:  # never compared against zeros: a row that says so and fails
+                rows.append(row(f"{flax_name} <-> (no tensor of torch {step.index} holds it)", value, reference, None))
+                continue
+            torch_name = f"{step.index}.{owned.torch_name}"
+            gradient = by_name.get(torch_name)
+            if gradient is None:  # the parameter does not reach the output: its gradient is zero
+                gradient = torch.zeros_like(owned.tensor)
+            elif permutation is not None and gradient.ndim == 2 and gradient.shape[1] == len(permutation):
+                gradient = gradient[:, torch.as_tensor(permutation)]  # columns back to Flax's order
+            rows.append(row(f"{flax_name} <-> {torch_name}", value, reference, gradient))
     return tuple(rows)
 
 

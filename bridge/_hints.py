@@ -36,6 +36,8 @@ class HintContext(NamedTuple):
     torch_out: np.ndarray | None
     tolerance: np.ndarray
     precision: Precision
+    # For the layer after a channels-first flatten in torch's order: Flax feature j is torch column perm[j].
+    input_permutation: np.ndarray | None = None
 
 
 Hint = Callable[[HintContext], str | None]
@@ -111,6 +113,32 @@ def dense_layout(context: HintContext) -> str | None:
     if bias is None and module.bias is not None:
         return "the torch Linear has a bias the Flax Dense lacks (use_bias=False): use Linear(..., bias=False)"
     return None
+
+
+@hint("Dense")
+def unpermuted_after_flatten(context: HintContext) -> str | None:
+    """torch's ``nn.Flatten`` of NCHW orders features (C, H, W); the Flax Dense after its flatten expects
+    (H, W, C): the Linear's weight columns must be permuted to match, else it reads the wrong features."""
+    permutation = context.input_permutation
+    if permutation is None:
+        return None
+    params = context.step.variables["params"]
+    kernel = np.asarray(params["kernel"], np.float64)
+    reordered = context.x[..., np.argsort(permutation)] @ kernel + np.asarray(params.get("bias", 0.0), np.float64)
+    if not reproduces(context, reordered):
+        return None
+    positions = len(permutation) // _channels(permutation)
+    return (
+        "torch nn.Flatten of NCHW orders the features (C, H, W), Flax's flatten (H, W, C), and this Linear's "
+        "weight columns are in Flax's order: permute them, weight = kernel.reshape("
+        f"{positions}, {_channels(permutation)}, -1).transpose(1, 0, 2).reshape({len(permutation)}, -1).T, "
+        "or call bridge.load_into(port, model, variables, channels_last=False)"
+    )
+
+
+def _channels(permutation: np.ndarray) -> int:
+    """C of a flatten permutation ``perm[p * C + c] = c * P + p``: feature (p=1, c=0), index C, is column 1."""
+    return int(np.argmax(permutation == 1)) or 1
 
 
 @hint()

@@ -27,9 +27,9 @@ import numpy as np
 # measures the largest err/tol over every summation order; a 1e-4 relative change of a 4096-wide
 # layer's weights still exceeds the bound (the detection thresholds are printed there too).
 C_DOT = 8.0
-# Ulps of the output allowed for the final roundings: each side rounds its result once (half an ulp of
-# its own value, which may lie one binade up), Flax's Dense rounds the product before adding the bias
-# (an ulp of the product is added apart). Two roundings apart are one ulp: a third of this.
+# Ulps allowed for each stored result (the output, and the product before a bias is added): each side
+# rounds it once, half an ulp of its own value (which may lie one binade up); two such roundings apart
+# are one ulp, a third of this.
 C_OUTPUT_ULPS = 3.0
 # Roundings of stored results per layer in a backward pass (a product, a sum over the batch, a cast);
 # measured: bfloat16 bias gradients of a correct port differ by up to 6 units of roundoff.
@@ -82,14 +82,15 @@ def affine_error_bound(
 
     ``product`` is ``x . w`` and ``squares`` is ``x^2 . w^2`` (the squared terms summed), both computed
     exactly enough in float64; ``bias`` broadcasts against them (None: no bias). The bias counts as
-    one more term of the sum; the roundings are those of Flax's product and of both sides' output.
+    one more term of the sum; the roundings are those of both sides' output and, with a bias, of the
+    product before it is added (Flax's Dense and torch's ``x @ w.T + b`` both round it).
     """
     b = 0.0 if bias is None else np.abs(bias)
     terms = fan_in + (bias is not None)
     norm = np.sqrt(squares + np.square(b))
     accumulation = C_DOT * np.sqrt(terms) * precision.accumulation * (np.abs(y) + norm)
-    rounding = ulp(product, precision) + C_OUTPUT_ULPS * ulp(y, precision)
-    return accumulation + rounding
+    rounding = ulp(y, precision) if bias is None else ulp(product, precision) + ulp(y, precision)
+    return accumulation + C_OUTPUT_ULPS * rounding
 
 
 def propagated_error(tol_in: np.ndarray, w: np.ndarray) -> np.ndarray:

@@ -76,15 +76,65 @@ def test_channels_first_round_trip_is_bit_exact(name: str) -> None:
     )
 
 
-def test_naive_channels_first_flatten_is_caught_at_the_flatten() -> None:
-    """torch's own Flatten on NCHW orders the features C, H, W; the Flax Dense after it expects H, W, C."""
+def test_naive_channels_first_flatten_is_caught_at_the_linear_after_it_with_the_fix() -> None:
+    """torch's own Flatten on NCHW orders the features C, H, W; a Linear holding the Flax kernel unpermuted
+    reads them in H, W, C order: caught at that Linear, and the hint gives the permutation."""
     model, variables, x = _build("2d")
     port = bridge.to_torch(model, variables, channels_last=False)
     port[4] = torch.nn.Flatten()
     report = bridge.check_equivalence(model, variables, port, x, channels_last=False, grads=False)
     assert not report.ok
     assert report.first_divergence is not None
-    assert report.first_divergence.index == 4
+    assert report.first_divergence.index == 5
+    assert report.first_divergence.hint is not None
+    assert "channels_last=False" in report.first_divergence.hint
+    assert ".transpose(1, 0, 2)" in report.first_divergence.hint
+
+
+def _stock_torch_port() -> torch.nn.Sequential:
+    """The 2-D CNN as torch users write it: stock Conv2d (explicit padding where XLA's is symmetric, F.pad
+    where it is not), nn.Flatten of NCHW, and Linear layers of their own."""
+
+    class PadThenConv(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(2, 4, 3, stride=2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(torch.nn.functional.pad(x, (0, 1, 1, 1)))  # 'SAME', stride 2, on 7x6: (1, 1), (0, 1)
+
+    return torch.nn.Sequential(
+        PadThenConv(),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 3, 2),
+        torch.nn.GELU(approximate="tanh"),
+        torch.nn.Flatten(),
+        torch.nn.Linear(3 * 3 * 2, 5),
+        torch.nn.ReLU(),
+        torch.nn.Linear(5, 2),
+    ).eval()
+
+
+def test_load_into_fills_a_stock_channels_first_port_and_it_passes() -> None:
+    """A port in the torch way (stock Conv2d in a wrapper, nn.Flatten of NCHW): load_into permutes the
+    first Linear's columns, and the checker passes it, gradients included; without the permutation
+    (channels_last=True) the checker locates the Linear after the flatten."""
+    model, variables, x = _build("2d")
+    port = bridge.load_into(_stock_torch_port(), model, variables, channels_last=False)
+    kernel = np.asarray(variables["params"]["layers_5"]["kernel"])
+    expected = kernel.reshape(2 * 3, 3, 5).transpose(1, 0, 2).reshape(-1, 5).T  # DESIGN.md's formula, (H*W, C) here
+    np.testing.assert_array_equal(port[5].weight.detach().numpy(), expected)
+    with torch.no_grad():
+        torch_out = port(_channels_first(x)).numpy()
+    np.testing.assert_allclose(torch_out, np.asarray(model.apply(variables, x)), rtol=1e-4, atol=1e-5)
+    report = bridge.check_equivalence(model, variables, port, x, channels_last=False)
+    assert report.ok, str(report)
+    assert any("0.conv.weight" in row.name for row in report.gradients)
+    assert any("5.weight" in row.name for row in report.gradients)
+    unpermuted = bridge.load_into(_stock_torch_port(), model, variables, channels_last=True)
+    report = bridge.check_equivalence(model, variables, unpermuted, x, channels_last=False, grads=False)
+    assert report.first_divergence is not None
+    assert report.first_divergence.index == 5, str(report)
 
 
 def test_a_channels_first_port_checked_as_channels_last_fails_to_run() -> None:

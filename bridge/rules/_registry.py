@@ -119,7 +119,11 @@ class LayerRule:
         input error passes through, plus the roundings of two implementations of the function.
         Layers that amplify errors (normalisations divide by a small deviation) override it.
         """
-        return bound.tol_in + function_rounding(bound.x, bound.y, bound.precision.storage, stacked=bound.stacked)
+        if bound.tol_in.shape == bound.y.shape:
+            passed: Any = bound.tol_in
+        else:  # the layer changes the shape (a slice, a pooling with no rule): its input error, at most
+            passed = np.max(bound.tol_in, initial=0.0)
+        return passed + function_rounding(bound.x, bound.y, bound.precision.storage, stacked=bound.stacked)
 
 
 class BoundInputs(NamedTuple):
@@ -201,6 +205,11 @@ def rule_for_torch(module: torch.nn.Module, where: str) -> LayerRule:
             "Register one with @bridge.register_rule (see bridge.LayerRule)"
         )
     return rule
+
+
+def torch_rule_or_none(module: torch.nn.Module) -> LayerRule | None:
+    """The rule whose torch types include ``module``'s exact class, or None (a wrapper, a custom module)."""
+    return _BY_TORCH_TYPE.get(type(module))
 
 
 def supported_flax_kinds() -> list[str]:

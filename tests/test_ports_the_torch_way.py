@@ -1,0 +1,170 @@
+"""Correct ports written the way torch users write them pass; broken ones fail for the right reason.
+
+Wrapper modules and custom parameter names (parameters found by the module that owns them, never
+compared against zeros), layers with no rule that change the shape, ports that raise, and a custom
+backward that is wrong while every output is right.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+import torch
+
+import bridge
+
+
+class Wrapper(torch.nn.Module):
+    """A position holding the rule's module one level down (``0.inner.weight``)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+class CustomDense(torch.nn.Module):
+    """A Linear of its own, with its own names: ``w (out, in)`` and ``b``."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(out_features, in_features))
+        self.b = torch.nn.Parameter(torch.zeros(out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.w.t() + self.b
+
+
+class ConstantDense(torch.nn.Module):
+    """A Linear whose weights are plain attributes, not parameters: no gradient can be compared."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.weight_value, self.bias_value = weight, bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight_value.t() + self.bias_value
+
+
+class _WrongBackwardReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grad * (x > -0.5)  # the bug: lets gradients through below zero
+
+
+class WrongBackwardReLU(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _WrongBackwardReLU.apply(x)
+
+
+def _mlp() -> tuple[nn.Sequential, dict, np.ndarray]:  # type: ignore[type-arg]
+    model = nn.Sequential([nn.Dense(8), jax.nn.relu, nn.Dense(3)])
+    x = np.random.default_rng(0).standard_normal((16, 5)).astype(np.float32)
+    return model, model.init(jax.random.PRNGKey(0), x), x
+
+
+def test_wrapper_and_custom_names_are_loaded_and_pass_with_gradients() -> None:
+    model, variables, x = _mlp()
+    port = torch.nn.Sequential(Wrapper(torch.nn.Linear(5, 8)), torch.nn.ReLU(), CustomDense(8, 3))
+    bridge.load_into(port, model, variables)
+    np.testing.assert_array_equal(port[2].w.detach().numpy(), np.asarray(variables["params"]["layers_2"]["kernel"]).T)
+    report = bridge.check_equivalence(model, variables, port, x)
+    assert report.ok, str(report)
+    names = [row.name for row in report.gradients]
+    assert names == [
+        "input",
+        "layers_0/kernel <-> 0.inner.weight",
+        "layers_0/bias <-> 0.inner.bias",
+        "layers_2/kernel <-> 2.w",
+        "layers_2/bias <-> 2.b",
+    ]
+
+
+def test_a_parameter_no_port_tensor_holds_fails_its_gradient_row_instead_of_comparing_zeros() -> None:
+    model, variables, x = _mlp()
+    port = bridge.to_torch(model, variables)
+    port[2] = ConstantDense(port[2].weight.detach().clone(), port[2].bias.detach().clone())
+    report = bridge.check_equivalence(model, variables, port, x)
+    assert all(row.ok for row in report.layers), str(report)  # outputs match
+    assert not report.ok
+    missing = [row for row in report.gradients if "no tensor of torch 2 holds it" in row.name]
+    assert [row.name.split(" ")[0] for row in missing] == ["layers_2/kernel", "layers_2/bias"]
+    assert all(not row.comparison.ok for row in missing)
+
+
+def test_load_into_lists_what_it_cannot_place() -> None:
+    model, variables, _ = _mlp()
+
+    class TwoWeights(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first = torch.nn.Parameter(torch.zeros(3, 8))
+            self.second = torch.nn.Parameter(torch.zeros(3, 8))
+            self.b = torch.nn.Parameter(torch.zeros(3))
+
+    port = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), TwoWeights())
+    with pytest.raises(
+        bridge.LayerMismatchError, match=r"layer 2 \(Dense.*missing in torch: 2.weight.*2.first, 2.second"
+    ):
+        bridge.load_into(port, model, variables)
+
+
+def test_a_wrong_custom_backward_is_caught_in_the_gradients() -> None:
+    """Every output agrees; only the torch gradient differs (a mutant that compared Flax's gradients with
+    themselves would pass this port)."""
+    model, variables, x = _mlp()
+    port = bridge.to_torch(model, variables)
+    port[1] = WrongBackwardReLU()
+    report = bridge.check_equivalence(model, variables, port, x)
+    assert all(row.ok for row in report.layers), str(report)
+    assert not report.ok
+    assert report.first_divergence is not None
+    assert report.first_divergence.mode == "gradient"
+    assert "check custom backward code" in str(report.first_divergence.hint)
+    bad = [row.name for row in report.gradients if not row.comparison.ok]
+    assert "layers_0/kernel <-> 0.weight" in bad
+
+
+def test_a_layer_without_a_rule_that_changes_the_shape_is_checked() -> None:
+    model = nn.Sequential([nn.Dense(8), lambda x: x[:, :3], nn.Dense(2)])
+    x = np.random.default_rng(1).standard_normal((16, 5)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+
+    class Slice(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, :3]
+
+    port = torch.nn.Sequential(torch.nn.Linear(5, 8), Slice(), torch.nn.Linear(3, 2))
+    with torch.no_grad():  # load_into needs a rule for every layer: filled by hand
+        for position, name in ((0, "layers_0"), (2, "layers_2")):
+            port[position].weight.copy_(torch.from_numpy(np.array(variables["params"][name]["kernel"]).T))
+            port[position].bias.copy_(torch.from_numpy(np.array(variables["params"][name]["bias"])))
+    assert bridge.check_equivalence(model, variables, port, x).ok
+    port[1] = torch.nn.Identity()  # the shape no longer fits the next layer
+    with pytest.raises(
+        bridge.LayerMismatchError, match=r"torch position 2 \(Linear\) failed on its input of shape \(16, 8\)"
+    ):
+        bridge.check_equivalence(model, variables, port, x)
+
+
+def test_a_port_layer_that_raises_any_exception_becomes_a_bridge_error() -> None:
+    model, variables, x = _mlp()
+
+    class Raises(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise ValueError("boom")
+
+    port = bridge.to_torch(model, variables)
+    port[1] = Raises()
+    with pytest.raises(bridge.LayerMismatchError, match=r"torch position 1 \(Raises\) failed .*: boom"):
+        bridge.check_equivalence(model, variables, port, x)
