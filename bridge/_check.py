@@ -477,7 +477,12 @@ def _first_divergence(
             ),
             0,
         )
-        return at(index, "gradient", f"outputs match but the gradient {bad.name} differs: check custom backward code")
+        return at(
+            index,
+            "gradient",
+            f"outputs match but the gradient {bad.name} differs: check custom backward code "
+            "(the backward() of any torch.autograd.Function, or hooks that change gradients)",
+        )
     return None
 
 

@@ -106,7 +106,8 @@ def dense_layout(context: HintContext) -> str | None:
     if weight.shape == kernel.shape and np.array_equal(weight, kernel) and not np.array_equal(kernel, kernel.T):
         return (
             "the Linear weight holds the Dense kernel untransposed: a square kernel loads without a shape error; "
-            "torch weight is (out, in), Flax kernel is (in, out): use kernel.T (bridge.load_into does)"
+            "torch weight is (out, in), Flax kernel is (in, out): load kernel.T, e.g. "
+            "bridge.load_into(port, model, variables)"
         )
     if bias is not None and module.bias is None and reproduces(context, context.x @ kernel):
         return "the torch Linear has no bias but the Flax Dense does: use Linear(..., bias=True) and load the bias"
@@ -159,7 +160,7 @@ def parameters_differ(context: HintContext) -> str | None:
             return (
                 f"torch {m.torch_name} differs from Flax {m.collection}/{m.flax_name}"
                 f"{' (laid out for torch)' if m.to_torch_axes else ''} by up to {relative:.1e} of its scale: "
-                "reload it with bridge.load_into"
+                "reload it with bridge.load_into(port, model, variables)"
             )
     return None
 
@@ -184,15 +185,39 @@ def symmetric_padding(context: HintContext) -> str | None:
 
 
 def _activation_variants() -> dict[str, Callable[[jax.Array], jax.Array]]:
-    """Every activation the rules know, with its defaults, plus both GELU forms and no activation at all."""
-    variants: dict[str, Callable[[jax.Array], jax.Array]] = {
-        a.kind: a.function for a in ACTIVATIONS if a.kind != "gelu"
-    }
+    """Every activation the rules know, with its defaults named, plus both GELU forms and no activation."""
+    variants: dict[str, Callable[[jax.Array], jax.Array]] = {}
+    for a in ACTIVATIONS:
+        if a.kind == "gelu":
+            continue
+        defaults = ", ".join(f"{arg.flax_name}={arg.flax_default!r}" for arg in a.arguments if arg.flax_name != "axis")
+        variants[f"{a.kind} ({defaults})" if defaults else a.kind] = a.function
     variants["gelu (tanh approximation, Flax's default)"] = functools.partial(jax.nn.gelu, approximate=True)
     variants["gelu (exact erf form, torch's default)"] = functools.partial(jax.nn.gelu, approximate=False)
-    variants["leaky_relu (slope 0.01)"] = variants.pop("leaky_relu")
     variants["identity (no activation)"] = lambda x: x
     return variants
+
+
+def torch_equivalent(step: Step) -> str | None:
+    """The torch module to type for a Flax layer, built by its rule: ``torch.nn.GELU(approximate='tanh')``."""
+    rule = rule_or_none(step.layer)
+    if rule is None:
+        return None
+    try:
+        module = rule.make_torch(step.layer, step.variables)
+    except Exception:  # a rule that needs more than the layer (shapes): no one-line fix to offer
+        return None
+    where = type(module).__module__
+    prefix = "torch.nn." if where.startswith("torch.") else f"{where}."
+    return f"{prefix}{module!r}"
+
+
+def _describe(step: Step) -> str:
+    """The Flax layer with its keywords where it has any: ``elu (alpha=0.5)``."""
+    keywords = getattr(step.layer, "keywords", None)
+    if keywords:
+        return f"{step.kind} ({', '.join(f'{k}={v!r}' for k, v in keywords.items())})"
+    return step.kind
 
 
 @hint()
@@ -203,9 +228,9 @@ def wrong_activation(context: HintContext) -> str | None:
     for name, function in _activation_variants().items():
         if reproduces(context, function(jnp.asarray(context.x))):
             module = type(context.torch_module).__name__ if context.torch_module is not None else "layer"
-            return (
-                f"torch {module} computes {name} where Flax applies {context.step.kind}: "
-                "use the matching torch activation"
+            fix = torch_equivalent(context.step)
+            return f"torch {module} computes {name} where Flax applies {_describe(context.step)}: " + (
+                f"use {fix}" if fix else "use the torch activation that computes it"
             )
     return None
 
@@ -216,7 +241,8 @@ def softmax_axis(context: HintContext) -> str | None:
     function = jax.nn.softmax if context.step.kind == "softmax" else jax.nn.log_softmax
     for axis in range(context.x.ndim - 1):
         if reproduces(context, function(jnp.asarray(context.x), axis=axis)):
-            return f"torch normalises over dim {axis}, Flax over the last axis: pass dim=-1 to the torch softmax"
+            module = "Softmax" if context.step.kind == "softmax" else "LogSoftmax"
+            return f"torch normalises over dim {axis}, Flax over the last axis: use torch.nn.{module}(dim=-1)"
     return None
 
 
@@ -233,6 +259,7 @@ def norm_epsilon(context: HintContext) -> str | None:
     if reproduces(context, apply_flax_layer(context.step, context.x, epsilon=float(torch_eps))):
         return (
             f"torch {type(module).__name__} uses eps={torch_eps:g} where Flax {context.step.kind} uses "
-            f"epsilon={flax_eps:g}: construct the torch layer with eps={flax_eps:g}"
+            f"epsilon={flax_eps:g}: construct it with eps={flax_eps:g}"
+            + (f", e.g. {fix}" if (fix := torch_equivalent(context.step)) else "")
         )
     return None

@@ -251,6 +251,32 @@ def test_the_naive_port_is_caught(case: Case) -> None:
     assert not report.ok, str(report)
     assert report.first_divergence is not None
     assert report.first_divergence.hint is not None, str(report)
+    position, fix = NAIVE_HINTS[case.name]
+    assert report.first_divergence.index == position, str(report)
+    assert fix in report.first_divergence.hint, report.first_divergence.hint
+
+
+# Where each naive port is caught, and the fix its hint must name (the text a user types).
+NAIVE_HINTS = {
+    "dense": (2, "untransposed"),
+    "gelu-tanh": (1, "use torch.nn.GELU(approximate='tanh')"),
+    "elu": (1, "computes elu (alpha=1.0) where Flax applies elu (alpha=0.5): use torch.nn.ELU(alpha=0.5)"),
+    "leaky_relu": (1, "use torch.nn.LeakyReLU(negative_slope=0.2)"),
+    "celu": (1, "use torch.nn.CELU(alpha=2.0)"),
+    "softmax": (1, "use torch.nn.Softmax(dim=-1)"),
+    "log_softmax": (1, "use torch.nn.LogSoftmax(dim=-1)"),
+    "layernorm": (0, "construct it with eps=1e-06, e.g. torch.nn.LayerNorm((6,), eps=1e-06"),
+    "rmsnorm": (0, "construct it with eps=1e-06, e.g. torch.nn.RMSNorm((6,), eps=1e-06"),
+    "groupnorm": (1, "construct it with eps=1e-06, e.g. bridge.torch_layers.FlaxGroupNorm(4, 8, eps=1e-06"),
+    "batchnorm": (1, "torch BatchNorm1d is in training mode: call .eval()"),
+    "dropout": (1, "torch Dropout is in training mode: call .eval()"),
+    "conv1d-same-stride2": (0, "pad explicitly with functional.pad and padding=0"),
+    "conv2d-same-stride2": (0, "pad explicitly with functional.pad and padding=0"),
+}
+
+
+def test_every_naive_port_has_an_expected_hint() -> None:
+    assert set(NAIVE_HINTS) == {c.name for c in NAIVE}
 
 
 def test_unknown_partial_keywords_and_lambdas_are_named() -> None:
