@@ -1,0 +1,154 @@
+"""Mutation testing with a planted set: each mutant breaks one promise of bridge/ in a copy of the project;
+the suite must fail on it (the mutant is "killed"). Prints each verdict and the kill rate.
+
+Run: ``python benchmarks/planted_mutants.py`` (or ``nox -s mutants``; minutes). A mutant names the
+tests that should kill it, so the run stays short; a survivor is a promise no test holds.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Mutant(NamedTuple):
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTANTS = (
+    Mutant(
+        "torch gradients replaced by Flax's own",
+        "bridge/_gradients.py",
+        "got = np.empty((0,)) if candidate is None else to_numpy(candidate).astype(np.float64)",
+        "got = ref.copy()",
+        ("tests/test_ports_the_torch_way.py", "tests/test_check.py"),
+    ),
+    Mutant(
+        "missing parameters compared against zeros",
+        "bridge/_gradients.py",
+        "got = np.empty((0,)) if candidate is None else",
+        "got = np.zeros_like(ref) if candidate is None else",
+        ("tests/test_ports_the_torch_way.py",),
+    ),
+    Mutant(
+        "accumulation bound 16x too tight",
+        "bridge/_numerics.py",
+        "C_DOT = 8.0",
+        "C_DOT = 0.5",
+        ("tests/test_computed_differently.py",),
+    ),
+    Mutant(
+        "accumulation bound 1000x too loose",
+        "bridge/_numerics.py",
+        "C_DOT = 8.0",
+        "C_DOT = 8000.0",
+        ("tests/test_computed_differently.py",),
+    ),
+    Mutant(
+        "the bias is not a term of the sum",
+        "bridge/_numerics.py",
+        "    b = 0.0 if bias is None else np.abs(bias)",
+        "    b = 0.0",
+        ("tests/test_computed_differently.py",),
+    ),
+    Mutant(
+        "no ulps for the final roundings",
+        "bridge/_numerics.py",
+        "C_OUTPUT_ULPS = 3.0",
+        "C_OUTPUT_ULPS = 0.0",
+        ("tests/test_computed_differently.py",),
+    ),
+    Mutant(
+        "Dense kernel not transposed",
+        "bridge/rules/dense.py",
+        '_KERNEL = ParamMap("params", "kernel", "weight", (1, 0))',
+        '_KERNEL = ParamMap("params", "kernel", "weight", None)',
+        ("tests/test_convert.py",),
+    ),
+    Mutant(
+        "activation hints without the fix",
+        "bridge/_hints.py",
+        '+ (f"use {fix}" if fix else "use the torch activation that computes it")',
+        '+ "use the matching torch activation"',
+        ("tests/test_layers.py",),
+    ),
+    Mutant(
+        "wrapper parameters not found",
+        "bridge/_match.py",
+        "found = [name for name, sub in module.named_modules() if type(sub) in rule.torch_types]",
+        "found = [name for name, sub in module.named_modules() if type(sub) in rule.torch_types and not name]",
+        ("tests/test_ports_the_torch_way.py",),
+    ),
+    Mutant(
+        "channels-first flatten not permuted by load_into",
+        "bridge/_convert.py",
+        "    return {flatten + 1: channels_first_flatten_permutation(channels, positions)}",
+        "    return {}",
+        ("tests/test_channels_first.py",),
+    ),
+    Mutant(
+        "to_torch weights left as transposed views",
+        "bridge/_convert.py",
+        "        return view.clone(memory_format=torch.contiguous_format)",
+        "        return view",
+        ("tests/test_zero_copy.py",),
+    ),
+    Mutant(
+        "non-finite mismatches masked",
+        "bridge/_compare.py",
+        "    nonfinite_bad = ~both_finite & ~same_nonfinite",
+        "    nonfinite_bad = np.zeros_like(both_finite)",
+        ("tests/test_check.py",),
+    ),
+)
+
+
+def killed(mutant: Mutant, workspace: Path) -> bool:
+    """Apply one mutant to a fresh copy of the project and run its tests: killed when they fail."""
+    copy = workspace / "project"
+    if copy.exists():
+        shutil.rmtree(copy)
+    shutil.copytree(
+        ROOT, copy, ignore=shutil.ignore_patterns(".git", ".nox", "__pycache__", "*.egg-info", ".hypothesis")
+    )
+    target = copy / mutant.path
+    text = target.read_text()
+    if text.count(mutant.old) != 1:
+        raise SystemExit(f"mutant {mutant.name!r}: its line is not (once) in {mutant.path}; update the mutant")
+    target.write_text(text.replace(mutant.old, mutant.new))
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider", *mutant.tests],
+        cwd=copy,
+        env={**os.environ, "PYTHONPATH": str(copy)},
+        capture_output=True,
+        text=True,
+    )
+    return result.returncode != 0
+
+
+def main() -> None:
+    kills = 0
+    with tempfile.TemporaryDirectory() as folder:
+        for mutant in MUTANTS:
+            start = time.perf_counter()
+            dead = killed(mutant, Path(folder))
+            kills += dead
+            print(f"{'killed  ' if dead else 'SURVIVED'} {mutant.name} ({time.perf_counter() - start:.0f} s)")
+    print(f"kill rate {kills}/{len(MUTANTS)} = {kills / len(MUTANTS):.0%}")
+    sys.exit(0 if kills == len(MUTANTS) else 1)
+
+
+if __name__ == "__main__":
+    main()
