@@ -28,3 +28,20 @@ def init_with_random_biases(model: nn.Module, in_features: int, seed: int = 0) -
         return rng.standard_normal(leaf.shape).astype(leaf.dtype) * 0.5 if name == "bias" else leaf
 
     return jax.tree_util.tree_map_with_path(noisy, variables)
+
+
+def assert_matches_flax(model: Any, variables: Any, x: np.ndarray, candidate: Any) -> None:
+    """``candidate``, another correct implementation's output of the chain ``model`` on ``x``, lies within the
+    checker's derived tolerance of Flax's output: never a fixed rtol or bit-equality, which depend on the
+    machine's kernels (FMA, blocking, threads)."""
+    from bridge._check import output_tolerance
+    from bridge._compare import compare
+    from bridge._tensors import to_numpy
+
+    values = to_numpy(candidate) if hasattr(candidate, "detach") else np.asarray(candidate)
+    reference, tolerance = output_tolerance(model, variables, x)
+    result = compare(reference, values.reshape(reference.shape) if values.size == reference.size else values, tolerance)
+    assert result.ok, (
+        f"{result.mismatched} of {result.size} elements outside the derived tolerance: max abs {result.max_abs:.3g} "
+        f"at {result.max_abs_index}, err/tol {result.worst_ratio:.3g}"
+    )

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import SetupMLP, init, sequential_mlp
+from models import assert_matches_flax
 
 import bridge
 import flax_impl
@@ -49,10 +50,10 @@ def test_kernel_is_transposed_into_the_weight() -> None:
     np.testing.assert_array_equal(state["0.weight"].numpy(), kernel.T)
     x = np.random.default_rng(0).normal(size=(7, 3)).astype(np.float32)
     linear = bridge.to_torch(model, variables)[0]
-    np.testing.assert_allclose(
-        linear(torch.from_numpy(x)).detach().numpy(), x @ kernel + np.asarray(variables["params"]["Dense_0"]["bias"]),
-        rtol=1e-6, atol=1e-6,
-    )  # fmt: skip
+    single = nn.Sequential([nn.Dense(5)])
+    single_variables = {"params": {"layers_0": variables["params"]["Dense_0"]}}
+    assert_matches_flax(single, single_variables, x, linear(torch.from_numpy(x)))
+    assert_matches_flax(single, single_variables, x, x @ kernel + np.asarray(variables["params"]["Dense_0"]["bias"]))
 
 
 def test_converted_tensors_are_copies_and_the_input_is_not_modified() -> None:
@@ -71,9 +72,7 @@ def test_every_layout_converts_and_matches(make_model: Any, rng: np.random.Gener
     model = make_model()
     variables = init(model, 5, seed=3)
     x = rng.normal(size=(16, 5)).astype(np.float32)
-    expected = np.asarray(model.apply(variables, x))
-    got = bridge.to_torch(model, variables)(torch.from_numpy(x)).detach().numpy()
-    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6 * np.abs(expected).max())
+    assert_matches_flax(model, variables, x, bridge.to_torch(model, variables)(torch.from_numpy(x)))
 
 
 def test_round_trip_flax_torch_flax_is_bit_exact(rng: np.random.Generator) -> None:
@@ -104,7 +103,7 @@ def test_use_bias_false_maps_to_linear_without_bias(rng: np.random.Generator) ->
     assert converted[0].bias is None
     assert set(converted.state_dict()) == {"0.weight", "2.weight", "2.bias"}
     x = rng.normal(size=(3, 3)).astype(np.float32)
-    np.testing.assert_allclose(converted(torch.from_numpy(x)).detach().numpy(), model.apply(variables, x), rtol=1e-6)
+    assert_matches_flax(model, variables, x, converted(torch.from_numpy(x)))
     back_model, back_variables = bridge.to_flax(converted)
     assert back_model.layers[0].use_bias is False
     assert set(back_variables["params"]["layers_0"]) == {"kernel"}
@@ -121,9 +120,7 @@ def test_load_into_loads_the_twin_and_returns_it(rng: np.random.Generator) -> No
     twin = torch_impl.SeqMLP(3, 4, 2)
     assert bridge.load_into(twin, model, variables) is twin
     x = rng.normal(size=(9, 3)).astype(np.float32)
-    np.testing.assert_allclose(
-        twin(torch.from_numpy(x)).detach().numpy(), model.apply(variables, x), rtol=1e-6, atol=1e-6
-    )
+    assert_matches_flax(model, variables, x, twin(torch.from_numpy(x)))
 
 
 def test_load_into_catches_an_untransposed_square_kernel_by_values_not_shapes() -> None:
