@@ -245,11 +245,15 @@ def load_into(
                 )
             else:
                 copies.append((o.tensor, want))
+        constants = rule.torch_constants(step.layer, step.variables)
         left = sorted(
             f"{step.index}.{name}"
             for name in port_tensors(module)
-            if name not in claimed and name.rsplit(".", 1)[-1] not in rule.torch_only_keys
+            if name not in claimed and name.rsplit(".", 1)[-1] not in (*rule.torch_only_keys, *constants)
         )
+        missing_constants = sorted(set(constants) - {name.rsplit(".", 1)[-1] for name in port_tensors(module)})
+        if missing_constants:
+            problems.append(f"{step.where}: missing in torch: {', '.join(missing_constants)} (held at a constant)")
         if left:
             problems.append(f"{step.where}: unexpected in torch (not in Flax): {', '.join(left)}")
     if problems:
@@ -257,6 +261,11 @@ def load_into(
     with torch.no_grad():
         for tensor, array in copies:
             tensor.copy_(to_tensor(array))
+    for (step, rule), module in zip(planned, torch_module, strict=True):
+        constants = rule.torch_constants(step.layer, step.variables)
+        if constants:
+            prefix = next((name for name, sub in module.named_modules() if type(sub) in rule.torch_types), None)
+            _fill_constants(module.get_submodule(prefix) if prefix is not None else module, constants)
     return torch_module
 
 
@@ -404,7 +413,10 @@ def _torch_layers(
 def _torch_only(planned: tuple[PlannedStep, ...], key: str) -> bool:
     """Whether a torch state-dict key is one its rule leaves to torch (``3.num_batches_tracked``)."""
     position, _, name = key.partition(".")
-    return position.isdigit() and int(position) < len(planned) and name in planned[int(position)].rule.torch_only_keys
+    if not (position.isdigit() and int(position) < len(planned)):
+        return False
+    step, rule = planned[int(position)]
+    return name in rule.torch_only_keys or name in rule.torch_constants(step.layer, step.variables)
 
 
 def _load(
@@ -420,9 +432,19 @@ def _load(
         raise LayerMismatchError(f"state dict mismatch: unexpected positions {unexpected}")
     for (step, rule), child in zip(planned, module.children(), strict=True):
         result = child.load_state_dict(by_position.get(str(step.index), {}), strict=False, assign=assign)
-        missing = [key for key in result.missing_keys if key not in rule.torch_only_keys]
+        constants = rule.torch_constants(step.layer, step.variables)
+        missing = [key for key in result.missing_keys if key not in rule.torch_only_keys and key not in constants]
         if missing or result.unexpected_keys:  # the checks before make this unreachable; never load silently
             raise LayerMismatchError(f"{step.where}: missing {missing}, unexpected {result.unexpected_keys}")
+        _fill_constants(child, constants)
+
+
+def _fill_constants(module: torch.nn.Module, constants: Mapping[str, float]) -> None:
+    """Set the torch tensors that hold a constant in this layer kind (a LayerNorm's weight of ones)."""
+    tensors = port_tensors(module)
+    with torch.no_grad():
+        for name, value in constants.items():
+            tensors[name].fill_(value)
 
 
 def _torch_tensors(planned: tuple[PlannedStep, ...], *, copy: bool) -> dict[str, torch.Tensor]:

@@ -373,3 +373,25 @@ def test_every_rule_maps_its_torch_kinds_back_to_itself() -> None:
         for torch_type in rule.torch_types:
             flax_layer = rule.make_flax(TORCH_SAMPLES[torch_type])
             assert bridge.rules.rule_for_flax(flax_layer, "sample") is rule, rule.kind
+
+
+def test_layernorm_with_a_bias_and_no_scale_is_torchs_layernorm_with_a_weight_of_ones() -> None:
+    model = nn.Sequential([nn.Dense(6), nn.LayerNorm(use_scale=False)])
+    x = np.random.default_rng(2).standard_normal((8, 5)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    variables = jax.tree_util.tree_map(lambda a: a + 0.5, variables)  # a bias that is not zero
+    port = bridge.to_torch(model, variables)
+    assert torch.equal(port[1].weight, torch.ones(6))
+    assert bridge.check_equivalence(model, variables, port, x).ok
+    hand_made = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.LayerNorm(6, eps=1e-6))
+    with torch.no_grad():
+        hand_made[1].weight.normal_()
+    bridge.load_into(hand_made, model, variables)
+    assert torch.equal(hand_made[1].weight, torch.ones(6))
+    np.testing.assert_array_equal(
+        hand_made[1].bias.detach().numpy(), np.asarray(variables["params"]["layers_1"]["bias"])
+    )
+    assert bridge.check_equivalence(model, variables, hand_made, x).ok
+    back_model, back_variables = bridge.to_flax(port)  # an equivalent Flax model: scale of ones
+    np.testing.assert_array_equal(np.asarray(back_variables["params"]["layers_1"]["scale"]), np.ones(6, np.float32))
+    assert bridge.check_equivalence(back_model, back_variables, port, x).ok

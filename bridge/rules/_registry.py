@@ -74,6 +74,11 @@ class LayerRule:
         """The variables of this torch module and their Flax names (none for parameter-free layers)."""
         return ()
 
+    def torch_constants(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> Mapping[str, float]:
+        """torch tensors with no Flax variable that must hold a constant for the same function (a
+        LayerNorm with a bias and no scale is torch's LayerNorm with a weight of ones): name -> value."""
+        return {}
+
     def make_torch(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> torch.nn.Module:
         """A torch module of the right kind and shapes for this Flax layer (its values are loaded after)."""
         raise NotImplementedError

@@ -83,11 +83,13 @@ class LayerNormRule(LayerRule):
     def make_torch(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> torch.nn.Module:
         _last_axis_only(layer, "reduction_axes", "feature_axes")
         width, dtype = _features(variables, "scale", "bias")
-        if not layer.use_scale and layer.use_bias:
-            raise LayerMismatchError("use_scale=False with use_bias=True has no torch LayerNorm equivalent")
+        affine = layer.use_scale or layer.use_bias  # a bias alone: torch's weight holds ones (torch_constants)
         return torch.nn.LayerNorm(
-            width, eps=layer.epsilon, elementwise_affine=layer.use_scale, bias=layer.use_bias, dtype=torch_dtype(dtype)
+            width, eps=layer.epsilon, elementwise_affine=affine, bias=layer.use_bias, dtype=torch_dtype(dtype)
         )
+
+    def torch_constants(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> Mapping[str, float]:
+        return {"weight": 1.0} if layer.use_bias and not layer.use_scale else {}
 
     def make_flax(self, module: torch.nn.Module) -> Any:
         assert isinstance(module, torch.nn.LayerNorm)
