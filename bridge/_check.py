@@ -6,6 +6,7 @@ import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, overload
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,6 +145,8 @@ def check_equivalence(
     if dtype is not None:
         model, variables, torch_module = _cast(model, variables, torch_module, dtype)
     steps = discover_chain(model, variables)
+    if dtype is not None:
+        model, steps = _cast_compute_dtype(model, variables, steps, dtype)
     _refuse_training_mode(steps)
     rules = [rule_or_none(step.layer) for step in steps]
     x = _inputs(inputs, steps, rules, seed, n_inputs, dtype)
@@ -171,11 +174,16 @@ def check_equivalence(
     output = compare(flax_final, to_numpy(torch_final), positions[-1].bound_e2e)
 
     gradient_rows: tuple[GradientRow, ...] = ()
-    dropped = 0
+    dropped = dropped_nonfinite = 0
     if grads and not problems:
         single_sample = x.ndim < 2 and is_float(x.dtype)  # nothing to leave out
         smooth = np.ones(len(x), bool) if single_sample else _rows_away_from_kinks(positions)
-        dropped = int(np.count_nonzero(~smooth))
+        finite = _finite_rows(positions, 1 if single_sample else len(x))
+        dropped = int(np.count_nonzero(~smooth & finite))
+        dropped_nonfinite = int(np.count_nonzero(~finite))
+        smooth &= finite
+        if single_sample and not finite.all():
+            smooth = np.zeros(1, bool)
         if smooth.any():
             planned = list(zip(steps, rules, strict=True))
             gradient_rows = compare_gradients(
@@ -209,6 +217,13 @@ def check_equivalence(
             "inputs": f"shape {tuple(x.shape)}" + (f", normal(seed={seed})" if inputs is None else ", given"),
             "grads": bool(grads),
             "gradient_rows_dropped_at_kinks": dropped,
+            # NaN/Inf in a row's forward pass leave its gradients undefined (JAX's relu passes 0 at NaN,
+            # torch's NaN): such rows are not judged, their outputs are (NaN against NaN is equal)
+            "gradient_rows_dropped_nonfinite": dropped_nonfinite,
+            "nonfinite_outputs": {
+                "flax": int(np.count_nonzero(~np.isfinite(flax_final))),
+                "torch": int(np.count_nonzero(~np.isfinite(np.asarray(to_numpy(torch_final), np.float64)))),
+            },
         },
     )
 
@@ -274,6 +289,21 @@ def _rows_away_from_kinks(positions: Sequence[_Position]) -> np.ndarray:
         near &= p.bound_in > 0  # an exact input (tolerance 0) takes the same branch on both sides
         smooth &= ~near.reshape(len(near), -1).any(axis=1)
     return smooth
+
+
+def _finite_rows(positions: Sequence[_Position], rows: int) -> np.ndarray:
+    """Input rows (first axis) whose values are finite at every position of the Flax forward pass (an
+    array without that leading axis counts for every row)."""
+    finite = np.ones(rows, bool)
+    for p in positions:
+        for values in (p.x, p.y):
+            array = np.asarray(values)
+            if not is_float(array.dtype):
+                continue
+            ok = np.isfinite(array.astype(np.float64))
+            per_row = array.ndim >= 1 and len(array) == rows
+            finite &= ok.reshape(rows, -1).all(axis=1) if per_row else bool(ok.all())
+    return finite
 
 
 def _refuse_training_mode(steps: Sequence[Step]) -> None:
@@ -383,6 +413,34 @@ def _cast(
         )
     model, variables = flax_model.cast(model, variables, target)
     return model, variables, copy.deepcopy(torch_module).to(torch_dtype(target))
+
+
+def _cast_compute_dtype(model: Any, variables: Any, steps: Sequence[Step], dtype: Any) -> tuple[Any, Sequence[Step]]:
+    """Layers that compute in a dtype of their own (``nn.Dense(dtype=jnp.float16)``) compute in ``dtype``
+    too: cloned so in an ``nn.Sequential`` model, refused with the fix where the model builds them itself.
+
+    Raises:
+        InvalidArgumentError: naming the first layer whose compute dtype cannot be changed.
+    """
+    target = jnp.dtype(dtype)
+    stale = [s for s in steps if getattr(s.layer, "dtype", None) is not None and jnp.dtype(s.layer.dtype) != target]
+    if not stale:
+        return model, steps
+    if isinstance(model, nn.Sequential):
+        layers = [
+            layer.clone(dtype=target)
+            if isinstance(layer, nn.Module) and getattr(layer, "dtype", None) is not None
+            else layer
+            for layer in model.layers
+        ]
+        model = model.clone(layers=layers)
+        return model, discover_chain(model, variables)
+    first = stale[0]
+    raise InvalidArgumentError(
+        f"{first.where} computes in {jnp.dtype(first.layer.dtype).name} (its dtype=) and dtype={target.name} "
+        f"cannot change that inside {type(model).__name__}: check with dtype={jnp.dtype(first.layer.dtype).name!r}, "
+        "or build the model with dtype=None"
+    )
 
 
 def _run_isolated(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,79 @@
+"""NaN and Inf: undefined on both sides where they come from the inputs or weights (reported, not judged
+in gradients), a mismatch wherever one side alone produces them; compute dtypes cast with ``dtype=``."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import bridge
+
+
+def _mlp() -> tuple[nn.Sequential, dict, np.ndarray]:  # type: ignore[type-arg]
+    model = nn.Sequential([nn.Dense(8), jax.nn.relu, nn.Dense(3)])
+    x = np.random.default_rng(0).standard_normal((16, 5)).astype(np.float32)
+    return model, model.init(jax.random.PRNGKey(0), x), x
+
+
+def test_a_nan_input_row_is_reported_and_the_rest_judged() -> None:
+    """JAX's relu passes a zero gradient at NaN, torch's passes NaN: the row's gradients are undefined."""
+    model, variables, x = _mlp()
+    x[3, 1] = np.nan
+    report = bridge.check_equivalence(model, variables, bridge.to_torch(model, variables), x)
+    assert report.ok, str(report)
+    assert report.settings["gradient_rows_dropped_nonfinite"] == 1
+    assert report.settings["nonfinite_outputs"] == {"flax": 3, "torch": 3}
+    assert report.gradients  # the 15 finite rows are judged
+    assert "custom backward" not in str(report)
+
+
+def test_nan_weights_give_nan_on_both_sides_and_no_false_gradient_verdict() -> None:
+    model, variables, x = _mlp()
+    broken = jax.tree_util.tree_map(np.array, variables)
+    broken["params"]["layers_0"]["kernel"][0, 0] = np.nan
+    report = bridge.check_equivalence(model, broken, bridge.to_torch(model, broken), x)
+    assert report.ok, str(report)
+    assert report.settings["gradient_rows_dropped_nonfinite"] == 16
+    assert report.settings["nonfinite_outputs"] == {"flax": 48, "torch": 48}
+
+
+def test_nan_produced_by_the_port_alone_is_a_mismatch() -> None:
+    model, variables, x = _mlp()
+
+    class NaNAtZero(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.where(x > 0, x, x * torch.tensor(float("nan")))
+
+    port = bridge.to_torch(model, variables)
+    port[1] = NaNAtZero()
+    report = bridge.check_equivalence(model, variables, port, x, grads=False)
+    assert not report.ok
+    assert report.first_divergence is not None
+    assert report.first_divergence.index == 1
+    assert report.layers[1].end_to_end.nonfinite_mismatched > 0
+
+
+def test_dtype_casts_the_compute_dtype_of_a_sequential_too() -> None:
+    half = nn.Sequential([nn.Dense(8, dtype=jnp.float16, param_dtype=jnp.float16), nn.Dense(3, dtype=jnp.float16)])
+    x = np.random.default_rng(1).standard_normal((16, 5)).astype(np.float32)
+    variables = half.init(jax.random.PRNGKey(0), x)
+    report = bridge.check_equivalence(half, variables, bridge.to_torch(half, variables), x, dtype="float32")
+    assert report.ok, str(report)
+    assert report.settings["dtype"] == "float32"
+
+
+def test_a_compute_dtype_the_check_cannot_change_is_refused_with_the_fix() -> None:
+    class Half(nn.Module):
+        @nn.compact
+        def __call__(self, x: jax.Array) -> jax.Array:
+            return nn.Sequential([nn.Dense(4, dtype=jnp.float16)])(x)
+
+    model = Half()
+    x = np.ones((2, 3), np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    with pytest.raises(bridge.InvalidArgumentError, match=r"computes in float16 .*check with dtype='float16'"):
+        bridge.check_equivalence(model, variables, bridge.to_torch(model, variables), x, dtype="float32")
