@@ -17,7 +17,7 @@ from ._capture import flax_layer_outputs, torch_layer_outputs
 from ._chain import Step, Variables, discover_chain
 from ._compare import compare
 from ._convert import channels_last_view
-from ._errors import InvalidArgumentError, LayerMismatchError
+from ._errors import InvalidArgumentError, LayerMismatchError, UnsupportedModelError
 from ._gradients import Tolerance, compare_gradients
 from ._hints import HintContext, diagnose
 from ._numerics import DEFAULT_RTOL_ATOL, Precision
@@ -45,6 +45,8 @@ def check_equivalence(
     grads: bool = True,
     loss: Loss | None = None,
     channels_last: bool = True,
+    torch_inputs: Any = None,
+    mapping: Mapping[str, str] | None = None,
 ) -> EquivalenceReport: ...
 
 
@@ -64,6 +66,8 @@ def check_equivalence(
     grads: bool = True,
     loss: Loss | None = None,
     channels_last: bool = True,
+    torch_inputs: Any = None,
+    mapping: Mapping[str, str] | None = None,
 ) -> SeedSweepReport: ...
 
 
@@ -82,16 +86,31 @@ def check_equivalence(
     grads: bool = True,
     loss: Loss | None = None,
     channels_last: bool = True,
+    torch_inputs: Any = None,
+    mapping: Mapping[str, str] | None = None,
 ) -> EquivalenceReport | SeedSweepReport:
     """Check that ``torch_module`` computes what the Flax ``model`` computes with ``variables``, layer by layer.
 
+    Two ways, chosen by the pair. A chain (an ``nn.Sequential`` model, or one returning one, against a
+    ``torch.nn.Sequential``) is compared position by position. Anything else (a compact, setup or nested
+    linen model, several inputs, a port of any ``torch.nn.Module``) is compared as call trees: every
+    module call on both sides is captured, calls are matched by structure (the rule's kind and the shapes
+    of the tensors it lays out, then call order; never names), and every matched call is compared end to
+    end and isolated; the report names calls by their paths (``Block_0/Dense_1`` and ``blocks.0.fc1``).
+
     Arguments:
-        model, variables: the Flax reference (an ``nn.Sequential`` chain) and what its ``init`` returned;
-            or an ``nnx.Sequential`` and None (it holds its own variables; put it in eval mode).
-        torch_module: the port, a ``torch.nn.Sequential`` whose position i is the chain's position i.
-            It is not modified (a copy is cast when ``dtype`` is given); put it in eval mode yourself.
-        inputs: an array ``(batch..., in_features)`` fed to both sides; by default ``n_inputs`` rows of
-            standard normal numbers drawn from ``seed``, as wide as the first layer expects.
+        model, variables: the Flax reference and what its ``init`` returned; or an ``nnx.Sequential``
+            and None (it holds its own variables; put it in eval mode).
+        torch_module: the port. It is not modified (a copy is cast when ``dtype`` is given); put it in
+            eval mode yourself.
+        inputs: an array ``(batch..., in_features)`` fed to both sides; by default (chains only)
+            ``n_inputs`` rows of standard normal numbers drawn from ``seed``, as wide as the first layer
+            expects. For trees: an array, a tuple of positional arguments, or a dict of keyword
+            arguments for the model's ``apply`` (integer arrays too).
+        torch_inputs: the port's arguments where its signature differs (trees); by default ``inputs``
+            as tensors, NHWC moved to NCHW when ``channels_last`` is False.
+        mapping: ``{"Block_0/Dense_1": "blocks.0.fc2", ...}`` (fnmatch globs allowed) pairs calls before
+            the structural matching (trees).
         dtype: cast both sides' floating variables and the inputs to it (``"float64"`` needs
             ``jax_enable_x64``); by default each side computes in its own dtype.
         rtol, atol: compare with ``atol + rtol * |flax|`` instead of the tolerance derived from each
@@ -118,10 +137,29 @@ def check_equivalence(
         BridgeError: when the model is not a chain, the arguments are invalid, or the torch module
             cannot run on the inputs (the message names the position).
     """
+    if _is_tree(model, variables, torch_module, inputs, torch_inputs, mapping):
+        if seeds is not None or dtype is not None or rtol is not None or atol is not None:
+            raise InvalidArgumentError(
+                "seeds=, dtype=, rtol= and atol= apply to nn.Sequential chains checked position by position; "
+                f"{type(model).__name__} against {type(torch_module).__name__} is checked as a tree without them"
+            )
+        from ._check_tree import check_tree
+
+        return check_tree(
+            model,
+            variables if variables is not None else {},
+            torch_module,
+            inputs,
+            torch_inputs=torch_inputs,
+            channels_last=channels_last,
+            mapping=mapping,
+            grads=grads,
+            loss=loss,
+        )
     if not isinstance(torch_module, torch.nn.Sequential):
         raise LayerMismatchError(
-            "the torch port must be a torch.nn.Sequential (position i <-> chain position i), "
-            f"got {type(torch_module).__name__}"
+            "an NNX model is checked as an nnx.Sequential chain: the torch port must be a torch.nn.Sequential "
+            f"(position i <-> chain position i), got {type(torch_module).__name__}"
         )
     if not channels_last:
         torch_module = channels_last_view(torch_module, discover_chain(model, variables))
@@ -226,6 +264,22 @@ def check_equivalence(
             },
         },
     )
+
+
+def _is_tree(model: Any, variables: Any, port: torch.nn.Module, inputs: Any, torch_inputs: Any, mapping: Any) -> bool:
+    """Whether the pair is checked as call trees: a port that is not an ``nn.Sequential``, a model that is not
+    one chain, several inputs, or options that only trees take (``torch_inputs``, ``mapping``)."""
+    if flax_model.is_nnx(model):
+        return False  # NNX models are checked as chains (nnx.Sequential) only
+    if not isinstance(port, torch.nn.Sequential) or torch_inputs is not None or mapping is not None:
+        return True
+    if isinstance(inputs, tuple | list | Mapping):
+        return True
+    try:
+        discover_chain(model, variables)
+    except UnsupportedModelError:
+        return True
+    return False
 
 
 def assert_equivalent(

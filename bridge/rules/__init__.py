@@ -1,6 +1,7 @@
 """Conversion rules, one per layer kind. Every rule module is imported here, in one place."""
 
 from . import activations as activations
+from . import attention as attention
 from . import conv as conv
 from . import dense as dense
 from . import embedding as embedding

@@ -74,6 +74,24 @@ class LayerRule:
         """The variables of this torch module and their Flax names (none for parameter-free layers)."""
         return ()
 
+    def torch_arrays(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> dict[str, np.ndarray]:
+        """Every torch tensor of this layer, by its name in the torch module, computed from the Flax
+        variables. A linear map of them (transposes, reshapes, concatenations), so it maps the
+        gradients too. The default lays out each ``param_maps`` variable."""
+        return {
+            m.torch_name: m.flax_to_torch(np.asarray(variables[m.collection][m.flax_name]))
+            for m in self.param_maps(layer, variables)
+        }
+
+    def accepts_torch(self, module: torch.nn.Module) -> bool:
+        """Whether ``module`` may port this layer when its tensors fit: a module of the rule's torch types,
+        or one no rule claims (a module of the user's own)."""
+        return type(module) in self.torch_types or _BY_TORCH_TYPE.get(type(module)) is None
+
+    def torch_call(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Call the torch module on the Flax call's arguments (already torch tensors): its isolated output."""
+        return module(*args, **kwargs)
+
     def torch_constants(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> Mapping[str, float]:
         """torch tensors with no Flax variable that must hold a constant for the same function (a
         LayerNorm with a bias and no scale is torch's LayerNorm with a weight of ones): name -> value."""

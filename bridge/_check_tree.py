@@ -1,0 +1,463 @@
+"""Check any Flax linen model against any torch port: capture both call trees, match them by structure,
+compare every matched call end to end and isolated, compare the gradients of every matched parameter.
+
+Tolerances. A matched call whose rule has an error analysis (Dense, Conv, norms, Embed) gets that rule's
+bound in isolation; any other call (attention, composites) a calibrated one: the call run alone in
+float64 on the same inputs shows the reference's own rounding error d, and a correct port may differ
+by ``C_CALIBRATION * (|d| + rms(d))`` plus a few roundings of the output. End to end, the whole model
+run in float64 shows how the errors before each call have grown, and the same calibration is added.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from ._capture_tree import Call, capture_flax, capture_torch
+from ._chain import Step
+from ._compare import Comparison, compare
+from ._errors import InvalidArgumentError, LayerMismatchError, first_line
+from ._gradients import C_CALIBRATION, C_FLOOR
+from ._hints import HintContext, diagnose
+from ._match_tree import Matching, Pair, descendants, find_input_permutations, match_calls
+from ._numerics import Precision, finite_rms, function_rounding, gradient_tolerance
+from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow
+from ._tensors import is_float, to_numpy, to_tensor
+from .rules import BoundInputs, LayerRule
+
+Loss = Callable[[Any], Any]
+
+
+def call_arguments(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``inputs`` as ``apply``'s arguments: an array is one positional argument, a tuple several, a dict keywords."""
+    if isinstance(inputs, Mapping):
+        return (), dict(inputs)
+    if isinstance(inputs, tuple | list):
+        return tuple(inputs), {}
+    return (inputs,), {}
+
+
+def torch_arguments(
+    args: tuple[Any, ...], kwargs: dict[str, Any], channels_last: bool
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The Flax arguments as torch tensors (float arrays of rank >= 3 moved to channels-first when asked)."""
+    return tuple(_to_torch(a, channels_last) for a in args), {k: _to_torch(v, channels_last) for k, v in kwargs.items()}
+
+
+def _to_torch(value: Any, channels_last: bool) -> Any:
+    if isinstance(value, jax.Array | np.ndarray):
+        array = np.asarray(value)
+        if not channels_last and is_float(array.dtype) and array.ndim >= 3:
+            array = np.moveaxis(array, -1, 1)
+        return to_tensor(array)
+    if isinstance(value, tuple | list):
+        return type(value)(_to_torch(v, channels_last) for v in value)
+    if isinstance(value, Mapping):
+        return {k: _to_torch(v, channels_last) for k, v in value.items()}
+    return value
+
+
+def output_leaves(value: Any) -> list[np.ndarray]:
+    """The arrays of an output, in order: pytrees, dataclasses and Hugging Face output objects (mappings)
+    alike; None entries (torch's skipped attention weights) are left out."""
+    if value is None:
+        return []
+    if isinstance(value, torch.Tensor):
+        return [to_numpy(value)]
+    if isinstance(value, jax.Array | np.ndarray):
+        return [np.asarray(value)]
+    if isinstance(value, Mapping):
+        return [leaf for v in value.values() for leaf in output_leaves(v)]
+    if isinstance(value, tuple | list):
+        return [leaf for v in value for leaf in output_leaves(v)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [leaf for f in dataclasses.fields(value) for leaf in output_leaves(getattr(value, f.name))]
+    return []
+
+
+def in_flax_layout(torch_value: np.ndarray, flax_value: np.ndarray, channels_last: bool) -> np.ndarray:
+    """A torch array laid out as the Flax one: channels moved last, or reshaped (Linear on flattened heads)."""
+    if torch_value.shape == flax_value.shape:
+        return torch_value
+    if not channels_last and torch_value.ndim >= 3:
+        moved = np.moveaxis(torch_value, 1, -1)
+        if moved.shape == flax_value.shape:
+            return moved
+    if torch_value.size == flax_value.size:
+        return torch_value.reshape(flax_value.shape)
+    return torch_value
+
+
+def check_tree(
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    port: torch.nn.Module,
+    inputs: Any,
+    *,
+    torch_inputs: Any = None,
+    channels_last: bool = True,
+    mapping: Mapping[str, str] | None = None,
+    grads: bool = True,
+    loss: Loss | None = None,
+) -> EquivalenceReport:
+    """``check_equivalence`` for a model that is not one chain (see ``bridge.check_equivalence``)."""
+    if inputs is None:
+        raise InvalidArgumentError(
+            f"{type(model).__name__} is not one nn.Sequential chain: pass inputs= (an array, a tuple of "
+            "positional arguments or a dict of keyword arguments for its apply)"
+        )
+    args, kwargs = call_arguments(inputs)
+    if torch_inputs is None:
+        torch_args, torch_kwargs = torch_arguments(args, kwargs, channels_last)
+    else:
+        torch_args, torch_kwargs = torch_arguments(*call_arguments(torch_inputs), True)
+    flax_out, flax_calls = capture_flax(model, variables, args, kwargs)
+    wide_calls = _wide_capture(model, variables, args, kwargs, len(flax_calls))
+    with torch.no_grad():
+        torch_out, torch_calls = capture_torch(port, torch_args, torch_kwargs)
+    matching = match_calls(flax_calls, torch_calls, mapping)
+    find_input_permutations(matching.pairs)
+    rows, details = [], []
+    for number, pair in enumerate(matching.pairs):
+        row, detail = _compare_pair(number, pair, wide_calls, channels_last, model)
+        rows.append(row)
+        details.append(detail)
+    output = _compare_outputs(flax_out, torch_out, flax_calls[0], wide_calls, channels_last)
+    problems = [
+        f"Flax {c.name} ({c.kind}) has no torch counterpart holding tensors of the same shapes: "
+        "port it, or pair it with mapping={'" + c.name + "': 'torch.name'}"
+        for c in matching.unmatched_flax
+    ]
+    gradient_rows: tuple[GradientRow, ...] = ()
+    if grads and not problems:
+        gradient_rows = _compare_gradients(
+            model, variables, port, args, kwargs, torch_args, torch_kwargs, matching, loss
+        )
+    first = _first_divergence(rows, details, matching, problems, gradient_rows, flax_calls)
+    ok = not problems and all(r.ok for r in rows) and output.ok and all(g.comparison.ok for g in gradient_rows)
+    return EquivalenceReport(
+        ok=ok,
+        first_divergence=first,
+        layers=tuple(rows),
+        output=output,
+        gradients=gradient_rows,
+        problems=tuple(problems),
+        nonfinite={"flax": None, "torch": None},
+        settings={
+            "dtype": _dtype_name(flax_out),
+            "tolerance": "derived per call (rule bounds; float64 calibration elsewhere)",
+            "inputs": "given",
+            "grads": bool(grads),
+            "matched": f"{sum(p.rule is not None for p in matching.pairs)} layers, "
+            f"{sum(p.rule is None for p in matching.pairs)} composites",
+            "unmatched_torch": [f"{c.name} ({c.kind})" for c in matching.unmatched_torch],
+        },
+    )
+
+
+def _dtype_name(value: Any) -> str:
+    leaves = [a for a in output_leaves(value) if is_float(a.dtype)]
+    return np.dtype(leaves[0].dtype).name if leaves else "float32"
+
+
+def _wide_capture(model: nn.Module, variables: Any, args: Any, kwargs: Any, count: int) -> list[Call] | None:
+    """The same calls with the model, its variables and float inputs in float64 (None when they differ)."""
+    with jax.enable_x64(True):
+        wide = jax.tree_util.tree_map(_widen, (variables, args, kwargs))
+        try:
+            _, calls = capture_flax(model, wide[0], wide[1], wide[2])
+        except LayerMismatchError:
+            return None
+    return calls if len(calls) == count else None
+
+
+def _widen(value: Any) -> Any:
+    array = jnp.asarray(value) if isinstance(value, jax.Array | np.ndarray) else None
+    return array.astype(jnp.float64) if array is not None and is_float(array.dtype) else value
+
+
+class _Detail:
+    """What the divergence search needs of one pair: its isolated torch output and tolerance."""
+
+    def __init__(
+        self, x: np.ndarray | None, y: np.ndarray, torch_out: np.ndarray | None, tolerance: np.ndarray
+    ) -> None:
+        self.x, self.y, self.torch_out, self.tolerance = x, y, torch_out, tolerance
+
+
+def _compare_pair(
+    number: int, pair: Pair, wide_calls: list[Call] | None, channels_last: bool, model: nn.Module
+) -> tuple[LayerRow, _Detail]:
+    flax_leaves = output_leaves(pair.flax.output)
+    torch_leaves = output_leaves(pair.torch.output)
+    y = flax_leaves[0] if flax_leaves else np.zeros(0)
+    precision = Precision.of(y.dtype if is_float(y.dtype) else np.float32)
+    y64 = np.asarray(y, np.float64)
+    wide = None if wide_calls is None else output_leaves(wide_calls[pair.flax.index].output)
+    x = _first_array(pair.flax.args)
+    isolated_out = _run_isolated(pair, channels_last)
+    bound_iso = _isolated_bound(pair, x, y64, precision)
+    drift = 0.0 if not wide or wide[0].shape != y.shape else _calibration(y64 - np.asarray(wide[0], np.float64))
+    bound_e2e = bound_iso + drift
+    candidate = in_flax_layout(torch_leaves[0], y, channels_last) if torch_leaves else np.zeros(0)
+    isolated = None
+    if isolated_out is not None:
+        isolated = compare(y64, in_flax_layout(isolated_out, y, channels_last), bound_iso)
+    row = LayerRow(
+        number,
+        pair.flax.kind,
+        pair.flax.name or "(model)",
+        pair.torch.name or "(port)",
+        pair.torch.kind,
+        compare(y64, candidate, bound_e2e),
+        isolated,
+    )
+    torch_iso = None if isolated_out is None else np.asarray(in_flax_layout(isolated_out, y, channels_last), np.float64)
+    return row, _Detail(None if x is None else np.asarray(x, np.float64), y64, torch_iso, bound_iso)
+
+
+def _first_array(args: Sequence[Any]) -> np.ndarray | None:
+    return next((np.asarray(a) for a in args if isinstance(a, jax.Array | np.ndarray)), None)
+
+
+def _calibration(error: np.ndarray) -> np.ndarray:
+    magnitude = np.abs(np.nan_to_num(error))
+    return C_CALIBRATION * (magnitude + finite_rms(magnitude))
+
+
+def _isolated_bound(pair: Pair, x: np.ndarray | None, y64: np.ndarray, precision: Precision) -> np.ndarray:
+    """The rule's own bound where it has one and the call takes one array; else the float64 calibration."""
+    floor = function_rounding(y64, y64, precision.storage)
+    rule = pair.rule
+    if rule is not None and x is not None and type(rule).error_bound is not LayerRule.error_bound:
+        x64 = np.asarray(x, np.float64)
+        try:
+            with np.errstate(invalid="ignore", over="ignore"):
+                bound = rule.error_bound(
+                    pair.flax.module, pair.flax.variables, BoundInputs(x64, y64, np.zeros_like(x64), precision)
+                )
+            return np.broadcast_to(np.asarray(bound, np.float64), y64.shape) + 0.0
+        except (ValueError, KeyError, TypeError):
+            pass  # a call the analysis does not cover (extra arguments): calibrate instead
+    alone = _standalone_wide(pair.flax)
+    if alone is None or alone.shape != y64.shape:
+        return floor
+    return _calibration(y64 - alone) + floor
+
+
+def _standalone_wide(call: Call) -> np.ndarray | None:
+    """The call's module run alone in float64 on its recorded (float32) inputs."""
+    try:
+        with jax.enable_x64(True):
+            module = call.module.clone(parent=None)
+            variables = jax.tree_util.tree_map(_widen, call.variables)
+            args, kwargs = jax.tree_util.tree_map(_widen, (call.args, call.kwargs))
+            leaves = output_leaves(module.apply(variables, *args, **kwargs))
+    except Exception:  # a module that cannot run alone (needs its parent's state)
+        return None
+    return np.asarray(leaves[0], np.float64) if leaves else None
+
+
+def _run_isolated(pair: Pair, channels_last: bool) -> np.ndarray | None:
+    """The torch module of a pair fed the Flax call's recorded inputs (None when it cannot take them)."""
+    args, kwargs = torch_arguments(pair.flax.args, pair.flax.kwargs, channels_last)
+    kwargs = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+    if pair.input_permutation is not None:  # Flax's features into torch's order
+        reordered = torch.empty_like(args[0])
+        reordered[:, torch.as_tensor(pair.input_permutation)] = args[0]
+        args = (reordered, *args[1:])
+    try:
+        with torch.no_grad():
+            if pair.rule is not None:
+                out = pair.rule.torch_call(pair.torch.module, args, kwargs)
+            else:
+                out = pair.torch.module(*args)
+    except Exception:  # the port's module has another signature
+        return None
+    leaves = output_leaves(out)
+    return leaves[0] if leaves else None
+
+
+def _compare_outputs(
+    flax_out: Any, torch_out: Any, root: Call, wide_calls: list[Call] | None, channels_last: bool
+) -> Comparison:
+    flax_leaves, torch_leaves = output_leaves(flax_out), output_leaves(torch_out)
+    wide = output_leaves(wide_calls[0].output) if wide_calls else []
+    if len(flax_leaves) != len(torch_leaves) or not flax_leaves:
+        shape = (len(flax_leaves),)
+        return compare(np.zeros(shape), np.zeros((len(torch_leaves),)), np.zeros(shape))
+    references, candidates, tolerances = [], [], []
+    for index, (f, t) in enumerate(zip(flax_leaves, torch_leaves, strict=True)):
+        f64 = np.asarray(f, np.float64)
+        precision = Precision.of(f.dtype if is_float(f.dtype) else np.float32)
+        tol = function_rounding(f64, f64, precision.storage)
+        if index < len(wide) and wide[index].shape == f.shape:
+            tol = tol + _calibration(f64 - np.asarray(wide[index], np.float64))
+        references.append(f64.ravel())
+        candidates.append(np.asarray(in_flax_layout(t, f, channels_last), np.float64).ravel())
+        tolerances.append(np.broadcast_to(tol, f64.shape).ravel())
+    sizes_agree = all(r.size == c.size for r, c in zip(references, candidates, strict=True))
+    if not sizes_agree:
+        return compare(np.concatenate(references), np.zeros(0), np.zeros(0))
+    return compare(np.concatenate(references), np.concatenate(candidates), np.concatenate(tolerances))
+
+
+def _sum_leaves(value: Any) -> Any:
+    if isinstance(value, torch.Tensor | jax.Array):
+        return value.sum()
+    leaves = [v for v in (jax.tree_util.tree_leaves(value) if not isinstance(value, torch.Tensor) else [value])]
+    total = 0.0
+    for leaf in leaves:
+        if isinstance(leaf, torch.Tensor | jax.Array) and (
+            leaf.dtype.is_floating_point if isinstance(leaf, torch.Tensor) else is_float(leaf.dtype)
+        ):
+            total = total + leaf.sum()
+    return total
+
+
+def _compare_gradients(
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    port: torch.nn.Module,
+    args: Any,
+    kwargs: Any,
+    torch_args: Any,
+    torch_kwargs: Any,
+    matching: Matching,
+    loss: Loss | None,
+) -> tuple[GradientRow, ...]:
+    """The gradient of the loss w.r.t. every matched parameter, the Flax one laid out for torch by its rule."""
+    loss = loss or _sum_leaves
+    if "params" not in variables:
+        return ()
+
+    def flax_loss(params: Any, v: Any, a: Any, k: Any) -> Any:
+        return loss(model.apply({**v, "params": params}, *a, **k))
+
+    try:
+        flax_grads = jax.grad(flax_loss)(variables["params"], variables, args, kwargs)
+        with jax.enable_x64(True):
+            wide_v, wide_a, wide_k = jax.tree_util.tree_map(_widen, (variables, args, kwargs))
+            wide_grads = jax.grad(flax_loss)(wide_v["params"], wide_v, wide_a, wide_k)
+            wide_grads = jax.tree_util.tree_map(np.asarray, wide_grads)
+    except Exception as e:  # the user's model code may raise anything
+        raise LayerMismatchError(f"the Flax model could not be differentiated: {first_line(e)}") from e
+    named = dict(port.named_parameters())
+    requested = [p.requires_grad for p in named.values()]
+    for p in named.values():
+        p.requires_grad_(True)
+    try:
+        torch_grads = torch.autograd.grad(
+            loss(port(*torch_args, **torch_kwargs)), list(named.values()), allow_unused=True
+        )
+    finally:
+        for p, flag in zip(named.values(), requested, strict=True):
+            p.requires_grad_(flag)
+    by_tensor = {id(p): g for p, g in zip(named.values(), torch_grads, strict=True)}
+    leaves = [p for p in matching.pairs if p.rule is not None]
+    precision = Precision.of(_dtype_name(matching.pairs[0].flax.output) if matching.pairs else np.float32)
+    sizes = [int(d) for p in leaves for a in p.arrays.values() for d in a.shape]
+    length, depth = max([*sizes, 1]), max(len(leaves), 1)
+    rows = []
+    for pair in leaves:
+        assert pair.rule is not None
+        flax_tree = _subtree(flax_grads, pair.flax.name)
+        wide_tree = _subtree(wide_grads, pair.flax.name)
+        if flax_tree is None or wide_tree is None:
+            continue
+        mapped = pair.rule.torch_arrays(pair.flax.module, {**pair.flax.variables, "params": flax_tree})
+        reference = pair.rule.torch_arrays(pair.flax.module, {**pair.flax.variables, "params": wide_tree})
+        params = dict(pair.torch.module.named_parameters())
+        for torch_name, value in mapped.items():
+            tensor = params.get(torch_name)
+            if tensor is None:
+                continue
+            ref = np.asarray(value, np.float64)
+            gradient = by_tensor.get(id(tensor))
+            got = np.zeros_like(ref) if gradient is None else to_numpy(gradient).astype(np.float64)
+            permutation = pair.input_permutation
+            if permutation is not None and got.ndim == 2 and got.shape[1] == len(permutation):
+                got = got[:, permutation]  # torch's columns back to Flax's order
+            tol = (
+                gradient_tolerance(ref, length, depth, precision)
+                + _calibration(ref - np.asarray(reference[torch_name], np.float64))
+                + C_FLOOR * precision.accumulation * finite_rms(ref)
+            )
+            name = f"{pair.flax.name}/{_flax_name(pair, torch_name)} <-> {pair.torch.name}.{torch_name}"
+            rows.append(GradientRow(name, compare(ref, got.reshape(ref.shape) if got.size == ref.size else got, tol)))
+    return tuple(rows)
+
+
+def _flax_name(pair: Pair, torch_name: str) -> str:
+    assert pair.rule is not None
+    for m in pair.rule.param_maps(pair.flax.module, pair.flax.variables):
+        if m.torch_name == torch_name:
+            return m.flax_name
+    return torch_name
+
+
+def _subtree(tree: Any, path: str) -> Any:
+    node = tree
+    for key in path.split("/") if path else []:
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _first_divergence(
+    rows: Sequence[LayerRow],
+    details: Sequence[_Detail],
+    matching: Matching,
+    problems: Sequence[str],
+    gradient_rows: Sequence[GradientRow],
+    flax_calls: Sequence[Call],
+) -> Divergence | None:
+    """The first leaf failing alone; else the deepest composite failing while its leaves pass (a missing
+    residual, wrong glue); else the first call failing end to end; else the first gradient."""
+    pairs = matching.pairs
+    if problems:
+        call = matching.unmatched_flax[0]
+        return Divergence(call.index, call.name, "", call.kind, "structure", problems[0])
+    for mode in ("isolated", "end to end"):
+        for i, row in enumerate(rows):  # pairs are in Flax execution order (start of each call)
+            failed = (row.isolated is not None and not row.isolated.ok) if mode == "isolated" else not row.end_to_end.ok
+            if not failed:
+                continue
+            inside = descendants(pairs[i].flax, flax_calls)
+            if mode == "end to end" and any(
+                not rows[j].end_to_end.ok and pairs[j].flax.index in inside for j in range(len(rows))
+            ):
+                continue  # a call inside it fails too: that one is deeper
+            return _diverged(i, row, details[i], pairs[i], mode)
+    bad = next((g for g in gradient_rows if not g.comparison.ok), None)
+    if bad is not None:
+        hint = (
+            f"outputs match but the gradient {bad.name} differs: check custom backward code "
+            "(the backward() of any torch.autograd.Function, or hooks that change gradients)"
+        )
+        return Divergence(0, bad.name.split(" <-> ")[0], "", "gradient", "gradient", hint)
+    return None
+
+
+def _diverged(i: int, row: LayerRow, detail: _Detail, pair: Pair, mode: str) -> Divergence:
+    hint = None
+    if detail.x is not None and pair.flax.variables is not None:
+        step = Step(
+            i, pair.flax.module, tuple(pair.flax.name.split("/")) if pair.flax.name else (), pair.flax.variables
+        )
+        context = HintContext(
+            step, pair.torch.module, detail.x, detail.y, detail.torch_out, detail.tolerance, Precision.of(np.float32)
+        )
+        try:
+            hint = diagnose(context)
+        except Exception:  # a hint that cannot run on this call: no diagnosis rather than a crash
+            hint = None
+    return Divergence(i, row.flax_path, row.torch_name, row.kind, mode, hint)
