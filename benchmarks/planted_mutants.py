@@ -80,8 +80,8 @@ MUTANTS = (
     Mutant(
         "activation hints without the fix",
         "bridge/_hints.py",
-        '+ (f"use {fix}" if fix else "use the torch activation that computes it")',
-        '+ "use the matching torch activation"',
+        'f"use {fix}" if fix else "use the torch activation that computes it"',
+        '"use the matching torch activation"',
         ("tests/test_layers.py",),
     ),
     Mutant(

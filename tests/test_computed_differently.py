@@ -90,6 +90,23 @@ def test_a_relative_change_of_1e_4_of_the_weights_is_caught(k: int) -> None:
     assert caught.min() > 1.0, caught
 
 
+@pytest.mark.parametrize("order", ORDERS)
+def test_a_bias_that_cancels_a_coherent_sum_is_one_more_term(order: str) -> None:
+    """Positive terms summing to about K while the bias removes it: every partial sum of a kernel that starts
+    from the bias is as large as the bias, so the bias must count in the bound, not only the output."""
+    rng = np.random.default_rng(5)
+    k = 4096
+    cases = DenseCases(k, cases=2, rows=4, n=3, dtype=np.float32, x_scale=1.0, bias_scale=1.0, cancel=False, seed=5)
+    cases.x = np.abs(cases.x).astype(np.float32)
+    cases.kernel = np.abs(cases.kernel).astype(np.float32)
+    sums = np.einsum("crk,ckn->crn", cases.x.astype(np.float64), cases.kernel.astype(np.float64))
+    cases.bias = (-sums[:, 0, :] * (1 + 1e-3 * rng.standard_normal((2, 3)))).astype(np.float32)
+    flax_y = flax_dense_outputs(cases)
+    tolerance = dense_bound(cases, flax_y)
+    ratios = worst_ratios(flax_y, affine(cases.x, cases.kernel, cases.bias, order, seed=1), tolerance)
+    assert ratios.max() <= 1.0, ratios
+
+
 def _patches(x: np.ndarray, kernel_size: tuple[int, int], stride: int) -> np.ndarray:
     """im2col of a VALID channels-last convolution: ``(N, OH, OW, kh * kw * C)`` in HWIO's order."""
     windows = np.lib.stride_tricks.sliding_window_view(x, kernel_size, axis=(1, 2))[:, ::stride, ::stride]

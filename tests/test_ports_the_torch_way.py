@@ -100,6 +100,8 @@ def test_a_parameter_no_port_tensor_holds_fails_its_gradient_row_instead_of_comp
     missing = [row for row in report.gradients if "no tensor of torch 2 holds it" in row.name]
     assert [row.name.split(" ")[0] for row in missing] == ["layers_2/kernel", "layers_2/bias"]
     assert all(not row.comparison.ok for row in missing)
+    flat = bridge.check_equivalence(model, variables, port, x, loss=lambda y: (y * 0.0).sum())
+    assert not flat.ok, "a zero gradient must not pass for a parameter no tensor holds"
 
 
 def test_load_into_lists_what_it_cannot_place() -> None:
