@@ -182,7 +182,14 @@ def _channels_last_output(module: torch.nn.Module, args: tuple[Any, ...], output
 
 
 def load_into(
-    torch_module: torch.nn.Module, model: Any, variables: Variables | None = None, *, channels_last: bool = True
+    torch_module: torch.nn.Module,
+    model: Any,
+    variables: Variables | None = None,
+    *,
+    inputs: Any = None,
+    torch_inputs: Any = None,
+    channels_last: bool = True,
+    mapping: Mapping[str, str] | None = None,
 ) -> torch.nn.Module:
     """Copy ``model``'s variables into an existing torch port, after checking that every one fits.
 
@@ -192,7 +199,14 @@ def load_into(
     A stock ``torch.nn.Conv2d`` takes a Conv's kernel as ``(out, in, kh, kw)``. Nothing is copied
     unless everything fits, so a failed call leaves ``torch_module`` as it was.
 
+    Any other pair (a model that is not one chain, a port that is not an ``nn.Sequential``, or with
+    ``mapping``/``torch_inputs``) is filled by structure: both models run once on ``inputs``, their calls
+    are matched as ``check_equivalence`` matches them, and every port parameter and buffer must be
+    filled from exactly one Flax variable (tied tensors must get equal values); the Linear after a
+    ``torch.flatten`` of NCHW gets its columns permuted, found from the recorded values.
+
     Arguments:
+        inputs, torch_inputs, mapping: as in ``check_equivalence`` (needed for trees only).
         channels_last: False for a channels-first port: when its flatten is ``nn.Flatten`` of
             ``(N, C, H, W)`` (torch's order, found by running it on a probe), the Linear after it gets the
             Dense kernel's rows permuted into that order
@@ -205,6 +219,18 @@ def load_into(
         LayerMismatchError: naming every position whose module is of another layer kind, or whose
             tensors are missing, left over, mis-shaped or mis-typed.
     """
+    if _is_tree_pair(model, variables, torch_module, torch_inputs, mapping):
+        from ._load_tree import load_tree
+
+        return load_tree(
+            torch_module,
+            model,
+            variables if variables is not None else {},
+            inputs if inputs is not None else _example_inputs(model, variables),
+            torch_inputs=torch_inputs,
+            channels_last=channels_last,
+            mapping=mapping,
+        )
     planned = plan(model, variables)
     if not isinstance(torch_module, torch.nn.Sequential):
         raise LayerMismatchError(f"expected a torch.nn.Sequential, got {type(torch_module).__name__}")
@@ -267,6 +293,29 @@ def load_into(
             prefix = next((name for name, sub in module.named_modules() if type(sub) in rule.torch_types), None)
             _fill_constants(module.get_submodule(prefix) if prefix is not None else module, constants)
     return torch_module
+
+
+def _example_inputs(model: Any, variables: Any) -> Any:
+    """Two random input rows for a chain whose first layer fixes the input shape (None otherwise)."""
+    try:
+        first = discover_chain(model, variables)[0]
+    except UnsupportedModelError:
+        return None
+    rule = rule_for_flax(first.layer, first.where)
+    return rule.random_input(first.layer, first.variables, np.random.default_rng(0), 2)
+
+
+def _is_tree_pair(model: Any, variables: Any, port: torch.nn.Module, torch_inputs: Any, mapping: Any) -> bool:
+    """Whether ``load_into`` fills by call-tree matching rather than chain position."""
+    if isinstance(model, nnx.Module):
+        return False
+    if torch_inputs is not None or mapping is not None:
+        return True
+    try:
+        discover_chain(model, variables)
+    except UnsupportedModelError:
+        return True
+    return not isinstance(port, torch.nn.Sequential)
 
 
 def _flatten_permutations(planned: tuple[PlannedStep, ...], torch_module: torch.nn.Sequential) -> dict[int, np.ndarray]:

@@ -146,7 +146,7 @@ def test_load_into_catches_an_untransposed_square_kernel_by_values_not_shapes() 
             r"layer 0 \(Dense at 'Dense_0'\): missing in torch: 0.bias",
         ),
         (torch_impl.SeqMLP(3, 4, 2, dtype=torch.float64), r"0.weight is torch.float64 in torch, Flax gives float32"),
-        (torch.nn.Linear(3, 4), "expected a torch.nn.Sequential, got Linear"),
+        (torch.nn.Linear(3, 4), r"cannot load into the torch module: Flax Dense_1 \(Dense\) has no torch counterpart"),
     ],
     ids=["shape", "length", "kind", "missing-bias", "dtype", "not-sequential"],
 )  # fmt: skip
