@@ -145,6 +145,13 @@ def check_equivalence(
             )
         from ._check_tree import check_tree
 
+        if inputs is None and torch_inputs is None:  # a chain model against another kind of port: draw rows
+            try:
+                steps = discover_chain(model, variables)
+            except UnsupportedModelError:
+                steps = ()
+            if steps:
+                inputs = _inputs(None, steps, [rule_or_none(s.layer) for s in steps], seed, n_inputs, None)
         return check_tree(
             model,
             variables if variables is not None else {},

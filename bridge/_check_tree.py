@@ -25,7 +25,7 @@ from ._chain import Step
 from ._compare import Comparison, compare
 from ._errors import InvalidArgumentError, LayerMismatchError, first_line
 from ._gradients import C_CALIBRATION, C_FLOOR
-from ._hints import HintContext, diagnose
+from ._hints import HintContext, activation_variants, diagnose, glue_hint
 from ._match_tree import Matching, Pair, descendants, find_input_permutations, match_calls
 from ._numerics import Precision, finite_rms, function_rounding, gradient_tolerance
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow
@@ -84,12 +84,12 @@ def output_leaves(value: Any) -> list[np.ndarray]:
 
 def in_flax_layout(torch_value: np.ndarray, flax_value: np.ndarray, channels_last: bool) -> np.ndarray:
     """A torch array laid out as the Flax one: channels moved last, or reshaped (Linear on flattened heads)."""
-    if torch_value.shape == flax_value.shape:
-        return torch_value
-    if not channels_last and torch_value.ndim >= 3:
+    if not channels_last and torch_value.ndim >= 3:  # declared channels-first: moved even when C == H
         moved = np.moveaxis(torch_value, 1, -1)
         if moved.shape == flax_value.shape:
             return moved
+    if torch_value.shape == flax_value.shape:
+        return torch_value
     if torch_value.size == flax_value.size:
         return torch_value.reshape(flax_value.shape)
     return torch_value
@@ -140,7 +140,7 @@ def check_tree(
         gradient_rows = _compare_gradients(
             model, variables, port, args, kwargs, torch_args, torch_kwargs, matching, loss
         )
-    first = _first_divergence(rows, details, matching, problems, gradient_rows, flax_calls)
+    first = _first_divergence(rows, details, matching, problems, gradient_rows, flax_calls, channels_last)
     ok = not problems and all(r.ok for r in rows) and output.ok and all(g.comparison.ok for g in gradient_rows)
     return EquivalenceReport(
         ok=ok,
@@ -419,24 +419,46 @@ def _first_divergence(
     problems: Sequence[str],
     gradient_rows: Sequence[GradientRow],
     flax_calls: Sequence[Call],
+    channels_last: bool,
 ) -> Divergence | None:
-    """The first leaf failing alone; else the deepest composite failing while its leaves pass (a missing
-    residual, wrong glue); else the first call failing end to end; else the first gradient."""
+    """Where the port first goes wrong, most specific first (pairs are in Flax execution order):
+    1. the first layer failing alone (isolated); 2. the first layer failing end to end whose input already
+    differs, when the parameter-free computation before it explains that (an activation, a residual);
+    3. the deepest composite failing alone (a missing residual, attention scaling); 4. the first call
+    failing end to end with nothing failing inside it; then the gradients."""
     pairs = matching.pairs
     if problems:
         call = matching.unmatched_flax[0]
         return Divergence(call.index, call.name, "", call.kind, "structure", problems[0])
-    for mode in ("isolated", "end to end"):
-        for i, row in enumerate(rows):  # pairs are in Flax execution order (start of each call)
-            failed = (row.isolated is not None and not row.isolated.ok) if mode == "isolated" else not row.end_to_end.ok
-            if not failed:
-                continue
-            inside = descendants(pairs[i].flax, flax_calls)
-            if mode == "end to end" and any(
-                not rows[j].end_to_end.ok and pairs[j].flax.index in inside for j in range(len(rows))
-            ):
-                continue  # a call inside it fails too: that one is deeper
-            return _diverged(i, row, details[i], pairs[i], mode)
+    leaves = [i for i, p in enumerate(pairs) if p.rule is not None]
+    composites = [i for i, p in enumerate(pairs) if p.rule is None]
+    for i in leaves:
+        if rows[i].isolated is not None and not rows[i].isolated.ok:
+            return _diverged(i, rows[i], details[i], pairs[i], "isolated")
+    for position, i in enumerate(leaves):
+        if rows[i].end_to_end.ok or position == 0:
+            continue
+        hint = _glue(pairs[leaves[position - 1]], pairs[i], channels_last)
+        if hint is not None:
+            return Divergence(i, rows[i].flax_path, rows[i].torch_name, rows[i].kind, "end to end", hint)
+        break
+    failing_alone = [i for i in composites if rows[i].isolated is not None and not rows[i].isolated.ok]
+    for i in failing_alone:
+        inside = descendants(pairs[i].flax, flax_calls)
+        if not any(pairs[j].flax.index in inside for j in failing_alone if j != i):
+            found = _diverged(i, rows[i], details[i], pairs[i], "isolated")
+            last = max((j for j in leaves if pairs[j].flax.index in inside), default=None)
+            if found.hint is None and last is not None:
+                hint = _skipped_residual(pairs[i], details[i], pairs[last])
+                found = dataclasses.replace(found, hint=hint) if hint else found
+            return found
+    for i, row in enumerate(rows):
+        if row.end_to_end.ok:
+            continue
+        inside = descendants(pairs[i].flax, flax_calls)
+        if any(not rows[j].end_to_end.ok and pairs[j].flax.index in inside for j in range(len(rows))):
+            continue  # a call inside it fails too: that one is deeper
+        return _diverged(i, row, details[i], pairs[i], "end to end")
     bad = next((g for g in gradient_rows if not g.comparison.ok), None)
     if bad is not None:
         hint = (
@@ -445,6 +467,41 @@ def _first_divergence(
         )
         return Divergence(0, bad.name.split(" <-> ")[0], "", "gradient", "gradient", hint)
     return None
+
+
+def _skipped_residual(block: Pair, detail: _Detail, last: Pair) -> str | None:
+    """A block whose torch output is an activation of its last layer's output alone (``relu(y)`` where
+    Flax computes ``relu(x + y)``): the skip connection is missing."""
+    outputs = output_leaves(last.flax.output)
+    if detail.torch_out is None or not outputs or outputs[0].shape != detail.y.shape:
+        return None
+    y_last = jnp.asarray(np.asarray(outputs[0]))
+    tolerance = detail.tolerance + function_rounding(detail.y, detail.y, Precision.of(np.float32).storage) * 4
+    for name, function in activation_variants().items():
+        candidate = np.asarray(function(y_last), np.float64)
+        if compare(candidate, detail.torch_out, tolerance).ok and not compare(candidate, detail.y, tolerance).ok:
+            return (
+                f"torch's {block.torch.name} returns {name.split(' (')[0]} of its last layer's output alone where "
+                f"Flax's {block.flax.name} adds the block's input first: the residual connection is missing "
+                "(return act(x + y), not act(y))"
+            )
+    return None
+
+
+def _glue(previous: Pair, pair: Pair, channels_last: bool) -> str | None:
+    """A glue hint for ``pair`` whose input differs while ``previous`` (the layer before it) agrees."""
+    before = output_leaves(previous.flax.output)
+    flax_in = _first_array(pair.flax.args)
+    torch_in = next((a for a in pair.torch.args if isinstance(a, torch.Tensor)), None)
+    if not before or flax_in is None or torch_in is None:
+        return None
+    flax64 = np.asarray(flax_in, np.float64)
+    torch64 = np.asarray(in_flax_layout(to_numpy(torch_in), np.asarray(flax_in), channels_last), np.float64)
+    between = (
+        f"between Flax {previous.flax.name} and {pair.flax.name} (torch {previous.torch.name} -> {pair.torch.name})"
+    )
+    precision = Precision.of(np.asarray(flax_in).dtype if is_float(np.asarray(flax_in).dtype) else np.float32)
+    return glue_hint(np.asarray(before[0], np.float64), flax64, torch64, between, precision)
 
 
 def _diverged(i: int, row: LayerRow, detail: _Detail, pair: Pair, mode: str) -> Divergence:

@@ -19,6 +19,7 @@ import torch
 from ._chain import Step
 from ._compare import compare
 from ._flax_model import run_layer
+from ._match import port_tensors
 from ._numerics import Precision, function_rounding
 from ._tensors import to_numpy
 from .rules._registry import rule_or_none
@@ -144,24 +145,41 @@ def _channels(permutation: np.ndarray) -> int:
 
 @hint()
 def parameters_differ(context: HintContext) -> str | None:
-    """A torch tensor that differs from the Flax variable its rule maps it to (names the first, with the size)."""
+    """A torch tensor that differs from what its rule lays out from the Flax variables (names the first,
+    with the size; a square matrix holding the untransposed values is named as such)."""
     module, rule = context.torch_module, rule_or_none(context.step.layer)
-    if module is None or rule is None or type(module) not in rule.torch_types:
+    if module is None or rule is None or not rule.accepts_torch(module):
         return None
-    state = module.state_dict()
-    for m in rule.param_maps(context.step.layer, context.step.variables):
-        expected = m.flax_to_torch(np.asarray(context.step.variables[m.collection][m.flax_name], np.float64))
-        actual = state.get(m.torch_name)
+    try:
+        arrays = rule.torch_arrays(context.step.layer, context.step.variables)
+    except Exception:  # variables the rule cannot lay out: nothing to compare
+        return None
+    tensors = port_tensors(module)
+    for name, array in arrays.items():
+        expected = np.asarray(array, np.float64)
+        actual = tensors.get(name)
         if actual is None or tuple(actual.shape) != expected.shape:
             continue
         found = to_numpy(actual).astype(np.float64)
-        if not np.array_equal(found, expected):
-            relative = np.abs(found - expected).max() / (np.abs(expected).max() or 1.0)
+        if np.array_equal(found, expected):
+            continue
+        if expected.ndim == 2 and np.array_equal(found, expected.T):
             return (
-                f"torch {m.torch_name} differs from Flax {m.collection}/{m.flax_name}"
-                f"{' (laid out for torch)' if m.to_torch_axes else ''} by up to {relative:.1e} of its scale: "
-                "reload it with bridge.load_into(port, model, variables)"
+                f"torch {name} holds the Flax values untransposed: a square matrix loads without a shape error; "
+                "torch's layout is (out, in), Flax's (in, out): reload it with bridge.load_into(port, model, "
+                "variables, inputs=...)"
             )
+        relative = np.abs(found - expected).max() / (np.abs(expected).max() or 1.0)
+        maps = [m for m in rule.param_maps(context.step.layer, context.step.variables) if m.torch_name == name]
+        source = (
+            f"Flax {maps[0].collection}/{maps[0].flax_name}{' (laid out for torch)' if maps[0].to_torch_axes else ''}"
+            if maps
+            else "the Flax variables laid out for torch"
+        )
+        return (
+            f"torch {name} differs from {source} by up to {relative:.1e} of its scale: "
+            "reload it with bridge.load_into(port, model, variables)"
+        )
     return None
 
 
@@ -184,7 +202,7 @@ def symmetric_padding(context: HintContext) -> str | None:
     return None
 
 
-def _activation_variants() -> dict[str, Callable[[jax.Array], jax.Array]]:
+def activation_variants() -> dict[str, Callable[[jax.Array], jax.Array]]:
     """Every activation the rules know, with its defaults named, plus both GELU forms and no activation."""
     variants: dict[str, Callable[[jax.Array], jax.Array]] = {}
     for a in ACTIVATIONS:
@@ -225,7 +243,7 @@ def wrong_activation(context: HintContext) -> str | None:
     """An elementwise activation that reproduces the torch output where Flax's does not."""
     if isinstance(context.step.layer, nn.Module) or context.torch_out is None:
         return None
-    for name, function in _activation_variants().items():
+    for name, function in activation_variants().items():
         if reproduces(context, function(jnp.asarray(context.x))):
             module = type(context.torch_module).__name__ if context.torch_module is not None else "layer"
             fix = torch_equivalent(context.step)
@@ -263,3 +281,94 @@ def norm_epsilon(context: HintContext) -> str | None:
             + (f", e.g. {fix}" if (fix := torch_equivalent(context.step)) else "")
         )
     return None
+
+
+@hint()
+def missing_residual(context: HintContext) -> str | None:
+    """A block whose torch output lacks the skip connection: Flax's output minus its input reproduces it."""
+    if context.torch_out is None or context.x.shape != context.flax_out.shape:
+        return None
+    if isinstance(context.step.layer, nn.Module) and rule_or_none(context.step.layer) is not None:
+        return None  # a layer with a rule has its own hints
+    if reproduces(context, context.flax_out - context.x):
+        name = "/".join(context.step.flax_path) or context.step.kind
+        return (
+            f"torch's {name} lacks the residual connection Flax's adds (its output is Flax's minus the block's "
+            "input): return x + block(x) in the torch forward"
+        )
+    return None
+
+
+def _attention_variant(change: str, head_dim: int) -> Callable[..., jax.Array]:
+    def attention(query: jax.Array, key: jax.Array, value: jax.Array, **options: Any) -> jax.Array:
+        if change == "swapped":
+            query, key = key, query
+        elif change == "scale 1/d":
+            query = query / np.sqrt(head_dim)
+        elif change == "no scale":
+            query = query * np.sqrt(head_dim)
+        return nn.dot_product_attention(query, key, value, **options)
+
+    return attention
+
+
+@hint("MultiHeadDotProductAttention")
+def attention_mistakes(context: HintContext) -> str | None:
+    """Swapped query and key, or a softmax scale other than 1/sqrt(head_dim)."""
+    params = context.step.variables.get("params", {})
+    kernel = params.get("query", {}).get("kernel")
+    if kernel is None or context.torch_out is None:
+        return None
+    head_dim = int(np.shape(kernel)[-1])
+    messages = {
+        "swapped": "torch swaps query and key (scores = k @ q^T): compute softmax(q @ k^T / sqrt(d)) @ v",
+        "scale 1/d": f"torch scales the scores by 1/d (d = {head_dim}) where Flax scales by 1/sqrt(d): "
+        f"divide q @ k^T by sqrt({head_dim}) = {np.sqrt(head_dim):.4g}",
+        "no scale": f"torch does not scale the scores; Flax divides q @ k^T by sqrt(d) = {np.sqrt(head_dim):.4g}: "
+        "do the same (torch.nn.functional.scaled_dot_product_attention does)",
+    }
+    for change, message in messages.items():
+        variant = _attention_variant(change, head_dim)
+        try:
+            mistaken = apply_flax_layer(context.step, context.x, attention_fn=variant)
+        except Exception:  # an attention module that does not take attention_fn
+            return None
+        if reproduces(context, mistaken):
+            return message
+    return None
+
+
+def glue_hint(
+    before: np.ndarray, flax_in: np.ndarray, torch_in: np.ndarray, between: str, precision: Precision
+) -> str | None:
+    """Explain a call whose torch input differs from Flax's while the call before it agrees: the
+    parameter-free computation in between (an activation, a residual) differs. ``before`` is the Flax
+    output of the previous call, ``between`` names both calls."""
+    if before.shape != flax_in.shape or torch_in.shape != flax_in.shape:
+        return None
+    tolerance = function_rounding(before, flax_in, precision.storage) * 4
+
+    def close(a: Any, b: np.ndarray) -> bool:
+        return compare(np.asarray(a, np.float64), b, tolerance).ok
+
+    if close(torch_in, before) and not close(flax_in, before):
+        return f"{between}, torch passes the output on unchanged where Flax adds to it (a missing residual?)"
+    variants = activation_variants()
+    flax_name = next((name for name, f in variants.items() if close(f(jnp.asarray(before)), flax_in)), None)
+    torch_name = next((name for name, f in variants.items() if close(f(jnp.asarray(before)), torch_in)), None)
+    if flax_name and torch_name and flax_name != torch_name:
+        fix = _GLUE_FIXES.get(flax_name.split(" (")[0] if not flax_name.startswith("gelu") else flax_name, "")
+        return f"{between}, torch computes {torch_name} where Flax computes {flax_name}" + (
+            f": use {fix}" if fix else ""
+        )
+    return None
+
+
+_GLUE_FIXES = {
+    "gelu (tanh approximation, Flax's default)": "torch.nn.GELU(approximate='tanh') or F.gelu(x, approximate='tanh')",
+    "gelu (exact erf form, torch's default)": "torch.nn.GELU() or F.gelu(x)",
+    "relu": "torch.nn.ReLU() or F.relu(x)",
+    "silu": "torch.nn.SiLU() or F.silu(x)",
+    "tanh": "torch.tanh(x)",
+    "sigmoid": "torch.sigmoid(x)",
+}

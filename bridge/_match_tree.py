@@ -23,6 +23,7 @@ import torch
 from ._capture_tree import Call
 from ._errors import LayerMismatchError
 from ._match import port_tensors
+from ._tensors import to_numpy
 from .rules import LayerRule
 from .rules._registry import rule_or_none
 
@@ -96,10 +97,19 @@ def match_calls(flax_calls: Sequence[Call], torch_calls: Sequence[Call], mapping
             and flax_group[0][1].accepts_torch(t.module)
         ]
         fitting = _innermost(fitting, torch_calls)
-        for (call, rule, arrays), t in zip(flax_group, fitting, strict=False):
+        waiting = []
+        for call, rule, arrays in flax_group:  # ties resolved by values where the port already holds them
+            same = [t for t in fitting if t.index not in taken and _holds(t.module, arrays)]
+            if len(flax_group) > 1 and len(same) == 1:
+                pairs.append(Pair(call, same[0], rule, arrays))
+                taken.add(same[0].index)
+            else:
+                waiting.append((call, rule, arrays))
+        free = [t for t in fitting if t.index not in taken]
+        for (call, rule, arrays), t in zip(waiting, free, strict=False):  # then call order
             pairs.append(Pair(call, t, rule, arrays))
             taken.add(t.index)
-        unmatched += [call for call, _, _ in flax_group[len(fitting) :]]
+        unmatched += [call for call, _, _ in waiting[len(free) :]]
     pairs += _composites(flax_calls, torch_calls, pairs)
     pairs.sort(key=lambda p: p.flax.index)
     paired_torch = {p.torch.index for p in pairs if p.rule is not None}
@@ -140,15 +150,25 @@ def find_input_permutations(pairs: Sequence[Pair]) -> None:
                 break
 
 
+def _holds(module: torch.nn.Module, arrays: Mapping[str, np.ndarray]) -> bool:
+    """Whether the module's tensors hold exactly these values under these names."""
+    tensors = port_tensors(module)
+    return all(
+        name in tensors and tuple(tensors[name].shape) == array.shape and np.array_equal(to_numpy(tensors[name]), array)
+        for name, array in arrays.items()
+    )
+
+
 def _rule(call: Call) -> LayerRule | None:
     return rule_or_none(call.module)
 
 
-def _flax_leaves(flax_calls: Sequence[Call]) -> list[Call]:
-    """Calls of modules with a rule and variables, outermost first (a rule-backed composite hides its children)."""
+def _flax_leaves(flax_calls: Sequence[Call], among: Sequence[Call] | None = None) -> list[Call]:
+    """Calls (of ``among``, default all) of modules with a rule and variables, outermost first: a
+    rule-backed composite hides its children."""
     leaves: list[Call] = []
     hidden: set[int] = set()
-    for call in flax_calls:
+    for call in flax_calls if among is None else among:
         if call.index in hidden:
             continue
         if _rule(call) is not None and call.variables.get("params"):
@@ -171,7 +191,7 @@ def _expand(leaves: list[Call], flax_calls: Sequence[Call], candidates: Sequence
             result.append(call)
             continue
         children = [flax_calls[i] for i in sorted(descendants(call, flax_calls))]
-        result += [c for c in _flax_leaves([call, *children]) if c is not call] or [call]
+        result += _flax_leaves(flax_calls, children) or [call]
     return result
 
 

@@ -362,8 +362,11 @@ def test_assert_equivalent_raises_with_the_table_and_returns_the_report() -> Non
 
 def test_bad_arguments_raise_bridge_errors() -> None:
     model, variables, port = _ported((3, 4, 2))
-    with pytest.raises(bridge.LayerMismatchError, match=r"must be a torch\.nn\.Sequential"):
-        bridge.check_equivalence(model, variables, port[0])
+    partial = bridge.check_equivalence(model, variables, port[0])  # any port: checked as a tree, inputs drawn
+    assert not partial.ok
+    assert partial.first_divergence is not None
+    assert partial.first_divergence.mode == "structure"
+    assert "Flax layers_2 (Dense) has no torch counterpart" in str(partial.first_divergence.hint)
     with pytest.raises(bridge.InvalidArgumentError, match="n_inputs must be an integer >= 1"):
         bridge.check_equivalence(model, variables, port, n_inputs=0)
     with pytest.raises(bridge.LayerMismatchError, match=r"the Flax model failed on inputs of shape \(2, 5\): "):

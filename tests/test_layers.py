@@ -308,6 +308,7 @@ def test_batchnorm_momentum_and_epsilon_are_translated() -> None:
 # One sample torch module per supported kind: a rule added without a sample fails the test below.
 TORCH_SAMPLES: dict[type[torch.nn.Module], torch.nn.Module] = {
     torch.nn.Linear: torch.nn.Linear(2, 3),
+    torch.nn.MultiheadAttention: torch.nn.MultiheadAttention(8, 2, batch_first=True),
     torch.nn.ReLU: torch.nn.ReLU(),
     torch.nn.GELU: torch.nn.GELU(),
     torch.nn.Tanh: torch.nn.Tanh(),

@@ -118,3 +118,11 @@ class MultiHeadAttentionRule(LayerRule):
         embed = arrays["out_proj.weight"].shape[0]
         heads = np.shape(variables["params"]["query"]["kernel"])[1]
         return torch.nn.MultiheadAttention(embed, heads, bias="in_proj_bias" in arrays, batch_first=True)
+
+    def make_flax(self, module: torch.nn.Module) -> Any:
+        assert isinstance(module, torch.nn.MultiheadAttention)
+        if not module._qkv_same_embed_dim:
+            raise LayerMismatchError("torch MultiheadAttention with kdim/vdim != embed_dim has no packed Flax form")
+        return nn.MultiHeadDotProductAttention(
+            num_heads=module.num_heads, qkv_features=module.embed_dim, use_bias=module.in_proj_bias is not None
+        )

@@ -1,0 +1,178 @@
+"""Models people port, written in Flax the way Flax users write them, and torch ports written the way torch
+users write them (their own names, NCHW, functional glue), correct and with planted mistakes."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import torch
+import torch.nn.functional as F  # noqa: N812 (the torch users' name)
+
+
+class CNN(nn.Module):
+    """The MNIST CNN of the official Flax examples (examples/mnist/train.py)."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.Conv(features=32, kernel_size=(3, 3))(x)
+        x = nn.relu(x)
+        x = nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
+        x = nn.Conv(features=64, kernel_size=(3, 3))(x)
+        x = nn.relu(x)
+        x = nn.avg_pool(x, window_shape=(2, 2), strides=(2, 2))
+        x = x.reshape((x.shape[0], -1))  # flatten
+        x = nn.Dense(features=256)(x)
+        x = nn.relu(x)
+        x = nn.Dense(features=10)(x)
+        return x
+
+
+class TorchCNN(torch.nn.Module):
+    """Its port as a torch user writes it: NCHW, F.avg_pool2d, torch.flatten, names of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 32, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(32, 64, 3, padding=1)
+        self.fc1 = torch.nn.Linear(7 * 7 * 64, 256)
+        self.fc2 = torch.nn.Linear(256, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.avg_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.avg_pool2d(F.relu(self.conv2(x)), 2)
+        x = torch.flatten(x, 1)
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+class ResBlock(nn.Module):
+    features: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = nn.Conv(self.features, (3, 3), use_bias=False)(x)
+        y = nn.BatchNorm(use_running_average=True)(y)
+        y = nn.relu(y)
+        y = nn.Conv(self.features, (3, 3), use_bias=False)(y)
+        y = nn.BatchNorm(use_running_average=True)(y)
+        return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+    """A ResNet-style stem, two residual blocks with BatchNorm (inference), global mean pooling, a head."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.relu(nn.Conv(8, (3, 3))(x))
+        x = ResBlock(8)(x)
+        x = ResBlock(8)(x)
+        return nn.Dense(3)(x.mean(axis=(1, 2)))
+
+
+class TorchBlock(torch.nn.Module):
+    def __init__(self, features: int, residual: bool = True) -> None:
+        super().__init__()
+        self.conv_a = torch.nn.Conv2d(features, features, 3, padding=1, bias=False)
+        self.bn_a = torch.nn.BatchNorm2d(features)
+        self.conv_b = torch.nn.Conv2d(features, features, 3, padding=1, bias=False)
+        self.bn_b = torch.nn.BatchNorm2d(features)
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn_b(self.conv_b(F.relu(self.bn_a(self.conv_a(x)))))
+        return F.relu(x + y if self.residual else y)
+
+
+class TorchResNet(torch.nn.Module):
+    def __init__(self, residual: bool = True) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(2, 8, 3, padding=1)
+        self.layers = torch.nn.Sequential(TorchBlock(8), TorchBlock(8, residual))
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.layers(F.relu(self.stem(x))).mean(dim=(2, 3)))
+
+
+class TransformerBlock(nn.Module):
+    """A pre-LN transformer block: x + attention(LN(x)), then x + MLP(LN(x)) with Flax's tanh GELU."""
+
+    heads: int = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        h = nn.MultiHeadDotProductAttention(num_heads=self.heads)(nn.LayerNorm()(x))
+        x = x + h
+        h = nn.Dense(4 * width)(nn.LayerNorm()(x))
+        h = nn.Dense(width)(nn.gelu(h))
+        return x + h
+
+
+class TorchMLP(torch.nn.Module):
+    def __init__(self, width: int, exact_gelu: bool = False) -> None:
+        super().__init__()
+        self.fc1 = torch.nn.Linear(width, 4 * width)
+        self.fc2 = torch.nn.Linear(4 * width, width)
+        self.approximate = "none" if exact_gelu else "tanh"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate=self.approximate))
+
+
+class TorchTransformerBlock(torch.nn.Module):
+    """The block on torch's nn.MultiheadAttention (packed in_proj)."""
+
+    def __init__(self, width: int = 32, heads: int = 4, eps: float = 1e-6, exact_gelu: bool = False) -> None:
+        super().__init__()
+        self.ln1 = torch.nn.LayerNorm(width, eps=eps)
+        self.attn = torch.nn.MultiheadAttention(width, heads, batch_first=True)
+        self.ln2 = torch.nn.LayerNorm(width, eps=1e-6)
+        self.mlp = TorchMLP(width, exact_gelu)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ln1(x)
+        x = x + self.attn(h, h, h, need_weights=False)[0]
+        return x + self.mlp(self.ln2(x))
+
+
+class SeparateAttention(torch.nn.Module):
+    """Attention with separate q/k/v Linears, as many ports write it."""
+
+    def __init__(self, width: int, heads: int, mistake: str = "") -> None:
+        super().__init__()
+        self.q_proj = torch.nn.Linear(width, width)
+        self.k_proj = torch.nn.Linear(width, width)
+        self.v_proj = torch.nn.Linear(width, width)
+        self.o_proj = torch.nn.Linear(width, width)
+        self.heads, self.mistake = heads, mistake
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, width = x.shape
+        d = width // self.heads
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(batch, length, self.heads, d).transpose(1, 2)
+
+        q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
+        if self.mistake == "swapped":
+            q, k = k, q
+        scale = 1 / d if self.mistake == "scale" else 1 / math.sqrt(d)
+        weights = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)
+        return self.o_proj((weights @ v).transpose(1, 2).reshape(batch, length, width))
+
+
+class TorchSeparateBlock(torch.nn.Module):
+    def __init__(self, width: int = 32, heads: int = 4, mistake: str = "") -> None:
+        super().__init__()
+        self.norm1 = torch.nn.LayerNorm(width, eps=1e-6)
+        self.attention = SeparateAttention(width, heads, mistake)
+        self.norm2 = torch.nn.LayerNorm(width, eps=1e-6)
+        self.mlp = TorchMLP(width)
+        self.mistake = mistake
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.attention(self.norm1(x))
+        x = h if self.mistake == "no-residual" else x + h
+        return x + self.mlp(self.norm2(x))
