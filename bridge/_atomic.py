@@ -92,9 +92,10 @@ def atomic_output(
     """
     target = Path(destination)
     parent = target.parent if str(target.parent) else Path(".")
-    _refuse_protected(target, protect)
     if not parent.is_dir():
         raise BridgeError(f"{target}: the folder {parent} does not exist; create it first")
+    _require_name_fits(target, parent)
+    _refuse_protected(target, protect)
     clean_leftovers(target)
     if os.path.lexists(target):
         if not force:
@@ -135,6 +136,16 @@ def _refuse_protected(target: Path, protect: Sequence[str | Path]) -> None:
                     raise OutputRefusedError(
                         f"{target}: is the source {path} or a folder above it; name another destination"
                     )
+
+
+def _require_name_fits(target: Path, parent: Path) -> None:
+    try:
+        limit = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = _MAX_NAME_BYTES
+    length = len(target.name.encode("utf-8", "surrogateescape"))
+    if length > limit:
+        raise BridgeError(f"{target}: the name is {length} bytes long; the file system allows {limit}: shorten it")
 
 
 def _make_staging(target: Path, parent: Path) -> Path:

@@ -122,6 +122,10 @@ def _validate_check(args: argparse.Namespace) -> None:
     if args.seeds > 1:
         require_seed(args.seed + args.seeds - 1, f"--seed {args.seed} --seeds {args.seeds}: the last seed")
     if args.plot:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:  # refused before the verdict, not after it
+            raise InvalidArgumentError("--plot needs matplotlib: pip install 'flax-torch-bridge[plot]'")
         _require_writable_folder(args.plot, "--plot")
     itemsize = 8 if args.dtype == "float64" else 4
     work = f"checking {args.n_inputs} inputs" + (f" for {args.seeds} seeds" if args.seeds > 1 else "")
