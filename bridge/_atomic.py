@@ -116,6 +116,9 @@ def atomic_output(
         stage("verified")
         _commit(target, staging, new, directory)
     except BaseException:
+        old = staging / "old"
+        if os.path.lexists(old) and not os.path.lexists(target):  # interrupted between the two renames
+            os.rename(old, target)
         shutil.rmtree(staging, ignore_errors=True)
         raise
     shutil.rmtree(staging, ignore_errors=True)

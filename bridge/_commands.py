@@ -118,6 +118,9 @@ def _validate_check(args: argparse.Namespace) -> None:
             "--seeds N draws each seed's weights from model.init: it cannot be combined with "
             "--params or --keep-torch-weights (check those weights with one seed)"
         )
+    for option, value in (("--rtol", args.rtol), ("--atol", args.atol)):
+        if value is not None and not (np.isfinite(value) and value >= 0):
+            raise InvalidArgumentError(f"{option} must be a finite number >= 0, got {value} (inf would pass anything)")
     require_seed(args.seed)
     if args.seeds > 1:
         require_seed(args.seed + args.seeds - 1, f"--seed {args.seed} --seeds {args.seeds}: the last seed")

@@ -136,10 +136,12 @@ def test_damaged_orbax_folders_give_one_clean_error_and_no_event_loop_noise(
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, list[str]]:
+    """Exit code and stderr lines of ``flax2torch ARGS`` run in this process; no verdict may be printed."""
     with _deadline(CASE_SECONDS):
         code = main(list(args))
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
+    assert "EQUIVALENT" not in captured.out
     return code, captured.err.strip().splitlines()
 
 
@@ -200,6 +202,18 @@ def hard_exit():
 
 def interrupted():
     raise KeyboardInterrupt
+
+def mlp():
+    return nn.Sequential([nn.Dense(2)])
+
+def _exit(module, args):
+    raise SystemExit(0)
+
+def port_that_exits_when_run():
+    import torch
+    linear = torch.nn.Linear(3, 2)
+    linear.register_forward_pre_hook(_exit)
+    return torch.nn.Sequential(linear)
 """
 
 LONG = "w" * 250
@@ -234,6 +248,11 @@ CLI_CASES: list[tuple[list[str], str]] = [
     (["check", "--keep-torch-weights"], "--keep-torch-weights keeps the weights of --torch; it needs --torch"),
     (["check", "--flax", "fz_models:zero_width", "--hidden", "3"], "--hidden and --out size the seed MLP"),
     (["check", "--in-features", "-1"], "x must have at least one feature"),
+    (["check", "--rtol", "inf"], "--rtol must be a finite number >= 0, got inf"),
+    (
+        ["check", "--flax", "fz_models:mlp", "--torch", "fz_models:port_that_exits_when_run"],
+        "the model's code called sys.exit(0) during the command; no verdict",
+    ),
     (["check", "--plot", "missing/p.png"], "--plot missing/p.png: the folder missing does not exist"),
     (["check", "--n-inputs", "400000000"], "needs about"),
     (["check", "--in-features", "200000", "--hidden", "40000"], "a 200000 x 40000 weight has 8000000000 elements"),
@@ -304,7 +323,7 @@ def test_user_code_cannot_fake_a_verdict_or_shadow_a_library(tmp_path: Path) -> 
     (tmp_path / "safetensors.py").write_text("raise SystemExit('shadowed safetensors ran')\n")
     (tmp_path / "orbax").mkdir()
     (tmp_path / "orbax" / "__init__.py").write_text("raise SystemExit('shadowed orbax ran')\n")
-    (tmp_path / "fz_models.py").write_text(USER_MODELS + "\ndef mlp():\n    return nn.Sequential([nn.Dense(3)])\n")
+    (tmp_path / "fz_models.py").write_text(USER_MODELS)
     result = _run(tmp_path, "check", "--flax", "fz_models:mlp", "--no-grads", "--n-inputs", "4")
     assert result.returncode == 0, result.stderr
     assert "equivalence check: EQUIVALENT" in result.stdout

@@ -71,6 +71,34 @@ def test_a_failure_after_writing_leaves_the_old_destination_and_no_temporary(tmp
     assert _leftovers(tmp_path) == []
 
 
+def _write_folder(target: Path) -> None:
+    with atomic_output(target, force=True, directory=True) as temporary:
+        temporary.mkdir()
+        (temporary / "_METADATA").write_text("new")
+
+
+def test_an_interrupt_between_the_renames_of_a_folder_puts_the_old_one_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "ck.orbax"
+    target.mkdir()
+    (target / "_METADATA").write_text("old")
+    renames: list[str] = []
+    real_rename = os.rename
+
+    def rename(source: Any, destination: Any) -> None:
+        renames.append(str(destination))
+        if len(renames) == 2 and Path(destination) == target:  # Ctrl-C after the old one went aside
+            raise KeyboardInterrupt
+        real_rename(source, destination)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        _write_folder(target)
+    assert (target / "_METADATA").read_text() == "old"
+    assert _leftovers(tmp_path) == []
+
+
 def test_force_replaces_only_a_checkpoint_of_the_format(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "notes").mkdir()
