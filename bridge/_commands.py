@@ -201,10 +201,11 @@ class _PortMismatchError(LayerMismatchError):
     """The port's layers do not fit the Flax model's weights: a verdict (exit 1), not a usage error."""
 
 
-def _init(model: Any, in_features: int, seed: int, *, shapes_only: bool = False) -> Any:
+def _init(model: Any, in_features: int, seed: int, *, shapes_only: bool = False, copies: int = 8) -> Any:
     """``model.init`` on a batch of one input of width ``in_features`` (with ``shapes_only``, under
     ``jax.eval_shape``: the tree and shapes, nothing allocated). The parameters are checked first
-    (from their shapes): floating point, no empty (zero-width) layer, and within the memory available.
+    (from their shapes): floating point, no empty (zero-width) layer, and ``copies`` of them (the
+    checker's: both frameworks, gradients, float64 references) within the memory available.
 
     Raises:
         InvalidArgumentError: the model does not init, or its parameters cannot be checked or do not fit.
@@ -219,15 +220,15 @@ def _init(model: Any, in_features: int, seed: int, *, shapes_only: bool = False)
     what = f"cannot init {type(model).__name__} on an input of width {in_features}"
     with contained(what, "model.init", " (set --in-features)"):
         shapes = jax.eval_shape(init, jax.ShapeDtypeStruct((1, in_features), np.float32))
-    _require_checkable(model, shapes)
+    _require_checkable(model, shapes, copies)
     if shapes_only:
         return shapes
     with contained(what, "model.init", " (set --in-features)"):
         return init(np.ones((1, in_features), np.float32))
 
 
-def _require_checkable(model: Any, shapes: Any) -> None:
-    """Float parameters, none empty, and room for them (and the checker's copies) in memory."""
+def _require_checkable(model: Any, shapes: Any, copies: int) -> None:
+    """Float parameters, none empty, and room for ``copies`` of them in memory."""
     from ._files import flatten_variables
     from ._preflight import require_memory
     from ._tensors import is_float
@@ -246,9 +247,8 @@ def _require_checkable(model: Any, shapes: Any) -> None:
                 "(set param_dtype to a float dtype)"
             )
         total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    require_memory(
-        8 * total, f"{name}'s parameters ({total / 2**30:.1f} GiB) with the checker's copies", "use a smaller model"
-    )
+    what = f"{name}'s parameters ({total / 2**30:.1f} GiB, {copies} copies at once)"
+    require_memory(copies * total, what, "use a smaller model or a machine with more memory")
 
 
 def _variables(model: Any, args: argparse.Namespace, seed: int) -> Any:
@@ -295,7 +295,8 @@ def _flax_model(args: argparse.Namespace) -> tuple[Any, Any]:
         from ._user_code import load_object
 
         model = load_object(args.flax, "--flax")
-    return model, _init(model, args.in_features, args.seed, shapes_only=True)
+    copies = 4 if args.check else 2  # source, converted (, read back, the port for the check)
+    return model, _init(model, args.in_features, args.seed, shapes_only=True, copies=copies)
 
 
 class _NotEquivalentError(Exception):

@@ -108,10 +108,13 @@ def read_checkpoint(
 
 
 def save_checkpoint(obj: Any, path: str | Path, *, force: bool = False) -> None:
-    """Write Flax variables (``.msgpack``, Orbax folder) or a torch state dict (``.safetensors``, ``.pt``) atomically.
+    """Write Flax variables (``.msgpack``, Orbax folder) or a torch state dict (``.safetensors``, ``.pt``) atomically
+    (``atomic_output``: a failure or a kill never leaves a damaged or half-replaced ``path``).
 
     Raises:
-        CheckpointError: when ``obj`` does not suit the format, or ``path`` exists and ``force`` is false.
+        CheckpointError: when ``obj`` does not suit the format.
+        OutputExistsError: ``path`` exists and ``force`` is false.
+        OutputRefusedError: ``force`` and ``path`` is not a checkpoint of its format (or is the current folder).
     """
     file = Path(path)
     fmt = checkpoint_format(file)
