@@ -109,17 +109,17 @@ def _positive(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``flax2torch`` with ``argv`` (default ``sys.argv[1:]``) and return its exit code."""
     args = build_parser().parse_args(argv)
+    from ._atomic import LeftoverWarning  # light modules; the heavy imports (jax, torch) come below
+    from ._errors import BridgeError, first_line
     from ._user_code import UserExitError, libraries_first, no_hard_exit
-
-    libraries_first()  # python -m puts the current folder first: the libraries must not come from there
-    from ._atomic import LeftoverWarning
-    from ._errors import BridgeError, first_line  # heavy imports (jax, torch) only once the arguments are valid
-    from ._files import NonFiniteWarning
 
     prefix = f"flax2torch {args.command}"
     caught: list[warnings.WarningMessage] = []
     try:
+        # python -m puts the current folder first: the libraries must not come from there
+        libraries_first([getattr(args, name, None) for name in ("source", "destination", "params")])
         from ._commands import COMMANDS, use_compile_cache
+        from ._files import NonFiniteWarning
 
         use_compile_cache()
         with warnings.catch_warnings(record=True) as caught, no_hard_exit():

@@ -13,41 +13,44 @@ import contextlib
 import importlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 from ._errors import InvalidArgumentError, first_line
 
-# imported before any user code, so that a module of the same name in the current folder never shadows them
-LIBRARIES = (
-    "numpy",
-    "jax",
-    "flax.linen",
-    "flax.serialization",
-    "torch",
-    "safetensors.torch",
-    "msgpack",
-    "orbax.checkpoint",
-)
+# imported before the current folder is on sys.path, so that a module of the same name there never shadows them
+LIBRARIES = ("numpy", "jax", "flax.linen", "flax.serialization", "torch", "safetensors.torch", "msgpack")
 
 
 class UserExitError(BaseException):
     """User code called ``os._exit`` while the command ran (a BaseException: ``except Exception`` lets it pass)."""
 
 
-def libraries_first() -> None:
+def libraries_first(checkpoints: Sequence[str | None] = ()) -> None:
     """Take the current folder, which ``python -m`` puts first on ``sys.path``, off it; import the
-    libraries the bridge uses; then put the folder back at the end, for user modules. A ``safetensors.py``
-    or ``orbax/`` there can then never replace a library (Orbax is a namespace package: a regular
-    package of its name anywhere on ``sys.path`` would win, so it must be imported before). Entries set on
+    libraries the bridge uses (Orbax too when one of ``checkpoints`` is an Orbax folder); then put the
+    folder back at the end, for user modules. A ``safetensors.py`` or ``orbax/`` there can then never
+    replace a library. (Orbax is a namespace package: a regular package of its name anywhere on
+    ``sys.path`` would win over it, so it is imported before the folder returns.) Entries set on
     purpose, through PYTHONPATH, stay where they are."""
     cwd = os.getcwd()
     if sys.path and sys.path[0] in ("", ".", cwd):
         sys.path.pop(0)
     for name in LIBRARIES:
         importlib.import_module(name)
+    if any(path is not None and _is_orbax(path) for path in checkpoints):
+        importlib.import_module("orbax.checkpoint")
     if cwd not in sys.path:
         sys.path.append(cwd)
+
+
+def _is_orbax(path: str) -> bool:
+    from ._files import CheckpointError, checkpoint_format
+
+    try:
+        return checkpoint_format(path) == "orbax"
+    except (CheckpointError, OSError):  # refused later, with the command's own message
+        return False
 
 
 def load_object(spec: str, option: str) -> Any:

@@ -327,3 +327,10 @@ def test_user_code_cannot_fake_a_verdict_or_shadow_a_library(tmp_path: Path) -> 
     result = _run(tmp_path, "check", "--flax", "fz_models:mlp", "--no-grads", "--n-inputs", "4")
     assert result.returncode == 0, result.stderr
     assert "equivalence check: EQUIVALENT" in result.stdout
+    _, variables = _model_and_variables()  # Orbax is a namespace package: an orbax/ here would win
+    (tmp_path / "w.msgpack").write_bytes(serialization.to_bytes(variables))  # if imported after the folder
+    result = _run(tmp_path, "convert", "w.msgpack", "w.safetensors")
+    assert result.returncode == 0, result.stderr
+    result = _run(tmp_path, "convert", "w.safetensors", "w.orbax")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "w.orbax" / "_CHECKPOINT_METADATA").is_file()
