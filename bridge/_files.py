@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import stat
@@ -333,8 +334,10 @@ def _check_folder(file: Path, label: Path) -> int:
 
 
 def _quiet_closed_event_loops() -> None:
-    """Orbax's tensorstore callbacks of a failed restore reach a closed asyncio loop and print
-    "RuntimeError: Event loop is closed" tracebacks through ``sys.unraisablehook``: drop those (only those)."""
+    """A failed Orbax restore leaves tensorstore callbacks and asyncio tasks behind: the callbacks reach a
+    closed event loop ("RuntimeError: Event loop is closed", through ``sys.unraisablehook``) and the tasks,
+    when collected, log "Task exception was never retrieved" with the whole tensorstore spec. The error
+    itself is reported once, as a ``CheckpointError``: drop those two (only those), once per process."""
     previous = sys.unraisablehook
     if getattr(previous, "_bridge_quiet", False):
         return
@@ -347,6 +350,12 @@ def _quiet_closed_event_loops() -> None:
 
     hook._bridge_quiet = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_drop_lost_tensorstore_tasks)
+
+
+def _drop_lost_tensorstore_tasks(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not (message.startswith("Task exception was never retrieved") and "tensorstore_spec" in message)
 
 
 def _fit(file: Path, state: dict[str, Any], target: Any) -> Any:
