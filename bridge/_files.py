@@ -336,7 +336,7 @@ def _check_folder(file: Path, label: Path) -> int:
 def _quiet_closed_event_loops() -> None:
     """A failed Orbax restore leaves tensorstore callbacks and asyncio tasks behind: the callbacks reach a
     closed event loop ("RuntimeError: Event loop is closed", through ``sys.unraisablehook``) and the tasks,
-    when collected, log "Task exception was never retrieved" with the whole tensorstore spec. The error
+    when collected, log "Task (or Future) exception was never retrieved" with the whole tensorstore spec. The error
     itself is reported once, as a ``CheckpointError``: drop those two (only those), once per process."""
     previous = sys.unraisablehook
     if getattr(previous, "_bridge_quiet", False):
@@ -355,7 +355,7 @@ def _quiet_closed_event_loops() -> None:
 
 def _drop_lost_tensorstore_tasks(record: logging.LogRecord) -> bool:
     message = record.getMessage()
-    return not (message.startswith("Task exception was never retrieved") and "tensorstore_spec" in message)
+    return not ("exception was never retrieved" in message and "tensorstore_spec" in message)
 
 
 def _fit(file: Path, state: dict[str, Any], target: Any) -> Any:
