@@ -117,7 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     caught: list[warnings.WarningMessage] = []
     try:
         # python -m puts the current folder first: the libraries must not come from there
-        libraries_first([getattr(args, name, None) for name in ("source", "destination", "params")])
+        checkpoints = {"convert": ("source", "destination"), "check": ("params",)}.get(args.command, ())
+        libraries_first([getattr(args, name) for name in checkpoints])
         from ._commands import COMMANDS, use_compile_cache
         from ._files import NonFiniteWarning
 

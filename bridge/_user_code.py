@@ -34,14 +34,16 @@ def libraries_first(checkpoints: Sequence[str | None] = ()) -> None:
     ``sys.path`` would win over it, so it is imported before the folder returns.) Entries set on
     purpose, through PYTHONPATH, stay where they are."""
     cwd = os.getcwd()
-    if sys.path and sys.path[0] in ("", ".", cwd):
-        sys.path.pop(0)
-    for name in LIBRARIES:
-        importlib.import_module(name)
-    if any(path is not None and _is_orbax(path) for path in checkpoints):
-        importlib.import_module("orbax.checkpoint")
-    if cwd not in sys.path:
-        sys.path.append(cwd)
+    here = ("", ".", cwd)
+    kept = list(sys.path[1:] if sys.path and sys.path[0] in here else sys.path)
+    sys.path[:] = [entry for entry in kept if entry not in here]  # nothing from the current folder, for now
+    try:
+        for name in LIBRARIES:
+            importlib.import_module(name)
+        if any(path is not None and _is_orbax(path) for path in checkpoints):
+            importlib.import_module("orbax.checkpoint")
+    finally:
+        sys.path[:] = kept if cwd in kept else [*kept, cwd]
 
 
 def _is_orbax(path: str) -> bool:
