@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -215,6 +216,9 @@ def interrupted():
 def mlp():
     return nn.Sequential([nn.Dense(2)])
 
+def two_wide_layers():
+    return nn.Sequential([nn.Dense(80000), nn.relu, nn.Dense(80000)])
+
 def _exit(module, args):
     raise SystemExit(0)
 
@@ -239,6 +243,8 @@ CLI_CASES: list[tuple[list[str], str]] = [
     (["convert", "deep.msgpack", "x.pt"], "deep.msgpack: nested 101 levels deep"),
     (["convert", "w.safetensors", ".", "--force"], ".: is the current folder or a folder above it"),
     (["convert", "w.safetensors", "..", "--force"], "..: is the current folder or a folder above it"),
+    (["convert", "w.safetensors", "./", "--force"], ".: is the current folder or a folder above it"),
+    (["convert", "w.safetensors", "..", "--force", "--no-check"], "..: is the current folder or a folder above it"),
     (["convert", "w.safetensors", "plain", "--force"], "plain: is not an Orbax checkpoint folder"),
     (["convert", "w.safetensors", "missing/x.msgpack"], "missing/x.msgpack: the folder missing does not exist"),
     (["convert", "w.msgpack", "dangling.pt"], "dangling.pt: already exists; pass --force"),
@@ -252,6 +258,8 @@ CLI_CASES: list[tuple[list[str], str]] = [
     (["golden", "g.safetensors", "--in-features", "-1"], "x must have at least one feature"),
     (["golden", "g.safetensors", "--n-inputs", "1000000000"], "needs about"),
     (["check", "--seed", str(2**32)], "seed must be >= 0 and <= 2**32-1"),
+    (["check", "--seed", str(2**32), "--flax", "fz_models:mlp"], "seed must be >= 0 and <= 2**32-1"),
+    (["check", "--flax", "fz_models:two_wide_layers"], "needs about"),
     (["check", "--seed", str(2**32 - 2), "--seeds", "3"], "seed must be >= 0 and <= 2**32-1"),
     (["check", "--params", "w.msgpack"], "--params needs --flax"),
     (["check", "--keep-torch-weights"], "--keep-torch-weights keeps the weights of --torch; it needs --torch"),
@@ -292,6 +300,52 @@ def test_user_errors_exit_2_with_one_line(
     assert lines[0].startswith(f"flax2torch {args[0]}: error: "), lines
     assert message in lines[0], lines
     assert sorted(p.name for p in workdir.iterdir() if p.name != "__pycache__") == before  # nothing written or left
+
+
+@pytest.mark.parametrize("suffix", ["msgpack", "orbax"])
+def test_a_failed_conversion_with_force_leaves_the_old_destination(
+    workdir: Path, capsys: pytest.CaptureFixture[str], suffix: str
+) -> None:
+    """float16 weights do not fit the float32 model: found after writing, before DST is replaced."""
+    _, variables = _model_and_variables()
+    other = f"old.{suffix}"
+    bridge.save_checkpoint(variables, workdir / other)
+    before = sorted((str(p), p.read_bytes()) for p in (workdir / other).rglob("*") if p.is_file()) or [
+        ("", (workdir / other).read_bytes())
+    ]
+    half = {key: value.half() for key, value in bridge.load_checkpoint(workdir / "w.safetensors").items()}
+    torch.save(half, workdir / "f16.pt")
+    code, lines = _cli(capsys, "convert", "f16.pt", other, "--force")
+    assert code == 2
+    assert lines == [
+        f"flax2torch convert: error: {other} (converted from f16.pt): params/Dense_0/bias is float16, the model expects float32"
+    ]
+    after = sorted((str(p), p.read_bytes()) for p in (workdir / other).rglob("*") if p.is_file()) or [
+        ("", (workdir / other).read_bytes())
+    ]
+    assert after == before
+    assert not [p for p in workdir.iterdir() if p.name.endswith(".partial")]
+
+
+def test_not_equivalent_after_conversion_leaves_the_old_destination(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bridge._check
+
+    def broken(*args: Any, **kwargs: Any) -> Any:  # as a conversion bug would make it
+        return types.SimpleNamespace(ok=False, first_divergence=None, layers=[])
+
+    torch.save({"old": torch.ones(1)}, workdir / "old.pt")
+    precious = (workdir / "old.pt").read_bytes()
+    monkeypatch.setattr(bridge._check, "check_equivalence", broken)
+    with _deadline(CASE_SECONDS):
+        code = main(["convert", "w.msgpack", "old.pt", "--force"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert out.startswith("check: NOT EQUIVALENT")
+    assert out.strip().endswith("old.pt was not written")
+    assert (workdir / "old.pt").read_bytes() == precious
+    assert not [p for p in workdir.iterdir() if p.name.endswith(".partial")]
 
 
 def test_permission_denied_is_not_called_missing(
