@@ -12,7 +12,9 @@ from pathlib import Path
 from ._errors import BridgeError, InvalidArgumentError
 
 SEED_MAX = 2**32 - 1  # jax.random.PRNGKey and NumPy generators take seeds in 0..2**32-1
-MAX_ELEMENTS = 2**31 - 1  # one weight of the seed MLP: past this, index arithmetic in XLA's CPU kernels is unsafe
+# one weight of the seed MLP at most: larger ones are refused rather than risk an abort inside XLA (32-bit
+# indices; which sizes abort was not measured here, and such widths do not fit a check on these machines anyway)
+MAX_ELEMENTS = 2**31 - 1
 _GIB = 2**30
 
 
