@@ -394,15 +394,15 @@ def _read_safetensors(file: Path, label: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-_SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64", "I8": "int8"}
-_SAFETENSORS_DTYPES |= {"I16": "int16", "I32": "int32", "I64": "int64", "U8": "uint8", "BOOL": "bool"}
+SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64", "I8": "int8"}
+SAFETENSORS_DTYPES |= {"I16": "int16", "I32": "int32", "I64": "int64", "U8": "uint8", "BOOL": "bool"}
 
 
 def check_safetensors_dtypes(label: Path, reader: Any) -> None:
     """Refuse float8 and other dtypes from the header, before any tensor is read."""
     for key in sorted(reader.keys()):
         dtype = reader.get_slice(key).get_dtype()
-        if dtype not in _SAFETENSORS_DTYPES:
+        if dtype not in SAFETENSORS_DTYPES:
             raise CheckpointError(f"{label}: {key} has dtype {dtype}, which the bridge does not convert")
 
 

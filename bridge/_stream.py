@@ -16,7 +16,14 @@ import numpy as np
 
 from ._atomic import atomic_output
 from ._convert import plan
-from ._files import CheckpointError, check_safetensors_dtypes, check_tensor, regular_file_size, replaceable
+from ._files import (
+    SAFETENSORS_DTYPES,
+    CheckpointError,
+    check_safetensors_dtypes,
+    check_tensor,
+    regular_file_size,
+    replaceable,
+)
 from ._tensors import to_numpy
 from .rules import ParamMap
 
@@ -80,6 +87,9 @@ def _check_layout(
             expected = _shape_at(target, path)
             if flax_shape != expected:
                 problems.append(f"{key} gives {'/'.join(path)} shape {flax_shape}, the model has {expected}")
+            dtype, wanted_dtype = SAFETENSORS_DTYPES[reader.get_slice(key).get_dtype()], _dtype_at(target, path)
+            if dtype != wanted_dtype:  # as the other directions refuse it (when the result is read back)
+                problems.append(f"{key} gives {'/'.join(path)} dtype {dtype}, the model has {wanted_dtype}")
     if problems:
         raise CheckpointError(f"{source}: does not fit the model: " + "; ".join(problems[:8]))
 
@@ -88,6 +98,12 @@ def _shape_at(tree: Any, path: tuple[str, ...]) -> tuple[int, ...]:
     for part in path:
         tree = tree[part]
     return tuple(tree.shape)
+
+
+def _dtype_at(tree: Any, path: tuple[str, ...]) -> str:
+    for part in path:
+        tree = tree[part]
+    return str(np.dtype(tree.dtype).name)
 
 
 def _nest(entries: dict[tuple[str, ...], tuple[str, ParamMap]]) -> dict[str, Any]:

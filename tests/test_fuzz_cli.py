@@ -176,6 +176,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     from safetensors.torch import save_file
 
     save_file({"0.weight": torch.zeros(4, 3).to(torch.float8_e5m2)}, str(tmp_path / "f8.safetensors"))
+    save_file({key: value.half() for key, value in state.items()}, str(tmp_path / "f16.safetensors"))
     deep: dict[str, Any] = {}
     node = deep
     for _ in range(900):
@@ -241,6 +242,10 @@ CLI_CASES: list[tuple[list[str], str]] = [
     (["convert", "sparse.pt", "x.msgpack"], "sparse.pt: 0.weight is a torch.sparse_coo tensor"),
     (["convert", "meta.pt", "x.msgpack"], "meta.pt: 0.weight is a meta tensor (no data)"),
     (["convert", "deep.msgpack", "x.pt"], "deep.msgpack: nested 101 levels deep"),
+    (
+        ["convert", "f16.safetensors", "x.msgpack", "--no-check"],  # the streaming writer: refused before writing
+        "f16.safetensors: does not fit the model: 0.weight gives params/Dense_0/kernel dtype float16, the model has float32",
+    ),
     (["convert", "w.safetensors", ".", "--force"], ".: is the current folder or a folder above it"),
     (["convert", "w.safetensors", "..", "--force"], "..: is the current folder or a folder above it"),
     (["convert", "w.safetensors", "./", "--force"], ".: is the current folder or a folder above it"),
