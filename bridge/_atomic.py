@@ -114,7 +114,10 @@ def atomic_output(
         stage("staged")
         yield new
         stage("verified")
-        _commit(target, staging, new, directory)
+        try:
+            _commit(target, staging, new, directory)
+        except OSError as e:  # a folder that lets us create files but not replace this one, ...
+            raise BridgeError(f"{target}: cannot replace it ({e.strerror}); the old one is kept") from None
     except BaseException:
         old = staging / "old"
         if os.path.lexists(old) and not os.path.lexists(target):  # interrupted between the two renames

@@ -179,6 +179,27 @@ def test_an_unwritable_folder_is_a_clean_error(tmp_path: Path, monkeypatch: pyte
         temporary.write_bytes(b"x")
 
 
+def test_a_destination_that_cannot_be_replaced_is_a_clean_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "x.pt"
+    target.write_bytes(b"PK\x03\x04 old")
+
+    def denied(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "replace", denied)  # as an immutable file or a sticky folder does
+    with pytest.raises(bridge.BridgeError, match=r"x\.pt: cannot replace it \(Operation not permitted\)"):
+        _write_file(target)
+    assert target.read_bytes() == b"PK\x03\x04 old"
+    assert _leftovers(tmp_path) == []
+
+
+def _write_file(target: Path) -> None:
+    with atomic_output(target, force=True) as temporary:
+        temporary.write_bytes(b"new")
+
+
 def test_leftovers_of_a_dead_process_are_removed_and_an_aside_folder_put_back(tmp_path: Path) -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
