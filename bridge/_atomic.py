@@ -44,6 +44,10 @@ class OutputRefusedError(BridgeError):
     """The destination may not be replaced, even with ``force``: not a checkpoint, or a folder in use."""
 
 
+class DestinationError(BridgeError):
+    """The destination cannot be written: its folder is missing or read-only, or its name is too long."""
+
+
 class LeftoverWarning(UserWarning):
     """Temporaries of an interrupted write were removed (or a folder destination put back)."""
 
@@ -88,12 +92,12 @@ def atomic_output(
         OutputExistsError: ``destination`` exists (a dangling link too) and ``force`` is false.
         OutputRefusedError: ``destination`` is the current folder, a folder above it or above a
             protected path, or (``force``) something ``may_replace`` refuses.
-        BridgeError: the folder is missing or not writable.
+        DestinationError: the folder is missing or not writable, the name too long, or DST not replaceable.
     """
     target = Path(destination)
     parent = target.parent if str(target.parent) else Path(".")
     if not parent.is_dir():
-        raise BridgeError(f"{target}: the folder {parent} does not exist; create it first")
+        raise DestinationError(f"{target}: the folder {parent} does not exist; create it first")
     _require_name_fits(target, parent)
     _refuse_protected(target, protect)
     clean_leftovers(target)
@@ -117,7 +121,7 @@ def atomic_output(
         try:
             _commit(target, staging, new, directory)
         except OSError as e:  # a folder that lets us create files but not replace this one, ...
-            raise BridgeError(f"{target}: cannot replace it ({e.strerror}); the old one is kept") from None
+            raise DestinationError(f"{target}: cannot replace it ({e.strerror}); the old one is kept") from None
     except BaseException:
         old = staging / "old"
         if os.path.lexists(old) and not os.path.lexists(target):  # interrupted between the two renames
@@ -151,25 +155,25 @@ def _require_name_fits(target: Path, parent: Path) -> None:
         limit = _MAX_NAME_BYTES
     length = len(target.name.encode("utf-8", "surrogateescape"))
     if length > limit:
-        raise BridgeError(f"{target}: the name is {length} bytes long; the file system allows {limit}: shorten it")
+        raise DestinationError(f"{target}: the name is {length} bytes long; the file system allows {limit}: shorten it")
 
 
 def _make_staging(target: Path, parent: Path) -> Path:
     try:
         return Path(tempfile.mkdtemp(prefix=f"{staging_prefix(target)}{os.getpid()}.", suffix=".partial", dir=parent))
     except PermissionError:
-        raise BridgeError(
+        raise DestinationError(
             f"{target}: cannot write in the folder {parent} (permission denied); choose a writable destination"
         ) from None
     except OSError as e:
         if e.errno == errno.EROFS:
-            raise BridgeError(f"{target}: the folder {parent} is on a read-only file system") from None
-        raise BridgeError(f"{target}: cannot create a temporary beside it ({e.strerror})") from None
+            raise DestinationError(f"{target}: the folder {parent} is on a read-only file system") from None
+        raise DestinationError(f"{target}: cannot create a temporary beside it ({e.strerror})") from None
 
 
 def _commit(target: Path, staging: Path, new: Path, directory: bool) -> None:
     if not os.path.lexists(new):
-        raise BridgeError(f"{target}: the writer produced nothing")  # a bug of the caller, never silent
+        raise RuntimeError(f"{target}: the writer produced nothing")  # a bug of ours: exit 3, not a user error
     if not directory:
         os.chmod(new, _file_mode(target))
         os.replace(new, target)
