@@ -1,7 +1,8 @@
 """The ``flax2torch`` command line (also ``python -m bridge``).
 
-Exit codes: 0 the models match, 1 they do not, 2 a usage error or a bad input (one line, no traceback),
-3 an internal error (one line; FLAX2TORCH_TRACEBACK=1 shows the traceback).
+Exit codes: 0 the models match, 1 they do not, 2 a usage error or a bad input (one line, no traceback;
+user code that exits or is interrupted while imported or built too), 3 an internal error (one line;
+FLAX2TORCH_TRACEBACK=1 shows the traceback), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
-EXIT_USAGE, EXIT_INTERNAL = 2, 3
+EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -45,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seed_model = check.add_argument_group("the seed model (the default)")
     seed_model.add_argument("--in-features", type=int, default=3, help="input width (default 3; x = [1, 0, 0, ...])")
-    seed_model.add_argument("--hidden", type=int, default=4, help="width of both hidden layers (default 4)")
-    seed_model.add_argument("--out", type=int, default=2, help="output width (default 2)")
+    seed_model.add_argument("--hidden", type=int, help="width of both hidden layers (default 4)")
+    seed_model.add_argument("--out", type=int, help="output width (default 2)")
     own = check.add_argument_group("your own model and port")
     own.add_argument("--flax", metavar="MODULE:ATTR", help="a Flax nn.Sequential model (or a factory of one)")
     own.add_argument("--torch", metavar="MODULE:ATTR", help="its torch.nn.Sequential port (default: converted)")
@@ -70,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("source", metavar="SRC")
     convert.add_argument("destination", metavar="DST")
     _model_options(convert)
-    convert.add_argument("--force", action="store_true", help="overwrite DST if it exists")
+    convert.add_argument(
+        "--force", action="store_true", help="replace DST if it exists and is a checkpoint of DST's format"
+    )
     convert.add_argument("--strict", action="store_true", help="refuse NaN/Inf weights instead of warning")
     convert.add_argument("--no-check", dest="check", action="store_false", help="skip the equivalence check after")
     golden = commands.add_parser(
@@ -84,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     golden.add_argument("--hidden", type=int, default=4)
     golden.add_argument("--out", type=int, default=2)
     golden.add_argument("--n-inputs", type=_positive, default=8)
-    golden.add_argument("--force", action="store_true", help="overwrite the file if it exists")
+    golden.add_argument("--force", action="store_true", help="replace the file if it exists and is a .safetensors file")
     return parser
 
 
@@ -92,8 +95,8 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flax", metavar="MODULE:ATTR", help="the Flax model (default: the seed MLP)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the init that gives the tree (default 0)")
     parser.add_argument("--in-features", type=int, default=3, help="input width (default 3)")
-    parser.add_argument("--hidden", type=int, default=4, help="seed MLP hidden width (default 4)")
-    parser.add_argument("--out", type=int, default=2, help="seed MLP output width (default 2)")
+    parser.add_argument("--hidden", type=int, help="seed MLP hidden width (default 4)")
+    parser.add_argument("--out", type=int, help="seed MLP output width (default 2)")
 
 
 def _positive(text: str) -> int:
@@ -106,34 +109,59 @@ def _positive(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``flax2torch`` with ``argv`` (default ``sys.argv[1:]``) and return its exit code."""
     args = build_parser().parse_args(argv)
-    from ._errors import BridgeError, first_line  # heavy imports (jax, torch) only once the arguments are valid
-    from ._files import NonFiniteWarning
+    from ._atomic import LeftoverWarning  # light modules; the heavy imports (jax, torch) come below
+    from ._errors import BridgeError, first_line
+    from ._user_code import UserExitError, libraries_first, no_hard_exit
 
+    prefix = f"flax2torch {args.command}"
+    caught: list[warnings.WarningMessage] = []
     try:
+        # python -m puts the current folder first: the libraries must not come from there
+        checkpoints = {"convert": ("source", "destination"), "check": ("params",)}.get(args.command, ())
+        libraries_first([getattr(args, name) for name in checkpoints])
         from ._commands import COMMANDS, use_compile_cache
+        from ._files import NonFiniteWarning
 
         use_compile_cache()
-        with warnings.catch_warnings(record=True) as caught:
+        with warnings.catch_warnings(record=True) as caught, no_hard_exit():
             warnings.simplefilter("always", NonFiniteWarning)
+            warnings.simplefilter("always", LeftoverWarning)
             code = COMMANDS[args.command](args)
     except BridgeError as e:
-        print(f"flax2torch {args.command}: error: {e}", file=sys.stderr)
+        _print_warnings(prefix, [w for w in caught if issubclass(w.category, LeftoverWarning)])
+        print(f"{prefix}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except (SystemExit, UserExitError) as e:  # only user code exits while a command runs
+        how = f"sys.exit({e.code!r})" if isinstance(e, SystemExit) else f"os._exit({e})"
+        print(f"{prefix}: error: the model's code called {how} during the command; no verdict", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{prefix}: interrupted; no verdict (nothing was replaced)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as e:  # a bug of ours: still one line, with a way to get the traceback
         if os.environ.get("FLAX2TORCH_TRACEBACK"):
             raise
         print(
-            f"flax2torch {args.command}: internal error: {type(e).__name__}: {first_line(e)} "
+            f"{prefix}: internal error: {type(e).__name__}: {first_line(e)} "
             "(rerun with FLAX2TORCH_TRACEBACK=1 and report it)",
             file=sys.stderr,
         )
         return EXIT_INTERNAL
+    _print_warnings(prefix, caught)
+    return code
+
+
+def _print_warnings(prefix: str, caught: list[warnings.WarningMessage]) -> None:
+    from ._atomic import LeftoverWarning
+    from ._files import NonFiniteWarning
+
     for warning in caught:
         if issubclass(warning.category, NonFiniteWarning):
-            print(f"flax2torch {args.command}: warning: {warning.message}", file=sys.stderr)
+            print(f"{prefix}: warning: {warning.message}", file=sys.stderr)
+        elif issubclass(warning.category, LeftoverWarning):
+            print(f"{prefix}: note: {warning.message}", file=sys.stderr)
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    return code
 
 
 def entry_point() -> NoReturn:

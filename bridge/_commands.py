@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
-import sys
 import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._errors import InvalidArgumentError, LayerMismatchError, first_line
+from ._errors import InvalidArgumentError, LayerMismatchError
 
 EXIT_MATCH, EXIT_MISMATCH = 0, 1
 
@@ -56,17 +54,13 @@ def use_compile_cache() -> None:
 
 def run_check(args: argparse.Namespace) -> int:
     """``flax2torch check``: build (or import) a model and its port, check them (over ``--seeds``), report."""
+    _validate_check(args)
     if args.dtype == "float64":
         import jax
 
         jax.config.update("jax_enable_x64", True)
     from ._check import check_equivalence
 
-    if args.seeds > 1 and (args.params is not None or args.keep_torch_weights):
-        raise InvalidArgumentError(
-            "--seeds N draws each seed's weights from model.init: it cannot be combined with "
-            "--params or --keep-torch-weights (check those weights with one seed)"
-        )
     try:
         pair = _build(args, args.seed)
     except _PortMismatchError as e:
@@ -107,13 +101,79 @@ def run_check(args: argparse.Namespace) -> int:
     return EXIT_MATCH if ok else EXIT_MISMATCH
 
 
+def _validate_check(args: argparse.Namespace) -> None:
+    """Refuse, before anything is built, options that do not apply and work that cannot fit."""
+    from ._preflight import mlp_check_bytes, require_memory, require_seed, require_widths
+
+    if args.flax is None:
+        for option, value in (("--torch", args.torch), ("--params", args.params)):
+            if value is not None:
+                raise InvalidArgumentError(f"{option} needs --flax (the model it {_NEEDS_FLAX[option]})")
+    elif args.hidden is not None or args.out is not None:
+        raise InvalidArgumentError("--hidden and --out size the seed MLP; with --flax the model gives its widths")
+    if args.keep_torch_weights and args.torch is None:
+        raise InvalidArgumentError("--keep-torch-weights keeps the weights of --torch; it needs --torch MODULE:ATTR")
+    if args.seeds > 1 and (args.params is not None or args.keep_torch_weights):
+        raise InvalidArgumentError(
+            "--seeds N draws each seed's weights from model.init: it cannot be combined with "
+            "--params or --keep-torch-weights (check those weights with one seed)"
+        )
+    for option, value in (("--rtol", args.rtol), ("--atol", args.atol)):
+        if value is not None and not (np.isfinite(value) and value >= 0):
+            raise InvalidArgumentError(f"{option} must be a finite number >= 0, got {value} (inf would pass anything)")
+    require_seed(args.seed)
+    if args.seeds > 1:
+        require_seed(args.seed + args.seeds - 1, f"--seed {args.seed} --seeds {args.seeds}: the last seed")
+    if args.plot:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:  # refused before the verdict, not after it
+            raise InvalidArgumentError("--plot needs matplotlib: pip install 'flax-torch-bridge[plot]'")
+        _require_writable_folder(args.plot, "--plot")
+    itemsize = 8 if args.dtype == "float64" else 4
+    work = f"checking {args.n_inputs} inputs" + (f" for {args.seeds} seeds" if args.seeds > 1 else "")
+    if args.flax is None:
+        _seed_model_defaults(args)
+        require_widths(args.in_features, args.hidden, args.out)
+        needed = mlp_check_bytes(args.n_inputs, args.in_features, args.hidden, args.out, args.seeds, itemsize)
+        widths = f"widths {args.in_features}-{args.hidden}-{args.hidden}-{args.out}"
+        require_memory(needed, f"{work} at {widths}", "use fewer --n-inputs/--seeds or smaller widths")
+    else:
+        _require_in_features(args.in_features)
+        needed = 8 * itemsize * args.seeds * args.n_inputs * args.in_features + 8 * args.n_inputs * args.in_features
+        require_memory(needed, f"{work} of width {args.in_features}", "use fewer --n-inputs/--seeds")
+
+
+_NEEDS_FLAX = {"--torch": "claims to port", "--params": "holds the variables of"}
+
+
+def _seed_model_defaults(args: argparse.Namespace) -> None:
+    args.hidden = 4 if args.hidden is None else args.hidden
+    args.out = 2 if args.out is None else args.out
+
+
+def _require_in_features(in_features: int) -> None:
+    if in_features < 1:
+        raise InvalidArgumentError(f"--in-features must be >= 1 (the width of the model's input), got {in_features}")
+
+
+def _require_writable_folder(path: str, option: str) -> None:
+    from pathlib import Path
+
+    folder = Path(path).parent if str(Path(path).parent) else Path(".")
+    if not folder.is_dir():
+        raise InvalidArgumentError(f"{option} {path}: the folder {folder} does not exist; create it first")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InvalidArgumentError(f"{option} {path}: cannot write in the folder {folder} (permission denied)")
+    if Path(path).is_dir():
+        raise InvalidArgumentError(f"{option} {path}: is a folder; name a .png file")
+
+
 def _build(args: argparse.Namespace, seed: int) -> _Pair:
     """The models of one check: the seed problem by default, or the user's ``--flax``/``--torch``."""
     from ._convert import load_into, to_torch
 
     if args.flax is None:
-        if args.torch is not None:
-            raise InvalidArgumentError("--torch needs --flax (the model it claims to port)")
         from ._seed_model import seed_models
 
         x = np.zeros(args.in_features, np.float32)
@@ -122,11 +182,13 @@ def _build(args: argparse.Namespace, seed: int) -> _Pair:
         rows = np.random.default_rng(seed).standard_normal((max(args.n_inputs - 1, 0), args.in_features))
         inputs = np.vstack([x, rows.astype(np.float32)])
         return _Pair(models.model, models.variables, models.torch_module, inputs)
-    model = _instantiate(args.flax, "--flax")
+    from ._user_code import load_object
+
+    model = load_object(args.flax, "--flax")
     variables = _variables(model, args, seed)
     if args.torch is None:
         return _Pair(model, variables, to_torch(model, variables), None)
-    port = _instantiate(args.torch, "--torch")
+    port = load_object(args.torch, "--torch")
     if not args.keep_torch_weights:
         try:
             load_into(port, model, variables)
@@ -139,23 +201,54 @@ class _PortMismatchError(LayerMismatchError):
     """The port's layers do not fit the Flax model's weights: a verdict (exit 1), not a usage error."""
 
 
-def _init(model: Any, in_features: int, seed: int, *, shapes_only: bool = False) -> Any:
+def _init(model: Any, in_features: int, seed: int, *, shapes_only: bool = False, copies: int = 8) -> Any:
     """``model.init`` on a batch of one input of width ``in_features`` (with ``shapes_only``, under
-    ``jax.eval_shape``: the tree and shapes, nothing allocated)."""
+    ``jax.eval_shape``: the tree and shapes, nothing allocated). The parameters are checked first
+    (from their shapes): floating point, no empty (zero-width) layer, and ``copies`` of them (the
+    checker's: both frameworks, gradients, float64 references) within the memory available.
+
+    Raises:
+        InvalidArgumentError: the model does not init, or its parameters cannot be checked or do not fit.
+    """
     import jax
+
+    from ._user_code import contained
 
     def init(x: Any) -> Any:
         return model.init(jax.random.PRNGKey(seed), x)
 
-    try:
-        if shapes_only:
-            return jax.eval_shape(init, jax.ShapeDtypeStruct((1, in_features), np.float32))
+    what = f"cannot init {type(model).__name__} on an input of width {in_features}"
+    with contained(what, "model.init", " (set --in-features)"):
+        shapes = jax.eval_shape(init, jax.ShapeDtypeStruct((1, in_features), np.float32))
+    _require_checkable(model, shapes, copies)
+    if shapes_only:
+        return shapes
+    with contained(what, "model.init", " (set --in-features)"):
         return init(np.ones((1, in_features), np.float32))
-    except Exception as e:  # the user's model code may raise anything
-        raise InvalidArgumentError(
-            f"cannot init {type(model).__name__} on an input of width {in_features}: "
-            f"{first_line(e)} (set --in-features)"
-        ) from e
+
+
+def _require_checkable(model: Any, shapes: Any, copies: int) -> None:
+    """Float parameters, none empty, and room for ``copies`` of them in memory."""
+    from ._files import flatten_variables
+    from ._preflight import require_memory
+    from ._tensors import is_float
+
+    name = type(model).__name__
+    total = 0
+    for path, leaf in sorted(flatten_variables(shapes).items()):
+        shape, dtype = tuple(leaf.shape), np.dtype(leaf.dtype)
+        if 0 in shape:
+            raise InvalidArgumentError(
+                f"{name}: {path} has shape {shape}: a layer of width 0; give every layer at least one unit"
+            )
+        if path.startswith("params/") and not is_float(dtype):
+            raise InvalidArgumentError(
+                f"{name}: {path} is {dtype.name}; the bridge converts and checks floating-point parameters "
+                "(set param_dtype to a float dtype)"
+            )
+        total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    what = f"{name}'s parameters ({total / 2**30:.1f} GiB, {copies} copies at once)"
+    require_memory(copies * total, what, "use a smaller model or a machine with more memory")
 
 
 def _variables(model: Any, args: argparse.Namespace, seed: int) -> Any:
@@ -167,30 +260,8 @@ def _variables(model: Any, args: argparse.Namespace, seed: int) -> Any:
     return read_flax_variables(args.params, variables)
 
 
-def _instantiate(spec: str, option: str) -> Any:
-    """The object named ``module:attr`` (called when it is a class or a zero-argument factory)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise InvalidArgumentError(f"{option} takes MODULE:ATTR (e.g. mypkg.models:MLP), got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as e:
-        raise InvalidArgumentError(f"{option} {spec}: {e}") from e
-    if isinstance(target, type) or (callable(target) and not _is_model(target)):
-        try:
-            target = target()
-        except TypeError as e:
-            raise InvalidArgumentError(f"{option} {spec}: cannot call it with no arguments ({e})") from e
-    if not _is_model(target):
-        raise InvalidArgumentError(f"{option} {spec} is a {type(target).__name__}, not a Flax or torch module")
-    return target
-
-
-def _is_model(obj: Any) -> bool:
+def is_model(obj: Any) -> bool:
+    """Whether ``obj`` is a Flax linen or torch module (a factory of one is not)."""
     import flax.linen as nn
     import torch
 
@@ -221,14 +292,25 @@ def _flax_model(args: argparse.Namespace) -> tuple[Any, Any]:
 
         model = flax_impl.SeqMLP(hidden=args.hidden, out=args.out)
     else:
-        model = _instantiate(args.flax, "--flax")
-    return model, _init(model, args.in_features, args.seed, shapes_only=True)
+        from ._user_code import load_object
+
+        model = load_object(args.flax, "--flax")
+    copies = 4 if args.check else 2  # source, converted (, read back, the port for the check)
+    return model, _init(model, args.in_features, args.seed, shapes_only=True, copies=copies)
+
+
+class _NotEquivalentError(Exception):
+    """The converted checkpoint does not compute what the source does: the destination is not replaced."""
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    """``flax2torch convert SRC DST``: Flax checkpoint <-> torch checkpoint, then an equivalence check."""
-    from ._convert import from_state_dict, to_state_dict, torch_module_for
-    from ._files import FLAX_FORMATS, checkpoint_format, load_checkpoint, save_checkpoint
+    """``flax2torch convert SRC DST``: Flax checkpoint <-> torch checkpoint, checked for equivalence in a
+    temporary beside DST; DST is replaced only when both the conversion and the check succeed."""
+    from pathlib import Path
+
+    from ._atomic import atomic_output, stage
+    from ._files import FLAX_FORMATS, checkpoint_format, replaceable
+    from ._preflight import require_seed, require_widths
 
     source_format, destination_format = checkpoint_format(args.source), checkpoint_format(args.destination)
     if (source_format in FLAX_FORMATS) == (destination_format in FLAX_FORMATS):
@@ -236,48 +318,83 @@ def run_convert(args: argparse.Namespace) -> int:
             f"convert goes between a Flax file (.msgpack, Orbax folder) and a torch file (.safetensors, .pt); "
             f"got {source_format} -> {destination_format}"
         )
+    require_seed(args.seed)
+    if args.flax is None:
+        _seed_model_defaults(args)
+        require_widths(args.in_features, args.hidden, args.out)
+    elif args.hidden is not None or args.out is not None:
+        raise InvalidArgumentError("--hidden and --out size the seed MLP; with --flax the model gives its widths")
+    else:
+        _require_in_features(args.in_features)
     model, target = _flax_model(args)
+    destination = Path(args.destination)
+    try:
+        with atomic_output(
+            destination,
+            force=args.force,
+            directory=destination_format == "orbax",
+            may_replace=replaceable(destination_format),
+            protect=(args.source,),
+        ) as temporary:
+            summary = _convert_into(args, model, target, temporary, source_format, destination_format)
+            stage("written")
+            if summary is not None and not summary.startswith("check: EQUIVALENT"):
+                raise _NotEquivalentError(summary)
+    except _NotEquivalentError as e:
+        print(f"{e}; {args.destination} was not written")
+        return EXIT_MISMATCH
+    print(f"wrote {args.destination} ({destination_format}) from {args.source} ({source_format})")
+    if summary is not None:
+        print(summary)
+    return EXIT_MATCH
+
+
+def _convert_into(
+    args: argparse.Namespace, model: Any, target: Any, temporary: Any, source_format: str, fmt: Any
+) -> str | None:
+    """Convert SRC into ``temporary``, read it back and check it; the check's line (None with ``--no-check``)."""
+    from pathlib import Path
+
+    from ._convert import from_state_dict, to_state_dict, torch_module_for
+    from ._files import FLAX_FORMATS, load_checkpoint, read_checkpoint, write_checkpoint
+
+    label = Path(f"{args.destination} (converted from {args.source})")  # names the staged temporary
     if source_format in FLAX_FORMATS:
         variables = load_checkpoint(args.source, target, strict=args.strict)
-        save_checkpoint(to_state_dict(model, variables), args.destination, force=args.force)
-        written = _read_back(load_checkpoint, args.destination)
-    elif source_format == "safetensors" and destination_format == "msgpack":
-        from ._stream import stream_safetensors_to_msgpack
+        write_checkpoint(to_state_dict(model, variables), fmt, temporary, label)
+        written = _read_back(read_checkpoint, temporary, fmt, None, label=label) if args.check else None
+    elif source_format == "safetensors" and fmt == "msgpack":
+        from ._stream import write_stream
 
-        stream_safetensors_to_msgpack(
-            args.source, args.destination, model, target, force=args.force, strict=args.strict
-        )
-        variables = _read_back(load_checkpoint, args.destination, target) if args.check else None
+        write_stream(args.source, temporary, model, target, strict=args.strict)
+        variables = _read_back(read_checkpoint, temporary, fmt, target, label=label) if args.check else None
         written = _read_back(load_checkpoint, args.source) if args.check else None
     else:
         written = load_checkpoint(args.source, strict=args.strict)
-        variables = from_state_dict(model, written, target)
-        save_checkpoint(variables, args.destination, force=args.force)
-        variables = _read_back(load_checkpoint, args.destination, target)
-    print(f"wrote {args.destination} ({destination_format}) from {args.source} ({source_format})")
+        write_checkpoint(from_state_dict(model, written, target), fmt, temporary, label)
+        variables = _read_back(read_checkpoint, temporary, fmt, target, label=label)
     if not args.check:
-        return EXIT_MATCH
+        return None
     from ._check import check_equivalence
 
+    assert written is not None  # read whenever the check runs
     port = torch_module_for(model, variables, written)
     report = check_equivalence(model, variables, port, seed=args.seed, n_inputs=8, grads=False)
     if report.ok:
         worst = max(row.end_to_end.worst_ratio for row in report.layers)
-        print(f"check: EQUIVALENT on 8 random inputs (largest err/tol {worst:.2g})")
-        return EXIT_MATCH
+        return f"check: EQUIVALENT on 8 random inputs (largest err/tol {worst:.2g})"
     divergence = report.first_divergence
     where = f" at position {divergence.index} ({divergence.kind}): {divergence.hint}" if divergence else ""
-    print(f"check: NOT EQUIVALENT{where}")
-    return EXIT_MISMATCH
+    return f"check: NOT EQUIVALENT{where}"
 
 
-def _read_back(load: Any, *args: Any) -> Any:
+def _read_back(load: Any, *args: Any, **kwargs: Any) -> Any:
     """Read a file this command has already read or written: its NaN/Inf were reported once already."""
     from ._files import NonFiniteWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NonFiniteWarning)
-        return load(*args)
+        return load(*args, **kwargs)
 
 
 def run_golden(args: argparse.Namespace) -> int:
@@ -288,9 +405,18 @@ def run_golden(args: argparse.Namespace) -> int:
 
     from ._atomic import atomic_output
     from ._convert import to_state_dict
+    from ._files import replaceable
+    from ._preflight import mlp_check_bytes, require_memory, require_seed, require_widths
     from ._seed_model import seed_models
     from ._tensors import to_numpy, to_tensor
 
+    if not args.destination.lower().endswith(".safetensors"):
+        raise InvalidArgumentError(f"{args.destination}: golden writes a .safetensors file; name it OUT.safetensors")
+    require_seed(args.seed)
+    require_widths(args.in_features, args.hidden, args.out)
+    widths = f"widths {args.in_features}-{args.hidden}-{args.hidden}-{args.out}"
+    needed = mlp_check_bytes(args.n_inputs, args.in_features, args.hidden, args.out)
+    require_memory(needed, f"golden vectors of {args.n_inputs} inputs at {widths}", "use fewer --n-inputs")
     rng = np.random.default_rng(args.seed)
     inputs = rng.standard_normal((args.n_inputs, args.in_features)).astype(np.float32)
     models = seed_models(args.seed, inputs, args.hidden, args.out)
@@ -310,8 +436,8 @@ def run_golden(args: argparse.Namespace) -> int:
     }
     from safetensors.torch import save_file
 
-    with atomic_output(args.destination, force=args.force) as temporary:
-        save_file(tensors, str(temporary), metadata=metadata)
+    with atomic_output(args.destination, force=args.force, may_replace=replaceable("safetensors")) as temporary:
+        save_file(tensors, str(temporary), metadata=metadata)  # its own temporary lands in the staging folder
     largest = float(np.abs(to_numpy(tensors["outputs/flax"]) - to_numpy(torch_output)).max())
     print(f"wrote {args.destination}: {len(tensors)} tensors; flax vs torch max abs difference {largest:.3e}")
     return EXIT_MATCH

@@ -16,7 +16,14 @@ import numpy as np
 
 from ._atomic import atomic_output
 from ._convert import plan
-from ._files import CheckpointError, check_tensor
+from ._files import (
+    SAFETENSORS_DTYPES,
+    CheckpointError,
+    check_safetensors_dtypes,
+    check_tensor,
+    regular_file_size,
+    replaceable,
+)
 from ._tensors import to_numpy
 from .rules import ParamMap
 
@@ -36,13 +43,20 @@ def stream_safetensors_to_msgpack(
         CheckpointError: for a missing, empty or damaged file, keys or shapes that do not fit the model
             (checked before anything is written), NaN/Inf with ``strict``; the destination is then untouched.
     """
+    with atomic_output(destination, force=force, may_replace=replaceable("msgpack")) as temporary:
+        write_stream(source, temporary, model, target, strict=strict)
+
+
+def write_stream(source: str | Path, temporary: Path, model: Any, target: Any, *, strict: bool = False) -> None:
+    """``stream_safetensors_to_msgpack`` into ``temporary`` (a path from ``atomic_output``), not replacing anything.
+
+    Raises:
+        CheckpointError: as ``stream_safetensors_to_msgpack``; the layout is checked before anything is written.
+    """
     from safetensors import SafetensorError, safe_open
 
     source = Path(source)
-    if not source.is_file():
-        raise CheckpointError(f"{source}: no such file")
-    if source.stat().st_size == 0:
-        raise CheckpointError(f"{source}: the file is empty")
+    regular_file_size(source)
     entries: dict[tuple[str, ...], tuple[str, ParamMap]] = {}
     planned = plan(model, target)
     for step, rule in planned:
@@ -50,11 +64,12 @@ def stream_safetensors_to_msgpack(
             entries[(m.collection, *step.flax_path, m.flax_name)] = (f"{step.index}.{m.torch_name}", m)
     try:
         with safe_open(str(source), framework="pt") as reader:
+            check_safetensors_dtypes(source, reader)
             _check_layout(source, reader, entries, target, planned)
-            with atomic_output(destination, force=force) as temporary, temporary.open("wb") as out:
+            with temporary.open("wb") as out:
                 _write_tree(out, _nest(entries), reader, source, strict)
     except SafetensorError as e:
-        raise CheckpointError(f"{source}: not a valid safetensors file, or truncated ({e})") from e
+        raise CheckpointError(f"{source}: not a valid safetensors file, or truncated ({str(e)[:200]})") from None
 
 
 def _check_layout(
@@ -72,6 +87,9 @@ def _check_layout(
             expected = _shape_at(target, path)
             if flax_shape != expected:
                 problems.append(f"{key} gives {'/'.join(path)} shape {flax_shape}, the model has {expected}")
+            dtype, wanted_dtype = SAFETENSORS_DTYPES[reader.get_slice(key).get_dtype()], _dtype_at(target, path)
+            if dtype != wanted_dtype:  # as the other directions refuse it (when the result is read back)
+                problems.append(f"{key} gives {'/'.join(path)} dtype {dtype}, the model has {wanted_dtype}")
     if problems:
         raise CheckpointError(f"{source}: does not fit the model: " + "; ".join(problems[:8]))
 
@@ -80,6 +98,12 @@ def _shape_at(tree: Any, path: tuple[str, ...]) -> tuple[int, ...]:
     for part in path:
         tree = tree[part]
     return tuple(tree.shape)
+
+
+def _dtype_at(tree: Any, path: tuple[str, ...]) -> str:
+    for part in path:
+        tree = tree[part]
+    return str(np.dtype(tree.dtype).name)
 
 
 def _nest(entries: dict[tuple[str, ...], tuple[str, ParamMap]]) -> dict[str, Any]:

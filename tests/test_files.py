@@ -155,9 +155,14 @@ def test_an_existing_destination_is_kept_unless_forced_and_untouched_by_a_failur
     result = _convert(directory, msgpack_file.name, "keep.pt")
     assert result.returncode == 2
     assert "keep.pt: already exists; pass --force" in result.stderr
+    refused = _convert(directory, msgpack_file.name, "keep.pt", "--force")  # not a torch checkpoint: kept
+    assert refused.returncode == 2
+    assert "keep.pt: is not a torch checkpoint" in refused.stderr
+    torch.save({"old": torch.zeros(2)}, destination)
+    precious = destination.read_bytes()
     failed = _convert(directory, msgpack_file.name, "keep.pt", "--force", "--hidden", "5")  # fails before writing
     assert failed.returncode == 2
-    assert destination.read_bytes() == b"precious bytes"
+    assert destination.read_bytes() == precious
     assert sorted(p.name for p in directory.iterdir()) == ["keep.pt", "weights.msgpack"]  # no temporary left
     assert _convert(directory, msgpack_file.name, "keep.pt", "--force").returncode == 0
     assert set(bridge.load_checkpoint(destination)) == {
