@@ -476,7 +476,9 @@ def _cast(
     return model, variables, copy.deepcopy(torch_module).to(torch_dtype(target))
 
 
-def _cast_compute_dtype(model: Any, variables: Any, steps: Sequence[Step], dtype: Any) -> tuple[Any, Sequence[Step]]:
+def _cast_compute_dtype(
+    model: Any, variables: Any, steps: tuple[Step, ...], dtype: Any
+) -> tuple[Any, tuple[Step, ...]]:
     """Layers that compute in a dtype of their own (``nn.Dense(dtype=jnp.float16)``) compute in ``dtype``
     too: cloned so in an ``nn.Sequential`` model, refused with the fix where the model builds them itself.
 

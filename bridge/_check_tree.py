@@ -65,21 +65,9 @@ def _to_torch(value: Any, channels_last: bool) -> Any:
 
 
 def output_leaves(value: Any) -> list[np.ndarray]:
-    """The arrays of an output, in order: pytrees, dataclasses and Hugging Face output objects (mappings)
-    alike; None entries (torch's skipped attention weights) are left out."""
-    if value is None:
-        return []
-    if isinstance(value, torch.Tensor):
-        return [to_numpy(value)]
-    if isinstance(value, jax.Array | np.ndarray):
-        return [np.asarray(value)]
-    if isinstance(value, Mapping):
-        return [leaf for v in value.values() for leaf in output_leaves(v)]
-    if isinstance(value, tuple | list):
-        return [leaf for v in value for leaf in output_leaves(v)]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return [leaf for f in dataclasses.fields(value) for leaf in output_leaves(getattr(value, f.name))]
-    return []
+    """The arrays of an output, in order, as NumPy copies: pytrees, dataclasses and Hugging Face output
+    objects (mappings) alike; None entries (torch's skipped attention weights) are left out."""
+    return [to_numpy(a) if isinstance(a, torch.Tensor) else np.asarray(a) for a in _array_leaves(value)]
 
 
 def in_flax_layout(torch_value: np.ndarray, flax_value: np.ndarray, channels_last: bool) -> np.ndarray:
@@ -310,16 +298,26 @@ def _compare_outputs(
 
 
 def _sum_leaves(value: Any) -> Any:
-    if isinstance(value, torch.Tensor | jax.Array):
-        return value.sum()
-    leaves = [v for v in (jax.tree_util.tree_leaves(value) if not isinstance(value, torch.Tensor) else [value])]
-    total = 0.0
-    for leaf in leaves:
-        if isinstance(leaf, torch.Tensor | jax.Array) and (
-            leaf.dtype.is_floating_point if isinstance(leaf, torch.Tensor) else is_float(leaf.dtype)
-        ):
+    """The default loss: the sum of every floating leaf of the output, on either side."""
+    total: Any = 0.0
+    for leaf in _array_leaves(value):
+        floating = leaf.dtype.is_floating_point if isinstance(leaf, torch.Tensor) else is_float(leaf.dtype)
+        if floating:
             total = total + leaf.sum()
     return total
+
+
+def _array_leaves(value: Any) -> list[Any]:
+    """The tensors or arrays of an output in order, as they are (``output_leaves`` without the copy)."""
+    if isinstance(value, torch.Tensor | jax.Array | np.ndarray):
+        return [value]
+    if isinstance(value, Mapping):
+        return [leaf for v in value.values() for leaf in _array_leaves(v)]
+    if isinstance(value, tuple | list):
+        return [leaf for v in value for leaf in _array_leaves(v)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [leaf for f in dataclasses.fields(value) for leaf in _array_leaves(getattr(value, f.name))]
+    return []
 
 
 def _compare_gradients(
@@ -432,8 +430,13 @@ def _first_divergence(
         return Divergence(call.index, call.name, "", call.kind, "structure", problems[0])
     leaves = [i for i, p in enumerate(pairs) if p.rule is not None]
     composites = [i for i, p in enumerate(pairs) if p.rule is None]
+
+    def fails_alone(i: int) -> bool:
+        isolated = rows[i].isolated
+        return isolated is not None and not isolated.ok
+
     for i in leaves:
-        if rows[i].isolated is not None and not rows[i].isolated.ok:
+        if fails_alone(i):
             return _diverged(i, rows[i], details[i], pairs[i], "isolated")
     for position, i in enumerate(leaves):
         if rows[i].end_to_end.ok or position == 0:
@@ -442,7 +445,7 @@ def _first_divergence(
         if hint is not None:
             return Divergence(i, rows[i].flax_path, rows[i].torch_name, rows[i].kind, "end to end", hint)
         break
-    failing_alone = [i for i in composites if rows[i].isolated is not None and not rows[i].isolated.ok]
+    failing_alone = [i for i in composites if fails_alone(i)]
     for i in failing_alone:
         inside = descendants(pairs[i].flax, flax_calls)
         if not any(pairs[j].flax.index in inside for j in failing_alone if j != i):

@@ -122,7 +122,7 @@ def channels_last_view(torch_module: torch.nn.Sequential, steps: Sequence[Step])
         child.register_forward_pre_hook(_channels_first_input)
         child.register_forward_hook(_channels_last_output)
     permutations: dict[int, np.ndarray] = {}
-    view.bridge_input_permutations = permutations  # read by the gradient comparison
+    view.bridge_input_permutations = permutations  # type: ignore[assignment]  # read by the gradient comparison
     if spatial < len(steps) and spatial <= len(children):
         children[spatial - 1].register_forward_hook(_FlattenOrder(spatial, permutations))
         if spatial < len(children):

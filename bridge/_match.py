@@ -31,7 +31,7 @@ class Owned(NamedTuple):
 
 def port_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every parameter and persistent buffer of ``module``'s subtree, by its name relative to ``module``."""
-    tensors = dict(module.named_parameters())
+    tensors: dict[str, torch.Tensor] = dict(module.named_parameters())
     tensors.update({name: buffer for name, buffer in module.state_dict(keep_vars=True).items() if name not in tensors})
     return tensors
 

@@ -67,8 +67,9 @@ class DenseGeneralRule(LayerRule):
 
 def _input_axes_of(module: torch.nn.Module, x: torch.Tensor) -> int:
     """How many trailing axes of ``x`` a Linear flattens into its ``in_features``."""
-    size, axes = 1, 0
-    while size < module.in_features and axes < x.ndim:
+    assert isinstance(module, torch.nn.Linear)
+    size, axes, wanted = 1, 0, module.in_features
+    while size < wanted and axes < x.ndim:
         axes += 1
         size *= x.shape[-axes]
     return axes
