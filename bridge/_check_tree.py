@@ -513,8 +513,16 @@ def _diverged(i: int, row: LayerRow, detail: _Detail, pair: Pair, mode: str) -> 
         step = Step(
             i, pair.flax.module, tuple(pair.flax.name.split("/")) if pair.flax.name else (), pair.flax.variables
         )
+        precision = Precision.of(detail.y.dtype if is_float(detail.y.dtype) else np.float32)
         context = HintContext(
-            step, pair.torch.module, detail.x, detail.y, detail.torch_out, detail.tolerance, Precision.of(np.float32)
+            step,
+            pair.torch.module,
+            detail.x,
+            detail.y,
+            detail.torch_out,
+            detail.tolerance,
+            precision,
+            pair.input_permutation,
         )
         try:
             hint = diagnose(context)

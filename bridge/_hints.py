@@ -131,7 +131,8 @@ def unpermuted_after_flatten(context: HintContext) -> str | None:
         return None
     positions = len(permutation) // _channels(permutation)
     return (
-        "torch nn.Flatten of NCHW orders the features (C, H, W), Flax's flatten (H, W, C), and this Linear's "
+        "torch's flatten of NCHW (nn.Flatten, torch.flatten) orders the features (C, H, W), Flax's (H, W, C), "
+        "and this Linear's "
         "weight columns are in Flax's order: permute them, weight = kernel.reshape("
         f"{positions}, {_channels(permutation)}, -1).transpose(1, 0, 2).reshape({len(permutation)}, -1).T, "
         "or call bridge.load_into(port, model, variables, channels_last=False)"

@@ -79,7 +79,13 @@ def match_calls(flax_calls: Sequence[Call], torch_calls: Sequence[Call], mapping
             )
         for f, t in zip(chosen_flax, chosen_torch, strict=True):
             rule = _rule(f)
-            pairs.append(Pair(f, t, rule, rule.torch_arrays(f.module, f.variables) if rule else {}))
+            arrays = rule.torch_arrays(f.module, f.variables) if rule else {}
+            if rule is not None and torch_signature(t.module, rule) != signature(arrays):
+                raise LayerMismatchError(
+                    f"mapping pairs Flax {f.name} ({f.kind}) with torch {t.name} ({t.kind}), whose tensors "
+                    f"{list(torch_signature(t.module, rule))} do not fit the ones it needs {list(signature(arrays))}"
+                )
+            pairs.append(Pair(f, t, rule, arrays))
             taken.add(t.index)
         leaves = [c for c in leaves if c not in chosen_flax]
     groups: dict[Signature, list[tuple[Call, LayerRule, dict[str, np.ndarray]]]] = {}

@@ -1,0 +1,234 @@
+"""Any Flax model against any torch port: the Flax examples' MNIST CNN, a ResNet-style block with BatchNorm
+and a skip, and a pre-LN transformer block on nn.MultiheadAttention and on separate q/k/v Linears; correct
+ports pass (outputs and gradients), planted mistakes are located at the right submodule with the right hint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+import torch
+from tree_models import (
+    CNN,
+    ResNet,
+    TorchCNN,
+    TorchResNet,
+    TorchSeparateBlock,
+    TorchTransformerBlock,
+    TransformerBlock,
+)
+
+import bridge
+
+
+@pytest.fixture(scope="module")
+def mnist() -> tuple[nn.Module, Any, np.ndarray]:
+    x = np.random.default_rng(0).standard_normal((4, 28, 28, 1)).astype(np.float32)
+    model = CNN()
+    return model, model.init(jax.random.PRNGKey(0), x), x
+
+
+@pytest.fixture(scope="module")
+def resnet() -> tuple[nn.Module, Any, np.ndarray]:
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 8, 8, 2)).astype(np.float32)
+    model = ResNet()
+    variables = jax.tree_util.tree_map(np.array, model.init(jax.random.PRNGKey(0), x))
+    for block in ("ResBlock_0", "ResBlock_1"):  # statistics that are not the identity
+        for norm in ("BatchNorm_0", "BatchNorm_1"):
+            stats = variables["batch_stats"][block][norm]
+            stats["mean"] = (rng.standard_normal(8) * 0.1).astype(np.float32)
+            stats["var"] = (1 + rng.random(8)).astype(np.float32)
+    return model, variables, x
+
+
+@pytest.fixture(scope="module")
+def block() -> tuple[nn.Module, Any, np.ndarray]:
+    x = np.random.default_rng(2).standard_normal((2, 6, 32)).astype(np.float32)
+    model = TransformerBlock()
+    return model, model.init(jax.random.PRNGKey(0), x), x
+
+
+def test_mnist_cnn_port_with_its_own_names_is_loaded_and_passes(mnist: Any) -> None:
+    model, variables, x = mnist
+    port = bridge.load_into(TorchCNN().eval(), model, variables, inputs=x, channels_last=False)
+    kernel = np.asarray(variables["params"]["Dense_0"]["kernel"])
+    expected = kernel.reshape(7, 7, 64, 256).transpose(2, 0, 1, 3).reshape(-1, 256).T  # DESIGN.md's formula
+    np.testing.assert_array_equal(port.fc1.weight.detach().numpy(), expected)
+    np.testing.assert_array_equal(
+        port.conv1.weight.detach().numpy(), np.asarray(variables["params"]["Conv_0"]["kernel"]).transpose(3, 2, 0, 1)
+    )
+    report = bridge.check_equivalence(model, variables, port, x, channels_last=False)
+    assert report.ok, str(report)
+    names = [(row.flax_path, row.torch_name) for row in report.layers]
+    assert ("Conv_0", "conv1") in names
+    assert ("Dense_0", "fc1") in names
+    assert any("Dense_0/kernel <-> fc1.weight" in row.name for row in report.gradients)
+
+
+def test_mnist_linear_without_the_flatten_permutation_is_located(mnist: Any) -> None:
+    model, variables, x = mnist
+    port = bridge.load_into(TorchCNN().eval(), model, variables, inputs=x, channels_last=False)
+    with torch.no_grad():
+        port.fc1.weight.copy_(torch.from_numpy(np.array(variables["params"]["Dense_0"]["kernel"]).T))
+    report = bridge.check_equivalence(model, variables, port, x, channels_last=False, grads=False)
+    assert not report.ok
+    divergence = report.first_divergence
+    assert divergence is not None
+    assert (divergence.flax_path, divergence.torch_name, divergence.mode) == ("Dense_0", "fc1", "isolated")
+    assert "torch's flatten of NCHW (nn.Flatten, torch.flatten) orders the features (C, H, W)" in str(divergence.hint)
+    assert "channels_last=False" in str(divergence.hint)
+
+
+def test_resnet_block_with_batchnorm_and_skip_passes(resnet: Any) -> None:
+    model, variables, x = resnet
+    port = bridge.load_into(TorchResNet().eval(), model, variables, inputs=x, channels_last=False)
+    np.testing.assert_array_equal(
+        port.layers[1].bn_b.running_var.numpy(), variables["batch_stats"]["ResBlock_1"]["BatchNorm_1"]["var"]
+    )
+    report = bridge.check_equivalence(model, variables, port, x, channels_last=False)
+    assert report.ok, str(report)
+
+
+def test_resnet_missing_residual_is_located_at_its_block(resnet: Any) -> None:
+    model, variables, x = resnet
+    port = bridge.load_into(TorchResNet(residual=False).eval(), model, variables, inputs=x, channels_last=False)
+    report = bridge.check_equivalence(model, variables, port, x, channels_last=False, grads=False)
+    divergence = report.first_divergence
+    assert divergence is not None
+    assert (divergence.flax_path, divergence.torch_name) == ("ResBlock_1", "layers.1")
+    assert "the residual connection is missing" in str(divergence.hint)
+
+
+def test_transformer_block_on_multiheadattention_passes(block: Any) -> None:
+    model, variables, x = block
+    port = bridge.load_into(TorchTransformerBlock().eval(), model, variables, inputs=x)
+    attention = variables["params"]["MultiHeadDotProductAttention_0"]
+    packed = np.concatenate([np.asarray(attention[n]["kernel"]).reshape(32, 32).T for n in ("query", "key", "value")])
+    np.testing.assert_array_equal(port.attn.in_proj_weight.detach().numpy(), packed)  # DESIGN.md's packing
+    report = bridge.check_equivalence(model, variables, port, x)
+    assert report.ok, str(report)
+    assert any("<-> attn.in_proj_weight" in row.name for row in report.gradients)
+
+
+def test_transformer_block_with_separate_qkv_linears_passes(block: Any) -> None:
+    model, variables, x = block
+    port = bridge.load_into(TorchSeparateBlock().eval(), model, variables, inputs=x)
+    report = bridge.check_equivalence(model, variables, port, x)
+    assert report.ok, str(report)
+    names = {(row.flax_path, row.torch_name) for row in report.layers}
+    assert ("MultiHeadDotProductAttention_0/query", "attention.q_proj") in names
+    assert ("MultiHeadDotProductAttention_0", "attention") in names
+
+
+@pytest.mark.parametrize(
+    ("mistake", "where", "hint"),
+    [
+        ("swapped", ("MultiHeadDotProductAttention_0", "attention"), "torch swaps query and key"),
+        ("scale", ("MultiHeadDotProductAttention_0", "attention"), "scales the scores by 1/d (d = 8)"),
+        ("no-residual", ("LayerNorm_1", "norm2"), "torch passes the output on unchanged where Flax adds to it"),
+    ],
+)
+def test_planted_attention_mistakes_are_located(block: Any, mistake: str, where: tuple[str, str], hint: str) -> None:
+    model, variables, x = block
+    port = bridge.load_into(TorchSeparateBlock(mistake=mistake).eval(), model, variables, inputs=x)
+    report = bridge.check_equivalence(model, variables, port, x, grads=False)
+    divergence = report.first_divergence
+    assert divergence is not None
+    assert (divergence.flax_path, divergence.torch_name) == where, str(report)
+    assert hint in str(divergence.hint)
+
+
+def test_exact_gelu_in_the_port_is_named_between_the_two_layers(block: Any) -> None:
+    model, variables, x = block
+    port = bridge.load_into(TorchTransformerBlock(exact_gelu=True).eval(), model, variables, inputs=x)
+    report = bridge.check_equivalence(model, variables, port, x, grads=False)
+    divergence = report.first_divergence
+    assert divergence is not None
+    assert (divergence.flax_path, divergence.torch_name) == ("Dense_1", "mlp.fc2")
+    assert "use torch.nn.GELU(approximate='tanh')" in str(divergence.hint)
+
+
+def test_layernorm_epsilon_is_located_with_its_fix(block: Any) -> None:
+    model, variables, x = block
+    quiet = (x * 1e-3).astype(np.float32)  # a low-variance input: epsilon decides
+    port = bridge.load_into(TorchTransformerBlock(eps=1e-5).eval(), model, variables, inputs=quiet)
+    report = bridge.check_equivalence(model, variables, port, quiet, grads=False)
+    divergence = report.first_divergence
+    assert divergence is not None
+    assert (divergence.flax_path, divergence.torch_name) == ("LayerNorm_0", "ln1"), str(report)
+    assert "construct it with eps=1e-06" in str(divergence.hint)
+
+
+def test_an_untransposed_square_kernel_is_named(block: Any) -> None:
+    model, variables, x = block
+    port = bridge.load_into(TorchSeparateBlock().eval(), model, variables, inputs=x)
+    with torch.no_grad():
+        port.attention.o_proj.weight.copy_(port.attention.o_proj.weight.t().clone())
+    report = bridge.check_equivalence(model, variables, port, x, grads=False)
+    divergence = report.first_divergence
+    assert divergence is not None
+    assert (divergence.flax_path, divergence.torch_name) == ("MultiHeadDotProductAttention_0/out", "attention.o_proj")
+    assert "holds the Flax values untransposed" in str(divergence.hint)
+
+
+def test_mapping_overrides_and_bad_mappings_are_refused(mnist: Any) -> None:
+    model, variables, x = mnist
+    port = bridge.load_into(
+        TorchCNN().eval(), model, variables, inputs=x, channels_last=False, mapping={"Dense_*": "fc*"}
+    )
+    report = bridge.check_equivalence(model, variables, port, x, channels_last=False, mapping={"Conv_1": "conv2"})
+    assert report.ok, str(report)
+    with pytest.raises(bridge.LayerMismatchError, match=r"mapping pairs Flax Dense_0 \(Dense\) with torch conv1"):
+        bridge.check_equivalence(model, variables, port, x, channels_last=False, mapping={"Dense_*": "conv*"})
+
+
+def test_a_port_missing_a_layer_lists_it(mnist: Any) -> None:
+    model, variables, x = mnist
+
+    class Shorter(TorchCNN):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc2 = torch.nn.Identity()  # type: ignore[assignment]
+            self.fc1 = torch.nn.Linear(7 * 7 * 64, 10)
+
+    with pytest.raises(bridge.LayerMismatchError, match=r"Flax Dense_0 \(Dense\) has no torch counterpart"):
+        bridge.load_into(Shorter().eval(), model, variables, inputs=x, channels_last=False)
+
+
+class TwoInputs(nn.Module):
+    """Several inputs, integer tokens, and a dict output (as Hugging Face models return)."""
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, features: jax.Array) -> dict[str, jax.Array]:
+        h = nn.Embed(11, 8)(tokens).mean(axis=1) + nn.Dense(8)(features)
+        return {"logits": nn.log_softmax(nn.Dense(3)(nn.relu(h))), "hidden": h}
+
+
+class TorchTwoInputs(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(11, 8)
+        self.proj = torch.nn.Linear(5, 8)
+        self.head = torch.nn.Linear(8, 3)
+
+    def forward(self, tokens: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.embed(tokens).mean(dim=1) + self.proj(features)
+        return torch.log_softmax(self.head(torch.relu(h)), dim=-1), h
+
+
+def test_several_inputs_integer_tokens_and_dict_outputs() -> None:
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(0, 11, (4, 6)).astype(np.int32)
+    features = rng.standard_normal((4, 5)).astype(np.float32)
+    model = TwoInputs()
+    variables = model.init(jax.random.PRNGKey(0), tokens, features)
+    port = bridge.load_into(TorchTwoInputs().eval(), model, variables, inputs=(tokens, features))
+    report = bridge.check_equivalence(model, variables, port, (tokens, features))
+    assert report.ok, str(report)
+    assert report.output.size == 4 * 3 + 4 * 8  # both leaves compared, by position
+    by_name = bridge.check_equivalence(model, variables, port, {"tokens": tokens, "features": features})
+    assert by_name.ok, str(by_name)
