@@ -49,10 +49,29 @@ def build_parser() -> argparse.ArgumentParser:
     seed_model.add_argument("--hidden", type=int, help="width of both hidden layers (default 4)")
     seed_model.add_argument("--out", type=int, help="output width (default 2)")
     own = check.add_argument_group("your own model and port")
-    own.add_argument("--flax", metavar="MODULE:ATTR", help="a Flax nn.Sequential model (or a factory of one)")
-    own.add_argument("--torch", metavar="MODULE:ATTR", help="its torch.nn.Sequential port (default: converted)")
+    own.add_argument("--flax", metavar="MODULE:ATTR", help="a Flax model (or a factory of one)")
+    own.add_argument("--torch", metavar="MODULE:ATTR", help="its torch port (default: converted, for a chain)")
     own.add_argument("--params", metavar="FILE", help="saved Flax variables (.msgpack) instead of a seeded init")
     own.add_argument("--keep-torch-weights", action="store_true", help="do not load the Flax weights into --torch")
+    own.add_argument(
+        "--input-shape",
+        action="append",
+        metavar="[NAME=]SHAPE",
+        help="an input of this shape (4,28,28,1), for any model (not only a chain); repeat for several positional "
+        "inputs, NAME=SHAPE for a keyword input",
+    )
+    own.add_argument("--input-dtype", default="float32", help="dtype of the --input-shape inputs (default float32)")
+    own.add_argument(
+        "--input-range",
+        metavar="LOW,HIGH",
+        help="integer inputs drawn from [LOW, HIGH) (default 0,2); floats are normal",
+    )
+    own.add_argument(
+        "--mapping", metavar="FILE.json", help='pairs of Flax and torch paths, {"Block_0/*": "blocks.0.*"}'
+    )
+    own.add_argument(
+        "--channels-first", action="store_true", help="the port takes NCHW where Flax takes NHWC (inputs moved)"
+    )
     how = check.add_argument_group("how to compare")
     how.add_argument("--dtype", choices=["native", "float32", "float64", "bfloat16"], default="native")
     how.add_argument("--n-inputs", type=_positive, default=32, help="random input rows per check (default 32)")

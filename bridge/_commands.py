@@ -16,12 +16,14 @@ EXIT_MATCH, EXIT_MISMATCH = 0, 1
 
 
 class _Pair(NamedTuple):
-    """One check to run: the Flax model and variables, the torch port, and the inputs (None: random)."""
+    """One check to run: the Flax model and variables, the torch port, the inputs (None: random), and
+    the user's mapping of paths (trees)."""
 
     model: Any
     variables: Any
     torch_module: Any
     inputs: Any
+    mapping: Any = None
 
 
 # Programs that took less than this to compile are cheaper to rebuild than to read back.
@@ -84,6 +86,18 @@ def run_check(args: argparse.Namespace) -> int:
         )
         report, ok = sweep.detailed, sweep.ok
         print(json.dumps(sweep.to_dict()) if args.json else sweep)
+    elif args.input_shape:
+        report = check_equivalence(
+            pair.model,
+            pair.variables,
+            pair.torch_module,
+            pair.inputs,
+            grads=args.grads,
+            channels_last=not args.channels_first,
+            mapping=pair.mapping,
+        )
+        ok = report.ok
+        print(json.dumps({"seed": args.seed, **report.to_dict()}) if args.json else report)
     else:
         report = check_equivalence(
             pair.model, pair.variables, pair.torch_module, pair.inputs, seed=args.seed, **options
@@ -111,6 +125,18 @@ def _validate_check(args: argparse.Namespace) -> None:
                 raise InvalidArgumentError(f"{option} needs --flax (the model it {_NEEDS_FLAX[option]})")
     elif args.hidden is not None or args.out is not None:
         raise InvalidArgumentError("--hidden and --out size the seed MLP; with --flax the model gives its widths")
+    tree_options = (args.input_shape, args.mapping, args.channels_first or None, args.input_range)
+    if args.flax is None and any(option is not None for option in tree_options):
+        raise InvalidArgumentError(
+            "--input-shape, --input-range, --mapping and --channels-first describe your own model: they need --flax"
+        )
+    if args.input_shape and (args.dtype != "native" or args.rtol is not None or args.atol is not None):
+        raise InvalidArgumentError(
+            "--dtype, --rtol and --atol apply to chains checked position by position; with --input-shape the "
+            "tolerances are derived per call (drop them)"
+        )
+    if args.input_shape and args.seeds > 1:
+        raise InvalidArgumentError("--seeds N checks chains drawn from model.init; with --input-shape check one seed")
     if args.keep_torch_weights and args.torch is None:
         raise InvalidArgumentError("--keep-torch-weights keeps the weights of --torch; it needs --torch MODULE:ATTR")
     if args.seeds > 1 and (args.params is not None or args.keep_torch_weights):
@@ -185,6 +211,8 @@ def _build(args: argparse.Namespace, seed: int) -> _Pair:
     from ._user_code import load_object
 
     model = load_object(args.flax, "--flax")
+    if args.input_shape:
+        return _build_tree(args, model, seed)
     variables = _variables(model, args, seed)
     if args.torch is None:
         return _Pair(model, variables, to_torch(model, variables), None)
@@ -195,6 +223,96 @@ def _build(args: argparse.Namespace, seed: int) -> _Pair:
         except LayerMismatchError as e:
             raise _PortMismatchError(f"the Flax weights do not fit the port: {e}") from e
     return _Pair(model, variables, port.eval(), None)
+
+
+def _build_tree(args: argparse.Namespace, model: Any, seed: int) -> _Pair:
+    """Any model and port: inputs drawn from ``--input-shape``/``--input-dtype``/``--input-range``, variables
+    from ``model.init`` on them (or ``--params``), the port filled by structure unless ``--keep-torch-weights``."""
+    import jax
+
+    from ._convert import load_into
+    from ._preflight import require_memory
+    from ._user_code import contained, load_object
+
+    inputs = _drawn_inputs(args, seed)
+    call = (inputs, {}) if isinstance(inputs, tuple) else ((), inputs)
+    require_memory(
+        8 * sum(a.nbytes for a in (*call[0], *call[1].values())), "the inputs, 8 copies", "use smaller inputs"
+    )
+    what = f"cannot init {type(model).__name__} on the --input-shape inputs"
+    with contained(what, "model.init", " (check --input-shape)"):
+        shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(seed), *call[0], **call[1]))
+    _require_checkable(model, shapes, 8)
+    with contained(what, "model.init", " (check --input-shape)"):
+        variables = model.init(jax.random.PRNGKey(seed), *call[0], **call[1])
+    if args.params is not None:
+        from ._files import read_flax_variables
+
+        variables = read_flax_variables(args.params, variables)
+    if args.torch is None:
+        raise InvalidArgumentError(
+            "--input-shape checks your own port: give --torch MODULE:ATTR (converting any model is not built yet)"
+        )
+    port = load_object(args.torch, "--torch")
+    mapping = _mapping(args.mapping)
+    if not args.keep_torch_weights:
+        try:
+            load_into(port, model, variables, inputs=inputs, channels_last=not args.channels_first, mapping=mapping)
+        except LayerMismatchError as e:
+            raise _PortMismatchError(f"the Flax weights do not fit the port: {e}") from e
+    return _Pair(model, variables, port.eval(), inputs, mapping)
+
+
+def _drawn_inputs(args: argparse.Namespace, seed: int) -> Any:
+    """The ``--input-shape`` inputs: a tuple of positional arrays, or a dict when every one is named."""
+    from ._tensors import is_float
+
+    try:
+        dtype = np.dtype(args.input_dtype)
+    except TypeError as e:
+        raise InvalidArgumentError(f"--input-dtype {args.input_dtype!r} is not a dtype (float32, int32, ...)") from e
+    low, high = 0, 2
+    if args.input_range is not None:
+        try:
+            low, high = (int(v) for v in args.input_range.split(","))
+        except ValueError as e:
+            raise InvalidArgumentError(f"--input-range takes LOW,HIGH (integers), got {args.input_range!r}") from e
+        if high <= low:
+            raise InvalidArgumentError(f"--input-range {args.input_range}: HIGH must be above LOW")
+    rng = np.random.default_rng(seed)
+    positional, named = [], {}
+    for spec in args.input_shape:
+        name, _, shape_text = spec.rpartition("=")
+        try:
+            shape = tuple(int(v) for v in shape_text.split(",") if v.strip())
+        except ValueError as e:
+            raise InvalidArgumentError(f"--input-shape {spec!r}: the shape is integers separated by commas") from e
+        if not shape or min(shape) < 1:
+            raise InvalidArgumentError(f"--input-shape {spec!r}: every axis must be >= 1")
+        if is_float(dtype):
+            array = rng.standard_normal(shape).astype(dtype)
+        else:
+            array = rng.integers(low, high, shape).astype(dtype)
+        if name:
+            named[name] = array
+        else:
+            positional.append(array)
+    if named and positional:
+        raise InvalidArgumentError("--input-shape: name every input (NAME=SHAPE) or none of them")
+    return named if named else tuple(positional)
+
+
+def _mapping(path: str | None) -> dict[str, str] | None:
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            mapping = json.load(handle)
+    except (OSError, ValueError) as e:
+        raise InvalidArgumentError(f"--mapping {path}: {e}") from e
+    if not isinstance(mapping, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in mapping.items()):
+        raise InvalidArgumentError(f'--mapping {path}: expected a JSON object of strings, {{"Dense_0": "fc1"}}')
+    return mapping
 
 
 class _PortMismatchError(LayerMismatchError):

@@ -146,15 +146,19 @@ def format_report(report: EquivalenceReport) -> str:
     )
     rows: list[tuple[str, ...]] = []
     first = report.first_divergence
+    tree = "matched" in report.settings  # a call tree: each call indented under the one it runs in
     for row in report.layers:
         c = row.end_to_end
         marker = ">>" if first is not None and first.index == row.index else ("ok" if row.ok else "!!")
+        path = row.flax_path or "-"
+        if tree and path != "(model)":
+            path = "  " * (path.count("/") + 1) + path.rsplit("/", 1)[-1]
         rows.append(
             (
                 marker,
                 str(row.index),
                 row.kind,
-                row.flax_path or "-",
+                path,
                 f"{row.torch_name}:{row.torch_kind}" if row.torch_name else "(none)",
                 "x".join(map(str, c.shape)) if c.shape == c.candidate_shape else f"{c.shape} vs {c.candidate_shape}",
                 _num(c.max_abs),

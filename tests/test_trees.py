@@ -232,3 +232,31 @@ def test_several_inputs_integer_tokens_and_dict_outputs() -> None:
     assert report.output.size == 4 * 3 + 4 * 8  # both leaves compared, by position
     by_name = bridge.check_equivalence(model, variables, port, {"tokens": tokens, "features": features})
     assert by_name.ok, str(by_name)
+
+
+def test_command_line_checks_a_cnn_port_with_its_own_inputs_and_mapping(tmp_path: Any) -> None:
+    """flax2torch check --flax M:A --torch M:A --input-shape ... --channels-first [--mapping FILE]."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    models = Path(__file__).parent / "tree_models.py"
+    (tmp_path / "user_models.py").write_text(models.read_text())
+    (tmp_path / "map.json").write_text(json.dumps({"Dense_*": "fc*"}))
+    args = ["check", "--flax", "user_models:CNN", "--torch", "user_models:TorchCNN", "--input-shape", "2,28,28,1"]
+    run = subprocess.run(
+        [sys.executable, "-m", "bridge", *args, "--channels-first", "--mapping", "map.json", "--no-grads"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "equivalence check: EQUIVALENT" in run.stdout
+    assert "  Dense_0" in run.stdout  # the report prints the call tree, children indented
+    wrong = subprocess.run(
+        [sys.executable, "-m", "bridge", *args, "--no-grads"], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert wrong.returncode == 1, wrong.stderr  # NHWC fed to an NCHW port: its first conv cannot take the weights
+    assert wrong.stdout.startswith("NOT EQUIVALENT")
