@@ -17,9 +17,17 @@ from ._flax_model import layer_outputs
 def flax_layer_outputs(model: Any, variables: Any, x: Any) -> list[Any]:
     """The output of each position of the Flax chain for ``x``; a failure becomes a ``LayerMismatchError``."""
     try:
-        return layer_outputs(model, variables, x)
+        outputs = layer_outputs(model, variables, x)
     except Exception as e:  # the user's model code may raise anything
         raise LayerMismatchError(f"the Flax model failed on inputs of shape {tuple(x.shape)}: {first_line(e)}") from e
+    for index, output in enumerate(outputs):
+        if not hasattr(output, "shape") or not hasattr(output, "dtype"):
+            raise LayerMismatchError(
+                f"layer {index} of the chain returns a {type(output).__name__}, not an array: a chain passes one "
+                "array from layer to layer; check such a model as a tree (inputs= a tuple, or a port that is not "
+                "an nn.Sequential)"
+            )
+    return outputs
 
 
 def torch_layer_outputs(torch_module: torch.nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, traverse_util
 
-from ._errors import UnsupportedModelError, at_layer, first_line
+from ._errors import LayerMismatchError, UnsupportedModelError, at_layer, first_line
 
 Variables = Mapping[str, Any]
 
@@ -147,7 +147,28 @@ def discover_chain(model: Any, variables: Variables | None = None) -> tuple[Step
         )
     steps = tuple(_step(i, layer, variables) for i, layer in enumerate(found[0].layers))
     _check_every_variable_is_owned(name, steps, variables)
+    for step in steps:
+        _check_parameters(step)
     return steps
+
+
+def _check_parameters(step: Step) -> None:
+    """Parameters the bridge can convert and compare: floating point, and no layer of width 0.
+
+    Raises:
+        LayerMismatchError: naming the layer and the variable.
+    """
+    for name, array in step.variables.get("params", {}).items():
+        shape = tuple(getattr(array, "shape", ()))
+        if 0 in shape:
+            raise LayerMismatchError(
+                f"{step.where}: params/{name} has shape {shape}: a layer of width 0; give every layer at least one unit"
+            )
+        if not jnp.issubdtype(getattr(array, "dtype", jnp.float32), jnp.floating):
+            raise LayerMismatchError(
+                f"{step.where}: params/{name} is {getattr(array, 'dtype', '?')}; the bridge converts floating-point "
+                "parameters (set param_dtype to a float dtype)"
+            )
 
 
 def _nnx_chain(model: nnx.Module) -> tuple[Step, ...]:

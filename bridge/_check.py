@@ -441,10 +441,14 @@ def _bound(rule: LayerRule | None, step: Step, inputs: BoundInputs, tolerance: T
 def _inputs(
     inputs: Any, steps: Sequence[Step], rules: Sequence[LayerRule | None], seed: int, n_inputs: int, dtype: Any
 ) -> np.ndarray:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= int(seed) < 2**32:
+        raise InvalidArgumentError(f"seed must be an integer in [0, 2**32), got {seed!r}")
     if inputs is not None:
         x = np.asarray(inputs)
         if x.ndim == 0:
             raise InvalidArgumentError("inputs must have rank >= 1 (features on the last axis), got a scalar")
+        if x.size == 0:
+            raise InvalidArgumentError(f"inputs of shape {tuple(x.shape)} hold no values: give at least one row")
     else:
         if not isinstance(n_inputs, int) or n_inputs < 1:
             raise InvalidArgumentError(f"n_inputs must be an integer >= 1, got {n_inputs!r}")
@@ -468,6 +472,8 @@ def _cast(
         target = jnp.dtype(dtype)
     except TypeError as e:
         raise InvalidArgumentError(f"dtype {dtype!r} is not a dtype (use float32, float64 or bfloat16)") from e
+    if not jnp.issubdtype(target, jnp.floating):
+        raise InvalidArgumentError(f"dtype {target.name} is not a floating dtype: use float32, float64 or bfloat16")
     if target == jnp.float64 and not jax.config.read("jax_enable_x64"):
         raise InvalidArgumentError(
             "dtype float64 needs 64-bit JAX: jax.config.update('jax_enable_x64', True) before building the model"

@@ -103,6 +103,9 @@ def check_tree(
             "positional arguments or a dict of keyword arguments for its apply)"
         )
     args, kwargs = call_arguments(inputs)
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, jax.Array | np.ndarray) and value.size == 0:
+            raise InvalidArgumentError(f"an input of shape {tuple(value.shape)} holds no values: give at least one row")
     if torch_inputs is None:
         torch_args, torch_kwargs = torch_arguments(args, kwargs, channels_last)
     else:
