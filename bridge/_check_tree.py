@@ -343,14 +343,12 @@ def _compare_gradients(
     if "params" not in variables:
         return ()
 
-    def flax_loss(params: Any, v: Any, a: Any, k: Any) -> Any:
-        return loss(model.apply({**v, "params": params}, *a, **k))
-
+    differentiate = _compiled_gradient(model, loss)
     try:
-        flax_grads = jax.grad(flax_loss)(variables["params"], variables, args, kwargs)
+        flax_grads = differentiate(variables["params"], variables, args, kwargs)
         with jax.enable_x64(True):
             wide_v, wide_a, wide_k = jax.tree_util.tree_map(_widen, (variables, args, kwargs))
-            wide_grads = jax.grad(flax_loss)(wide_v["params"], wide_v, wide_a, wide_k)
+            wide_grads = differentiate(wide_v["params"], wide_v, wide_a, wide_k)
             wide_grads = jax.tree_util.tree_map(np.asarray, wide_grads)
     except Exception as e:  # the user's model code may raise anything
         raise LayerMismatchError(f"the Flax model could not be differentiated: {first_line(e)}") from e
@@ -398,6 +396,25 @@ def _compare_gradients(
             name = f"{pair.flax.name}/{_flax_name(pair, torch_name)} <-> {pair.torch.name}.{torch_name}"
             rows.append(GradientRow(name, compare(ref, got.reshape(ref.shape) if got.size == ref.size else got, tol)))
     return tuple(rows)
+
+
+_COMPILED: list[tuple[Any, Any, Any]] = []  # (model, loss, jitted gradient), the most recent last
+
+
+def _compiled_gradient(model: nn.Module, loss: Loss) -> Any:
+    """``jax.jit(jax.grad(...))`` of the loss w.r.t. the params, kept for the last few (model, loss) pairs:
+    op-by-op differentiation costs seconds, and a new jitted closure per check would compile every time."""
+    for cached_model, cached_loss, function in _COMPILED:
+        if cached_model is model and cached_loss is loss:
+            return function
+
+    def flax_loss(params: Any, v: Any, a: Any, k: Any) -> Any:
+        return loss(model.apply({**v, "params": params}, *a, **k))
+
+    function = jax.jit(jax.grad(flax_loss))
+    _COMPILED.append((model, loss, function))
+    del _COMPILED[:-4]
+    return function
 
 
 def _flax_name(pair: Pair, torch_name: str) -> str:
