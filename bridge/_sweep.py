@@ -32,7 +32,7 @@ from ._errors import InvalidArgumentError, LayerMismatchError, first_line
 from ._gradients import Tolerance
 from ._numerics import Precision
 from ._report import EquivalenceReport, SeedSweepReport
-from ._tensors import is_float, to_tensor
+from ._tensors import is_float, to_numpy, to_tensor
 from .rules import BoundInputs, LayerRule, rule_for_flax
 
 Params = list[dict[str, torch.Tensor]]
@@ -206,7 +206,7 @@ def _torch_chain(children: Sequence[torch.nn.Module], params: Params, xs: np.nda
         outputs = _per_seed(chain, params, to_tensor(xs))
     except RuntimeError as e:
         raise LayerMismatchError(f"the torch port failed on inputs of shape {xs.shape[1:]}: {first_line(e)}") from e
-    return [y.numpy(force=True) for y in outputs]
+    return [to_numpy(y) for y in outputs]
 
 
 def _torch_isolated(child: torch.nn.Module, weights: dict[str, torch.Tensor], x: np.ndarray) -> np.ndarray | None:
@@ -215,7 +215,7 @@ def _torch_isolated(child: torch.nn.Module, weights: dict[str, torch.Tensor], x:
         y = _per_seed(lambda own, inputs: torch.func.functional_call(child, own, (inputs,)), weights, to_tensor(x))
     except RuntimeError:
         return None
-    return np.asarray(y.numpy(force=True))
+    return to_numpy(y)
 
 
 def _stacked_bound(

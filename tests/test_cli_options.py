@@ -106,3 +106,10 @@ def test_convert_with_a_user_model(project: Path) -> None:
         np.testing.assert_array_equal(
             converted.get_tensor("2.weight"), np.asarray(variables["params"]["layers_2"]["kernel"]).T
         )
+
+
+def test_seeds_in_bfloat16(tmp_path: Path) -> None:
+    """The vectorised sweep reads bfloat16 tensors back through the bridge's own conversion."""
+    result = _run(tmp_path, "check", "--seeds", "3", "--dtype", "bfloat16", "--hidden", "8", "--no-grads")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("3/3 seeds equivalent; largest err/tol " + result.stdout.split()[-1])
