@@ -112,4 +112,4 @@ def test_seeds_in_bfloat16(tmp_path: Path) -> None:
     """The vectorised sweep reads bfloat16 tensors back through the bridge's own conversion."""
     result = _run(tmp_path, "check", "--seeds", "3", "--dtype", "bfloat16", "--hidden", "8", "--no-grads")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().endswith("3/3 seeds equivalent; largest err/tol " + result.stdout.split()[-1])
+    assert "3/3 seeds equivalent; largest err/tol" in result.stdout
