@@ -45,3 +45,10 @@ def assert_matches_flax(model: Any, variables: Any, x: np.ndarray, candidate: An
         f"{result.mismatched} of {result.size} elements outside the derived tolerance: max abs {result.max_abs:.3g} "
         f"at {result.max_abs_index}, err/tol {result.worst_ratio:.3g}"
     )
+
+
+def small_mlp() -> tuple[nn.Sequential, Any, np.ndarray]:
+    """Dense(8) -> relu -> Dense(3) on 16 rows of 5 features: its variables and inputs (fixed seeds)."""
+    model = nn.Sequential([nn.Dense(8), jax.nn.relu, nn.Dense(3)])
+    x = np.random.default_rng(0).standard_normal((16, 5)).astype(np.float32)
+    return model, model.init(jax.random.PRNGKey(0), x), x

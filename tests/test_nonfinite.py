@@ -9,19 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from models import small_mlp
 
 import bridge
 
 
-def _mlp() -> tuple[nn.Sequential, dict, np.ndarray]:  # type: ignore[type-arg]
-    model = nn.Sequential([nn.Dense(8), jax.nn.relu, nn.Dense(3)])
-    x = np.random.default_rng(0).standard_normal((16, 5)).astype(np.float32)
-    return model, model.init(jax.random.PRNGKey(0), x), x
-
-
 def test_a_nan_input_row_is_reported_and_the_rest_judged() -> None:
     """JAX's relu passes a zero gradient at NaN, torch's passes NaN: the row's gradients are undefined."""
-    model, variables, x = _mlp()
+    model, variables, x = small_mlp()
     x[3, 1] = np.nan
     report = bridge.check_equivalence(model, variables, bridge.to_torch(model, variables), x)
     assert report.ok, str(report)
@@ -32,7 +27,7 @@ def test_a_nan_input_row_is_reported_and_the_rest_judged() -> None:
 
 
 def test_nan_weights_give_nan_on_both_sides_and_no_false_gradient_verdict() -> None:
-    model, variables, x = _mlp()
+    model, variables, x = small_mlp()
     broken = jax.tree_util.tree_map(np.array, variables)
     broken["params"]["layers_0"]["kernel"][0, 0] = np.nan
     report = bridge.check_equivalence(model, broken, bridge.to_torch(model, broken), x)
@@ -42,7 +37,7 @@ def test_nan_weights_give_nan_on_both_sides_and_no_false_gradient_verdict() -> N
 
 
 def test_nan_produced_by_the_port_alone_is_a_mismatch() -> None:
-    model, variables, x = _mlp()
+    model, variables, x = small_mlp()
 
     class NaNAtZero(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 import torch
+from models import small_mlp
 
 import bridge
 
@@ -67,14 +68,8 @@ class WrongBackwardReLU(torch.nn.Module):
         return _WrongBackwardReLU.apply(x)
 
 
-def _mlp() -> tuple[nn.Sequential, dict, np.ndarray]:  # type: ignore[type-arg]
-    model = nn.Sequential([nn.Dense(8), jax.nn.relu, nn.Dense(3)])
-    x = np.random.default_rng(0).standard_normal((16, 5)).astype(np.float32)
-    return model, model.init(jax.random.PRNGKey(0), x), x
-
-
 def test_wrapper_and_custom_names_are_loaded_and_pass_with_gradients() -> None:
-    model, variables, x = _mlp()
+    model, variables, x = small_mlp()
     port = torch.nn.Sequential(Wrapper(torch.nn.Linear(5, 8)), torch.nn.ReLU(), CustomDense(8, 3))
     bridge.load_into(port, model, variables)
     np.testing.assert_array_equal(port[2].w.detach().numpy(), np.asarray(variables["params"]["layers_2"]["kernel"]).T)
@@ -91,7 +86,7 @@ def test_wrapper_and_custom_names_are_loaded_and_pass_with_gradients() -> None:
 
 
 def test_a_parameter_no_port_tensor_holds_fails_its_gradient_row_instead_of_comparing_zeros() -> None:
-    model, variables, x = _mlp()
+    model, variables, x = small_mlp()
     port = bridge.to_torch(model, variables)
     port[2] = ConstantDense(port[2].weight.detach().clone(), port[2].bias.detach().clone())
     report = bridge.check_equivalence(model, variables, port, x)
@@ -105,7 +100,7 @@ def test_a_parameter_no_port_tensor_holds_fails_its_gradient_row_instead_of_comp
 
 
 def test_load_into_lists_what_it_cannot_place() -> None:
-    model, variables, _ = _mlp()
+    model, variables, _ = small_mlp()
 
     class TwoWeights(torch.nn.Module):
         def __init__(self) -> None:
@@ -124,7 +119,7 @@ def test_load_into_lists_what_it_cannot_place() -> None:
 def test_a_wrong_custom_backward_is_caught_in_the_gradients() -> None:
     """Every output agrees; only the torch gradient differs (a mutant that compared Flax's gradients with
     themselves would pass this port)."""
-    model, variables, x = _mlp()
+    model, variables, x = small_mlp()
     port = bridge.to_torch(model, variables)
     port[1] = WrongBackwardReLU()
     report = bridge.check_equivalence(model, variables, port, x)
@@ -160,7 +155,7 @@ def test_a_layer_without_a_rule_that_changes_the_shape_is_checked() -> None:
 
 
 def test_a_port_layer_that_raises_any_exception_becomes_a_bridge_error() -> None:
-    model, variables, x = _mlp()
+    model, variables, x = small_mlp()
 
     class Raises(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
