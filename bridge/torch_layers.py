@@ -100,3 +100,70 @@ class ChannelsFirstFlatten(torch.nn.Flatten):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.movedim(1, -1))
+
+
+class FlaxPool(torch.nn.Module):
+    """``nn.max_pool`` / ``nn.avg_pool`` as Flax computes them, 1-D or 2-D: XLA's 'SAME' padding (``total // 2``
+    low), padded with -inf for max and zeros for average; ``count_include_pad=False`` divides each window by
+    the count of its real elements. Input ``(N, *spatial, C)`` when ``channels_last`` (Flax's), else NC..."""
+
+    def __init__(
+        self,
+        kind: str,
+        window: Sequence[int],
+        strides: Sequence[int],
+        padding: Padding,
+        *,
+        count_include_pad: bool = True,
+        channels_last: bool = True,
+    ) -> None:
+        super().__init__()
+        if kind not in ("max", "avg"):
+            raise ValueError(f"kind must be 'max' or 'avg', got {kind!r}")
+        self.kind, self.window, self.strides = kind, tuple(window), tuple(strides)
+        self.padding, self.count_include_pad, self.channels_last = padding, count_include_pad, channels_last
+
+    def _pads(self, spatial: Sequence[int]) -> list[int]:
+        if self.padding == "SAME":
+            pairs = [same_padding(n, k, s, 1) for n, k, s in zip(spatial, self.window, self.strides, strict=True)]
+        elif self.padding == "VALID":
+            pairs = [(0, 0)] * len(spatial)
+        else:
+            pairs = list(self.padding)  # type: ignore[arg-type]
+        return [p for low, high in reversed(pairs) for p in (low, high)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.movedim(-1, 1)
+        pads = self._pads(x.shape[2:])
+        two_d = len(self.window) == 2
+        if self.kind == "max":
+            pool = functional.max_pool2d if two_d else functional.max_pool1d
+            y = pool(functional.pad(x, pads, value=-math.inf), self.window, self.strides)
+        else:
+            pool = functional.avg_pool2d if two_d else functional.avg_pool1d
+            y = pool(functional.pad(x, pads), self.window, self.strides)
+            if not self.count_include_pad and any(pads):
+                ones = functional.pad(torch.ones_like(x[:1, :1]), pads)
+                y = y / pool(ones, self.window, self.strides)
+        return y.movedim(1, -1) if self.channels_last else y
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.kind!r}, window={self.window}, strides={self.strides}, padding={self.padding!r}, "
+            f"count_include_pad={self.count_include_pad}, channels_last={self.channels_last}"
+        )
+
+
+class FlaxMaxPool(FlaxPool):
+    """``nn.max_pool`` (see ``FlaxPool``)."""
+
+    def __init__(self, window: Sequence[int], strides: Sequence[int], padding: Padding, **options: Any) -> None:
+        super().__init__("max", window, strides, padding, **options)
+
+
+class FlaxAvgPool(FlaxPool):
+    """``nn.avg_pool`` (see ``FlaxPool``)."""
+
+    def __init__(self, window: Sequence[int], strides: Sequence[int], padding: Padding, **options: Any) -> None:
+        super().__init__("avg", window, strides, padding, **options)

@@ -103,6 +103,29 @@ CASES = [
         shape=(3, 8, 10, 2),
         naive=lambda p: _symmetric(p, 0, 1),
     ),
+    Case(
+        "avgpool-same",
+        lambda: [
+            nn.Conv(4, (3, 3)),
+            functools.partial(nn.avg_pool, window_shape=(2, 2), strides=(2, 2), padding="SAME"),
+        ],
+        shape=(2, 7, 7, 3),
+    ),
+    Case(
+        "avgpool-pad-not-counted",
+        lambda: [
+            nn.Conv(4, (3, 3)),
+            functools.partial(
+                nn.avg_pool, window_shape=(3, 3), strides=(2, 2), padding="SAME", count_include_pad=False
+            ),
+        ],
+        shape=(2, 7, 6, 3),
+    ),
+    Case(
+        "maxpool-1d",
+        lambda: [nn.Conv(4, (3,)), functools.partial(nn.max_pool, window_shape=(3,), strides=(2,), padding="SAME")],
+        shape=(3, 9, 2),
+    ),
     Case("conv2d-valid-dilated", lambda: [nn.Conv(4, (3, 3), padding="VALID", kernel_dilation=2)], shape=(2, 9, 9, 3)),
     Case(
         "conv2d-explicit-groups",
@@ -309,6 +332,8 @@ def test_batchnorm_momentum_and_epsilon_are_translated() -> None:
 TORCH_SAMPLES: dict[type[torch.nn.Module], torch.nn.Module] = {
     torch.nn.Linear: torch.nn.Linear(2, 3),
     torch.nn.MultiheadAttention: torch.nn.MultiheadAttention(8, 2, batch_first=True),
+    bridge.torch_layers.FlaxMaxPool: bridge.torch_layers.FlaxMaxPool((2, 2), (2, 2), "SAME"),
+    bridge.torch_layers.FlaxAvgPool: bridge.torch_layers.FlaxAvgPool((3,), (2,), "VALID", count_include_pad=False),
     torch.nn.ReLU: torch.nn.ReLU(),
     torch.nn.GELU: torch.nn.GELU(),
     torch.nn.Tanh: torch.nn.Tanh(),

@@ -260,3 +260,18 @@ def test_command_line_checks_a_cnn_port_with_its_own_inputs_and_mapping(tmp_path
     )
     assert wrong.returncode == 1, wrong.stderr  # NHWC fed to an NCHW port: its first conv cannot take the weights
     assert wrong.stdout.startswith("NOT EQUIVALENT")
+
+
+def test_mnist_cnn_written_as_a_sequential_converts_with_its_pooling() -> None:
+    """The same CNN as one nn.Sequential (pooling as functools.partial): converted in both layouts, checked."""
+    import functools
+
+    pool = functools.partial(nn.avg_pool, window_shape=(2, 2), strides=(2, 2))
+    model = nn.Sequential(
+        [nn.Conv(8, (3, 3)), nn.relu, pool, nn.Conv(16, (3, 3)), nn.relu, pool, bridge.flatten, nn.Dense(10)]
+    )
+    x = np.random.default_rng(4).standard_normal((2, 28, 28, 1)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    assert bridge.check_equivalence(model, variables, bridge.to_torch(model, variables), x).ok
+    first = bridge.to_torch(model, variables, channels_last=False)
+    assert bridge.check_equivalence(model, variables, first, x, channels_last=False).ok

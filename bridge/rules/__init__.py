@@ -6,6 +6,7 @@ from . import conv as conv
 from . import dense as dense
 from . import embedding as embedding
 from . import normalization as normalization
+from . import pooling as pooling
 from . import regularization as regularization
 from ._registry import BoundInputs as BoundInputs
 from ._registry import LayerRule as LayerRule
