@@ -138,14 +138,14 @@ class FlaxPool(torch.nn.Module):
         pads = self._pads(x.shape[2:])
         two_d = len(self.window) == 2
         if self.kind == "max":
-            pool = functional.max_pool2d if two_d else functional.max_pool1d
-            y = pool(functional.pad(x, pads, value=-math.inf), self.window, self.strides)
+            maximum: Any = functional.max_pool2d if two_d else functional.max_pool1d
+            y = maximum(functional.pad(x, pads, value=-math.inf), self.window, self.strides)
         else:
-            pool = functional.avg_pool2d if two_d else functional.avg_pool1d
-            y = pool(functional.pad(x, pads), self.window, self.strides)
+            average: Any = functional.avg_pool2d if two_d else functional.avg_pool1d
+            y = average(functional.pad(x, pads), self.window, self.strides)
             if not self.count_include_pad and any(pads):
                 ones = functional.pad(torch.ones_like(x[:1, :1]), pads)
-                y = y / pool(ones, self.window, self.strides)
+                y = y / average(ones, self.window, self.strides)
         return y.movedim(1, -1) if self.channels_last else y
 
     def extra_repr(self) -> str:

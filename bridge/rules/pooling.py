@@ -54,6 +54,7 @@ class _PoolRule(LayerRule):
 
     def make_torch_channels_first(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> torch.nn.Module:
         module = self.make_torch(layer, variables)
+        assert isinstance(module, FlaxPool)
         module.channels_last = False
         return module
 
