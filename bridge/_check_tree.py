@@ -118,7 +118,7 @@ def check_tree(
     find_input_permutations(matching.pairs)
     rows, details = [], []
     for number, pair in enumerate(matching.pairs):
-        row, detail = _compare_pair(number, pair, wide_calls, channels_last, model)
+        row, detail = _compare_pair(number, pair, wide_calls, channels_last)
         rows.append(row)
         details.append(detail)
     output = _compare_outputs(flax_out, torch_out, flax_calls[0], wide_calls, channels_last)
@@ -187,8 +187,10 @@ class _Detail:
 
 
 def _compare_pair(
-    number: int, pair: Pair, wide_calls: list[Call] | None, channels_last: bool, model: nn.Module
+    number: int, pair: Pair, wide_calls: list[Call] | None, channels_last: bool
 ) -> tuple[LayerRow, _Detail]:
+    """One matched call's row: its output end to end (each side fed itself) and isolated (the torch module
+    fed the Flax call's inputs), each under its own tolerance."""
     flax_leaves = output_leaves(pair.flax.output)
     torch_leaves = output_leaves(pair.torch.output)
     y = flax_leaves[0] if flax_leaves else np.zeros(0)
