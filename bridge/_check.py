@@ -280,7 +280,7 @@ def _is_tree(model: Any, variables: Any, port: torch.nn.Module, inputs: Any, tor
         return False  # NNX models are checked as chains (nnx.Sequential) only
     if not isinstance(port, torch.nn.Sequential) or torch_inputs is not None or mapping is not None:
         return True
-    if isinstance(inputs, tuple | list | Mapping):
+    if isinstance(inputs, tuple | Mapping):  # several arguments (a list is one array, as NumPy reads it)
         return True
     try:
         discover_chain(model, variables)

@@ -37,12 +37,13 @@ Loss = Callable[[Any], Any]
 
 
 def call_arguments(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """``inputs`` as ``apply``'s arguments: an array is one positional argument, a tuple several, a dict keywords."""
+    """``inputs`` as ``apply``'s arguments: an array (or a nested list) is one positional argument, a tuple
+    several, a dict keywords."""
     if isinstance(inputs, Mapping):
         return (), dict(inputs)
-    if isinstance(inputs, tuple | list):
-        return tuple(inputs), {}
-    return (inputs,), {}
+    if isinstance(inputs, tuple):
+        return inputs, {}
+    return (np.asarray(inputs) if isinstance(inputs, list) else inputs,), {}
 
 
 def torch_arguments(
