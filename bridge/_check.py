@@ -20,6 +20,7 @@ from ._convert import channels_last_view
 from ._errors import InvalidArgumentError, LayerMismatchError, UnsupportedModelError
 from ._gradients import Tolerance, compare_gradients
 from ._hints import HintContext, diagnose
+from ._match_tree import is_tree_pair
 from ._numerics import DEFAULT_RTOL_ATOL, Precision
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow, SeedSweepReport
 from ._tensors import is_float, to_numpy, to_tensor, torch_dtype
@@ -137,7 +138,7 @@ def check_equivalence(
         BridgeError: when the model is not a chain, the arguments are invalid, or the torch module
             cannot run on the inputs (the message names the position).
     """
-    if _is_tree(model, variables, torch_module, inputs, torch_inputs, mapping):
+    if is_tree_pair(model, variables, torch_module, inputs, torch_inputs, mapping):
         if seeds is not None or dtype is not None or rtol is not None or atol is not None:
             raise InvalidArgumentError(
                 "seeds=, dtype=, rtol= and atol= apply to nn.Sequential chains checked position by position; "
@@ -271,22 +272,6 @@ def check_equivalence(
             },
         },
     )
-
-
-def _is_tree(model: Any, variables: Any, port: torch.nn.Module, inputs: Any, torch_inputs: Any, mapping: Any) -> bool:
-    """Whether the pair is checked as call trees: a port that is not an ``nn.Sequential``, a model that is not
-    one chain, several inputs, or options that only trees take (``torch_inputs``, ``mapping``)."""
-    if flax_model.is_nnx(model):
-        return False  # NNX models are checked as chains (nnx.Sequential) only
-    if not isinstance(port, torch.nn.Sequential) or torch_inputs is not None or mapping is not None:
-        return True
-    if isinstance(inputs, tuple | Mapping):  # several arguments (a list is one array, as NumPy reads it)
-        return True
-    try:
-        discover_chain(model, variables)
-    except UnsupportedModelError:
-        return True
-    return False
 
 
 def assert_equivalent(

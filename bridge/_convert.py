@@ -16,6 +16,7 @@ from flax import nnx
 from ._chain import Step, Variables, discover_chain
 from ._errors import LayerMismatchError, UnsupportedModelError, at_layer
 from ._match import owned_tensors, port_tensors
+from ._match_tree import is_tree_pair
 from ._tensors import shared_tensor, to_numpy, to_tensor, torch_dtype
 from .rules import LayerRule, ParamMap, rule_for_flax, rule_for_torch
 from .rules._registry import torch_rule_or_none
@@ -219,7 +220,7 @@ def load_into(
         LayerMismatchError: naming every position whose module is of another layer kind, or whose
             tensors are missing, left over, mis-shaped or mis-typed.
     """
-    if _is_tree_pair(model, variables, torch_module, torch_inputs, mapping):
+    if is_tree_pair(model, variables, torch_module, None, torch_inputs, mapping):
         from ._load_tree import load_tree
 
         return load_tree(
@@ -303,19 +304,6 @@ def _example_inputs(model: Any, variables: Any) -> Any:
         return None
     rule = rule_for_flax(first.layer, first.where)
     return rule.random_input(first.layer, first.variables, np.random.default_rng(0), 2)
-
-
-def _is_tree_pair(model: Any, variables: Any, port: torch.nn.Module, torch_inputs: Any, mapping: Any) -> bool:
-    """Whether ``load_into`` fills by call-tree matching rather than chain position."""
-    if isinstance(model, nnx.Module):
-        return False
-    if torch_inputs is not None or mapping is not None:
-        return True
-    try:
-        discover_chain(model, variables)
-    except UnsupportedModelError:
-        return True
-    return not isinstance(port, torch.nn.Sequential)
 
 
 def _flatten_permutations(planned: tuple[PlannedStep, ...], torch_module: torch.nn.Sequential) -> dict[int, np.ndarray]:

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 
 from ._capture_tree import Call
-from ._errors import LayerMismatchError
+from ._chain import discover_chain
+from ._errors import LayerMismatchError, UnsupportedModelError
+from ._flax_model import is_nnx
 from ._match import port_tensors
 from ._tensors import to_numpy
 from .rules import LayerRule
@@ -125,6 +127,25 @@ def match_calls(flax_calls: Sequence[Call], torch_calls: Sequence[Call], mapping
         if c.index not in paired_torch and not _covered(c, torch_calls, paired_torch) and _own_tensors(c.module)
     ]
     return Matching(pairs, sorted(unmatched, key=lambda c: c.index), leftover)
+
+
+def is_tree_pair(
+    model: Any, variables: Any, port: torch.nn.Module, inputs: Any, torch_inputs: Any, mapping: Any
+) -> bool:
+    """Whether a pair is checked and loaded as call trees rather than chain positions: a port that is not an
+    ``nn.Sequential``, a model that is not one chain, several inputs (a tuple or a dict), or options only
+    trees take (``torch_inputs``, ``mapping``). NNX models are chains (``nnx.Sequential``) only."""
+    if is_nnx(model):
+        return False
+    if not isinstance(port, torch.nn.Sequential) or torch_inputs is not None or mapping is not None:
+        return True
+    if isinstance(inputs, tuple | Mapping):  # several arguments (a list is one array, as NumPy reads it)
+        return True
+    try:
+        discover_chain(model, variables)
+    except UnsupportedModelError:
+        return True
+    return False
 
 
 def find_input_permutations(pairs: Sequence[Pair]) -> None:
