@@ -14,7 +14,8 @@ import torch
 from flax import nnx
 
 from ._chain import Step, Variables, discover_chain
-from ._errors import LayerMismatchError, UnsupportedModelError, at_layer
+from ._errors import InvalidArgumentError, LayerMismatchError, UnsupportedModelError, at_layer
+from ._flax_model import is_nnx
 from ._match import owned_tensors, port_tensors
 from ._match_tree import is_tree_pair
 from ._tensors import shared_tensor, to_numpy, to_tensor, torch_dtype
@@ -51,9 +52,21 @@ def to_state_dict(model: Any, variables: Variables | None = None) -> dict[str, t
 
 
 def to_torch(
-    model: Any, variables: Variables | None = None, *, copy: bool = True, channels_last: bool = True
-) -> torch.nn.Sequential:
-    """A ``torch.nn.Sequential`` computing what ``model`` computes with ``variables`` (same positions).
+    model: Any,
+    variables: Variables | None = None,
+    inputs: Any = None,
+    *,
+    copy: bool = True,
+    channels_last: bool = True,
+    check: bool = False,
+) -> torch.nn.Module:
+    """A torch module computing what ``model`` computes with ``variables``.
+
+    A model that is one chain (an ``nn.Sequential``) becomes a ``torch.nn.Sequential`` (same positions).
+    Any other linen model needs example ``inputs`` (an array, a tuple of positional arguments or a dict of
+    keyword arguments, as for ``apply``) and becomes a ``torch.fx.GraphModule`` that takes the same inputs
+    in the same layout: layers with a rule are torch layers at their Flax path (``Block_0.Dense_1`` is a
+    ``torch.nn.Linear``), the JAX operations between them torch calls (``print(module.code)``).
 
     Arguments:
         channels_last: True (default): the torch model takes the Flax model's input as it is (convolutions
@@ -72,12 +85,43 @@ def to_torch(
             (``.contiguous()`` it, or convert with copy=True, before saving). Writing to the torch weight
             changes the JAX array, which JAX assumes immutable; a donated or deleted JAX buffer
             invalidates it. A read-only NumPy buffer cannot be shared (refused). Dtypes never change.
+            A GraphModule always holds copies.
+        check: run ``check_equivalence`` on the result (on ``inputs``) and raise if it is not equivalent.
 
     Raises:
-        BridgeError: when the model is not a chain, a layer has no rule, or its variables do not fit it.
+        UnsupportedModelError: for a model that is not a chain when ``inputs`` are not given, or a JAX
+            operation with no torch translation (the message names it and the Flax module).
+        NotEquivalentError: with ``check=True``, carrying the report.
+        BridgeError: when a layer has no rule, or its variables do not fit it.
     """
-    planned = plan(model, variables)
-    return _build_torch(planned, _torch_tensors(planned, copy=copy), channels_last=channels_last)
+    if inputs is not None and not _is_chain(model, variables):
+        from ._native import native_module
+
+        if variables is None:
+            raise InvalidArgumentError("to_torch of a linen model needs its variables (what model.init returns)")
+        return native_module(model, variables, inputs, check=check)
+    try:
+        planned = plan(model, variables)
+    except UnsupportedModelError as e:
+        if inputs is None and not is_nnx(model):
+            raise UnsupportedModelError(
+                f"{e}; to convert any other model, pass example inputs: to_torch(model, variables, x)"
+            ) from e
+        raise
+    module = _build_torch(planned, _torch_tensors(planned, copy=copy), channels_last=channels_last)
+    if check:
+        from ._native import verify
+
+        verify(model, variables or {}, module, inputs)
+    return module
+
+
+def _is_chain(model: Any, variables: Variables | None) -> bool:
+    try:
+        discover_chain(model, variables)
+    except UnsupportedModelError:
+        return False
+    return True
 
 
 def torch_module_for(

@@ -41,3 +41,11 @@ def first_line(error: BaseException) -> str:
     """The first line of an exception's message (without the notes JAX appends under a trace), or its type."""
     lines = str(error).splitlines()
     return lines[0] if lines else type(error).__name__
+
+
+class NotEquivalentError(BridgeError):
+    """A conversion was checked and does not compute the Flax model's function: ``report`` says where."""
+
+    def __init__(self, message: str, report: object = None) -> None:
+        super().__init__(message)
+        self.report = report

@@ -241,8 +241,11 @@ def _innermost(fitting: list[Call], torch_calls: Sequence[Call]) -> list[Call]:
 
 def _composites(flax_calls: Sequence[Call], torch_calls: Sequence[Call], leaves: list[Pair]) -> list[Pair]:
     """Each Flax call that contains matched leaves (and is not one) with the torch call that is the lowest
-    common ancestor of their partners; the model's own call pairs with the port's."""
+    common ancestor of their partners; the model's own call pairs with the port's. A composite whose
+    partners' ancestor also holds other matched layers has no counterpart (the port computes that block
+    inline, in a bigger module): it is left out, and its layers are compared one by one."""
     partner = {p.flax.index: p.torch.index for p in leaves}
+    partnered = set(partner.values())
     result: list[Pair] = []
     for call in flax_calls:
         if call.index in partner:
@@ -251,7 +254,9 @@ def _composites(flax_calls: Sequence[Call], torch_calls: Sequence[Call], leaves:
         if call.parent is None:
             result.append(Pair(call, torch_calls[0], None))
         elif inside:
-            result.append(Pair(call, torch_calls[_common_ancestor(inside, torch_calls)], None))
+            ancestor = torch_calls[_common_ancestor(inside, torch_calls)]
+            if (descendants(ancestor, torch_calls) | {ancestor.index}) & partnered <= set(inside):
+                result.append(Pair(call, ancestor, None))
     return result
 
 
