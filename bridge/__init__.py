@@ -24,6 +24,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "LayerRow": ("._report", "LayerRow"),
     "LayerRule": (".rules", "LayerRule"),
     "NonFiniteWarning": ("._files", "NonFiniteWarning"),
+    "NotEquivalentError": ("._errors", "NotEquivalentError"),
     "ParamMap": (".rules", "ParamMap"),
     "RuleRegistrationError": ("._errors", "RuleRegistrationError"),
     "UnknownLayerError": ("._errors", "UnknownLayerError"),
@@ -78,6 +79,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors (tests/test_p
     from ._errors import BridgeError as BridgeError
     from ._errors import InvalidArgumentError as InvalidArgumentError
     from ._errors import LayerMismatchError as LayerMismatchError
+    from ._errors import NotEquivalentError as NotEquivalentError
     from ._errors import RuleRegistrationError as RuleRegistrationError
     from ._errors import UnknownLayerError as UnknownLayerError
     from ._errors import UnsupportedModelError as UnsupportedModelError

@@ -72,6 +72,20 @@ def output_leaves(value: Any) -> list[np.ndarray]:
     return [to_numpy(a) if isinstance(a, torch.Tensor) else np.asarray(a) for a in _array_leaves(value)]
 
 
+def keyed_like(torch_value: Any, flax_value: Any) -> Any:
+    """The torch output with its mappings in the Flax output's key order where both have the same keys
+    (leaves are then compared by key), else as it is (compared by position)."""
+    if isinstance(torch_value, Mapping) and isinstance(flax_value, Mapping) and set(torch_value) == set(flax_value):
+        return {k: keyed_like(torch_value[k], flax_value[k]) for k in flax_value}
+    if (
+        isinstance(torch_value, tuple | list)
+        and isinstance(flax_value, tuple | list)
+        and len(torch_value) == len(flax_value)
+    ):
+        return [keyed_like(t, f) for t, f in zip(torch_value, flax_value, strict=True)]
+    return torch_value
+
+
 def in_flax_layout(torch_value: np.ndarray, flax_value: np.ndarray, channels_last: bool) -> np.ndarray:
     """A torch array laid out as the Flax one: channels moved last, or reshaped (Linear on flattened heads)."""
     if not channels_last and torch_value.ndim >= 3:  # declared channels-first: moved even when C == H
@@ -193,7 +207,7 @@ def _compare_pair(
     """One matched call's row: its output end to end (each side fed itself) and isolated (the torch module
     fed the Flax call's inputs), each under its own tolerance."""
     flax_leaves = output_leaves(pair.flax.output)
-    torch_leaves = output_leaves(pair.torch.output)
+    torch_leaves = output_leaves(keyed_like(pair.torch.output, pair.flax.output))
     y = flax_leaves[0] if flax_leaves else np.zeros(0)
     precision = Precision.of(y.dtype if is_float(y.dtype) else np.float32)
     y64 = np.asarray(y, np.float64)
@@ -281,14 +295,14 @@ def _run_isolated(pair: Pair, channels_last: bool) -> np.ndarray | None:
                 out = pair.torch.module(*args)
     except Exception:  # the port's module has another signature
         return None
-    leaves = output_leaves(out)
+    leaves = output_leaves(keyed_like(out, pair.flax.output))
     return leaves[0] if leaves else None
 
 
 def _compare_outputs(
     flax_out: Any, torch_out: Any, root: Call, wide_calls: list[Call] | None, channels_last: bool
 ) -> Comparison:
-    flax_leaves, torch_leaves = output_leaves(flax_out), output_leaves(torch_out)
+    flax_leaves, torch_leaves = output_leaves(flax_out), output_leaves(keyed_like(torch_out, flax_out))
     wide = output_leaves(wide_calls[0].output) if wide_calls else []
     if len(flax_leaves) != len(torch_leaves) or not flax_leaves:
         shape = (len(flax_leaves),)

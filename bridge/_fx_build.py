@@ -142,7 +142,8 @@ class _Builder:
 
         def read(atom: Any) -> Any:
             if isinstance(atom, jex.Literal):
-                return atom.val.item() if np.shape(atom.val) == () else atom.val
+                value = np.asarray(atom.val, dtype=atom.aval.dtype)
+                return value.item() if value.shape == () else value
             return env[atom]
 
         for eqn in jaxpr.eqns:
@@ -269,6 +270,8 @@ def _is_relu(closed: Any) -> bool:
     if len(jaxpr.eqns) != 1 or len(jaxpr.invars) != 1:
         return False
     (eqn,) = jaxpr.eqns
+    if eqn.primitive.name in ("jit", "pjit"):  # jax.nn.relu is a jitted max inside the custom_jvp
+        return _is_relu(eqn.params["jaxpr"])
     literals = [v for v in eqn.invars if isinstance(v, jex.Literal)]
     return eqn.primitive.name == "max" and len(literals) == 1 and float(np.asarray(literals[0].val)) == 0.0
 

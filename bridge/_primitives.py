@@ -270,7 +270,7 @@ def _concatenate(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
 
 @translates("split")
 def _split(emit: Emitter, eqn: Any, args: list[Arg]) -> list[Arg]:
-    parts = emit.call(torch.split, args[0], list(eqn.params["sizes"]), eqn.params["axis"])
+    parts = emit.call(torch.split, args[0], [int(n) for n in eqn.params["sizes"]], int(eqn.params["axis"]))
     return [emit.call(operator.getitem, parts, i) for i in range(len(eqn.outvars))]
 
 
@@ -280,10 +280,13 @@ def _pad(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
     config = eqn.params["padding_config"]
     if any(interior for _, _, interior in config):
         raise NotImplementedError("pad with interior padding")
-    if isinstance(value, fx.Node):
-        raise NotImplementedError("pad with a computed padding value")
     pads = [int(p) for low, high, _ in reversed(config) for p in (low, high)]
-    return emit.call(torch.nn.functional.pad, x, pads, value=value)
+    if not isinstance(value, fx.Node):
+        return emit.call(torch.nn.functional.pad, x, pads, value=value)
+    # a traced padding value (jnp.pad's constant_values): pad a mask of the original elements alongside
+    inside = emit.call(torch.nn.functional.pad, emit.call(torch.ones_like, x), pads, value=0.0)
+    padded = emit.call(torch.nn.functional.pad, x, pads, value=0.0)
+    return emit.call(torch.where, emit.call(torch.gt, inside, 0.0), padded, value)
 
 
 @translates("slice")
@@ -373,7 +376,11 @@ def _cumulative(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
 
 
 _WINDOW_INIT = {"reduce_window_sum": 0.0, "reduce_window_max": -float("inf"), "reduce_window_min": float("inf")}
-_WINDOW_REDUCE: dict[str, Callable[..., Any]] = {"reduce_window_sum": torch.sum, "reduce_window_max": torch.amax, "reduce_window_min": torch.amin}
+_WINDOW_REDUCE: dict[str, Callable[..., Any]] = {
+    "reduce_window_sum": torch.sum,
+    "reduce_window_max": torch.amax,
+    "reduce_window_min": torch.amin,
+}
 
 
 @translates(*_WINDOW_INIT)
