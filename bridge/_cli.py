@@ -95,6 +95,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("--strict", action="store_true", help="refuse NaN/Inf weights instead of warning")
     convert.add_argument("--no-check", dest="check", action="store_false", help="skip the equivalence check after")
+    export = commands.add_parser(
+        "export",
+        help="convert any Flax model into a standalone PyTorch source file and its weights",
+        description="Trace the Flax model on inputs of --input-shape, translate it into torch code and write "
+        "OUT_DIR/model.py (one class named after the model, imports torch only) and OUT_DIR/weights.safetensors; "
+        "the written file is imported on its own and checked against the Flax model before OUT_DIR appears.",
+    )
+    export.add_argument("destination", metavar="OUT_DIR")
+    export.add_argument("--flax", metavar="MODULE:ATTR", required=True, help="the Flax model (or a factory of one)")
+    export.add_argument("--params", metavar="FILE", help="saved Flax variables (.msgpack) instead of a seeded init")
+    export.add_argument("--seed", type=int, default=0, help="seed of the init and of the example inputs (default 0)")
+    export.add_argument(
+        "--input-shape",
+        action="append",
+        required=True,
+        metavar="[NAME=]SHAPE",
+        help="an example input of this shape (2,28,28,1); repeat for several, NAME=SHAPE for keyword inputs",
+    )
+    export.add_argument("--input-dtype", default="float32", help="dtype of the example inputs (default float32)")
+    export.add_argument("--input-range", metavar="LOW,HIGH", help="integer inputs drawn from [LOW, HIGH)")
+    export.add_argument("--force", action="store_true", help="replace OUT_DIR if it is an earlier export")
+    export.add_argument("--no-check", dest="check", action="store_false", help="skip the equivalence check")
     golden = commands.add_parser(
         "golden",
         help="write the seed model's variables, inputs and both outputs to one .safetensors file",
@@ -136,7 +158,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     caught: list[warnings.WarningMessage] = []
     try:
         # python -m puts the current folder first: the libraries must not come from there
-        checkpoints = {"convert": ("source", "destination"), "check": ("params",)}.get(args.command, ())
+        checkpoints = {"convert": ("source", "destination"), "check": ("params",), "export": ("params",)}.get(
+            args.command, ()
+        )
         libraries_first([getattr(args, name) for name in checkpoints])
         from ._commands import COMMANDS, use_compile_cache
         from ._files import NonFiniteWarning

@@ -227,12 +227,32 @@ def _build(args: argparse.Namespace, seed: int) -> _Pair:
 
 def _build_tree(args: argparse.Namespace, model: Any, seed: int) -> _Pair:
     """Any model and port: inputs drawn from ``--input-shape``/``--input-dtype``/``--input-range``, variables
-    from ``model.init`` on them (or ``--params``), the port filled by structure unless ``--keep-torch-weights``."""
+    from ``model.init`` on them (or ``--params``), the port filled by structure unless ``--keep-torch-weights``;
+    without ``--torch``, the port is the model converted (``to_torch``)."""
+    from ._convert import load_into, to_torch
+    from ._user_code import load_object
+
+    inputs, variables = _inputs_and_variables(args, model, seed)
+    mapping = _mapping(args.mapping)
+    if args.torch is None:
+        if args.mapping is not None or args.channels_first or args.keep_torch_weights:
+            raise InvalidArgumentError("--mapping, --channels-first and --keep-torch-weights need --torch")
+        return _Pair(model, variables, to_torch(model, variables, inputs), inputs, None)
+    port = load_object(args.torch, "--torch")
+    if not args.keep_torch_weights:
+        try:
+            load_into(port, model, variables, inputs=inputs, channels_last=not args.channels_first, mapping=mapping)
+        except LayerMismatchError as e:
+            raise _PortMismatchError(f"the Flax weights do not fit the port: {e}") from e
+    return _Pair(model, variables, port.eval(), inputs, mapping)
+
+
+def _inputs_and_variables(args: argparse.Namespace, model: Any, seed: int) -> tuple[Any, Any]:
+    """The ``--input-shape`` inputs and the variables of ``model.init`` on them, or of ``--params``."""
     import jax
 
-    from ._convert import load_into
     from ._preflight import require_memory
-    from ._user_code import contained, load_object
+    from ._user_code import contained
 
     inputs = _drawn_inputs(args, seed)
     call = (inputs, {}) if isinstance(inputs, tuple) else ((), inputs)
@@ -249,18 +269,7 @@ def _build_tree(args: argparse.Namespace, model: Any, seed: int) -> _Pair:
         from ._files import read_flax_variables
 
         variables = read_flax_variables(args.params, variables)
-    if args.torch is None:
-        raise InvalidArgumentError(
-            "--input-shape checks your own port: give --torch MODULE:ATTR (converting any model is not built yet)"
-        )
-    port = load_object(args.torch, "--torch")
-    mapping = _mapping(args.mapping)
-    if not args.keep_torch_weights:
-        try:
-            load_into(port, model, variables, inputs=inputs, channels_last=not args.channels_first, mapping=mapping)
-        except LayerMismatchError as e:
-            raise _PortMismatchError(f"the Flax weights do not fit the port: {e}") from e
-    return _Pair(model, variables, port.eval(), inputs, mapping)
+    return inputs, variables
 
 
 def _drawn_inputs(args: argparse.Namespace, seed: int) -> Any:
@@ -515,6 +524,54 @@ def _read_back(load: Any, *args: Any, **kwargs: Any) -> Any:
         return load(*args, **kwargs)
 
 
+def run_export(args: argparse.Namespace) -> int:
+    """``flax2torch export --flax M:A --input-shape S OUT_DIR``: any Flax model as plain torch code
+    (``OUT_DIR/model.py``, torch only) and its weights (``OUT_DIR/weights.safetensors``). The files are
+    written in a staging folder, imported there on their own and checked; OUT_DIR appears only after."""
+    from pathlib import Path
+
+    from ._atomic import atomic_output, stage
+    from ._errors import NotEquivalentError
+    from ._export import load_export, write_export
+    from ._native import native_module, verify
+    from ._preflight import require_seed
+    from ._user_code import contained, load_object
+
+    require_seed(args.seed)
+    model = load_object(args.flax, "--flax")
+    if not is_model(model):
+        raise InvalidArgumentError(f"--flax {args.flax}: not a Flax module")
+    inputs, variables = _inputs_and_variables(args, model, args.seed)
+    with contained(f"cannot convert {type(model).__name__}", "to_torch"):
+        module = native_module(model, variables, inputs)  # a chain too: the export is always the traced code
+    class_name = type(model).__name__
+    destination = Path(args.destination)
+    try:
+        with atomic_output(destination, force=args.force, directory=True, may_replace=_replaceable_export) as folder:
+            folder.mkdir()
+            source, weights = write_export(module, class_name, folder)
+            stage("written")
+            if args.check:
+                verify(model, variables, load_export(source, weights, class_name), inputs)
+    except NotEquivalentError as e:
+        print(f"{e}\n{args.destination} was not written")
+        return EXIT_MISMATCH
+    print(
+        f"wrote {destination / 'model.py'} (class {class_name}, torch only) and {destination / 'weights.safetensors'}"
+    )
+    if args.check:
+        print("check: EQUIVALENT (the exported file, imported on its own, against the Flax model: calls and gradients)")
+    return EXIT_MATCH
+
+
+def _replaceable_export(path: Any) -> None:
+    """``--force`` replaces an earlier export only: a folder holding model.py and weights.safetensors, nothing else."""
+    from ._atomic import OutputRefusedError
+
+    if not path.is_dir() or {p.name for p in path.iterdir()} != {"model.py", "weights.safetensors"}:
+        raise OutputRefusedError(f"{path}: not an export folder (model.py and weights.safetensors only); not replaced")
+
+
 def run_golden(args: argparse.Namespace) -> int:
     """``flax2torch golden OUT.safetensors``: the seed model's variables, inputs and both outputs, with versions."""
     import flax
@@ -561,4 +618,4 @@ def run_golden(args: argparse.Namespace) -> int:
     return EXIT_MATCH
 
 
-COMMANDS = {"check": run_check, "convert": run_convert, "golden": run_golden}
+COMMANDS = {"check": run_check, "convert": run_convert, "export": run_export, "golden": run_golden}

@@ -142,7 +142,7 @@ class _Builder:
 
         def read(atom: Any) -> Any:
             if isinstance(atom, jex.Literal):
-                value = np.asarray(atom.val, dtype=atom.aval.dtype)
+                value = np.asarray(atom.val, dtype=getattr(atom.aval, "dtype", None))
                 return value.item() if value.shape == () else value
             return env[atom]
 
