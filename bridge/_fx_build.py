@@ -50,16 +50,47 @@ class _Variable:
     value: Any
 
 
-def build_graph_module(trace: Trace, class_name: str) -> fx.GraphModule:
-    """The GraphModule computing ``trace``'s function: inputs ``trace.input_names``, output as Flax's."""
-    return _Builder(trace).build(class_name)
+def build_graph_module(trace: Trace, class_name: str, twin: Trace | None = None) -> fx.GraphModule:
+    """The GraphModule computing ``trace``'s function: inputs ``trace.input_names``, output as Flax's.
+    ``twin``: the same model traced at another batch size; the axes whose sizes differ between the two
+    are left free (``-1``) in the reshapes, so the module takes any batch size."""
+    return _Builder(trace, batch_axes(trace.jaxpr, twin.jaxpr) if twin is not None else {}).build(class_name)
+
+
+def batch_axes(first: Any, second: Any) -> dict[int, tuple[int, ...]]:
+    """For each variable of jaxpr ``first`` (by id), the axes whose size differs in ``second``, the same
+    program traced at another batch size; empty when the two programs differ in structure."""
+    found: dict[int, tuple[int, ...]] = {}
+
+    def walk(a: Any, b: Any) -> bool:
+        a, b = getattr(a, "jaxpr", a), getattr(b, "jaxpr", b)
+        if len(a.eqns) != len(b.eqns) or len(a.invars) != len(b.invars):
+            return False
+        for x, y in zip([*a.invars, *a.outvars], [*b.invars, *b.outvars], strict=True):
+            note(x, y)
+        for e, f in zip(a.eqns, b.eqns, strict=True):
+            if e.primitive.name != f.primitive.name or len(e.outvars) != len(f.outvars):
+                return False
+            for x, y in zip(e.outvars, f.outvars, strict=True):
+                note(x, y)
+            for key, value in e.params.items():
+                if hasattr(getattr(value, "jaxpr", value), "eqns") and not walk(value, f.params[key]):
+                    return False
+        return True
+
+    def note(x: Any, y: Any) -> None:
+        shape_x, shape_y = getattr(x.aval, "shape", ()), getattr(y.aval, "shape", ())
+        if len(shape_x) == len(shape_y):
+            found[id(x)] = tuple(d for d, (m, n) in enumerate(zip(shape_x, shape_y, strict=True)) if m != n)
+
+    return found if walk(first, second) else {}
 
 
 class _Builder:
-    def __init__(self, trace: Trace) -> None:
+    def __init__(self, trace: Trace, batch_dims: dict[int, tuple[int, ...]]) -> None:
         self.trace = trace
         self.graph = fx.Graph()
-        self.emit = Emitter(self.graph)
+        self.emit = Emitter(self.graph, batch_dims)
         self.root = torch.nn.Module()
         self.nodes: dict[int, fx.Node] = {}  # id(_Variable) -> its get_attr node
         self.owned: dict[tuple[str, ...], tuple[str, tuple[int, ...] | None]] = {}
@@ -75,7 +106,12 @@ class _Builder:
             _Variable(path, value)
             for path, value in zip(self.trace.variable_paths, self.trace.variable_values, strict=True)
         ]
-        inputs += [self.graph.placeholder(_identifier(name)) for name in self.trace.input_names]
+        placeholders = [self.graph.placeholder(_identifier(name)) for name in self.trace.input_names]
+        inputs += placeholders
+        for var, node in zip(closed.jaxpr.invars[n:], placeholders, strict=True):
+            if 0 in self.emit.batch_dims.get(id(var), ()):
+                self.emit.batch_input = (node, int(var.aval.shape[0]))
+                break
         assert len(inputs) == n + len(self.trace.input_names)
         outputs = self._inline(closed.jaxpr, list(closed.consts), inputs, "")
         resolved = [self._node(value, var.aval) for value, var in zip(outputs, closed.jaxpr.outvars, strict=True)]
@@ -201,16 +237,17 @@ class _Builder:
         gives: tuple[int, ...] | None = None  # what the torch layer returns, where it is not the Flax shape
         if isinstance(module, torch.nn.Linear):
             if shape[-1:] != (module.in_features,):  # a DenseGeneral over several trailing axes: flattened
-                shape = (*shape[: -_trailing(shape, module.in_features)], module.in_features)
-                x = self.emit.method("reshape", x, shape)
+                trailing = _trailing(shape, module.in_features)
+                shape = (*shape[:-trailing], module.in_features)
+                x = self.emit.method("reshape", x, (*self.emit.shape(data_var)[:-trailing], module.in_features))
             gives = (*shape[:-1], module.out_features)
         elif isinstance(module, torch.nn.BatchNorm1d) and len(shape) != 2:
             # torch's BatchNorm1d normalises axis 1, Flax's BatchNorm the last: the channels as rows
             gives = (math.prod(shape[:-1]), shape[-1])
-            x = self.emit.method("reshape", x, gives)
+            x = self.emit.method("reshape", x, (-1, shape[-1]))
         node = self.graph.call_module(target, (x,))
         if gives is not None and gives != tuple(out_aval.shape):
-            node = self.emit.method("reshape", node, tuple(out_aval.shape))
+            node = self.emit.method("reshape", node, self.emit.shape(eqn.outvars[0]))
         if tensor is not None and _is_float(out_aval) and _torch_dtype(out_aval) != tensor.dtype:
             node = self.emit.method("to", node, _torch_dtype(out_aval))
         return node

@@ -10,10 +10,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
+import jax
+import numpy as np
 import torch
 from torch import fx
 
-from ._errors import InvalidArgumentError, NotEquivalentError, UnsupportedModelError
+from ._errors import BridgeError, InvalidArgumentError, NotEquivalentError, UnsupportedModelError
 from ._flax_model import is_nnx
 from ._fx_build import build_graph_module
 from ._jaxpr_trace import trace_model
@@ -41,10 +43,30 @@ def native_module(model: Any, variables: Mapping[str, Any], inputs: Any, *, chec
             f"variables must be what model.init returns (a dict), not {type(variables).__name__}"
         )
     args, kwargs = call_arguments(inputs)
-    module = build_graph_module(trace_model(model, variables, args, kwargs), type(model).__name__)
+    trace = trace_model(model, variables, args, kwargs)
+    module = build_graph_module(trace, type(model).__name__, _twin(model, variables, args, kwargs))
     if check:
         verify(model, variables, module, inputs)
     return module
+
+
+def _twin(model: nn.Module, variables: Mapping[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The model traced with one more row in every array input that shares the first input's batch size
+    (None when it cannot be): the axes that change are the batch axes."""
+    arrays = [a for a in (*args, *kwargs.values()) if isinstance(a, np.ndarray | jax.Array) and np.ndim(a) > 0]
+    if not arrays:
+        return None
+    batch = np.shape(arrays[0])[0]
+
+    def grown(value: Any) -> Any:
+        if isinstance(value, np.ndarray | jax.Array) and np.ndim(value) > 0 and np.shape(value)[0] == batch:
+            return np.concatenate([np.asarray(value), np.asarray(value)[:1]])
+        return value
+
+    try:
+        return trace_model(model, variables, tuple(grown(a) for a in args), {k: grown(v) for k, v in kwargs.items()})
+    except BridgeError:  # the model needs this batch size: the module keeps it
+        return None
 
 
 def verify(model: Any, variables: Mapping[str, Any], module: torch.nn.Module, inputs: Any) -> None:

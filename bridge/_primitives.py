@@ -29,8 +29,37 @@ TABLE: dict[str, Translation] = {}
 class Emitter:
     """Adds calls to a torch.fx graph: ``call`` for torch functions, ``method`` for tensor methods."""
 
-    def __init__(self, graph: fx.Graph) -> None:
+    def __init__(self, graph: fx.Graph, batch_dims: dict[int, tuple[int, ...]] | None = None) -> None:
         self.graph = graph
+        self.batch_dims = batch_dims or {}  # id(jaxpr var) -> its axes whose size follows the batch size
+        self.batch_input: tuple[fx.Node, int] | None = None  # an input whose axis 0 is the batch, and its size
+        self._batch_size: fx.Node | None = None
+
+    def sizes(self, var: Any, *, keep: tuple[int, ...] = ()) -> tuple[Any, ...]:
+        """``var``'s shape for creating a tensor (``torch.full``, ``expand``): an axis that follows the batch
+        size is computed from the batch input's size (``x.size(0) * k``), the others are constants."""
+        shape: list[Any] = [int(n) for n in var.aval.shape]
+        if self.batch_input is None:
+            return tuple(shape)
+        node, batch = self.batch_input
+        for d in self.batch_dims.get(id(var), ()):
+            if d in keep or shape[d] % batch:
+                continue
+            if self._batch_size is None:
+                self._batch_size = self.method("size", node, 0)
+            factor = shape[d] // batch
+            shape[d] = self._batch_size if factor == 1 else self.call(operator.mul, self._batch_size, factor)
+        return tuple(shape)
+
+    def shape(self, var: Any, *, keep: tuple[int, ...] = ()) -> tuple[int, ...]:
+        """``var``'s shape as a reshape target: the one axis that follows the batch size (found by tracing
+        at two batch sizes) is ``-1``, so the module takes any batch (``torch.export`` with a dynamic
+        batch); ``keep``: axes that must stay as they are."""
+        shape = [int(n) for n in var.aval.shape]
+        varying = [d for d in self.batch_dims.get(id(var), ()) if d not in keep]
+        if len(varying) == 1:
+            shape[varying[0]] = -1
+        return tuple(shape)
 
     def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> fx.Node:
         """A node calling a torch function."""
@@ -225,31 +254,40 @@ def _stop_gradient(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
 def _reshape(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
     if eqn.params.get("dimensions") is not None:
         raise NotImplementedError("reshape with a dimensions permutation")
-    return emit.method("reshape", emit.tensor(args[0], eqn.invars[0].aval), tuple(eqn.params["new_sizes"]))
+    return emit.method("reshape", emit.tensor(args[0], eqn.invars[0].aval), emit.shape(eqn.outvars[0]))
 
 
 @translates("broadcast_in_dim")
 def _broadcast_in_dim(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
     shape = tuple(eqn.params["shape"])
     if not isinstance(args[0], fx.Node):
-        return emit.call(torch.full, shape, args[0], dtype=_dtype(eqn.outvars[0].aval))
+        return emit.call(torch.full, emit.sizes(eqn.outvars[0]), args[0], dtype=_dtype(eqn.outvars[0].aval))
     operand_shape = tuple(eqn.invars[0].aval.shape)
     kept = tuple(eqn.params["broadcast_dimensions"])
     view = [1] * len(shape)
     for source, target in enumerate(kept):
         view[target] = operand_shape[source]
-    x = args[0] if tuple(view) == operand_shape else emit.method("reshape", args[0], tuple(view))
-    return x if tuple(view) == shape else emit.method("expand", x, shape)
+    x = args[0]
+    if tuple(view) != operand_shape:
+        operand = emit.shape(eqn.invars[0])
+        x = emit.method("reshape", x, tuple(operand[kept.index(d)] if d in kept else 1 for d in range(len(shape))))
+    if tuple(view) == shape:
+        return x
+    # -1 keeps an axis the operand has; an axis the broadcast creates keeps its size
+    created = tuple(d for d in range(len(shape)) if view[d] != shape[d])
+    kept_sizes = emit.shape(eqn.outvars[0], keep=created)
+    made = emit.sizes(eqn.outvars[0])
+    return emit.method("expand", x, tuple(made[d] if d in created else kept_sizes[d] for d in range(len(shape))))
 
 
 @translates("squeeze")
 def _squeeze(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
-    return emit.method("reshape", args[0], tuple(eqn.outvars[0].aval.shape))
+    return emit.method("reshape", args[0], emit.shape(eqn.outvars[0]))
 
 
 @translates("expand_dims")
 def _expand_dims(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
-    return emit.method("reshape", args[0], tuple(eqn.outvars[0].aval.shape))
+    return emit.method("reshape", args[0], emit.shape(eqn.outvars[0]))
 
 
 @translates("transpose")
@@ -292,9 +330,16 @@ def _pad(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
 @translates("slice")
 def _slice(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
     strides = eqn.params.get("strides") or (None,) * len(eqn.params["start_indices"])
+    sizes = eqn.invars[0].aval.shape
     index = tuple(
-        slice(int(start), int(limit), None if stride in (None, 1) else int(stride))
-        for start, limit, stride in zip(eqn.params["start_indices"], eqn.params["limit_indices"], strides, strict=True)
+        slice(
+            int(start) or None,
+            None if int(limit) == int(size) else int(limit),  # to the end: any batch size
+            None if stride in (None, 1) else int(stride),
+        )
+        for start, limit, stride, size in zip(
+            eqn.params["start_indices"], eqn.params["limit_indices"], strides, sizes, strict=True
+        )
     )
     return emit.call(operator.getitem, args[0], index)
 

@@ -194,3 +194,17 @@ def test_check_true_refuses_a_wrong_translation(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(bridge.NotEquivalentError, match="Dense_1") as caught:
         bridge.to_torch(model, variables, x, check=True)
     assert not caught.value.report.ok
+
+
+@pytest.mark.parametrize("name", ["cnn", "transformer", "token"])
+def test_torch_export_with_a_dynamic_batch(name: str) -> None:
+    model, variables, x = _model(name)
+    module = bridge.to_torch(model, variables, x)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    exported = torch.export.export(module, (to_tensor(x),), dynamic_shapes=({0: batch},))
+    other = np.concatenate([x, x[:1], x[::-1]])  # another batch size than the one traced
+    expected = np.asarray(model.apply(variables, other))
+    got = to_numpy(exported.module()(to_tensor(other)))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    single = to_numpy(module(to_tensor(other[:1])))  # the module itself takes any batch too
+    np.testing.assert_allclose(single, expected[:1], rtol=1e-5, atol=1e-5 * np.abs(expected).max())
