@@ -63,3 +63,18 @@ def test_the_untransposed_kernel_report_is_what_the_checker_prints() -> None:
     for mine, theirs in zip(printed[2:-2], shown[2:-2], strict=True):
         assert mine[:columns] == theirs[:columns]
     assert printed[-2:] == shown[-2:]
+
+
+def test_the_generated_code_shown_is_what_to_torch_writes() -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from tree_models import CNN
+
+    model = CNN()
+    x = np.zeros((4, 28, 28, 1), np.float32)
+    code = bridge.to_torch(model, model.init(jax.random.PRNGKey(0), x), x).code
+    shown = _block_after("print(module.code)\n```")
+    lines = [line.strip() for line in code.splitlines() if line.strip()]
+    position = 0
+    for line in (line.strip() for line in shown if line.strip() != "..."):
+        assert line in lines[position:], line  # each shown line, in the order shown
+        position = lines.index(line, position) + 1
