@@ -112,6 +112,41 @@ MUTANTS = (
         "    nonfinite_bad = np.zeros_like(both_finite)",
         ("tests/test_check.py",),
     ),
+    Mutant(
+        "a scalar first is swapped for subtraction too (2 - x becomes x - 2)",
+        "bridge/_primitives.py",
+        '_COMMUTATIVE = frozenset({"add", "add_any", "mul", "eq", "ne"})',
+        '_COMMUTATIVE = frozenset({"add", "add_any", "mul", "eq", "ne", "sub"})',
+        ("tests/test_primitives.py",),
+    ),
+    Mutant(
+        "dot_general puts the right operand's free axes first",
+        "bridge/_primitives.py",
+        "out += [rhs_letters[b] for b in range(rr) if b not in rb and b not in rc]",
+        "out = [rhs_letters[b] for b in range(rr) if b not in rb and b not in rc] + out",
+        ("tests/test_primitives.py",),
+    ),
+    Mutant(
+        "pooling windows padded with zeros for max",
+        "bridge/_primitives.py",
+        "x = emit.call(torch.nn.functional.pad, x, pads, value=init)",
+        "x = emit.call(torch.nn.functional.pad, x, pads, value=0.0)",
+        ("tests/test_primitives.py",),
+    ),
+    Mutant(
+        "a mixed-precision layer's output left in the layer's dtype",
+        "bridge/_fx_build.py",
+        'node = self.emit.method("to", node, _torch_dtype(out_aval))',
+        "pass",
+        ("tests/test_native.py",),
+    ),
+    Mutant(
+        "check=True does not raise",
+        "bridge/_native.py",
+        "    if not report.ok:",
+        "    if False:",
+        ("tests/test_native.py",),
+    ),
 )
 
 

@@ -97,7 +97,7 @@ def to_torch(
     if inputs is not None and not _is_chain(model, variables):
         from ._native import native_module
 
-        if variables is None:
+        if variables is None and not is_nnx(model):
             raise InvalidArgumentError("to_torch of a linen model needs its variables (what model.init returns)")
         return native_module(model, variables, inputs, check=check)
     try:

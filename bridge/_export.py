@@ -41,25 +41,22 @@ def export_source(module: fx.GraphModule, class_name: str) -> str:
     ]
     lines += ["    def __init__(self) -> None:", "        super().__init__()", '        with torch.device("meta"):']
     for name, child in module.named_modules():
-        if not name:
-            continue
-        attribute = "self." + ".".join(name.split("."))
-        if type(child) is torch.nn.Module or isinstance(child, fx.GraphModule):
-            lines.append(f"            {attribute} = torch.nn.Module()")
-        else:
-            constructor, own = _constructor(child, name)
-            own_layers |= own
-            lines.append(f"            {attribute} = {constructor}")
-        for leaf, parameter in child.named_parameters(recurse=False):
-            if type(child) is torch.nn.Module:
-                lines.append(f"            {attribute}.{leaf} = torch.nn.Parameter({_empty(parameter)})")
-        for leaf, buffer in child.named_buffers(recurse=False):
-            if type(child) is torch.nn.Module:
-                lines.append(f"            {attribute}.register_buffer({leaf!r}, {_empty(buffer)})")
-    for leaf, parameter in module.named_parameters(recurse=False):
-        lines.append(f"            self.{leaf} = torch.nn.Parameter({_empty(parameter)})")
-    for leaf, buffer in module.named_buffers(recurse=False):
-        lines.append(f"            self.register_buffer({leaf!r}, {_empty(buffer)})")
+        plain = type(child) is torch.nn.Module or isinstance(child, fx.GraphModule)
+        if name:
+            if plain:
+                constructor = "torch.nn.Module()"
+            else:
+                constructor, own = _constructor(child, name)
+                own_layers |= own
+            lines.append(f"            {_assign(name, constructor)}")
+        if plain:  # the containers hold the parameters and buffers used between layers
+            owner = _reference(name)
+            for leaf, parameter in child.named_parameters(recurse=False):
+                lines.append(
+                    f"            {owner}.register_parameter({leaf!r}, torch.nn.Parameter({_empty(parameter)}))"
+                )
+            for leaf, buffer in child.named_buffers(recurse=False):
+                lines.append(f"            {owner}.register_buffer({leaf!r}, {_empty(buffer)})")
     lines += ["", *("    " + line for line in module.code.strip("\n").splitlines()), ""]
     lines += [
         "    @classmethod",
@@ -118,6 +115,24 @@ def _constructor(child: torch.nn.Module, name: str) -> tuple[str, bool]:
     raise UnsupportedModelError(
         f"{name} is a {kind.__module__}.{kind.__name__}: export writes torch layers and the bridge's own only"
     )
+
+
+def _reference(name: str) -> str:
+    """Source for the submodule at a dotted path: ``self.Block_0.Dense_1``, or ``self.get_submodule("blocks.0")``
+    where a part is not an identifier (NNX list indices)."""
+    if not name:
+        return "self"
+    parts = name.split(".")
+    if all(p.isidentifier() and not keyword.iskeyword(p) for p in parts):
+        return "self." + name
+    return f"self.get_submodule({name!r})"
+
+
+def _assign(name: str, constructor: str) -> str:
+    parent, _, leaf = name.rpartition(".")
+    if leaf.isidentifier() and not keyword.iskeyword(leaf):
+        return f"{_reference(parent)}.{leaf} = {constructor}"
+    return f"{_reference(parent)}.add_module({leaf!r}, {constructor})"
 
 
 def _empty(tensor: torch.Tensor) -> str:

@@ -225,15 +225,15 @@ class _Builder:
         (data_var,) = eqn.invars[layer.n_variables :]
         x = self._node(data, data_var.aval)
         module = self.root.get_submodule(target)
-        tensor = next(iter(module.parameters()), None)
-        if (
-            tensor is not None
-            and tensor.is_floating_point()
-            and _is_float(data_var.aval)
-            and _torch_dtype(data_var.aval) != tensor.dtype
-        ):
-            x = self.emit.method("to", x, tensor.dtype)
         shape, out_aval = tuple(data_var.aval.shape), eqn.outvars[0].aval
+        tensor = next(iter(module.parameters()), None)
+        if tensor is not None and _is_float(out_aval) and _torch_dtype(out_aval) != tensor.dtype:
+            # mixed precision (``dtype=bfloat16`` over float32 parameters): Flax computes with the weights
+            # cast to the layer's dtype, so the torch layer holds them in it
+            module.to(_torch_dtype(out_aval))
+            tensor = next(iter(module.parameters()))
+        if tensor is not None and _is_float(data_var.aval) and _torch_dtype(data_var.aval) != tensor.dtype:
+            x = self.emit.method("to", x, tensor.dtype)
         gives: tuple[int, ...] | None = None  # what the torch layer returns, where it is not the Flax shape
         if isinstance(module, torch.nn.Linear):
             if shape[-1:] != (module.in_features,):  # a DenseGeneral over several trailing axes: flattened

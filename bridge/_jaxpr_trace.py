@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import torch
+from flax import nnx
 
 from ._errors import BridgeError, LayerMismatchError, UnsupportedModelError, first_line
 from ._tensors import to_tensor
@@ -57,83 +58,171 @@ class Trace:
     layers: dict[str, TracedLayer]
 
 
-def trace_model(model: nn.Module, variables: Mapping[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Trace:
-    """Trace ``model.apply(variables, *args, **kwargs)``; array arguments become the traced inputs,
-    other arguments (``train=False``) are fixed at their value.
+def trace_model(
+    model: nn.Module | nnx.Module, variables: Mapping[str, Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Trace:
+    """Trace ``model.apply(variables, *args, **kwargs)`` (an NNX model: ``model(*args, **kwargs)``, its
+    variables are its own); array arguments become the traced inputs, other arguments (``train=False``)
+    are fixed at their value.
 
     Raises:
         UnsupportedModelError: when an input is a nested structure rather than an array or a plain value,
             or when the model fails on the inputs.
     """
-    positional_names = _argument_names(model, len(args))
-    names, dynamic, rebuild = _split_inputs(args, kwargs, positional_names)
-    layers: dict[str, TracedLayer] = {}
-    inside_layer = [0]
+    names, dynamic, rebuild = _split_inputs(args, kwargs, _argument_names(model, len(args)))
+    tracer = _Tracer()
+    if isinstance(model, nnx.Module):
+        run, trees = _nnx_run(model, tracer, rebuild)
+    else:
+        trees = {str(k): v for k, v in (variables or {}).items()}
+        run = _linen_run(model, trees, tracer, rebuild)
+    flat_variables = jax.tree_util.tree_flatten_with_path(trees)[0]
+    try:
+        closed, output_shape = jax.make_jaxpr(run, return_shape=True)(trees, *dynamic)
+    except Exception as e:  # the user's model code may raise anything
+        raise UnsupportedModelError(f"tracing the Flax model failed on the given inputs: {first_line(e)}") from e
+    return Trace(
+        jaxpr=closed,
+        variable_paths=[tuple(_key(k) for k in path if _key(k) != "value") for path, _ in flat_variables],
+        variable_values=[value for _, value in flat_variables],
+        input_names=names,
+        output_tree=output_shape,
+        layers=tracer.layers,
+    )
 
-    def interceptor(next_fun: Any, call_args: Any, call_kwargs: Any, context: Any) -> Any:
-        module = context.module
-        if inside_layer[0] or context.method_name != "__call__" or module.scope is None:
-            return next_fun(*call_args, **call_kwargs)
-        path = tuple(str(p) for p in module.scope.path)
-        layer = _as_layer(module, path, variables, call_args, call_kwargs)
-        if layer is None:
-            scope = jax.named_scope(SCOPE_PREFIX + ".".join(path)) if path else contextlib.nullcontext()
-            with scope:
-                return next_fun(*call_args, **call_kwargs)
-        clone, rule, layer_variables, torch_module = layer
+
+class _Tracer:
+    """What the linen and NNX tracing share: the layers found so far, and whether a layer's own call is
+    being traced (its inner module calls are then not layers of their own)."""
+
+    def __init__(self) -> None:
+        self.layers: dict[str, TracedLayer] = {}
+        self.inside = 0
+
+    def jit_layer(
+        self,
+        path: tuple[str, ...],
+        layer: tuple[Any, LayerRule, dict[str, Any], torch.nn.Module],
+        own: Any,
+        call_args: Any,
+        call_kwargs: Any,
+        call: Any,
+    ) -> Any:
+        """Run ``call(own, args, kwargs)`` as ``jax.jit`` of a function named ``layer:<n>``: one equation."""
+        source, rule, concrete, torch_module = layer
         leaves, tree = jax.tree_util.tree_flatten((call_args, call_kwargs))
         positions = [i for i, leaf in enumerate(leaves) if _is_array(leaf)]
-        own = module.variables
-        key = f"{LAYER_PREFIX}{len(layers)}"
+        key = f"{LAYER_PREFIX}{len(self.layers)}"
         count = len(jax.tree_util.tree_leaves(own))
-        layers[key] = TracedLayer("/".join(path), clone, layer_variables, rule, count, torch_module)
+        self.layers[key] = TracedLayer("/".join(path), source, concrete, rule, count, torch_module)
 
         def layer_call(own_variables: Any, *arrays: Any) -> Any:
             filled = list(leaves)
             for i, array in zip(positions, arrays, strict=True):
                 filled[i] = array
             inner_args, inner_kwargs = jax.tree_util.tree_unflatten(tree, filled)
-            inside_layer[0] += 1
+            self.inside += 1
             try:
-                return clone.apply(own_variables, *inner_args, **inner_kwargs)
+                return call(own_variables, inner_args, inner_kwargs)
             finally:
-                inside_layer[0] -= 1
+                self.inside -= 1
 
         layer_call.__name__ = key
         return jax.jit(layer_call)(own, *(leaves[i] for i in positions))
+
+
+def _linen_run(model: nn.Module, variables: Mapping[str, Any], tracer: _Tracer, rebuild: Any) -> Any:
+    """``run(variables, *arrays)``: the model's ``apply`` with its layer calls intercepted."""
+
+    def interceptor(next_fun: Any, call_args: Any, call_kwargs: Any, context: Any) -> Any:
+        module = context.module
+        if tracer.inside or context.method_name != "__call__" or module.scope is None:
+            return next_fun(*call_args, **call_kwargs)
+        path = tuple(str(p) for p in module.scope.path)
+        layer = _as_layer(module, module.clone(parent=None), _linen_variables(variables, path), call_args, call_kwargs)
+        if layer is None:
+            scope = jax.named_scope(SCOPE_PREFIX + ".".join(path)) if path else contextlib.nullcontext()
+            with scope:
+                return next_fun(*call_args, **call_kwargs)
+        clone = layer[0]
+        return tracer.jit_layer(
+            path, layer, module.variables, call_args, call_kwargs, lambda own, a, k: clone.apply(own, *a, **k)
+        )
 
     def run(variable_tree: Any, *arrays: Any) -> Any:
         call_args, call_kwargs = rebuild(arrays)
         with nn.intercept_methods(interceptor):
             return model.apply(variable_tree, *call_args, **call_kwargs)
 
-    flat_variables = jax.tree_util.tree_flatten_with_path(dict(variables))[0]
-    try:
-        closed, output_shape = jax.make_jaxpr(run, return_shape=True)(dict(variables), *dynamic)
-    except Exception as e:  # the user's model code may raise anything
-        raise UnsupportedModelError(f"tracing the Flax model failed on the given inputs: {first_line(e)}") from e
-    return Trace(
-        jaxpr=closed,
-        variable_paths=[tuple(_key(k) for k in path) for path, _ in flat_variables],
-        variable_values=[value for _, value in flat_variables],
-        input_names=names,
-        output_tree=output_shape,
-        layers=layers,
-    )
+    return run
 
 
-def _as_layer(
-    module: nn.Module, path: tuple[str, ...], variables: Mapping[str, Any], args: Any, kwargs: Any
-) -> tuple[nn.Module, LayerRule, dict[str, Any], torch.nn.Module] | None:
-    """``(unbound module, rule, its concrete variables, its torch layer)`` when this call becomes one torch layer: the
-    module has a rule with tensors whose torch module takes the Flax call's one array (up to a reshape of
-    trailing axes: DenseGeneral), and the call has exactly one array argument. None: it is traced
-    through, primitive by primitive (exact too, only less familiar to read)."""
-    rule = rule_or_none(module)
-    if rule is None or (type(rule).torch_call is not LayerRule.torch_call and rule.kind not in _RESHAPED):
-        return None
-    if sum(_is_array(leaf) for leaf in jax.tree_util.tree_leaves((args, kwargs))) != 1:
-        return None
+def _nnx_run(model: nnx.Module, tracer: _Tracer, rebuild: Any) -> tuple[Any, dict[str, Any]]:
+    """``(run(variables, *arrays), variables)`` for an NNX model: ``variables`` are its ``params`` and
+    ``batch_stats`` states; ``run`` merges them back and calls it with the ``__call__`` of every module
+    class that has a rule wrapped for the run (NNX has no method interception), restored after."""
+    graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)  # type: ignore[misc]
+    sources = _nnx_modules(model)
+    classes = {type(m) for m in sources.values() if rule_or_none(m) is not None}
+
+    def run(trees: dict[str, Any], *arrays: Any) -> Any:
+        merged = nnx.merge(graphdef, trees["params"], trees["batch_stats"], rest)
+        paths = {id(module): path for path, module in _nnx_modules(merged).items()}
+        originals = {cls: cls.__call__ for cls in classes}
+
+        def wrap(original: Any) -> Any:
+            def wrapper(self: Any, *call_args: Any, **call_kwargs: Any) -> Any:
+                path = paths.get(id(self))
+                if tracer.inside or path is None:
+                    return original(self, *call_args, **call_kwargs)
+                source = sources[path]
+                layer = _as_layer(source, source, _nnx_variables(source), call_args, call_kwargs)
+                if layer is None:
+                    with jax.named_scope(SCOPE_PREFIX + ".".join(path)):
+                        return original(self, *call_args, **call_kwargs)
+                own_graph, own = nnx.split(self)
+                return tracer.jit_layer(
+                    path, layer, own, call_args, call_kwargs,
+                    lambda state, a, k: original(nnx.merge(own_graph, state), *a, **k),
+                )  # fmt: skip
+
+            return wrapper
+
+        call_args, call_kwargs = rebuild(arrays)
+        try:
+            for cls, original in originals.items():
+                cls.__call__ = wrap(original)  # type: ignore[method-assign]
+            return merged(*call_args, **call_kwargs)
+        finally:
+            for cls, original in originals.items():
+                cls.__call__ = original  # type: ignore[method-assign]
+
+    return run, {"params": params, "batch_stats": stats}
+
+
+def _nnx_modules(model: nnx.Module) -> dict[tuple[str, ...], nnx.Module]:
+    """Every submodule of an NNX model by its attribute path (``("blocks", "0", "linear")``), the first path
+    of a module reachable by two."""
+    found: dict[tuple[str, ...], nnx.Module] = {}
+    seen: set[int] = set()
+    for path, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Module) and path and id(node) not in seen:
+            seen.add(id(node))
+            found[tuple(str(p) for p in path)] = node
+    return found
+
+
+def _nnx_variables(module: nnx.Module) -> dict[str, Any]:
+    """An NNX layer's own variables as the rules read them: ``{"params": {...}, "batch_stats": {...}}``."""
+    own: dict[str, Any] = {}
+    for collection, kind in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
+        if state := nnx.to_pure_dict(nnx.state(module, kind)):
+            own[collection] = state
+    return own
+
+
+def _linen_variables(variables: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    """The variables of the linen module at ``path``, per collection."""
     own: dict[str, Any] = {}
     for collection, tree in variables.items():
         node: Any = tree
@@ -143,14 +232,28 @@ def _as_layer(
                 break
         if node is not None:
             own[str(collection)] = node
-    clone = module.clone(parent=None)
+    return own
+
+
+def _as_layer(
+    module: Any, layer: Any, own: dict[str, Any], args: Any, kwargs: Any
+) -> tuple[Any, LayerRule, dict[str, Any], torch.nn.Module] | None:
+    """``(layer, rule, its concrete variables, its torch layer)`` when this call becomes one torch layer:
+    the module has a rule with tensors whose torch module takes the Flax call's one array (up to a reshape
+    of trailing axes: DenseGeneral), and the call has exactly one array argument. None: it is traced
+    through, primitive by primitive (exact too, only less familiar to read)."""
+    rule = rule_or_none(module)
+    if rule is None or (type(rule).torch_call is not LayerRule.torch_call and rule.kind not in _RESHAPED):
+        return None
+    if sum(_is_array(leaf) for leaf in jax.tree_util.tree_leaves((args, kwargs))) != 1:
+        return None
     try:
-        if not own or not rule.torch_arrays(clone, own):
+        if not own or not rule.torch_arrays(layer, own):
             return None
-        torch_module = _layer_module(rule, clone, own)
+        torch_module = _layer_module(rule, layer, own)
     except BridgeError:  # an option the rule does not convert (DenseGeneral over leading axes)
         return None
-    return clone, rule, own, torch_module
+    return layer, rule, own, torch_module
 
 
 def _layer_module(rule: LayerRule, layer: nn.Module, variables: dict[str, Any]) -> torch.nn.Module:
@@ -186,7 +289,7 @@ def _key(entry: Any) -> str:
     return str(getattr(entry, "key", getattr(entry, "name", getattr(entry, "idx", entry))))
 
 
-def _argument_names(model: nn.Module, count: int) -> list[str]:
+def _argument_names(model: Any, count: int) -> list[str]:
     """The names of the first ``count`` positional parameters of ``model.__call__`` (``x``, ``inputs``)."""
     try:
         parameters = list(inspect.signature(type(model).__call__).parameters.values())[1:]

@@ -15,13 +15,15 @@ import numpy as np
 import torch
 from torch import fx
 
-from ._errors import BridgeError, InvalidArgumentError, NotEquivalentError, UnsupportedModelError
+from ._errors import BridgeError, InvalidArgumentError, NotEquivalentError
 from ._flax_model import is_nnx
 from ._fx_build import build_graph_module
 from ._jaxpr_trace import trace_model
 
 
-def native_module(model: Any, variables: Mapping[str, Any], inputs: Any, *, check: bool = False) -> fx.GraphModule:
+def native_module(
+    model: Any, variables: Mapping[str, Any] | None, inputs: Any, *, check: bool = False
+) -> fx.GraphModule:
     """A torch module computing ``model.apply(variables, inputs)`` (inputs: an array, a tuple of positional
     arguments or a dict of keyword arguments; arrays are its inputs, other values are fixed).
 
@@ -31,14 +33,9 @@ def native_module(model: Any, variables: Mapping[str, Any], inputs: Any, *, chec
     """
     from ._check_tree import call_arguments
 
-    if is_nnx(model):
-        raise UnsupportedModelError(
-            "to_torch of an NNX model that is not an nnx.Sequential is not supported yet: convert it to linen "
-            "with flax.nnx.bridge.to_linen, or write the port and check it with bridge.check_equivalence"
-        )
-    if not isinstance(model, nn.Module):
+    if not isinstance(model, nn.Module) and not is_nnx(model):
         raise InvalidArgumentError(f"model must be a flax.linen or nnx Module, not {type(model).__name__}")
-    if not isinstance(variables, Mapping):
+    if not is_nnx(model) and not isinstance(variables, Mapping):
         raise InvalidArgumentError(
             f"variables must be what model.init returns (a dict), not {type(variables).__name__}"
         )
@@ -50,7 +47,7 @@ def native_module(model: Any, variables: Mapping[str, Any], inputs: Any, *, chec
     return module
 
 
-def _twin(model: nn.Module, variables: Mapping[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+def _twin(model: Any, variables: Mapping[str, Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The model traced with one more row in every array input that shares the first input's batch size
     (None when it cannot be): the axes that change are the batch axes."""
     arrays = [a for a in (*args, *kwargs.values()) if isinstance(a, np.ndarray | jax.Array) and np.ndim(a) > 0]
@@ -69,7 +66,7 @@ def _twin(model: nn.Module, variables: Mapping[str, Any], args: tuple[Any, ...],
         return None
 
 
-def verify(model: Any, variables: Mapping[str, Any], module: torch.nn.Module, inputs: Any) -> None:
+def verify(model: Any, variables: Mapping[str, Any] | None, module: torch.nn.Module, inputs: Any) -> None:
     """Run the equivalence checker on a converted module (outputs per call and gradients).
 
     Raises:

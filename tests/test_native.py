@@ -16,10 +16,12 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
+from flax import nnx
 from native_models import Glue, PoolCNN, TokenModel
 from tree_models import CNN, ResNet, TransformerBlock
 
 import bridge
+from bridge._export import load_export, write_export
 from bridge._tensors import to_numpy, to_tensor
 from flax_impl import SeqMLP
 
@@ -208,3 +210,58 @@ def test_torch_export_with_a_dynamic_batch(name: str) -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
     single = to_numpy(module(to_tensor(other[:1])))  # the module itself takes any batch too
     np.testing.assert_allclose(single, expected[:1], rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+class _MixedPrecision(nn.Module):
+    """float32 parameters computing in bfloat16 (``dtype=``), as mixed-precision Flax models are written."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = nn.relu(nn.Dense(16, dtype=jnp.bfloat16)(x))
+        return nn.Dense(4, dtype=jnp.bfloat16)(h) * 2
+
+
+def test_mixed_precision_layers_keep_flaxs_dtypes() -> None:
+    model = _MixedPrecision()
+    x = np.random.default_rng(2).normal(size=(5, 8)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    module = bridge.to_torch(model, variables, x)
+    assert module.get_parameter("Dense_0.weight").dtype == torch.bfloat16  # what Flax computes with
+    out = module(to_tensor(x))
+    expected = np.asarray(model.apply(variables, x), np.float64)
+    assert out.dtype == torch.bfloat16  # as Flax returns it
+    np.testing.assert_allclose(to_numpy(out).astype(np.float64), expected, rtol=0, atol=3e-2 * np.abs(expected).max())
+
+
+class _NNXBlock(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.linear = nnx.Linear(4, 8, rngs=rngs)
+        self.norm = nnx.LayerNorm(8, rngs=rngs)
+        self.scale = nnx.Param(jnp.linspace(0.5, 2.0, 8))  # used between layers
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nnx.relu(self.norm(self.linear(x))) * self.scale
+
+
+class _NNXModel(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.blocks = nnx.List([_NNXBlock(rngs)])
+        self.head = nnx.Linear(8, 3, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = self.blocks[0](x)
+        return self.head(h) + h[:, :3]
+
+
+def test_an_nnx_model_converts_with_its_attribute_paths(tmp_path: Any) -> None:
+    model = _NNXModel(nnx.Rngs(0))
+    x = np.random.default_rng(4).normal(size=(5, 4)).astype(np.float32)
+    module = bridge.to_torch(model, None, x)
+    assert isinstance(module.get_submodule("blocks.0.linear"), torch.nn.Linear)
+    np.testing.assert_array_equal(
+        to_numpy(module.get_parameter("blocks.0.scale")), np.asarray(model.blocks[0].scale[...])
+    )
+    expected = np.asarray(model(x))
+    np.testing.assert_allclose(to_numpy(module(to_tensor(x))), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    source, weights = write_export(module, "_NNXModel", tmp_path)
+    torch.testing.assert_close(load_export(source, weights, "_NNXModel")(to_tensor(x)), module(to_tensor(x)))
