@@ -1,4 +1,4 @@
-"""Check any Flax linen model against any torch port: capture both call trees, match them by structure,
+"""Check any Flax model (linen or NNX) against any torch port: capture both call trees, match them by structure,
 compare every matched call end to end and isolated, compare the gradients of every matched parameter.
 
 Tolerances. A matched call whose rule has an error analysis (Dense, Conv, norms, Embed) gets that rule's
@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from flax import nnx
 
 from ._capture_tree import Call, capture_flax, capture_torch
 from ._chain import Step
@@ -160,17 +161,23 @@ def _dtype_name(value: Any) -> str:
     return np.dtype(leaves[0].dtype).name if leaves else "float32"
 
 
-def _wide_capture(model: nn.Module, variables: Any, args: Any, kwargs: Any, count: int) -> list[Call] | None:
+def _wide_capture(model: Any, variables: Any, args: Any, kwargs: Any, count: int) -> list[Call] | None:
     """The same calls with the model, its variables and float inputs in float64 (None when they differ)."""
     with jax.enable_x64(True):
         wide = jax.tree_util.tree_map(_widen, (variables, args, kwargs))
         try:
-            _, calls = capture_flax(model, wide[0], wide[1], wide[2])
+            _, calls = capture_flax(_widened_nnx(model) if isinstance(model, nnx.Module) else model, *wide)
         except LayerMismatchError:
             return None
     for call in calls:  # only the outputs are read: let the float64 inputs and variables go now
         call.args, call.kwargs, call.variables = (), {}, {}
     return calls if len(calls) == count else None
+
+
+def _widened_nnx(module: nnx.Module) -> nnx.Module:
+    """A copy of an NNX module with its floating variables in float64 (call it under ``jax.enable_x64``)."""
+    graphdef, state = nnx.split(module)
+    return nnx.merge(graphdef, jax.tree_util.tree_map(_widen, state))
 
 
 def _widen(value: Any) -> Any:
@@ -256,10 +263,13 @@ def _standalone_wide(call: Call) -> np.ndarray | None:
     """The call's module run alone in float64 on its recorded (float32) inputs."""
     try:
         with jax.enable_x64(True):
-            module = call.module.clone(parent=None)
-            variables = jax.tree_util.tree_map(_widen, call.variables)
             args, kwargs = jax.tree_util.tree_map(_widen, (call.args, call.kwargs))
-            leaves = output_leaves(module.apply(variables, *args, **kwargs))
+            if isinstance(call.module, nnx.Module):
+                leaves = output_leaves(_widened_nnx(call.module)(*args, **kwargs))
+            else:
+                module = call.module.clone(parent=None)
+                variables = jax.tree_util.tree_map(_widen, call.variables)
+                leaves = output_leaves(module.apply(variables, *args, **kwargs))
     except Exception:  # a module that cannot run alone (needs its parent's state)
         return None
     return np.asarray(leaves[0], np.float64) if leaves else None
@@ -345,15 +355,18 @@ def _compare_gradients(
 ) -> tuple[GradientRow, ...]:
     """The gradient of the loss w.r.t. every matched parameter, the Flax one laid out for torch by its rule."""
     loss = loss or _sum_leaves
-    if "params" not in variables:
+    if isinstance(model, nnx.Module):
+        _, params, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
+        variables = {"params": params, "rest": rest}
+    elif "params" not in variables:
         return ()
 
     differentiate = _compiled_gradient(model, loss)
     try:
-        flax_grads = differentiate(variables["params"], variables, args, kwargs)
+        flax_grads = _pure(differentiate(variables["params"], variables, args, kwargs))
         with jax.enable_x64(True):
             wide_v, wide_a, wide_k = jax.tree_util.tree_map(_widen, (variables, args, kwargs))
-            wide_grads = differentiate(wide_v["params"], wide_v, wide_a, wide_k)
+            wide_grads = _pure(differentiate(wide_v["params"], wide_v, wide_a, wide_k))
             wide_grads = jax.tree_util.tree_map(np.asarray, wide_grads)
     except Exception as e:  # the user's model code may raise anything
         raise LayerMismatchError(f"the Flax model could not be differentiated: {first_line(e)}") from e
@@ -403,23 +416,43 @@ def _compare_gradients(
     return tuple(rows)
 
 
-_COMPILED: list[tuple[Any, Any, Any]] = []  # (model, loss, jitted gradient), the most recent last
+_COMPILED: list[tuple[Any, Any, Any]] = []  # (model or NNX graphdef, loss, jitted gradient), the most recent last
 
 
-def _compiled_gradient(model: nn.Module, loss: Loss) -> Any:
+def _compiled_gradient(model: Any, loss: Loss) -> Any:
     """``jax.jit(jax.grad(...))`` of the loss w.r.t. the params, kept for the last few (model, loss) pairs:
-    op-by-op differentiation costs seconds, and a new jitted closure per check would compile every time."""
+    op-by-op differentiation costs seconds, and a new jitted closure per check would compile every time.
+    An NNX model is keyed by its graphdef (its structure and settings), since the object itself can change."""
+    graphdef = nnx.graphdef(model) if isinstance(model, nnx.Module) else None
     for cached_model, cached_loss, function in _COMPILED:
-        if cached_model is model and cached_loss is loss:
+        same = cached_model is model if graphdef is None else cached_model == graphdef
+        if same and cached_loss is loss:
             return function
 
-    def flax_loss(params: Any, v: Any, a: Any, k: Any) -> Any:
-        return loss(model.apply({**v, "params": params}, *a, **k))
+    if graphdef is not None:  # its parameters split out: v["rest"] holds the rest of its state
 
-    function = jax.jit(jax.grad(flax_loss))
-    _COMPILED.append((model, loss, function))
+        def nnx_loss(params: Any, v: Any, a: Any, k: Any) -> Any:
+            return loss(nnx.merge(graphdef, params, v["rest"])(*a, **k))
+
+        function = jax.jit(jax.grad(nnx_loss))
+    else:
+
+        def flax_loss(params: Any, v: Any, a: Any, k: Any) -> Any:
+            return loss(model.apply({**v, "params": params}, *a, **k))
+
+        function = jax.jit(jax.grad(flax_loss))
+    _COMPILED.append((model if graphdef is None else graphdef, loss, function))
     del _COMPILED[:-4]
     return function
+
+
+def _pure(tree: Any) -> Any:
+    """Gradients as nested dicts with string keys, addressed like the call paths (NNX state included)."""
+    if isinstance(tree, nnx.State):
+        tree = nnx.to_pure_dict(tree)
+    if isinstance(tree, Mapping):
+        return {str(key): _pure(value) for key, value in tree.items()}
+    return tree
 
 
 def _flax_name(pair: Pair, torch_name: str) -> str:
@@ -450,9 +483,10 @@ def _first_divergence(
 ) -> Divergence | None:
     """Where the port first goes wrong, most specific first (pairs are in Flax execution order):
     1. the first layer failing alone (isolated); 2. the first layer failing end to end whose input already
-    differs, when the parameter-free computation before it explains that (an activation, a residual);
-    3. the deepest composite failing alone (a missing residual, attention scaling); 4. the first call
-    failing end to end with nothing failing inside it; then the gradients."""
+    differs, when the parameter-free computation before it explains that (an activation, a residual) and
+    does not end a composite (not the model) that fails alone; 3. the deepest composite failing alone (a
+    missing residual, attention scaling); 4. the first call failing end to end with nothing failing inside
+    it; then the gradients."""
     pairs = matching.pairs
     if problems:
         call = matching.unmatched_flax[0]
@@ -467,14 +501,21 @@ def _first_divergence(
     for i in leaves:
         if fails_alone(i):
             return _diverged(i, rows[i], details[i], pairs[i], "isolated")
+    failing_alone = [i for i in composites if fails_alone(i)]
     for position, i in enumerate(leaves):
         if rows[i].end_to_end.ok or position == 0:
             continue
-        hint = _glue(pairs[leaves[position - 1]], pairs[i], channels_last)
-        if hint is not None:
+        previous = pairs[leaves[position - 1]]
+        hint = _glue(previous, pairs[i], channels_last)
+        ends_a_failing_block = any(
+            pairs[j].flax.parent is not None
+            and previous.flax.index in (inside := descendants(pairs[j].flax, flax_calls))
+            and pairs[i].flax.index not in inside
+            for j in failing_alone
+        )
+        if hint is not None and not ends_a_failing_block:  # else the glue at the end of that block: it is named
             return Divergence(i, rows[i].flax_path, rows[i].torch_name, rows[i].kind, "end to end", hint)
         break
-    failing_alone = [i for i in composites if fails_alone(i)]
     for i in failing_alone:
         inside = descendants(pairs[i].flax, flax_calls)
         if not any(pairs[j].flax.index in inside for j in failing_alone if j != i):

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from flax import nnx
 
 from ._capture_tree import Call
 from ._chain import discover_chain
@@ -134,13 +135,14 @@ def is_tree_pair(
 ) -> bool:
     """Whether a pair is checked and loaded as call trees rather than chain positions: a port that is not an
     ``nn.Sequential``, a model that is not one chain, several inputs (a tuple or a dict), or options only
-    trees take (``torch_inputs``, ``mapping``). NNX models are chains (``nnx.Sequential``) only."""
-    if is_nnx(model):
-        return False
+    trees take (``torch_inputs``, ``mapping``). An NNX model is a chain when it is an ``nnx.Sequential``
+    against an ``nn.Sequential`` port (as before), a tree otherwise."""
     if not isinstance(port, torch.nn.Sequential) or torch_inputs is not None or mapping is not None:
         return True
     if isinstance(inputs, tuple | Mapping):  # several arguments (a list is one array, as NumPy reads it)
         return True
+    if is_nnx(model):
+        return not isinstance(model, nnx.Sequential)
     try:
         discover_chain(model, variables)
     except UnsupportedModelError:
