@@ -21,14 +21,16 @@ import torch
 from flax import nnx
 
 from ._errors import InvalidArgumentError, LayerMismatchError, UnsupportedModelError, first_line
-from .rules._registry import rule_or_none
+from .rules._registry import captured_methods, rule_for_call
 
 
 @dataclass
 class Call:
     """One module call: ``index`` in start order, ``parent`` the index of the call it ran inside (None at
     the top), ``name`` its path (``Block_0/Dense_1`` or ``blocks.0.fc1``; ``""`` for the model itself),
-    ``module`` the module (bound, for Flax), ``variables`` its own Flax variables (empty for torch)."""
+    ``module`` the module (bound, for Flax), ``variables`` its own Flax variables (empty for torch),
+    ``method`` the method called (``__call__``, or one with a rule of its own: ``attend``; ``kind`` then
+    reads ``Embed.attend``)."""
 
     index: int
     name: str
@@ -40,6 +42,7 @@ class Call:
     output: Any = None
     variables: dict[str, Any] = field(default_factory=dict)
     children: list[int] = field(default_factory=list)
+    method: str = "__call__"
 
 
 def capture_flax(
@@ -61,13 +64,15 @@ def capture_flax(
     stack: list[int] = []
 
     def interceptor(next_fun: Any, call_args: Any, call_kwargs: Any, context: Any) -> Any:
-        if context.method_name != "__call__":
-            return next_fun(*call_args, **call_kwargs)
+        method = context.method_name
         module = context.module
+        if method != "__call__" and method not in captured_methods(type(module)):
+            return next_fun(*call_args, **call_kwargs)
         path = tuple(module.scope.path) if module.scope is not None else ()
         parent = stack[-1] if stack else None
+        kind = type(module).__name__ if method == "__call__" else f"{type(module).__name__}.{method}"
         call = Call(
-            len(calls), "/".join(path), type(module).__name__, module, parent, tuple(call_args), dict(call_kwargs)
+            len(calls), "/".join(path), kind, module, parent, tuple(call_args), dict(call_kwargs), method=method
         )
         calls.append(call)
         if parent is not None:
@@ -133,13 +138,14 @@ def capture_nnx(model: nnx.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     stack: list[int] = []
     owned: dict[int, dict[str, Any]] = {}
 
-    def wrap(original: Any) -> Any:
+    def wrap(original: Any, method: str) -> Any:
         def call_and_record(module: Any, *call_args: Any, **call_kwargs: Any) -> Any:
             known = modules.get(id(module))
             if known is None or known[1] is not module or (stack and calls[stack[-1]].module is module):
                 return original(module, *call_args, **call_kwargs)  # not the model's, or a super().__call__
             parent = stack[-1] if stack else None
-            call = Call(len(calls), known[0], type(module).__name__, module, parent, call_args, dict(call_kwargs))
+            kind = type(module).__name__ if method == "__call__" else f"{type(module).__name__}.{method}"
+            call = Call(len(calls), known[0], kind, module, parent, call_args, dict(call_kwargs), method=method)
             calls.append(call)
             if parent is not None:
                 calls[parent].children.append(call.index)
@@ -148,7 +154,7 @@ def capture_nnx(model: nnx.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
                 call.output = original(module, *call_args, **call_kwargs)
             finally:
                 stack.pop()
-            if rule_or_none(module) is not None:  # only the rules read a call's variables: the others skip the copy
+            if rule_for_call(module, method) is not None:  # only rules read a call's variables: others skip the copy
                 if id(module) not in owned:
                     owned[id(module)] = nnx_variables(module)
                 call.variables = owned[id(module)]
@@ -157,14 +163,16 @@ def capture_nnx(model: nnx.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
         return call_and_record
 
     classes = {type(module) for _, module in modules.values()}
-    originals: dict[type, Any] = {}
+    originals: dict[tuple[type, str], Any] = {}
     for cls in classes:  # resolved before any is wrapped: a subclass calls its base's own __call__
         if any("__call__" in vars(base) for base in cls.__mro__ if base is not object):
-            originals[cls] = cls.__call__
-    saved = {cls: vars(cls).get("__call__", _NO_OWN_CALL) for cls in originals}
+            originals[cls, "__call__"] = cls.__call__
+        for method in captured_methods(cls):
+            originals[cls, method] = getattr(cls, method)
+    saved = {key: vars(key[0]).get(key[1], _NO_OWN_CALL) for key in originals}
     try:
-        for cls, original in originals.items():
-            cls.__call__ = wrap(original)  # type: ignore[method-assign, operator]
+        for (cls, method), original in originals.items():
+            setattr(cls, method, wrap(original, method))
         try:
             output = model(*args, **kwargs)
         except Exception as e:  # the user's model code may raise anything
@@ -173,12 +181,12 @@ def capture_nnx(model: nnx.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
                 f"the Flax model failed{f' in {where!r}' if where else ''} on the given inputs: {first_line(e)}"
             ) from e
     finally:
-        for cls, own in saved.items():
+        for (cls, method), own in saved.items():
             if own is _NO_OWN_CALL:
-                if "__call__" in vars(cls):
-                    delattr(cls, "__call__")
+                if method in vars(cls):
+                    delattr(cls, method)
             else:
-                cls.__call__ = own  # type: ignore[method-assign]
+                setattr(cls, method, own)
     return output, calls
 
 

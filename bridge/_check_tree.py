@@ -27,8 +27,16 @@ from ._chain import Step
 from ._compare import Comparison, compare
 from ._errors import InvalidArgumentError, LayerMismatchError, first_line
 from ._gradients import C_CALIBRATION, C_FLOOR
-from ._hints import HintContext, activation_variants, diagnose, glue_hint
-from ._match_tree import Matching, Pair, descendants, find_input_permutations, match_calls
+from ._hints import HintContext, activation_variants, diagnose, diagnose_call, glue_hint
+from ._match_tree import (
+    Matching,
+    Pair,
+    descendants,
+    describe_ties,
+    find_input_permutations,
+    match_calls,
+    tied_variables,
+)
 from ._numerics import Precision, finite_rms, function_rounding, gradient_tolerance
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow
 from ._tensors import is_float, to_numpy, to_tensor
@@ -152,6 +160,7 @@ def check_tree(
             "matched": f"{sum(p.rule is not None for p in matching.pairs)} layers, "
             f"{sum(p.rule is None for p in matching.pairs)} composites",
             "unmatched_torch": [f"{c.name} ({c.kind})" for c in matching.unmatched_torch],
+            "tied": describe_ties(tied_variables(matching.pairs)),
         },
     )
 
@@ -265,11 +274,11 @@ def _standalone_wide(call: Call) -> np.ndarray | None:
         with jax.enable_x64(True):
             args, kwargs = jax.tree_util.tree_map(_widen, (call.args, call.kwargs))
             if isinstance(call.module, nnx.Module):
-                leaves = output_leaves(_widened_nnx(call.module)(*args, **kwargs))
+                leaves = output_leaves(getattr(_widened_nnx(call.module), call.method)(*args, **kwargs))
             else:
                 module = call.module.clone(parent=None)
                 variables = jax.tree_util.tree_map(_widen, call.variables)
-                leaves = output_leaves(module.apply(variables, *args, **kwargs))
+                leaves = output_leaves(module.apply(variables, *args, method=call.method, **kwargs))
     except Exception:  # a module that cannot run alone (needs its parent's state)
         return None
     return np.asarray(leaves[0], np.float64) if leaves else None
@@ -383,6 +392,10 @@ def _compare_gradients(
             p.requires_grad_(flag)
     by_tensor = {id(p): g for p, g in zip(named.values(), torch_grads, strict=True)}
     leaves = [p for p in matching.pairs if p.rule is not None]
+    # A Flax variable filling several distinct port tensors (copies): Flax's gradient is the sum of theirs
+    ties = {
+        source: list({id(t): t for t in named.values()}.values()) for source, named in tied_variables(leaves).items()
+    }
     precision = Precision.of(_dtype_name(matching.pairs[0].flax.output) if matching.pairs else np.float32)
     sizes = [int(d) for p in leaves for a in p.arrays.values() for d in a.shape]
     length, depth = max([*sizes, 1]), max(len(leaves), 1)
@@ -401,8 +414,13 @@ def _compare_gradients(
             if tensor is None:
                 continue
             ref = np.asarray(value, np.float64)
-            gradient = by_tensor.get(id(tensor))
-            got = np.zeros_like(ref) if gradient is None else to_numpy(gradient).astype(np.float64)
+            copies = ties.get(
+                "/".join(part for part in (pair.flax.name, _flax_name(pair, torch_name)) if part), [tensor]
+            )
+            got = np.zeros(tuple(tensor.shape))
+            for copy in copies if all(c.shape == tensor.shape for c in copies) else [tensor]:
+                gradient = by_tensor.get(id(copy))
+                got = got if gradient is None else got + to_numpy(gradient).astype(np.float64)
             permutation = pair.input_permutation
             if permutation is not None and got.ndim == 2 and got.shape[1] == len(permutation):
                 got = got[:, permutation]  # torch's columns back to Flax's order
@@ -482,7 +500,8 @@ def _first_divergence(
     channels_last: bool,
 ) -> Divergence | None:
     """Where the port first goes wrong, most specific first (pairs are in Flax execution order):
-    1. the first layer failing alone (isolated); 2. the first layer failing end to end whose input already
+    1. the first layer failing alone (isolated), else failing end to end with a call hint that explains it
+    (wrong arguments: an attention mask inverted); 2. the first layer failing end to end whose input already
     differs, when the parameter-free computation before it explains that (an activation, a residual) and
     does not end a composite (not the model) that fails alone; 3. the deepest composite failing alone (a
     missing residual, attention scaling); 4. the first call failing end to end with nothing failing inside
@@ -501,6 +520,10 @@ def _first_divergence(
     for i in leaves:
         if fails_alone(i):
             return _diverged(i, rows[i], details[i], pairs[i], "isolated")
+    for i in leaves:
+        hint = None if rows[i].end_to_end.ok else diagnose_call(pairs[i].flax, pairs[i].torch)
+        if hint is not None:
+            return Divergence(i, rows[i].flax_path, rows[i].torch_name, rows[i].kind, "end to end", hint)
     failing_alone = [i for i in composites if fails_alone(i)]
     for position, i in enumerate(leaves):
         if rows[i].end_to_end.ok or position == 0:
@@ -593,6 +616,7 @@ def _diverged(i: int, row: LayerRow, detail: _Detail, pair: Pair, mode: str) -> 
             detail.tolerance,
             precision,
             pair.input_permutation,
+            pair.rule,
         )
         try:
             hint = diagnose(context)
