@@ -524,37 +524,40 @@ def _first_divergence(
         hint = None if rows[i].end_to_end.ok else diagnose_call(pairs[i].flax, pairs[i].torch)
         if hint is not None:
             return Divergence(i, rows[i].flax_path, rows[i].torch_name, rows[i].kind, "end to end", hint)
+
+    def above(call: Call) -> list[int]:  # the Flax calls it runs inside, innermost first
+        found = []
+        while call.parent is not None:
+            found.append(call.parent)
+            call = flax_calls[call.parent]
+        return found
+
     failing_alone = [i for i in composites if fails_alone(i)]
+    failing_block = {pairs[i].flax.index for i in failing_alone if pairs[i].flax.parent is not None}
     for position, i in enumerate(leaves):
         if rows[i].end_to_end.ok or position == 0:
             continue
         previous = pairs[leaves[position - 1]]
         hint = _glue(previous, pairs[i], channels_last)
-        ends_a_failing_block = any(
-            pairs[j].flax.parent is not None
-            and previous.flax.index in (inside := descendants(pairs[j].flax, flax_calls))
-            and pairs[i].flax.index not in inside
-            for j in failing_alone
-        )
+        enclosing = {pairs[i].flax.index, *above(pairs[i].flax)}
+        ends_a_failing_block = any(a in failing_block and a not in enclosing for a in above(previous.flax))
         if hint is not None and not ends_a_failing_block:  # else the glue at the end of that block: it is named
             return Divergence(i, rows[i].flax_path, rows[i].torch_name, rows[i].kind, "end to end", hint)
         break
+    holds_failing_alone = {a for j in failing_alone for a in above(pairs[j].flax)}
     for i in failing_alone:
-        inside = descendants(pairs[i].flax, flax_calls)
-        if not any(pairs[j].flax.index in inside for j in failing_alone if j != i):
+        if pairs[i].flax.index not in holds_failing_alone:
+            inside = descendants(pairs[i].flax, flax_calls)
             found = _diverged(i, rows[i], details[i], pairs[i], "isolated")
             last = max((j for j in leaves if pairs[j].flax.index in inside), default=None)
             if found.hint is None and last is not None:
                 hint = _skipped_residual(pairs[i], details[i], pairs[last])
                 found = dataclasses.replace(found, hint=hint) if hint else found
             return found
+    holds_failing = {a for j, row in enumerate(rows) if not row.end_to_end.ok for a in above(pairs[j].flax)}
     for i, row in enumerate(rows):
-        if row.end_to_end.ok:
-            continue
-        inside = descendants(pairs[i].flax, flax_calls)
-        if any(not rows[j].end_to_end.ok and pairs[j].flax.index in inside for j in range(len(rows))):
-            continue  # a call inside it fails too: that one is deeper
-        return _diverged(i, row, details[i], pairs[i], "end to end")
+        if not row.end_to_end.ok and pairs[i].flax.index not in holds_failing:  # else a call inside it is deeper
+            return _diverged(i, row, details[i], pairs[i], "end to end")
     bad = next((g for g in gradient_rows if not g.comparison.ok), None)
     if bad is not None:
         hint = (
