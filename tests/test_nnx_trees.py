@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from tree_models import NNXBlock, NNXNet, TorchNNXNet
+from tree_models import NNXBlock, NNXNet, TorchNNXNet, TorchTiedLM
 
 import bridge
 from bridge._capture_tree import capture_flax
+from bridge._errors import TiedWeightsWarning
 
 
 def _net() -> NNXNet:
@@ -162,3 +163,28 @@ def test_a_wrong_weight_in_an_nnx_tree_is_named_at_its_layer() -> None:
     assert divergence is not None
     assert (divergence.flax_path, divergence.torch_name, divergence.mode) == ("head", "out", "isolated"), str(report)
     assert "torch weight differs from Flax params/kernel (laid out for torch)" in str(divergence.hint)
+
+
+class NNXTiedLM(nnx.Module):
+    """TiedLM in NNX: the output projection is ``nnx.Embed.attend``."""
+
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.embed = nnx.Embed(13, 8, rngs=rngs)
+        self.dense = nnx.Linear(8, 8, rngs=rngs)
+        self.norm = nnx.LayerNorm(8, rngs=rngs)
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        return self.embed.attend(self.norm(nnx.relu(self.dense(self.embed(tokens)))))
+
+
+def test_nnx_embed_attend_fills_a_tied_output_linear() -> None:
+    model = NNXTiedLM(nnx.Rngs(4))
+    tokens = np.random.default_rng(8).integers(0, 13, (3, 5)).astype(np.int32)
+    port = TorchTiedLM().eval()
+    with pytest.warns(TiedWeightsWarning, match=r"embed/embedding fills lm_head.weight, tok.weight \(shared"):
+        bridge.load_into(port, model, None, inputs=tokens)
+    np.testing.assert_array_equal(port.lm_head.weight.detach().numpy(), np.asarray(model.embed.embedding[...]))
+    assert vars(nnx.Embed)["attend"].__qualname__ == "Embed.attend"  # restored after the capture
+    report = bridge.check_equivalence(model, None, port, tokens)
+    assert report.ok, str(report)
+    assert ("embed", "Embed.attend", "lm_head") in {(r.flax_path, r.kind, r.torch_name) for r in report.layers}
