@@ -126,6 +126,8 @@ def test_training_mode_and_variables_are_refused_for_nnx_trees() -> None:
     with pytest.raises(bridge.InvalidArgumentError, match=r"BatchNorm at 'bn' is in training mode.*model\.eval\(\)"):
         bridge.check_equivalence(model, None, TorchNNXNet().eval(), _x(), channels_last=False)
     model.eval()
+    with pytest.raises(bridge.InvalidArgumentError, match="pass inputs="):
+        bridge.load_into(TorchNNXNet(), model, None, channels_last=False)  # a tree is run once to see its calls
     with pytest.raises(bridge.UnsupportedModelError, match="holds its own variables"):
         bridge.load_into(TorchNNXNet(), model, {"params": {"x": 1}}, inputs=_x(), channels_last=False)
 
