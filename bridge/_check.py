@@ -17,7 +17,7 @@ from ._capture import flax_layer_outputs, torch_layer_outputs
 from ._chain import Step, Variables, discover_chain
 from ._compare import compare
 from ._convert import channels_last_view
-from ._errors import InvalidArgumentError, LayerMismatchError, UnsupportedModelError
+from ._errors import InvalidArgumentError, UnsupportedModelError
 from ._gradients import Tolerance, compare_gradients
 from ._hints import HintContext, diagnose
 from ._match_tree import is_tree_pair
@@ -100,8 +100,10 @@ def check_equivalence(
     end and isolated; the report names calls by their paths (``Block_0/Dense_1`` and ``blocks.0.fc1``).
 
     Arguments:
-        model, variables: the Flax reference and what its ``init`` returned; or an ``nnx.Sequential``
-            and None (it holds its own variables; put it in eval mode).
+        model, variables: the Flax reference and what its ``init`` returned; or an NNX module and None
+            (it holds its own variables; put it in eval mode). An ``nnx.Sequential`` against a
+            ``torch.nn.Sequential`` is a chain; any other NNX module is a tree whose calls are named by
+            attribute path (``block/linear1``).
         torch_module: the port. It is not modified (a copy is cast when ``dtype`` is given); put it in
             eval mode yourself.
         inputs: an array ``(batch..., in_features)`` fed to both sides; by default (chains only)
@@ -164,11 +166,7 @@ def check_equivalence(
             grads=grads,
             loss=loss,
         )
-    if not isinstance(torch_module, torch.nn.Sequential):
-        raise LayerMismatchError(
-            "an NNX model is checked as an nnx.Sequential chain: the torch port must be a torch.nn.Sequential "
-            f"(position i <-> chain position i), got {type(torch_module).__name__}"
-        )
+    assert isinstance(torch_module, torch.nn.Sequential)  # every other port is a tree
     if not channels_last:
         torch_module = channels_last_view(torch_module, discover_chain(model, variables))
     if seeds is not None:

@@ -1,4 +1,4 @@
-"""Check any Flax linen model against any torch port: capture both call trees, match them by structure,
+"""Check any Flax model (linen or NNX) against any torch port: capture both call trees, match them by structure,
 compare every matched call end to end and isolated, compare the gradients of every matched parameter.
 
 Tolerances. A matched call whose rule has an error analysis (Dense, Conv, norms, Embed) gets that rule's
@@ -20,14 +20,23 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
+from flax import nnx
 
 from ._capture_tree import Call, capture_flax, capture_torch
 from ._chain import Step
 from ._compare import Comparison, compare
 from ._errors import InvalidArgumentError, LayerMismatchError, first_line
 from ._gradients import C_CALIBRATION, C_FLOOR
-from ._hints import HintContext, activation_variants, diagnose, glue_hint
-from ._match_tree import Matching, Pair, descendants, find_input_permutations, match_calls
+from ._hints import HintContext, activation_variants, diagnose, diagnose_call, glue_hint
+from ._match_tree import (
+    Matching,
+    Pair,
+    descendants,
+    describe_ties,
+    find_input_permutations,
+    match_calls,
+    tied_variables,
+)
 from ._numerics import Precision, finite_rms, function_rounding, gradient_tolerance
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow
 from ._tensors import is_float, to_numpy, to_tensor
@@ -165,6 +174,7 @@ def check_tree(
             "matched": f"{sum(p.rule is not None for p in matching.pairs)} layers, "
             f"{sum(p.rule is None for p in matching.pairs)} composites",
             "unmatched_torch": [f"{c.name} ({c.kind})" for c in matching.unmatched_torch],
+            "tied": describe_ties(tied_variables(matching.pairs)),
         },
     )
 
@@ -174,17 +184,23 @@ def _dtype_name(value: Any) -> str:
     return np.dtype(leaves[0].dtype).name if leaves else "float32"
 
 
-def _wide_capture(model: nn.Module, variables: Any, args: Any, kwargs: Any, count: int) -> list[Call] | None:
+def _wide_capture(model: Any, variables: Any, args: Any, kwargs: Any, count: int) -> list[Call] | None:
     """The same calls with the model, its variables and float inputs in float64 (None when they differ)."""
     with jax.enable_x64(True):
         wide = jax.tree_util.tree_map(_widen, (variables, args, kwargs))
         try:
-            _, calls = capture_flax(model, wide[0], wide[1], wide[2])
+            _, calls = capture_flax(_widened_nnx(model) if isinstance(model, nnx.Module) else model, *wide)
         except LayerMismatchError:
             return None
     for call in calls:  # only the outputs are read: let the float64 inputs and variables go now
         call.args, call.kwargs, call.variables = (), {}, {}
     return calls if len(calls) == count else None
+
+
+def _widened_nnx(module: nnx.Module) -> nnx.Module:
+    """A copy of an NNX module with its floating variables in float64 (call it under ``jax.enable_x64``)."""
+    graphdef, state = nnx.split(module)
+    return nnx.merge(graphdef, jax.tree_util.tree_map(_widen, state))
 
 
 def _widen(value: Any) -> Any:
@@ -270,10 +286,13 @@ def _standalone_wide(call: Call) -> np.ndarray | None:
     """The call's module run alone in float64 on its recorded (float32) inputs."""
     try:
         with jax.enable_x64(True):
-            module = call.module.clone(parent=None)
-            variables = jax.tree_util.tree_map(_widen, call.variables)
             args, kwargs = jax.tree_util.tree_map(_widen, (call.args, call.kwargs))
-            leaves = output_leaves(module.apply(variables, *args, **kwargs))
+            if isinstance(call.module, nnx.Module):
+                leaves = output_leaves(getattr(_widened_nnx(call.module), call.method)(*args, **kwargs))
+            else:
+                module = call.module.clone(parent=None)
+                variables = jax.tree_util.tree_map(_widen, call.variables)
+                leaves = output_leaves(module.apply(variables, *args, method=call.method, **kwargs))
     except Exception:  # a module that cannot run alone (needs its parent's state)
         return None
     return np.asarray(leaves[0], np.float64) if leaves else None
@@ -359,15 +378,18 @@ def _compare_gradients(
 ) -> tuple[GradientRow, ...]:
     """The gradient of the loss w.r.t. every matched parameter, the Flax one laid out for torch by its rule."""
     loss = loss or _sum_leaves
-    if "params" not in variables:
+    if isinstance(model, nnx.Module):
+        _, params, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
+        variables = {"params": params, "rest": rest}
+    elif "params" not in variables:
         return ()
 
     differentiate = _compiled_gradient(model, loss)
     try:
-        flax_grads = differentiate(variables["params"], variables, args, kwargs)
+        flax_grads = _pure(differentiate(variables["params"], variables, args, kwargs))
         with jax.enable_x64(True):
             wide_v, wide_a, wide_k = jax.tree_util.tree_map(_widen, (variables, args, kwargs))
-            wide_grads = differentiate(wide_v["params"], wide_v, wide_a, wide_k)
+            wide_grads = _pure(differentiate(wide_v["params"], wide_v, wide_a, wide_k))
             wide_grads = jax.tree_util.tree_map(np.asarray, wide_grads)
     except Exception as e:  # the user's model code may raise anything
         raise LayerMismatchError(f"the Flax model could not be differentiated: {first_line(e)}") from e
@@ -384,6 +406,10 @@ def _compare_gradients(
             p.requires_grad_(flag)
     by_tensor = {id(p): g for p, g in zip(named.values(), torch_grads, strict=True)}
     leaves = [p for p in matching.pairs if p.rule is not None]
+    # A Flax variable filling several distinct port tensors (copies): Flax's gradient is the sum of theirs
+    ties = {
+        source: list({id(t): t for t in named.values()}.values()) for source, named in tied_variables(leaves).items()
+    }
     precision = Precision.of(_dtype_name(matching.pairs[0].flax.output) if matching.pairs else np.float32)
     sizes = [int(d) for p in leaves for a in p.arrays.values() for d in a.shape]
     length, depth = max([*sizes, 1]), max(len(leaves), 1)
@@ -402,8 +428,13 @@ def _compare_gradients(
             if tensor is None:
                 continue
             ref = np.asarray(value, np.float64)
-            gradient = by_tensor.get(id(tensor))
-            got = np.zeros_like(ref) if gradient is None else to_numpy(gradient).astype(np.float64)
+            copies = ties.get(
+                "/".join(part for part in (pair.flax.name, _flax_name(pair, torch_name)) if part), [tensor]
+            )
+            got = np.zeros(tuple(tensor.shape))
+            for copy in copies if all(c.shape == tensor.shape for c in copies) else [tensor]:
+                gradient = by_tensor.get(id(copy))
+                got = got if gradient is None else got + to_numpy(gradient).astype(np.float64)
             permutation = pair.input_permutation
             if permutation is not None and got.ndim == 2 and got.shape[1] == len(permutation):
                 got = got[:, permutation]  # torch's columns back to Flax's order
@@ -417,23 +448,43 @@ def _compare_gradients(
     return tuple(rows)
 
 
-_COMPILED: list[tuple[Any, Any, Any]] = []  # (model, loss, jitted gradient), the most recent last
+_COMPILED: list[tuple[Any, Any, Any]] = []  # (model or NNX graphdef, loss, jitted gradient), the most recent last
 
 
-def _compiled_gradient(model: nn.Module, loss: Loss) -> Any:
+def _compiled_gradient(model: Any, loss: Loss) -> Any:
     """``jax.jit(jax.grad(...))`` of the loss w.r.t. the params, kept for the last few (model, loss) pairs:
-    op-by-op differentiation costs seconds, and a new jitted closure per check would compile every time."""
+    op-by-op differentiation costs seconds, and a new jitted closure per check would compile every time.
+    An NNX model is keyed by its graphdef (its structure and settings), since the object itself can change."""
+    graphdef = nnx.graphdef(model) if isinstance(model, nnx.Module) else None
     for cached_model, cached_loss, function in _COMPILED:
-        if cached_model is model and cached_loss is loss:
+        same = cached_model is model if graphdef is None else cached_model == graphdef
+        if same and cached_loss is loss:
             return function
 
-    def flax_loss(params: Any, v: Any, a: Any, k: Any) -> Any:
-        return loss(model.apply({**v, "params": params}, *a, **k))
+    if graphdef is not None:  # its parameters split out: v["rest"] holds the rest of its state
 
-    function = jax.jit(jax.grad(flax_loss))
-    _COMPILED.append((model, loss, function))
+        def nnx_loss(params: Any, v: Any, a: Any, k: Any) -> Any:
+            return loss(nnx.merge(graphdef, params, v["rest"])(*a, **k))
+
+        function = jax.jit(jax.grad(nnx_loss))
+    else:
+
+        def flax_loss(params: Any, v: Any, a: Any, k: Any) -> Any:
+            return loss(model.apply({**v, "params": params}, *a, **k))
+
+        function = jax.jit(jax.grad(flax_loss))
+    _COMPILED.append((model if graphdef is None else graphdef, loss, function))
     del _COMPILED[:-4]
     return function
+
+
+def _pure(tree: Any) -> Any:
+    """Gradients as nested dicts with string keys, addressed like the call paths (NNX state included)."""
+    if isinstance(tree, nnx.State):
+        tree = nnx.to_pure_dict(tree)
+    if isinstance(tree, Mapping):
+        return {str(key): _pure(value) for key, value in tree.items()}
+    return tree
 
 
 def _flax_name(pair: Pair, torch_name: str) -> str:
@@ -463,10 +514,12 @@ def _first_divergence(
     channels_last: bool,
 ) -> Divergence | None:
     """Where the port first goes wrong, most specific first (pairs are in Flax execution order):
-    1. the first layer failing alone (isolated); 2. the first layer failing end to end whose input already
-    differs, when the parameter-free computation before it explains that (an activation, a residual);
-    3. the deepest composite failing alone (a missing residual, attention scaling); 4. the first call
-    failing end to end with nothing failing inside it; then the gradients."""
+    1. the first layer failing alone (isolated), else failing end to end with a call hint that explains it
+    (wrong arguments: an attention mask inverted); 2. the first layer failing end to end whose input already
+    differs, when the parameter-free computation before it explains that (an activation, a residual) and
+    does not end a composite (not the model) that fails alone; 3. the deepest composite failing alone (a
+    missing residual, attention scaling); 4. the first call failing end to end with nothing failing inside
+    it; then the gradients."""
     pairs = matching.pairs
     if problems:
         call = matching.unmatched_flax[0]
@@ -481,30 +534,44 @@ def _first_divergence(
     for i in leaves:
         if fails_alone(i):
             return _diverged(i, rows[i], details[i], pairs[i], "isolated")
+    for i in leaves:
+        hint = None if rows[i].end_to_end.ok else diagnose_call(pairs[i].flax, pairs[i].torch)
+        if hint is not None:
+            return Divergence(i, rows[i].flax_path, rows[i].torch_name, rows[i].kind, "end to end", hint)
+
+    def above(call: Call) -> list[int]:  # the Flax calls it runs inside, innermost first
+        found = []
+        while call.parent is not None:
+            found.append(call.parent)
+            call = flax_calls[call.parent]
+        return found
+
+    failing_alone = [i for i in composites if fails_alone(i)]
+    failing_block = {pairs[i].flax.index for i in failing_alone if pairs[i].flax.parent is not None}
     for position, i in enumerate(leaves):
         if rows[i].end_to_end.ok or position == 0:
             continue
-        hint = _glue(pairs[leaves[position - 1]], pairs[i], channels_last)
-        if hint is not None:
+        previous = pairs[leaves[position - 1]]
+        hint = _glue(previous, pairs[i], channels_last)
+        enclosing = {pairs[i].flax.index, *above(pairs[i].flax)}
+        ends_a_failing_block = any(a in failing_block and a not in enclosing for a in above(previous.flax))
+        if hint is not None and not ends_a_failing_block:  # else the glue at the end of that block: it is named
             return Divergence(i, rows[i].flax_path, rows[i].torch_name, rows[i].kind, "end to end", hint)
         break
-    failing_alone = [i for i in composites if fails_alone(i)]
+    holds_failing_alone = {a for j in failing_alone for a in above(pairs[j].flax)}
     for i in failing_alone:
-        inside = descendants(pairs[i].flax, flax_calls)
-        if not any(pairs[j].flax.index in inside for j in failing_alone if j != i):
+        if pairs[i].flax.index not in holds_failing_alone:
+            inside = descendants(pairs[i].flax, flax_calls)
             found = _diverged(i, rows[i], details[i], pairs[i], "isolated")
             last = max((j for j in leaves if pairs[j].flax.index in inside), default=None)
             if found.hint is None and last is not None:
                 hint = _skipped_residual(pairs[i], details[i], pairs[last])
                 found = dataclasses.replace(found, hint=hint) if hint else found
             return found
+    holds_failing = {a for j, row in enumerate(rows) if not row.end_to_end.ok for a in above(pairs[j].flax)}
     for i, row in enumerate(rows):
-        if row.end_to_end.ok:
-            continue
-        inside = descendants(pairs[i].flax, flax_calls)
-        if any(not rows[j].end_to_end.ok and pairs[j].flax.index in inside for j in range(len(rows))):
-            continue  # a call inside it fails too: that one is deeper
-        return _diverged(i, row, details[i], pairs[i], "end to end")
+        if not row.end_to_end.ok and pairs[i].flax.index not in holds_failing:  # else a call inside it is deeper
+            return _diverged(i, row, details[i], pairs[i], "end to end")
     bad = next((g for g in gradient_rows if not g.comparison.ok), None)
     if bad is not None:
         hint = (
@@ -566,6 +633,7 @@ def _diverged(i: int, row: LayerRow, detail: _Detail, pair: Pair, mode: str) -> 
             detail.tolerance,
             precision,
             pair.input_permutation,
+            pair.rule,
         )
         try:
             hint = diagnose(context)

@@ -26,6 +26,10 @@ class LayerMismatchError(BridgeError):
     """Parameters or modules do not match the layer they are meant for: missing, unexpected or mis-shaped."""
 
 
+class TiedWeightsWarning(UserWarning):
+    """``load_into`` filled several port tensors from one Flax variable (tied embeddings, a module used twice)."""
+
+
 class RuleRegistrationError(BridgeError):
     """A conversion rule was registered for a layer kind that already has one."""
 

@@ -1,7 +1,9 @@
 """Diagnosis: the known porting mistakes, one small rule each, tried on the first divergent layer.
 
 A hint re-creates a mistake on the Flax side (an untransposed kernel, torch's default epsilon, an
-exact GELU, ...) and names it when the mistaken output reproduces what the torch layer computed.
+exact GELU, ...) and names it when the mistaken output reproduces what the torch layer computed. A call
+hint (trees) reads what both calls were given instead: a port may feed a correct layer wrong arguments
+(a boolean attention mask in Flax's convention), which the layer alone, fed Flax's arguments, cannot show.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+from ._capture_tree import Call
 from ._chain import Step
 from ._compare import compare
 from ._flax_model import run_layer
 from ._match import port_tensors
 from ._numerics import Precision, function_rounding
 from ._tensors import to_numpy
+from .rules import LayerRule
 from .rules._registry import rule_or_none
 from .rules.activations import ACTIVATIONS
 
@@ -39,6 +43,8 @@ class HintContext(NamedTuple):
     precision: Precision
     # For the layer after a channels-first flatten in torch's order: Flax feature j is torch column perm[j].
     input_permutation: np.ndarray | None = None
+    # The rule of the call (trees): a method's own (Embed.attend) where it is not the layer's.
+    rule: LayerRule | None = None
 
 
 Hint = Callable[[HintContext], str | None]
@@ -144,11 +150,39 @@ def _channels(permutation: np.ndarray) -> int:
     return int(np.argmax(permutation == 1)) or 1
 
 
+@hint("BatchNorm")
+def batchnorm_statistics_missing(context: HintContext) -> str | None:
+    """A torch BatchNorm whose running statistics are still torch's initial ones (mean 0, variance 1) where
+    Flax's ``batch_stats`` hold others: the statistics were never loaded (only the parameters were)."""
+    module = context.torch_module
+    stats = context.step.variables.get("batch_stats", {})
+    if not isinstance(module, torch.nn.modules.batchnorm._BatchNorm) or module.running_mean is None or not stats:
+        return None
+    running_var = module.running_var
+    assert running_var is not None
+    path = "/".join(("batch_stats", *context.step.flax_path))
+    missing = []
+    for torch_name, tensor, flax_name, initial in (
+        ("running_mean", module.running_mean, "mean", 0.0),
+        ("running_var", running_var, "var", 1.0),
+    ):
+        flax = np.asarray(stats.get(flax_name, initial), np.float64)
+        if bool(torch.all(tensor == initial)) and not np.all(flax == initial):
+            missing.append(f"{torch_name} <- {path}/{flax_name}")
+    if not missing:
+        return None
+    return (
+        f"torch {type(module).__name__} still holds its initial running statistics (mean 0, variance 1) but Flax's "
+        f"batch_stats differ: load them ({'; '.join(missing)}), e.g. bridge.load_into(port, model, variables, "
+        "inputs=...), which fills BatchNorm statistics from batch_stats"
+    )
+
+
 @hint()
 def parameters_differ(context: HintContext) -> str | None:
     """A torch tensor that differs from what its rule lays out from the Flax variables (names the first,
     with the size; a square matrix holding the untransposed values is named as such)."""
-    module, rule = context.torch_module, rule_or_none(context.step.layer)
+    module, rule = context.torch_module, context.rule or rule_or_none(context.step.layer)
     if module is None or rule is None or not rule.accepts_torch(module):
         return None
     try:
@@ -373,3 +407,89 @@ _GLUE_FIXES = {
     "tanh": "torch.tanh(x)",
     "sigmoid": "torch.sigmoid(x)",
 }
+
+
+CallHint = Callable[[Call, Call], str | None]
+_CALL_HINTS: list[tuple[frozenset[str], CallHint]] = []
+
+
+def call_hint(*kinds: str) -> Callable[[CallHint], CallHint]:
+    """Decorator: register a hint on a matched pair of calls ``(flax_call, torch_call)`` of these Flax kinds."""
+
+    def decorate(function: CallHint) -> CallHint:
+        _CALL_HINTS.append((frozenset(kinds), function))
+        return function
+
+    return decorate
+
+
+def diagnose_call(flax_call: Call, torch_call: Call) -> str | None:
+    """The first registered call hint that explains a matched call whose torch output differs, or None."""
+    for kinds, function in _CALL_HINTS:
+        if flax_call.kind in kinds:
+            message = function(flax_call, torch_call)
+            if message:
+                return message
+    return None
+
+
+def _argument(call: Call, name: str, position: int) -> Any:
+    if name in call.kwargs:
+        return call.kwargs[name]
+    return call.args[position] if len(call.args) > position else None
+
+
+@call_hint("MultiHeadDotProductAttention")
+def attention_mask_convention(flax_call: Call, torch_call: Call) -> str | None:
+    """A boolean mask passed to ``nn.MultiheadAttention`` in Flax's convention (True = attend) where torch's
+    ``attn_mask``/``key_padding_mask`` mean True = masked out: the positions attended are exactly the wrong ones."""
+    module, mask = torch_call.module, flax_call.kwargs.get("mask")
+    if not isinstance(module, torch.nn.MultiheadAttention) or mask is None or not flax_call.args:
+        return None
+    query = np.asarray(flax_call.args[0])
+    key = _argument(flax_call, "inputs_k", 1)
+    if query.ndim != 3:
+        return None
+    batch, length = query.shape[0], query.shape[1]
+    keys = np.shape(key)[1] if key is not None else length
+    shape = (batch, module.num_heads, length, keys)
+    try:
+        flax_allowed = np.broadcast_to(np.asarray(mask).astype(bool), shape)
+    except ValueError:
+        return None
+    given = {
+        "key_padding_mask": _argument(torch_call, "key_padding_mask", 3),
+        "attn_mask": _argument(torch_call, "attn_mask", 5),
+    }
+    given = {name: value for name, value in given.items() if isinstance(value, torch.Tensor)}
+
+    def allowed(inverted: tuple[str, ...]) -> np.ndarray | None:
+        result = np.ones(shape, bool)
+        for name, value in given.items():
+            array = value.detach().cpu().numpy()
+            blocked = array if array.dtype == bool else np.isneginf(array)
+            if name in inverted:
+                blocked = ~blocked
+            try:
+                if name == "key_padding_mask":
+                    result &= ~blocked.reshape(batch, 1, 1, keys)
+                else:
+                    result &= ~(blocked.reshape(shape) if blocked.ndim == 3 else blocked.reshape(1, 1, length, keys))
+            except ValueError:
+                return None
+        return result
+
+    as_given = allowed(()) if given else None
+    if as_given is None or np.array_equal(as_given, flax_allowed):
+        return None
+    booleans = [name for name, value in given.items() if value.dtype == torch.bool]
+    for inverted in [(name,) for name in booleans] + ([tuple(booleans)] if len(booleans) > 1 else []):
+        candidate = allowed(inverted)
+        if candidate is not None and np.array_equal(candidate, flax_allowed):
+            names = " and ".join(inverted)
+            return (
+                f"torch {torch_call.name or 'attention'} (nn.MultiheadAttention) gets {names} in Flax's convention: "
+                "Flax attends where a boolean mask is True, torch masks those positions out: pass the inverted "
+                f"mask, {inverted[0]}=~mask (logical not)"
+            )
+    return None

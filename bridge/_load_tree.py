@@ -3,6 +3,7 @@ pairs them with, strictly (every port parameter and buffer filled from exactly o
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,9 +12,9 @@ import torch
 
 from ._capture_tree import capture_flax, capture_torch
 from ._check_tree import call_arguments, torch_arguments
-from ._errors import InvalidArgumentError, LayerMismatchError
+from ._errors import InvalidArgumentError, LayerMismatchError, TiedWeightsWarning
 from ._match import port_tensors
-from ._match_tree import Matching, find_input_permutations, match_calls
+from ._match_tree import Matching, describe_ties, find_input_permutations, match_calls, tied_variables
 from ._tensors import to_tensor, torch_dtype
 
 
@@ -28,6 +29,10 @@ def load_tree(
     mapping: Mapping[str, str] | None = None,
 ) -> torch.nn.Module:
     """Fill ``port`` from ``model``'s variables through the call-tree matching (see ``bridge.load_into``).
+
+    Warns:
+        TiedWeightsWarning: naming each Flax variable that fills several port tensors (tied embeddings),
+            and whether the port shares one tensor or holds copies.
 
     Raises:
         InvalidArgumentError: without ``inputs`` (both models are run once to see their calls).
@@ -51,6 +56,13 @@ def load_tree(
     matching = match_calls(flax_calls, torch_calls, mapping)
     copies = _planned_copies(matching)
     _copy(copies)
+    ties = describe_ties(tied_variables(matching.pairs))
+    if ties:
+        warnings.warn(
+            "load_into filled tied weights from one Flax variable each: " + "; ".join(ties),
+            TiedWeightsWarning,
+            stacklevel=3,
+        )
     for _ in range(len(matching.pairs)):  # a Linear after torch.flatten of NCHW: its columns in torch's order
         with torch.no_grad():
             _, torch_calls = capture_torch(port, torch_args, torch_kwargs)

@@ -225,7 +225,7 @@ def test_mixed_precision_layers_keep_flaxs_dtypes() -> None:
     model = _MixedPrecision()
     x = np.random.default_rng(2).normal(size=(5, 8)).astype(np.float32)
     variables = model.init(jax.random.PRNGKey(0), x)
-    module = bridge.to_torch(model, variables, x)
+    module = bridge.to_torch(model, variables, x, check=True)
     assert module.get_parameter("Dense_0.weight").dtype == torch.bfloat16  # what Flax computes with
     out = module(to_tensor(x))
     expected = np.asarray(model.apply(variables, x), np.float64)

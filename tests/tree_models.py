@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import torch
 import torch.nn.functional as F  # noqa: N812 (the torch users' name)
+from flax import nnx
 
 
 class CNN(nn.Module):
@@ -176,3 +177,117 @@ class TorchSeparateBlock(torch.nn.Module):
         h = self.attention(self.norm1(x))
         x = h if self.mistake == "no-residual" else x + h
         return x + self.mlp(self.norm2(x))
+
+
+class NNXBlock(nnx.Module):
+    """A pre-LN residual MLP block written in Flax NNX: attributes, no Sequential."""
+
+    def __init__(self, width: int, rngs: nnx.Rngs) -> None:
+        self.norm = nnx.LayerNorm(width, rngs=rngs)
+        self.linear1 = nnx.Linear(width, 2 * width, rngs=rngs)
+        self.linear2 = nnx.Linear(2 * width, width, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x + self.linear2(nnx.gelu(self.linear1(self.norm(x))))
+
+
+class NNXNet(nnx.Module):
+    """An NNX model that is not a chain: a conv stem with BatchNorm, a residual block, a head."""
+
+    def __init__(self, rngs: nnx.Rngs) -> None:
+        self.conv = nnx.Conv(3, 8, (3, 3), rngs=rngs)
+        self.bn = nnx.BatchNorm(8, rngs=rngs)
+        self.block = NNXBlock(8, rngs)
+        self.head = nnx.Linear(8, 4, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = nnx.relu(self.bn(self.conv(x))).mean(axis=(1, 2))
+        return self.head(self.block(h))
+
+
+class TorchNNXBlock(torch.nn.Module):
+    def __init__(self, width: int, eps: float = 1e-6, residual: bool = True) -> None:
+        super().__init__()
+        self.ln = torch.nn.LayerNorm(width, eps=eps)
+        self.up = torch.nn.Linear(width, 2 * width)
+        self.down = torch.nn.Linear(2 * width, width)
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.down(F.gelu(self.up(self.ln(x)), approximate="tanh"))
+        return x + y if self.residual else y
+
+
+class TorchNNXNet(torch.nn.Module):
+    """The port of NNXNet with its own names, NCHW."""
+
+    def __init__(self, eps: float = 1e-6, residual: bool = True) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.stem_bn = torch.nn.BatchNorm2d(8)
+        self.body = TorchNNXBlock(8, eps, residual)
+        self.out = torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(F.relu(self.stem_bn(self.stem(x))).mean(dim=(2, 3))))
+
+
+class MaskedAttention(nn.Module):
+    """Self-attention under a boolean mask in Flax's convention (True = attend): a padding mask
+    ``(batch, keys)`` or a pattern ``(queries, keys)``."""
+
+    heads: int = 4
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
+        full = mask[:, None, None, :] if mask.shape[0] == x.shape[0] else mask[None, None]
+        return x + nn.MultiHeadDotProductAttention(num_heads=self.heads)(nn.LayerNorm()(x), mask=full)
+
+
+class TorchMaskedAttention(torch.nn.Module):
+    """Its port: ``padding`` passes the mask as key_padding_mask, else as attn_mask; ``invert`` is the
+    correct port (~mask), False the planted mistake (Flax's mask passed straight)."""
+
+    def __init__(self, width: int = 16, heads: int = 4, padding: bool = True, invert: bool = True) -> None:
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(width, eps=1e-6)
+        self.attn = torch.nn.MultiheadAttention(width, heads, batch_first=True)
+        self.padding, self.invert = padding, invert
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        masked_out = ~mask if self.invert else mask
+        h = self.norm(x)
+        if self.padding:
+            out = self.attn(h, h, h, key_padding_mask=masked_out, need_weights=False)[0]
+        else:
+            out = self.attn(h, h, h, attn_mask=masked_out, need_weights=False)[0]
+        return x + out
+
+
+class TiedLM(nn.Module):
+    """A tiny language model whose output projection is the embedding table (``nn.Embed.attend``)."""
+
+    vocab: int = 13
+    width: int = 8
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        embed = nn.Embed(self.vocab, self.width)
+        h = nn.relu(nn.Dense(self.width)(embed(tokens)))
+        return embed.attend(nn.LayerNorm()(h))
+
+
+class TorchTiedLM(torch.nn.Module):
+    """Its port: ``lm_head`` shares the embedding weight (``tie``) or holds a copy of its own."""
+
+    def __init__(self, vocab: int = 13, width: int = 8, tie: bool = True) -> None:
+        super().__init__()
+        self.tok = torch.nn.Embedding(vocab, width)
+        self.proj = torch.nn.Linear(width, width)
+        self.ln = torch.nn.LayerNorm(width, eps=1e-6)
+        self.lm_head = torch.nn.Linear(width, vocab, bias=False)
+        if tie:
+            self.lm_head.weight = self.tok.weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.ln(F.relu(self.proj(self.tok(tokens)))))

@@ -253,6 +253,34 @@ def _key_name(key: Any) -> str:
     return str(name) if name else repr(key)
 
 
+_BY_METHOD: dict[tuple[type, str], LayerRule] = {}
+
+
+def register_method(flax_types: tuple[type, ...], method: str, rule: LayerRule) -> None:
+    """Give a method other than ``__call__`` of these Flax classes a rule of its own: its calls are captured
+    and matched as layers (``nn.Embed.attend``: the output projection tied to the embedding).
+
+    Raises:
+        RuleRegistrationError: when one of them already has a rule for that method.
+    """
+    for flax_type in flax_types:
+        if (flax_type, method) in _BY_METHOD:
+            raise RuleRegistrationError(f"{_key_name(flax_type)}.{method} already has a rule")
+    _BY_METHOD.update({(flax_type, method): rule for flax_type in flax_types})
+
+
+def captured_methods(flax_type: type) -> tuple[str, ...]:
+    """The methods of a Flax class, besides ``__call__``, whose calls have a rule (``("attend",)`` for Embed)."""
+    return tuple(method for (cls, method) in _BY_METHOD if cls is flax_type)
+
+
+def rule_for_call(module: Any, method: str) -> LayerRule | None:
+    """The rule of a captured call: ``rule_or_none(module)`` for ``__call__``, else the method's own rule."""
+    if method == "__call__":
+        return rule_or_none(module)
+    return _BY_METHOD.get((type(module), method))
+
+
 def rule_or_none(layer: Any) -> LayerRule | None:
     """The rule for a Flax layer, or None: the checker compares layers with no rule by their outputs alone."""
     try:

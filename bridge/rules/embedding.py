@@ -1,4 +1,6 @@
-"""``nn.Embed`` <-> ``torch.nn.Embedding``: the table ``(num_embeddings, features)`` is the weight, as it is."""
+"""``nn.Embed`` <-> ``torch.nn.Embedding``: the table ``(num_embeddings, features)`` is the weight, as it is.
+``nn.Embed.attend`` (the output projection tied to the embedding, ``x @ table.T``) <-> a ``torch.nn.Linear``
+without bias whose weight ``(num_embeddings, features)`` is the same table, shared or copied."""
 
 from __future__ import annotations
 
@@ -11,8 +13,9 @@ import torch
 from flax import nnx
 
 from .._errors import LayerMismatchError
+from .._numerics import affine_error_bound, propagated_error
 from .._tensors import numpy_dtype, torch_dtype
-from ._registry import BoundInputs, LayerRule, ParamMap, register
+from ._registry import BoundInputs, LayerRule, ParamMap, register, register_method
 
 _EMBEDDING = ParamMap("params", "embedding", "weight")
 
@@ -57,3 +60,32 @@ class EmbedRule(LayerRule):
 
     def error_bound(self, layer: Any, variables: Mapping[str, Mapping[str, Any]], bound: BoundInputs) -> np.ndarray:
         return np.zeros(bound.y.shape)
+
+
+class EmbedAttendRule(LayerRule):
+    """``Embed.attend(x) = x @ table.T`` <-> ``torch.nn.Linear(features, num_embeddings, bias=False)``,
+    ``weight = table``. A rule for a method, not a class (``register_method``)."""
+
+    kind = "Embed.attend"
+    flax_keys = ()
+    torch_types = (torch.nn.Linear,)
+
+    def param_maps(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> tuple[ParamMap, ...]:
+        return (_EMBEDDING,)
+
+    def torch_param_maps(self, module: torch.nn.Module) -> tuple[ParamMap, ...]:
+        return (_EMBEDDING,)
+
+    def error_bound(self, layer: Any, variables: Mapping[str, Mapping[str, Any]], bound: BoundInputs) -> np.ndarray:
+        """A Dense without bias whose kernel is the table transposed (fan-in: the features)."""
+        kernel = np.asarray(variables["params"]["embedding"], np.float64).T  # (features, num_embeddings)
+        x = bound.x.reshape(-1, kernel.shape[0])
+        y = bound.y.reshape(x.shape[0], -1)
+        squares = np.square(x) @ np.square(kernel)
+        total = affine_error_bound(x @ kernel, squares, None, y, kernel.shape[0], bound.precision)
+        if bound.tol_in.shape == bound.x.shape:
+            total = total + propagated_error(bound.tol_in.reshape(x.shape), kernel)
+        return total.reshape(bound.y.shape)
+
+
+register_method((nn.Embed, nnx.Embed), "attend", EmbedAttendRule())
