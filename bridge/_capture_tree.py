@@ -28,7 +28,8 @@ from .rules._registry import captured_methods, rule_for_call
 class Call:
     """One module call: ``index`` in start order, ``parent`` the index of the call it ran inside (None at
     the top), ``name`` its path (``Block_0/Dense_1`` or ``blocks.0.fc1``; ``""`` for the model itself),
-    ``module`` the module (bound, for Flax), ``variables`` its own Flax variables (empty for torch),
+    ``module`` the module (bound, for Flax), ``variables`` its own Flax variables (for calls with a rule;
+    empty for the others and for torch: copying every composite's subtree would cost depth x size),
     ``method`` the method called (``__call__``, or one with a rule of its own: ``attend``; ``kind`` then
     reads ``Embed.attend``)."""
 
@@ -82,7 +83,8 @@ def capture_flax(
             call.output = next_fun(*call_args, **call_kwargs)
         finally:
             stack.pop()
-        call.variables = {str(k): _plain(v) for k, v in module.variables.items()} if module.scope is not None else {}
+        if module.scope is not None and rule_for_call(module, method) is not None:  # only rules read variables: a
+            call.variables = {str(k): _plain(v) for k, v in module.variables.items()}  # composite's copy is skipped
         return call.output
 
     try:
