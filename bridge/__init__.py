@@ -18,6 +18,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "Divergence": ("._report", "Divergence"),
     "EquivalenceReport": ("._report", "EquivalenceReport"),
     "SeedSweepReport": ("._report", "SeedSweepReport"),
+    "TiedWeightsWarning": ("._errors", "TiedWeightsWarning"),
     "GradientRow": ("._report", "GradientRow"),
     "InvalidArgumentError": ("._errors", "InvalidArgumentError"),
     "LayerMismatchError": ("._errors", "LayerMismatchError"),
@@ -81,6 +82,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors (tests/test_p
     from ._errors import LayerMismatchError as LayerMismatchError
     from ._errors import NotEquivalentError as NotEquivalentError
     from ._errors import RuleRegistrationError as RuleRegistrationError
+    from ._errors import TiedWeightsWarning as TiedWeightsWarning
     from ._errors import UnknownLayerError as UnknownLayerError
     from ._errors import UnsupportedModelError as UnsupportedModelError
     from ._files import CheckpointError as CheckpointError

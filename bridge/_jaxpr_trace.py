@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from flax import nnx
 
+from ._capture_tree import nnx_paths, nnx_variables
 from ._errors import BridgeError, LayerMismatchError, UnsupportedModelError, first_line
 from ._tensors import to_tensor
 from .rules import LayerRule
@@ -162,12 +163,12 @@ def _nnx_run(model: nnx.Module, tracer: _Tracer, rebuild: Any) -> tuple[Any, dic
     ``batch_stats`` states; ``run`` merges them back and calls it with the ``__call__`` of every module
     class that has a rule wrapped for the run (NNX has no method interception), restored after."""
     graphdef, params, stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)  # type: ignore[misc]
-    sources = _nnx_modules(model)
+    sources = {path: module for path, module in nnx_paths(model).values() if path}
     classes = {type(m) for m in sources.values() if rule_or_none(m) is not None}
 
     def run(trees: dict[str, Any], *arrays: Any) -> Any:
         merged = nnx.merge(graphdef, trees["params"], trees["batch_stats"], rest)
-        paths = {id(module): path for path, module in _nnx_modules(merged).items()}
+        paths = {key: path for key, (path, _) in nnx_paths(merged).items() if path}
         originals = {cls: cls.__call__ for cls in classes}
 
         def wrap(original: Any) -> Any:
@@ -176,13 +177,13 @@ def _nnx_run(model: nnx.Module, tracer: _Tracer, rebuild: Any) -> tuple[Any, dic
                 if tracer.inside or path is None:
                     return original(self, *call_args, **call_kwargs)
                 source = sources[path]
-                layer = _as_layer(source, source, _nnx_variables(source), call_args, call_kwargs)
+                layer = _as_layer(source, source, nnx_variables(source), call_args, call_kwargs)
                 if layer is None:
-                    with jax.named_scope(SCOPE_PREFIX + ".".join(path)):
+                    with jax.named_scope(SCOPE_PREFIX + path.replace("/", ".")):
                         return original(self, *call_args, **call_kwargs)
                 own_graph, own = nnx.split(self)
                 return tracer.jit_layer(
-                    path, layer, own, call_args, call_kwargs,
+                    tuple(path.split("/")), layer, own, call_args, call_kwargs,
                     lambda state, a, k: original(nnx.merge(own_graph, state), *a, **k),
                 )  # fmt: skip
 
@@ -198,27 +199,6 @@ def _nnx_run(model: nnx.Module, tracer: _Tracer, rebuild: Any) -> tuple[Any, dic
                 cls.__call__ = original  # type: ignore[method-assign]
 
     return run, {"params": params, "batch_stats": stats}
-
-
-def _nnx_modules(model: nnx.Module) -> dict[tuple[str, ...], nnx.Module]:
-    """Every submodule of an NNX model by its attribute path (``("blocks", "0", "linear")``), the first path
-    of a module reachable by two."""
-    found: dict[tuple[str, ...], nnx.Module] = {}
-    seen: set[int] = set()
-    for path, node in nnx.iter_graph(model):
-        if isinstance(node, nnx.Module) and path and id(node) not in seen:
-            seen.add(id(node))
-            found[tuple(str(p) for p in path)] = node
-    return found
-
-
-def _nnx_variables(module: nnx.Module) -> dict[str, Any]:
-    """An NNX layer's own variables as the rules read them: ``{"params": {...}, "batch_stats": {...}}``."""
-    own: dict[str, Any] = {}
-    for collection, kind in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
-        if state := nnx.to_pure_dict(nnx.state(module, kind)):
-            own[collection] = state
-    return own
 
 
 def _linen_variables(variables: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any]:

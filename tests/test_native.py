@@ -256,7 +256,7 @@ class _NNXModel(nnx.Module):
 def test_an_nnx_model_converts_with_its_attribute_paths(tmp_path: Any) -> None:
     model = _NNXModel(nnx.Rngs(0))
     x = np.random.default_rng(4).normal(size=(5, 4)).astype(np.float32)
-    module = bridge.to_torch(model, None, x)
+    module = bridge.to_torch(model, None, x, check=True)
     assert isinstance(module.get_submodule("blocks.0.linear"), torch.nn.Linear)
     np.testing.assert_array_equal(
         to_numpy(module.get_parameter("blocks.0.scale")), np.asarray(model.blocks[0].scale[...])
