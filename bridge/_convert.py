@@ -248,7 +248,10 @@ def load_into(
     ``mapping``/``torch_inputs``) is filled by structure: both models run once on ``inputs``, their calls
     are matched as ``check_equivalence`` matches them, and every port parameter and buffer must be
     filled from exactly one Flax variable (tied tensors must get equal values); the Linear after a
-    ``torch.flatten`` of NCHW gets its columns permuted, found from the recorded values.
+    ``torch.flatten`` of NCHW gets its columns permuted, found from the recorded values. An NNX model
+    (``variables`` None) that is not an ``nnx.Sequential`` is filled the same way, by attribute paths. An
+    output Linear tied to an embedding (``nn.Embed.attend``) is filled whether it shares or copies the
+    embedding weight, with a ``TiedWeightsWarning`` that says which.
 
     Arguments:
         inputs, torch_inputs, mapping: as in ``check_equivalence`` (needed for trees only).

@@ -108,6 +108,7 @@ class _Builder:
         ]
         placeholders = [self.graph.placeholder(_identifier(name)) for name in self.trace.input_names]
         inputs += placeholders
+        self.emit.template = placeholders[0] if placeholders else None
         for var, node in zip(closed.jaxpr.invars[n:], placeholders, strict=True):
             if 0 in self.emit.batch_dims.get(id(var), ()):
                 self.emit.batch_input = (node, int(var.aval.shape[0]))

@@ -33,6 +33,7 @@ class Emitter:
         self.graph = graph
         self.batch_dims = batch_dims or {}  # id(jaxpr var) -> its axes whose size follows the batch size
         self.batch_input: tuple[fx.Node, int] | None = None  # an input whose axis 0 is the batch, and its size
+        self.template: fx.Node | None = None  # an input tensor: new tensors are made on its device
         self._batch_size: fx.Node | None = None
 
     def sizes(self, var: Any, *, keep: tuple[int, ...] = ()) -> tuple[Any, ...]:
@@ -69,11 +70,25 @@ class Emitter:
         """A node calling a tensor method on ``args[0]``."""
         return self.graph.call_method(name, args, kwargs)
 
-    def tensor(self, value: Arg, aval: Any) -> Arg:
-        """``value`` as a tensor node: a scalar literal becomes ``torch.full((), value, dtype=...)``."""
+    def tensor(self, value: Arg, aval: Any, like: Arg = None) -> Arg:
+        """``value`` as a tensor node: a scalar literal becomes a 0-d tensor made by ``new_full`` from
+        ``like`` (an operand of the same dtype) or from the module's input, so it follows the module to
+        any device (and, made from ``like``, to any dtype)."""
         if isinstance(value, fx.Node):
             return value
-        return self.call(torch.full, (), value, dtype=torch_dtype(aval.dtype))
+        if isinstance(like, fx.Node):
+            return self.method("new_full", like, (), value)
+        return self.full((), value, torch_dtype(aval.dtype))
+
+    def full(self, shape: tuple[Any, ...], value: Any, dtype: torch.dtype) -> fx.Node:
+        """A new tensor of ``shape`` filled with ``value``, on the module's input's device."""
+        if self.template is None:
+            return self.call(torch.full, shape, value, dtype=dtype)
+        return self.method("new_full", self.template, shape, value, dtype=dtype)
+
+    def device(self) -> Any:
+        """The device new tensors are made on: the module's input's (None: torch's default)."""
+        return None if self.template is None else self.call(getattr, self.template, "device")
 
 
 def translates(*names: str) -> Callable[[Translation], Translation]:
@@ -158,7 +173,7 @@ def _binary(name: str) -> Translation:
                 return emit.call(function, y, x)
             if name == "sub" and isinstance(y, fx.Node):
                 return emit.call(torch.rsub, y, x)  # x - y
-            x = emit.tensor(x, eqn.invars[0].aval)
+            x = emit.tensor(x, eqn.invars[0].aval, like=y)
         return emit.call(function, x, y)
 
     return translate
@@ -171,7 +186,7 @@ for _name in _BINARY:
 
 @translates("div")
 def _div(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
-    x = emit.tensor(args[0], eqn.invars[0].aval)
+    x = emit.tensor(args[0], eqn.invars[0].aval, like=args[1])
     if _is_integer(eqn.outvars[0].aval):  # lax.div rounds integers toward zero, as C does
         return emit.call(torch.div, x, args[1], rounding_mode="trunc")
     return emit.call(torch.div, x, args[1])
@@ -179,7 +194,9 @@ def _div(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
 
 @translates("rem")
 def _rem(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
-    return emit.call(torch.fmod, emit.tensor(args[0], eqn.invars[0].aval), args[1])  # the sign of the dividend
+    return emit.call(
+        torch.fmod, emit.tensor(args[0], eqn.invars[0].aval, like=args[1]), args[1]
+    )  # the sign of the dividend
 
 
 @translates("max", "min")
@@ -234,7 +251,10 @@ def _clamp(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
 
 @translates("convert_element_type")
 def _convert(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
-    return emit.method("to", emit.tensor(args[0], eqn.invars[0].aval), _dtype(eqn.outvars[0].aval))
+    x = emit.tensor(args[0], eqn.invars[0].aval)
+    if _dtype(eqn.invars[0].aval) == _dtype(eqn.outvars[0].aval):  # weak type only: no cast, so that the
+        return x  # module moved to another dtype (module.to(torch.float64)) keeps it
+    return emit.method("to", x, _dtype(eqn.outvars[0].aval))
 
 
 @translates("copy", "copy_p", "optimization_barrier")
@@ -261,7 +281,7 @@ def _reshape(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
 def _broadcast_in_dim(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
     shape = tuple(eqn.params["shape"])
     if not isinstance(args[0], fx.Node):
-        return emit.call(torch.full, emit.sizes(eqn.outvars[0]), args[0], dtype=_dtype(eqn.outvars[0].aval))
+        return emit.full(emit.sizes(eqn.outvars[0]), args[0], _dtype(eqn.outvars[0].aval))
     operand_shape = tuple(eqn.invars[0].aval.shape)
     kept = tuple(eqn.params["broadcast_dimensions"])
     view = [1] * len(shape)
@@ -363,7 +383,7 @@ def _dynamic_slice(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
 @translates("iota")
 def _iota(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
     shape, dimension = tuple(eqn.params["shape"]), int(eqn.params["dimension"])
-    values = emit.call(torch.arange, shape[dimension], dtype=_dtype(eqn.outvars[0].aval))
+    values = emit.call(torch.arange, shape[dimension], dtype=_dtype(eqn.outvars[0].aval), device=emit.device())
     view = [1] * len(shape)
     view[dimension] = shape[dimension]
     values = emit.method("reshape", values, tuple(view)) if len(shape) > 1 else values

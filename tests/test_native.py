@@ -6,6 +6,7 @@ result is also compared here, independently, with JAX's own outputs and gradient
 
 from __future__ import annotations
 
+import copy
 import io
 from typing import Any
 
@@ -265,3 +266,18 @@ def test_an_nnx_model_converts_with_its_attribute_paths(tmp_path: Any) -> None:
     np.testing.assert_allclose(to_numpy(module(to_tensor(x))), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
     source, weights = write_export(module, "_NNXModel", tmp_path)
     torch.testing.assert_close(load_export(source, weights, "_NNXModel")(to_tensor(x)), module(to_tensor(x)))
+
+
+@pytest.mark.parametrize("name", ["transformer", "token"])
+def test_the_module_moves_to_another_device_and_dtype(name: str) -> None:
+    model, variables, x = _model(name)
+    module = bridge.to_torch(model, variables, x)
+    meta = copy.deepcopy(module).to("meta")  # every tensor the graph makes must follow the module's device
+    out = meta(to_tensor(x).to("meta"))
+    assert out.device.type == "meta"
+    assert tuple(out.shape) == np.shape(model.apply(variables, x))
+    if name == "transformer":
+        wide = module.to(torch.float64)(to_tensor(x.astype(np.float64)))
+        assert wide.dtype == torch.float64
+        expected = np.asarray(model.apply(variables, x))
+        np.testing.assert_allclose(to_numpy(wide), expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
