@@ -468,11 +468,43 @@ def _reduce_window(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
         for axis, (size, stride) in enumerate(zip(p["window_dimensions"], p["window_strides"], strict=True))
         if size != 1 or stride != 1
     ]
+    pooled = _torch_pooling(emit, name, x, windowed, len(aval.shape)) if not _is_integer(aval) else None
+    if pooled is not None:
+        return pooled
     for axis, size, stride in windowed:
         x = emit.method("unfold", x, axis, size, stride)
     if not windowed:
         return x
     return emit.call(_WINDOW_REDUCE[name], x, tuple(range(-len(windowed), 0)))
+
+
+def _torch_pooling(emit: Emitter, name: str, x: Arg, windowed: list[tuple[int, int, int]], rank: int) -> Arg | None:
+    """Pooling over the spatial axes of an ``(N, *spatial, C)`` array (Flax's layout) as torch's own
+    ``max_pool``/``avg_pool`` (a sum: ``divisor_override=1``) on the channels-first view: torch's
+    fast kernels. None where the windows are not of that form (``unfold`` then does it)."""
+    axes = [axis for axis, _, _ in windowed]
+    spatial = len(axes)
+    if not 1 <= spatial <= 3 or rank != spatial + 2 or axes != list(range(1, spatial + 1)):
+        return None
+    kernel = tuple(size for _, size, _ in windowed)
+    stride = tuple(step for _, _, step in windowed)
+    functional = torch.nn.functional
+    pool = {
+        # a sum is an average with divisor 1: avg_pool1d has no divisor_override, unfold does 1-D sums
+        "reduce_window_sum": (None, functional.avg_pool2d, functional.avg_pool3d)[spatial - 1],
+        "reduce_window_max": (functional.max_pool1d, functional.max_pool2d, functional.max_pool3d)[spatial - 1],
+        "reduce_window_min": (functional.max_pool1d, functional.max_pool2d, functional.max_pool3d)[spatial - 1],
+    }[name]
+    if pool is None:
+        return None
+    channels_first = emit.method("movedim", x, -1, 1)
+    if name == "reduce_window_min":  # min = -max(-x)
+        channels_first = emit.call(torch.neg, channels_first)
+    extra = {"divisor_override": 1} if name == "reduce_window_sum" else {}
+    y = emit.call(pool, channels_first, kernel, stride, **extra)
+    if name == "reduce_window_min":
+        y = emit.call(torch.neg, y)
+    return emit.method("movedim", y, 1, -1)
 
 
 # --- contractions -------------------------------------------------------------------------------

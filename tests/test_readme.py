@@ -22,7 +22,7 @@ README = (Path(__file__).parent.parent / "README.md").read_text()
 
 def _block_after(marker: str) -> list[str]:
     """The lines of the first fenced block that follows ``marker`` in the README."""
-    start = README.index("```", README.index(marker)) + 3
+    start = README.index("```", README.index(marker) + len(marker)) + 3
     body = README[README.index("\n", start) + 1 : README.index("```", start)]
     return body.rstrip("\n").splitlines()
 
@@ -73,6 +73,7 @@ def test_the_generated_code_shown_is_what_to_torch_writes() -> None:
     x = np.zeros((4, 28, 28, 1), np.float32)
     code = bridge.to_torch(model, model.init(jax.random.PRNGKey(0), x), x).code
     shown = _block_after("print(module.code)\n```")
+    assert len(shown) > 10
     lines = [line.strip() for line in code.splitlines() if line.strip()]
     position = 0
     for line in (line.strip() for line in shown if line.strip() != "..."):
