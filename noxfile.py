@@ -53,13 +53,14 @@ def typecheck(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks (minutes; about 4 GiB of temporary disk, 8 GiB of memory): false alarms over 20,000
     correct layers per dtype and the detection thresholds, conversion speed and memory, checking an 85M
-    transformer as a call tree, loading a 2000-layer tree, checkpoint memory, multi-seed sweep throughput,
-    start-up time."""
+    transformer as a call tree, loading a 2000-layer tree, the converted module's speed against a
+    hand-written port, checkpoint memory, multi-seed sweep throughput, start-up time."""
     install_project(session, "test")
     session.run("python", "benchmarks/false_alarms.py")
     session.run("python", "benchmarks/conversion_speed.py")
     session.run("python", "benchmarks/tree_check_speed.py")
     session.run("python", "benchmarks/tree_load_speed.py")
+    session.run("python", "benchmarks/native_speed.py")
     session.run("python", "benchmarks/checkpoint_rss.py")
     session.run("python", "benchmarks/seed_sweep.py")
     session.run("python", "benchmarks/startup.py")
