@@ -134,9 +134,9 @@ MUTANTS = (
         ("tests/test_primitives.py",),
     ),
     Mutant(
-        "a mixed-precision layer's output left in the layer's dtype",
+        "a mixed-precision layer keeps its float32 weights",
         "bridge/_fx_build.py",
-        'node = self.emit.method("to", node, _torch_dtype(out_aval))',
+        "module.to(_torch_dtype(out_aval))",
         "pass",
         ("tests/test_native.py",),
     ),

@@ -249,8 +249,6 @@ class _Builder:
         node = self.graph.call_module(target, (x,))
         if gives is not None and gives != tuple(out_aval.shape):
             node = self.emit.method("reshape", node, self.emit.shape(eqn.outvars[0]))
-        if tensor is not None and _is_float(out_aval) and _torch_dtype(out_aval) != tensor.dtype:
-            node = self.emit.method("to", node, _torch_dtype(out_aval))
         return node
 
 

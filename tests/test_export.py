@@ -133,3 +133,13 @@ def test_the_source_is_plain_torch_and_reloads_the_same_function() -> None:
         line.split()[1].split(".")[0] in {"__future__", "math", "torch", "collections", "typing"} for line in imports
     ), imports
     compile(source, "model.py", "exec")
+
+
+def test_check_without_a_port_checks_the_conversion(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.syspath_prepend(str(TESTS))
+    assert main(["check", "--flax", "native_models:PoolCNN", "--input-shape", "2,12,12,3"]) == 0
+    out = capsys.readouterr().out
+    assert "EQUIVALENT" in out
+    assert "Conv_0:FlaxConv2d" in out  # the converted module's own layers were compared call by call
