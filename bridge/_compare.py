@@ -99,6 +99,15 @@ def _elementwise(reference: np.ndarray, candidate: np.ndarray, tolerance: np.nda
     tolerance = np.broadcast_to(
         np.nan_to_num(np.asarray(tolerance, np.float64), nan=0.0, posinf=np.inf), reference.shape
     )
+    with np.errstate(invalid="ignore", over="ignore"):
+        error = np.abs(reference - candidate)
+    if np.isfinite(error).all():  # both sides finite everywhere (the common case): fewer passes, same values
+        return _finite_elementwise(reference, error, tolerance)
+    return _general_elementwise(reference, candidate, tolerance)
+
+
+def _general_elementwise(reference: np.ndarray, candidate: np.ndarray, tolerance: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``_elementwise`` with non-finite elements on either side (the tolerance already broadcast)."""
     both_finite = np.isfinite(reference) & np.isfinite(candidate)
     same_nonfinite = (np.isnan(reference) & np.isnan(candidate)) | (np.isinf(reference) & (reference == candidate))
     nonfinite_bad = ~both_finite & ~same_nonfinite
@@ -107,3 +116,18 @@ def _elementwise(reference: np.ndarray, candidate: np.ndarray, tolerance: np.nda
     ratio = np.divide(error, tolerance, out=np.where(error > 0, np.inf, 0.0), where=tolerance > 0)
     ratio[nonfinite_bad] = np.inf
     return error, relative, ratio, (error > tolerance) | nonfinite_bad, nonfinite_bad, tolerance
+
+
+def _finite_elementwise(reference: np.ndarray, error: np.ndarray, tolerance: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``_elementwise`` where every element of both sides is finite: the same six arrays."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        magnitude = np.abs(reference)
+        relative = error / magnitude
+        if not magnitude.all():
+            relative[magnitude == 0] = 0.0
+        ratio = error / tolerance
+    if not (tolerance > 0).all():
+        zero = tolerance <= 0
+        ratio[zero] = np.where(error[zero] > 0, np.inf, 0.0)
+    bad = error > tolerance
+    return error, relative, ratio, bad, np.zeros(reference.shape, bool), tolerance

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from models import small_mlp
 
 import bridge
@@ -72,3 +74,19 @@ def test_a_compute_dtype_the_check_cannot_change_is_refused_with_the_fix() -> No
     variables = model.init(jax.random.PRNGKey(0), x)
     with pytest.raises(bridge.InvalidArgumentError, match=r"computes in float16 .*check with dtype='float16'"):
         bridge.check_equivalence(model, variables, bridge.to_torch(model, variables), x, dtype="float32")
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), zeros=st.floats(0.0, 0.5))
+def test_the_finite_fast_path_gives_the_general_paths_arrays(seed: int, zeros: float) -> None:
+    from bridge._compare import _finite_elementwise, _general_elementwise
+
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(1, 6)), int(rng.integers(1, 7)))
+    reference = rng.normal(size=shape) * (rng.random(shape) > zeros)  # exact zeros: relative error 0 there
+    candidate = reference + rng.normal(size=shape) * 1e-3 * (rng.random(shape) > zeros)
+    tolerance = np.abs(rng.normal(size=shape)) * 1e-3 * (rng.random(shape) > zeros)  # zero tolerances too
+    fast = _finite_elementwise(reference, np.abs(reference - candidate), tolerance)
+    general = _general_elementwise(reference, candidate, tolerance)
+    for a, b in zip(fast, general, strict=True):
+        np.testing.assert_array_equal(a, b)
