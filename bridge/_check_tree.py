@@ -385,11 +385,12 @@ def _compare_gradients(
         return ()
 
     differentiate = _compiled_gradient(model, loss)
+    args, kwargs, fixed = _split_fixed(tuple(args), dict(kwargs))
     try:
-        flax_grads = _pure(differentiate(variables["params"], variables, args, kwargs))
+        flax_grads = _pure(differentiate(variables["params"], variables, args, kwargs, fixed))
         with jax.enable_x64(True):
             wide_v, wide_a, wide_k = jax.tree_util.tree_map(_widen, (variables, args, kwargs))
-            wide_grads = _pure(differentiate(wide_v["params"], wide_v, wide_a, wide_k))
+            wide_grads = _pure(differentiate(wide_v["params"], wide_v, wide_a, wide_k, fixed))
             wide_grads = jax.tree_util.tree_map(np.asarray, wide_grads)
     except Exception as e:  # the user's model code may raise anything
         raise LayerMismatchError(f"the Flax model could not be differentiated: {first_line(e)}") from e
@@ -463,19 +464,39 @@ def _compiled_gradient(model: Any, loss: Loss) -> Any:
 
     if graphdef is not None:  # its parameters split out: v["rest"] holds the rest of its state
 
-        def nnx_loss(params: Any, v: Any, a: Any, k: Any) -> Any:
+        def nnx_loss(params: Any, v: Any, a: Any, k: Any, fixed: Any) -> Any:
+            a, k = _with_fixed(a, k, fixed)
             return loss(nnx.merge(graphdef, params, v["rest"])(*a, **k))
 
-        function = jax.jit(jax.grad(nnx_loss))
+        function = jax.jit(jax.grad(nnx_loss), static_argnums=4)
     else:
 
-        def flax_loss(params: Any, v: Any, a: Any, k: Any) -> Any:
+        def flax_loss(params: Any, v: Any, a: Any, k: Any, fixed: Any) -> Any:
+            a, k = _with_fixed(a, k, fixed)
             return loss(model.apply({**v, "params": params}, *a, **k))
 
-        function = jax.jit(jax.grad(flax_loss))
+        function = jax.jit(jax.grad(flax_loss), static_argnums=4)
     _COMPILED.append((model if graphdef is None else graphdef, loss, function))
     del _COMPILED[:-4]
     return function
+
+
+def _split_fixed(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """``(args, kwargs, fixed)``: the array arguments, traced by the compiled gradient, and the others
+    (``deterministic=True``, ``head_mask=None``) as a hashable static argument, fixed at their values."""
+    arrays = tuple(a if isinstance(a, jax.Array | np.ndarray) else None for a in args)
+    fixed_args = tuple((i, a) for i, a in enumerate(args) if not isinstance(a, jax.Array | np.ndarray))
+    keyword_arrays = {k: v for k, v in kwargs.items() if isinstance(v, jax.Array | np.ndarray)}
+    fixed_kwargs = tuple((k, v) for k, v in kwargs.items() if not isinstance(v, jax.Array | np.ndarray))
+    return arrays, keyword_arrays, (fixed_args, fixed_kwargs)
+
+
+def _with_fixed(args: Any, kwargs: Any, fixed: Any) -> tuple[list[Any], dict[str, Any]]:
+    fixed_args, fixed_kwargs = fixed
+    filled = list(args)
+    for i, value in fixed_args:
+        filled[i] = value
+    return filled, {**kwargs, **dict(fixed_kwargs)}
 
 
 def _pure(tree: Any) -> Any:

@@ -345,8 +345,10 @@ def _composites(flax_calls: Sequence[Call], torch_calls: Sequence[Call], leaves:
     """Each Flax call that contains matched leaves (and is not one) with the torch call that is the lowest
     common ancestor of their partners; the model's own call pairs with the port's. Computed bottom up
     (a call starts after its parent: reversed start order visits children first). A composite whose
-    partners' ancestor also holds other matched layers has no counterpart (the port computes that block
-    inline, in a bigger module): it is left out, and its layers are compared one by one."""
+    partners' ancestor also holds other matched layers, or is itself one of those layers (a Dense and its
+    activation wrapped in a Flax module, the activation applied by the torch port's caller), has no
+    counterpart (the port computes that block inline, in a bigger module): it is left out, and its layers
+    are compared one by one."""
     partner = {p.flax.index: p.torch.index for p in leaves}
     depth = [0] * len(torch_calls)
     for call in torch_calls:  # parents start first
@@ -362,14 +364,19 @@ def _composites(flax_calls: Sequence[Call], torch_calls: Sequence[Call], leaves:
         if covered is not None:
             above = inside.get(call.parent)
             inside[call.parent] = covered if above is None else _common_ancestor(above, covered, torch_calls, depth)
-    flax_held, torch_held = _held(flax_calls, set(partner)), _held(torch_calls, set(partner.values()))
+    partnered = set(partner.values())
+    flax_held, torch_held = _held(flax_calls, set(partner)), _held(torch_calls, partnered)
     result: list[Pair] = []
     for call in flax_calls:
         if call.index in partner:
             continue
         if call.parent is None:
             result.append(Pair(call, torch_calls[0], None))
-        elif call.index in inside and torch_held[inside[call.index]] <= flax_held[call.index]:
+        elif (
+            call.index in inside
+            and inside[call.index] not in partnered  # a layer's own module computes that layer only
+            and torch_held[inside[call.index]] <= flax_held[call.index]
+        ):
             result.append(Pair(call, torch_calls[inside[call.index]], None))
     return result
 

@@ -74,8 +74,20 @@ def verify(model: Any, variables: Mapping[str, Any] | None, module: torch.nn.Mod
     """
     from ._check import check_equivalence
 
-    report = check_equivalence(model, variables, module, inputs)
+    report = check_equivalence(model, variables, module, inputs, torch_inputs=_array_inputs(inputs))
     if not report.ok:
         where = report.first_divergence
         at = f" first at {where.flax_path!r} <-> {where.torch_name!r}" if where is not None else ""
         raise NotEquivalentError(f"the converted module is not equivalent to the Flax model{at}:\n{report}", report)
+
+
+def _array_inputs(inputs: Any) -> Any:
+    """What the converted module takes of ``inputs``: its arrays only (other values were fixed at trace
+    time, ``deterministic=True``); None where that is all of them (the checker converts ``inputs``)."""
+    if isinstance(inputs, Mapping):
+        arrays: Any = {k: v for k, v in inputs.items() if isinstance(v, np.ndarray | jax.Array)}
+    elif isinstance(inputs, tuple):
+        arrays = tuple(v for v in inputs if isinstance(v, np.ndarray | jax.Array))
+    else:
+        return None
+    return arrays if len(arrays) != len(inputs) else None

@@ -44,3 +44,25 @@ class Glue(nn.Module):
         scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
         h = nn.Dense(8)(x * scale) + bias
         return {"out": jnp.tanh(h), "norm": jnp.sqrt(jnp.sum(h * h, axis=-1))}
+
+
+class Intermediate(nn.Module):
+    """A Dense and its activation in a module of their own, as Hugging Face's Flax BERT writes them."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.gelu(nn.Dense(32)(x), approximate=False)
+
+
+class SmallEncoder(nn.Module):
+    """Keyword inputs as Hugging Face's Flax models take them: arrays, None and a Python bool."""
+
+    @nn.compact
+    def __call__(
+        self, input_ids: jax.Array, attention_mask: jax.Array, head_mask: None = None, deterministic: bool = True
+    ) -> dict[str, jax.Array]:
+        x = nn.Embed(30, 16)(input_ids)
+        x = nn.Dropout(0.1, deterministic=deterministic)(x)
+        x = x * attention_mask[..., None]
+        hidden = nn.LayerNorm()(x + nn.Dense(16)(Intermediate()(x)))
+        return {"last_hidden_state": hidden, "pooler_output": jnp.tanh(nn.Dense(16)(hidden[:, 0]))}

@@ -281,3 +281,20 @@ def test_the_module_moves_to_another_device_and_dtype(name: str) -> None:
         assert wide.dtype == torch.float64
         expected = np.asarray(model.apply(variables, x))
         np.testing.assert_allclose(to_numpy(wide), expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+def test_keyword_inputs_with_fixed_values_and_a_wrapped_activation() -> None:
+    from native_models import SmallEncoder
+
+    rng = np.random.default_rng(5)
+    ids = rng.integers(1, 30, size=(2, 6)).astype(np.int32)
+    mask = np.ones((2, 6), np.float32)
+    mask[1, 4:] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask, "head_mask": None, "deterministic": True}
+    model = SmallEncoder()
+    variables = model.init(jax.random.PRNGKey(0), **inputs)
+    module = bridge.to_torch(model, variables, inputs, check=True)  # None and the bool are fixed, not inputs
+    out = module(input_ids=to_tensor(ids), attention_mask=to_tensor(mask))
+    expected = model.apply(variables, **inputs)
+    for key in ("last_hidden_state", "pooler_output"):
+        np.testing.assert_allclose(to_numpy(out[key]), np.asarray(expected[key]), rtol=1e-5, atol=1e-5)
