@@ -1,4 +1,5 @@
-"""Hugging Face's Flax BERT (removed in transformers v5) converted to a native torch module and checked.
+"""Hugging Face's Flax BERT (removed in transformers v5) converted to a native torch module and checked,
+and checked against Hugging Face's own PyTorch ``BertModel`` after ``load_into`` (matched by structure).
 
 Run: ``python benchmarks/hf_flax_bert.py [layers hidden]`` with transformers < 5 installed (4.57.x has the
 Flax models; not a dependency of this project). A BertConfig of that size is initialised locally (no
@@ -21,13 +22,13 @@ import bridge
 
 def main() -> None:
     try:
-        from transformers import BertConfig, FlaxBertModel
+        from transformers import BertConfig, BertModel, FlaxBertModel
     except ImportError:
         raise SystemExit("needs transformers < 5 ('transformers<5'), which still has the Flax models") from None
     layers, hidden = (int(v) for v in sys.argv[1:3]) if len(sys.argv) > 2 else (2, 64)
     config = BertConfig(
         vocab_size=1000, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-        intermediate_size=4 * hidden, max_position_embeddings=64,
+        intermediate_size=4 * hidden, max_position_embeddings=64, attn_implementation="eager",
     )  # fmt: skip
     bert = FlaxBertModel(config, seed=0)
     ids = np.random.default_rng(0).integers(1, 1000, size=(2, 16)).astype(np.int32)
@@ -51,6 +52,15 @@ def main() -> None:
     print(f"FlaxBertModel {layers} layers, hidden {hidden}: to_torch with check=True {seconds:.2f} s: EQUIVALENT")
     first_key = next(iter(module.state_dict()))
     print(f"  last_hidden_state max abs difference {difference:.2e}; state_dict keys like {first_key}")
+    port = BertModel(config).eval()  # Hugging Face's own PyTorch port, its own names and random weights
+    torch_inputs = {k: v.long() for k, v in arrays.items()}
+    start = time.perf_counter()
+    bridge.load_into(port, bert.module, {"params": bert.params}, inputs=inputs, torch_inputs=torch_inputs)
+    report = bridge.check_equivalence(bert.module, {"params": bert.params}, port, inputs, torch_inputs=torch_inputs)
+    seconds = time.perf_counter() - start
+    verdict = "EQUIVALENT" if report.ok else f"NOT EQUIVALENT\n{report}"
+    rows = len(report.gradients)
+    print(f"transformers BertModel: load_into + check_equivalence {seconds:.2f} s, {rows} gradients: {verdict}")
 
 
 if __name__ == "__main__":
