@@ -9,7 +9,7 @@ sentinel untouched and hand the Sequential its own input, so nothing happens out
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -192,6 +192,11 @@ def _step(index: int, layer: Any, variables: Variables) -> Step:
     if not isinstance(layer, nn.Module):
         return Step(index, layer, (), {})
     path = tuple(layer.scope.path) if layer.scope is not None else ()
+    return Step(index, layer, path, variables_at(variables, path))
+
+
+def variables_at(variables: Mapping[str, Any], path: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The variables of the linen module at ``path`` (``("Block_0", "Dense_1")``), per collection that has any."""
     owned: dict[str, dict[str, Any]] = {}
     for collection, tree in variables.items():
         node: Any = tree
@@ -200,8 +205,8 @@ def _step(index: int, layer: Any, variables: Variables) -> Step:
             if node is None:
                 break
         if isinstance(node, Mapping) and node:
-            owned[collection] = dict(node)
-    return Step(index, layer, path, owned)
+            owned[str(collection)] = dict(node)
+    return owned
 
 
 def _check_every_variable_is_owned(name: str, steps: tuple[Step, ...], variables: Variables) -> None:

@@ -39,7 +39,7 @@ from ._match_tree import (
 )
 from ._numerics import Precision, finite_rms, function_rounding, gradient_tolerance
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow
-from ._tensors import is_float, to_numpy, to_tensor
+from ._tensors import is_array, is_float, to_numpy, to_tensor
 from .rules import BoundInputs, LayerRule
 
 Loss = Callable[[Any], Any]
@@ -484,10 +484,10 @@ def _compiled_gradient(model: Any, loss: Loss) -> Any:
 def _split_fixed(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any, Any]:
     """``(args, kwargs, fixed)``: the array arguments, traced by the compiled gradient, and the others
     (``deterministic=True``, ``head_mask=None``) as a hashable static argument, fixed at their values."""
-    arrays = tuple(a if isinstance(a, jax.Array | np.ndarray) else None for a in args)
-    fixed_args = tuple((i, a) for i, a in enumerate(args) if not isinstance(a, jax.Array | np.ndarray))
-    keyword_arrays = {k: v for k, v in kwargs.items() if isinstance(v, jax.Array | np.ndarray)}
-    fixed_kwargs = tuple((k, v) for k, v in kwargs.items() if not isinstance(v, jax.Array | np.ndarray))
+    arrays = tuple(a if is_array(a) else None for a in args)
+    fixed_args = tuple((i, a) for i, a in enumerate(args) if not is_array(a))
+    keyword_arrays = {k: v for k, v in kwargs.items() if is_array(v)}
+    fixed_kwargs = tuple((k, v) for k, v in kwargs.items() if not is_array(v))
     return arrays, keyword_arrays, (fixed_args, fixed_kwargs)
 
 

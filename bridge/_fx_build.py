@@ -26,7 +26,7 @@ from torch import fx
 from ._errors import UnsupportedModelError
 from ._jaxpr_trace import LAYER_PREFIX, SCOPE_PREFIX, Trace, TracedLayer
 from ._primitives import TABLE, Emitter
-from ._tensors import to_tensor, torch_dtype
+from ._tensors import is_float, to_tensor, torch_dtype
 
 # Primitives whose sub-jaxpr is inlined: name -> the params key holding it.
 _INLINED = {
@@ -115,7 +115,7 @@ class _Builder:
                 break
         assert len(inputs) == n + len(self.trace.input_names)
         outputs = self._inline(closed.jaxpr, list(closed.consts), inputs, "")
-        resolved = [self._node(value, var.aval) for value, var in zip(outputs, closed.jaxpr.outvars, strict=True)]
+        resolved = [self._node(value) for value in outputs]
         self.graph.output(_structure(self.trace.output_tree, resolved))
         self.graph.lint()
         module = fx.GraphModule(self.root, self.graph, class_name=class_name)
@@ -133,7 +133,7 @@ class _Builder:
             flax_path = (m.collection, *layer.path.split("/"), m.flax_name)
             self.owned[flax_path] = (f"{target}.{m.torch_name}", m.to_torch_axes)
 
-    def _node(self, value: Any, aval: Any) -> Any:
+    def _node(self, value: Any) -> Any:
         """An fx node (or scalar) for an environment value: variables become ``get_attr`` on first use."""
         if isinstance(value, _Variable):
             node = self.nodes.get(id(value))
@@ -198,7 +198,7 @@ class _Builder:
         if name in ("jit", "pjit") and layer_name.startswith(LAYER_PREFIX):
             return [self._layer_call(eqn, values)]
         if name == "custom_jvp_call" and _is_relu(eqn.params["call_jaxpr"]):
-            return [self.emit.call(torch.relu, self._node(values[0], eqn.invars[0].aval))]
+            return [self.emit.call(torch.relu, self._node(values[0]))]
         if name in _INLINED:
             sub = eqn.params[_INLINED[name]]
             jaxpr, consts = (sub.jaxpr, sub.consts) if hasattr(sub, "consts") else (sub, ())
@@ -210,7 +210,7 @@ class _Builder:
                 f"the JAX primitive {name!r}{_at(where)} has no torch translation; supported: "
                 f"{', '.join(sorted(TABLE))}. Give that module a rule (@bridge.register_rule) or rewrite it"
             )
-        nodes = [self._node(v, var.aval) for v, var in zip(values, eqn.invars, strict=True)]
+        nodes = [self._node(v) for v in values]
         try:
             result = translate(self.emit, eqn, nodes)
         except NotImplementedError as e:
@@ -224,16 +224,16 @@ class _Builder:
         target = self.layer_targets[layer.path]
         (data,) = values[layer.n_variables :]
         (data_var,) = eqn.invars[layer.n_variables :]
-        x = self._node(data, data_var.aval)
+        x = self._node(data)
         module = self.root.get_submodule(target)
         shape, out_aval = tuple(data_var.aval.shape), eqn.outvars[0].aval
         tensor = next(iter(module.parameters()), None)
-        if tensor is not None and _is_float(out_aval) and _torch_dtype(out_aval) != tensor.dtype:
+        if tensor is not None and is_float(out_aval.dtype) and torch_dtype(out_aval.dtype) != tensor.dtype:
             # mixed precision (``dtype=bfloat16`` over float32 parameters): Flax computes with the weights
             # cast to the layer's dtype, so the torch layer holds them in it
-            module.to(_torch_dtype(out_aval))
+            module.to(torch_dtype(out_aval.dtype))
             tensor = next(iter(module.parameters()))
-        if tensor is not None and _is_float(data_var.aval) and _torch_dtype(data_var.aval) != tensor.dtype:
+        if tensor is not None and is_float(data_var.aval.dtype) and torch_dtype(data_var.aval.dtype) != tensor.dtype:
             x = self.emit.method("to", x, tensor.dtype)
         gives: tuple[int, ...] | None = None  # what the torch layer returns, where it is not the Flax shape
         if isinstance(module, torch.nn.Linear):
@@ -310,14 +310,6 @@ def _is_relu(closed: Any) -> bool:
         return _is_relu(eqn.params["jaxpr"])
     literals = [v for v in eqn.invars if isinstance(v, jex.Literal)]
     return eqn.primitive.name == "max" and len(literals) == 1 and float(np.asarray(literals[0].val)) == 0.0
-
-
-def _is_float(aval: Any) -> bool:
-    return bool(jax.numpy.issubdtype(aval.dtype, jax.numpy.floating))
-
-
-def _torch_dtype(aval: Any) -> torch.dtype:
-    return torch_dtype(aval.dtype)
 
 
 def _structure(tree: Any, leaves: list[Any]) -> Any:

@@ -22,8 +22,9 @@ import torch
 from flax import nnx
 
 from ._capture_tree import nnx_paths, nnx_variables
+from ._chain import variables_at
 from ._errors import BridgeError, LayerMismatchError, UnsupportedModelError, first_line
-from ._tensors import to_tensor
+from ._tensors import is_array, to_tensor
 from .rules import LayerRule
 from .rules._registry import rule_or_none
 
@@ -112,7 +113,7 @@ class _Tracer:
         """Run ``call(own, args, kwargs)`` as ``jax.jit`` of a function named ``layer:<n>``: one equation."""
         source, rule, concrete, torch_module = layer
         leaves, tree = jax.tree_util.tree_flatten((call_args, call_kwargs))
-        positions = [i for i, leaf in enumerate(leaves) if _is_array(leaf)]
+        positions = [i for i, leaf in enumerate(leaves) if is_array(leaf)]
         key = f"{LAYER_PREFIX}{len(self.layers)}"
         count = len(jax.tree_util.tree_leaves(own))
         self.layers[key] = TracedLayer("/".join(path), source, concrete, rule, count, torch_module)
@@ -140,7 +141,7 @@ def _linen_run(model: nn.Module, variables: Mapping[str, Any], tracer: _Tracer, 
         if tracer.inside or context.method_name != "__call__" or module.scope is None:
             return next_fun(*call_args, **call_kwargs)
         path = tuple(str(p) for p in module.scope.path)
-        layer = _as_layer(module, module.clone(parent=None), _linen_variables(variables, path), call_args, call_kwargs)
+        layer = _as_layer(module, module.clone(parent=None), variables_at(variables, path), call_args, call_kwargs)
         if layer is None:
             scope = jax.named_scope(SCOPE_PREFIX + ".".join(path)) if path else contextlib.nullcontext()
             with scope:
@@ -201,20 +202,6 @@ def _nnx_run(model: nnx.Module, tracer: _Tracer, rebuild: Any) -> tuple[Any, dic
     return run, {"params": params, "batch_stats": stats}
 
 
-def _linen_variables(variables: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
-    """The variables of the linen module at ``path``, per collection."""
-    own: dict[str, Any] = {}
-    for collection, tree in variables.items():
-        node: Any = tree
-        for name in path:
-            node = node.get(name) if isinstance(node, Mapping) else None
-            if node is None:
-                break
-        if node is not None:
-            own[str(collection)] = node
-    return own
-
-
 def _as_layer(
     module: Any, layer: Any, own: dict[str, Any], args: Any, kwargs: Any
 ) -> tuple[Any, LayerRule, dict[str, Any], torch.nn.Module] | None:
@@ -225,7 +212,7 @@ def _as_layer(
     rule = rule_or_none(module)
     if rule is None or (type(rule).torch_call is not LayerRule.torch_call and rule.kind not in _RESHAPED):
         return None
-    if sum(_is_array(leaf) for leaf in jax.tree_util.tree_leaves((args, kwargs))) != 1:
+    if sum(is_array(leaf) for leaf in jax.tree_util.tree_leaves((args, kwargs))) != 1:
         return None
     try:
         if not own or not rule.torch_arrays(layer, own):
@@ -261,10 +248,6 @@ def _layer_module(rule: LayerRule, layer: nn.Module, variables: dict[str, Any]) 
 _RESHAPED = frozenset({"DenseGeneral"})
 
 
-def _is_array(value: Any) -> bool:
-    return isinstance(value, jax.Array | np.ndarray) or hasattr(value, "aval")
-
-
 def _key(entry: Any) -> str:
     return str(getattr(entry, "key", getattr(entry, "name", getattr(entry, "idx", entry))))
 
@@ -287,11 +270,11 @@ def _split_inputs(
     names: list[str] = []
     arrays: list[Any] = []
     for name, value in [*zip(positional_names, args, strict=True), *kwargs.items()]:
-        if _is_array(value):
+        if is_array(value):
             names.append(name)
             arrays.append(value)
-        elif jax.tree_util.tree_leaves(value, is_leaf=_is_array) and any(
-            _is_array(leaf) for leaf in jax.tree_util.tree_leaves(value)
+        elif jax.tree_util.tree_leaves(value, is_leaf=is_array) and any(
+            is_array(leaf) for leaf in jax.tree_util.tree_leaves(value)
         ):
             raise UnsupportedModelError(
                 f"input {name!r} is a {type(value).__name__} of arrays; to_torch takes arrays (and plain values, "

@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
-import jax
 import numpy as np
 import torch
 from torch import fx
@@ -19,6 +18,7 @@ from ._errors import BridgeError, InvalidArgumentError, NotEquivalentError
 from ._flax_model import is_nnx
 from ._fx_build import build_graph_module
 from ._jaxpr_trace import trace_model
+from ._tensors import is_array
 
 
 def native_module(
@@ -50,13 +50,13 @@ def native_module(
 def _twin(model: Any, variables: Mapping[str, Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The model traced with one more row in every array input that shares the first input's batch size
     (None when it cannot be): the axes that change are the batch axes."""
-    arrays = [a for a in (*args, *kwargs.values()) if isinstance(a, np.ndarray | jax.Array) and np.ndim(a) > 0]
+    arrays = [a for a in (*args, *kwargs.values()) if is_array(a) and np.ndim(a) > 0]
     if not arrays:
         return None
     batch = np.shape(arrays[0])[0]
 
     def grown(value: Any) -> Any:
-        if isinstance(value, np.ndarray | jax.Array) and np.ndim(value) > 0 and np.shape(value)[0] == batch:
+        if is_array(value) and np.ndim(value) > 0 and np.shape(value)[0] == batch:
             return np.concatenate([np.asarray(value), np.asarray(value)[:1]])
         return value
 
@@ -85,9 +85,9 @@ def _array_inputs(inputs: Any) -> Any:
     """What the converted module takes of ``inputs``: its arrays only (other values were fixed at trace
     time, ``deterministic=True``); None where that is all of them (the checker converts ``inputs``)."""
     if isinstance(inputs, Mapping):
-        arrays: Any = {k: v for k, v in inputs.items() if isinstance(v, np.ndarray | jax.Array)}
+        arrays: Any = {k: v for k, v in inputs.items() if is_array(v)}
     elif isinstance(inputs, tuple):
-        arrays = tuple(v for v in inputs if isinstance(v, np.ndarray | jax.Array))
+        arrays = tuple(v for v in inputs if is_array(v))
     else:
         return None
     return arrays if len(arrays) != len(inputs) else None

@@ -31,6 +31,11 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     return detached.numpy().copy()
 
 
+def is_array(value: Any) -> bool:
+    """Whether ``value`` is a NumPy or JAX array (a JAX tracer included): an input that is data, not a setting."""
+    return isinstance(value, np.ndarray | jax.Array)
+
+
 def is_float(dtype: Any) -> bool:
     """Whether a NumPy/JAX dtype is floating point (bfloat16 included, which NumPy files under kind 'V')."""
     return bool(jax.numpy.issubdtype(dtype, jax.numpy.floating))
