@@ -31,7 +31,7 @@ def export_source(module: fx.GraphModule, class_name: str) -> str:
     Raises:
         UnsupportedModelError: for a submodule that is neither a torch layer nor one of the bridge's.
     """
-    if not class_name.isidentifier() or keyword.iskeyword(class_name):
+    if not _is_name(class_name):
         class_name = "ConvertedModel"
     own_layers = False
     lines = [
@@ -123,14 +123,18 @@ def _reference(name: str) -> str:
     if not name:
         return "self"
     parts = name.split(".")
-    if all(p.isidentifier() and not keyword.iskeyword(p) for p in parts):
+    if all(_is_name(p) for p in parts):
         return "self." + name
     return f"self.get_submodule({name!r})"
 
 
+def _is_name(text: str) -> bool:
+    return text.isidentifier() and not keyword.iskeyword(text)
+
+
 def _assign(name: str, constructor: str) -> str:
     parent, _, leaf = name.rpartition(".")
-    if leaf.isidentifier() and not keyword.iskeyword(leaf):
+    if _is_name(leaf):
         return f"{_reference(parent)}.{leaf} = {constructor}"
     return f"{_reference(parent)}.add_module({leaf!r}, {constructor})"
 

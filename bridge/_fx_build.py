@@ -280,15 +280,19 @@ def _install(root: torch.nn.Module, target: str, value: Any, *, buffer: bool = F
 
 
 def _identifier(name: str) -> str:
-    cleaned = "".join(c if c.isalnum() or c == "_" else "_" for c in name) or "_"
-    if cleaned[0].isdigit() or keyword.iskeyword(cleaned):
-        cleaned = f"_{cleaned}"
-    return cleaned
+    """A Python name for an input (a placeholder of the graph)."""
+    cleaned = _attribute(name)
+    return f"_{cleaned}" if cleaned[0].isdigit() or keyword.iskeyword(cleaned) else cleaned
 
 
 def _target(path: Sequence[str]) -> str:
     """A dotted torch attribute path for a Flax path (``Block_0/Dense_1`` -> ``Block_0.Dense_1``)."""
-    return ".".join("".join(c if c.isalnum() or c == "_" else "_" for c in str(part)) or "_" for part in path)
+    return ".".join(_attribute(str(part)) for part in path)
+
+
+def _attribute(name: str) -> str:
+    """``name`` with every character torch refuses in a module or parameter name made ``_``."""
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in name) or "_"
 
 
 def _flax_path(eqn: Any) -> str:
