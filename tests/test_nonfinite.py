@@ -90,3 +90,31 @@ def test_the_finite_fast_path_gives_the_general_paths_arrays(seed: int, zeros: f
     general = _general_elementwise(reference, candidate, tolerance)
     for a, b in zip(fast, general, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), slab=st.integers(1, 12), special=st.floats(0.0, 0.3))
+def test_comparing_in_slabs_gives_the_whole_arrays_statistics(seed: int, slab: int, special: float) -> None:
+    import bridge._numerics as numerics
+    from bridge._compare import compare
+
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(n) for n in rng.integers(1, 5, size=int(rng.integers(0, 4))))
+    reference = np.array(rng.normal(size=shape))
+    candidate = np.array(reference + rng.normal(size=shape) * 1e-3)
+    tolerance = np.array(np.abs(rng.normal(size=shape)) * 1e-3)
+    for array in (reference, candidate, tolerance):  # NaN, infinities and exact zeros in any of them
+        values = np.array([np.nan, np.inf, -np.inf, 0.0])[rng.integers(0, 4, size=shape)]
+        np.copyto(array, values, where=rng.random(shape) < special)
+    whole = compare(reference, candidate, tolerance)
+    original = numerics.SLAB
+    numerics.SLAB = slab
+    try:
+        slabbed = compare(reference, candidate, tolerance)
+        rms = numerics.finite_rms(reference)
+    finally:
+        numerics.SLAB = original
+    for name, a, b in zip(whole._fields, whole, slabbed, strict=True):
+        assert a == b or (a != a and b != b), f"{name}: {a} whole, {b} in slabs of {slab}"
+    finite = reference[np.isfinite(reference)]
+    np.testing.assert_allclose(rms, np.sqrt(np.mean(np.square(finite))) if finite.size else 0.0, rtol=1e-12)

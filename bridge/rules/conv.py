@@ -139,7 +139,7 @@ class ConvRule(LayerRule):
             squares = np.maximum(conv(np.square(bound.x), np.square(kernel)), 0.0)
             passed = (
                 np.sqrt(conv(np.square(bound.tol_in), np.square(kernel)))
-                if bound.tol_in.shape == bound.x.shape
+                if bound.tol_in.shape == bound.x.shape and bound.tol_in.any()
                 else 0.0
             )
         bias = np.asarray(variables["params"]["bias"], np.float64) if layer.use_bias else None
