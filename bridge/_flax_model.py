@@ -6,7 +6,6 @@ cast it) goes through these functions, so the rest of the package does not care 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -60,31 +59,6 @@ def layer_outputs(model: Any, variables: Any, x: Any) -> list[Any]:
     with nn.intercept_methods(interceptor):
         model.apply(variables, x)
     return outputs
-
-
-def gradients(model: Any, variables: Any, x: Any, loss: Callable[[Any], Any]) -> tuple[Any, Any]:
-    """``(d loss / d params, d loss / d x)`` as nested dicts addressed like the chain's ``flax_path``
-    (the second is None for integer inputs). Compiled as one program: op-by-op differentiation
-    compiles every primitive separately, which costs seconds on a cold start."""
-    wrt_x = is_float(jnp.asarray(x).dtype)
-    if is_nnx(model):
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
-
-        def nnx_loss(p: Any, inputs: Any) -> Any:
-            return loss(nnx.merge(graphdef, p, rest)(inputs))
-
-        if wrt_x:
-            params_grad, x_grad = jax.jit(jax.grad(nnx_loss, argnums=(0, 1)))(params, jnp.asarray(x))
-        else:
-            params_grad, x_grad = jax.jit(jax.grad(nnx_loss))(params, jnp.asarray(x)), None
-        return _string_keys(nnx.to_pure_dict(params_grad)), x_grad
-
-    def linen_loss(p: Any, inputs: Any) -> Any:
-        return loss(model.apply({**variables, "params": p}, inputs))
-
-    if wrt_x:
-        return jax.jit(jax.grad(linen_loss, argnums=(0, 1)))(variables["params"], jnp.asarray(x))
-    return jax.jit(jax.grad(linen_loss))(variables["params"], jnp.asarray(x)), None
 
 
 def cast(model: Any, variables: Any, dtype: Any) -> tuple[Any, Any]:

@@ -1,5 +1,6 @@
-"""The compiled runs of a Flax model that a tree check needs, each at most once: the float32 gradients of the
-loss, and one float64 pass giving every call's output and the float64 gradients (the calibration's reference).
+"""The compiled runs of a Flax model that a check needs, each at most once: the gradients of the loss (w.r.t.
+the params, and the float inputs when asked), and one pass in the other precision (float64; float32 for a
+float64 model) giving every call's output and the gradients again: the calibration's reference.
 
 Op-by-op execution of a large model costs seconds, and a new jitted closure per check would compile every
 time: the jitted functions are kept for the last few (model, loss) pairs. An NNX model is keyed by its
@@ -26,16 +27,28 @@ Loss = Callable[[Any], Any]
 
 
 class FlaxRuns:
-    """The runs of ``model`` on ``args``/``kwargs`` under ``loss`` (a scalar function of its output)."""
+    """The runs of ``model`` on ``args``/``kwargs`` under ``loss`` (a scalar function of its output).
+
+    ``wrt_inputs``: the gradients also w.r.t. the array arguments (all of them floating). ``other``: the
+    reference's dtype (float64 by default)."""
 
     def __init__(
-        self, model: nn.Module | nnx.Module, variables: Mapping[str, Any], args: Any, kwargs: Any, loss: Loss
+        self,
+        model: nn.Module | nnx.Module,
+        variables: Mapping[str, Any] | None,
+        args: Any,
+        kwargs: Any,
+        loss: Loss,
+        *,
+        wrt_inputs: bool = False,
+        other: Any = np.float64,
     ) -> None:
         if isinstance(model, nnx.Module):
             _, params, rest = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
             variables = {"params": params, "rest": rest}
-        self.model, self.variables, self.loss = model, variables, loss
+        self.model, self.variables, self.loss = model, dict(variables or {}), loss
         self.args, self.kwargs, self.fixed = _split_fixed(tuple(args), dict(kwargs))
+        self.wrt_inputs, self.other = wrt_inputs, np.dtype(other)
 
     @property
     def differentiable(self) -> bool:
@@ -43,12 +56,13 @@ class FlaxRuns:
         return "params" in self.variables
 
     def gradients(self) -> Any:
-        """The float32 (the model's own dtype) gradients w.r.t. the params, as nested dicts of call paths.
+        """The gradients w.r.t. the params in the model's own dtype, as nested dicts of call paths; with
+        ``wrt_inputs``, ``(params', args')``, ``args'`` a tuple like the array arguments.
 
         Raises:
             LayerMismatchError: when the model cannot be differentiated (the message says why).
         """
-        function = _compiled(self.model, self.loss, outputs=False, grads=True)
+        function = _compiled(self.model, self.loss, outputs=False, grads=True, wrt_inputs=self.wrt_inputs)
         try:
             gradients, _ = function(self.variables["params"], self.variables, self.args, self.kwargs, self.fixed)
         except Exception as e:  # the user's model code may raise anything
@@ -63,35 +77,38 @@ class FlaxRuns:
     @functools.cached_property
     def _wide(self) -> tuple[list[Any] | None, Any]:
         with jax.enable_x64(True):
-            variables, args, kwargs = jax.tree_util.tree_map(widen, (self.variables, self.args, self.kwargs))
+            cast = functools.partial(as_dtype, dtype=self.other)
+            variables, args, kwargs = jax.tree_util.tree_map(cast, (self.variables, self.args, self.kwargs))
             grads = self.differentiable
-            function = _compiled(self.model, self.loss, outputs=True, grads=grads)
+            function = _compiled(self.model, self.loss, outputs=True, grads=grads, wrt_inputs=self.wrt_inputs)
             try:
                 gradients, outputs = function(variables.get("params", {}), variables, args, kwargs, self.fixed)
-            except Exception:  # a model that cannot run in float64: judged by the rounding bounds alone
+            except Exception:  # a model that cannot run in that dtype: judged by the rounding bounds alone
                 return None, None
             return jax.tree_util.tree_map(np.asarray, outputs), _pure(jax.tree_util.tree_map(np.asarray, gradients))
 
     def wide_outputs(self) -> list[Any] | None:
-        """Every call's output (in capture order) with the model, its variables and float inputs in float64."""
+        """Every call's output (in capture order) with the model, its variables and float inputs in the
+        other precision (None when that run failed)."""
         return self._wide[0]
 
     def wide_gradients(self) -> Any:
-        """The float64 gradients (None when the float64 run failed), from the same pass as ``wide_outputs``."""
+        """``gradients()`` in the other precision (None when that run failed), from the pass of ``wide_outputs``."""
         return self._wide[1]
 
 
-_COMPILED: list[tuple[Any, Any, bool, bool, Any]] = []  # (model or graphdef, loss, outputs, grads, function)
+_COMPILED: list[tuple[Any, Any, tuple[bool, ...], Any]] = []  # (model or graphdef, loss, options, function)
 
 
-def _compiled(model: Any, loss: Loss, *, outputs: bool, grads: bool) -> Any:
+def _compiled(model: Any, loss: Loss, *, outputs: bool, grads: bool, wrt_inputs: bool) -> Any:
     """``jax.jit`` of ``(params, variables, args, kwargs, fixed) -> (gradients or None, call outputs)``:
-    the gradient of the loss w.r.t. the params when ``grads``, every module call's output when ``outputs``
-    (an empty list otherwise)."""
+    the gradient of the loss w.r.t. the params (and the args, ``wrt_inputs``) when ``grads``, every module
+    call's output when ``outputs`` (an empty list otherwise)."""
     graphdef = nnx.graphdef(model) if isinstance(model, nnx.Module) else None
-    for cached_model, cached_loss, cached_outputs, cached_grads, function in _COMPILED:
+    options = (outputs, grads, wrt_inputs)
+    for cached_model, cached_loss, cached_options, function in _COMPILED:
         same = cached_model is model if graphdef is None else cached_model == graphdef
-        if same and cached_loss is loss and (cached_outputs, cached_grads) == (outputs, grads):
+        if same and cached_loss is loss and cached_options == options:
             return function
 
     def run(params: Any, v: Any, a: Any, k: Any, fixed: Any) -> tuple[Any, list[Any]]:
@@ -105,10 +122,10 @@ def _compiled(model: Any, loss: Loss, *, outputs: bool, grads: bool) -> Any:
         return loss(out), [call.output for call in calls]
 
     if grads:
-        function = jax.jit(jax.grad(run, has_aux=True), static_argnums=4)
+        function = jax.jit(jax.grad(run, argnums=(0, 2) if wrt_inputs else 0, has_aux=True), static_argnums=4)
     else:
         function = jax.jit(lambda *xs: (None, run(*xs)[1]), static_argnums=4)
-    _COMPILED.append((model if graphdef is None else graphdef, loss, outputs, grads, function))
+    _COMPILED.append((model if graphdef is None else graphdef, loss, options, function))
     del _COMPILED[:-8]
     return function
 
@@ -137,6 +154,8 @@ def _pure(tree: Any) -> Any:
         tree = nnx.to_pure_dict(tree)
     if isinstance(tree, Mapping):
         return {str(key): _pure(value) for key, value in tree.items()}
+    if isinstance(tree, tuple):  # (params', args') when differentiating w.r.t. the inputs too
+        return tuple(_pure(value) for value in tree)
     return tree
 
 
@@ -148,5 +167,10 @@ def widened_nnx(module: nnx.Module) -> nnx.Module:
 
 def widen(value: Any) -> Any:
     """A float array as float64 (call it under ``jax.enable_x64``); anything else as it is."""
+    return as_dtype(value, np.float64)
+
+
+def as_dtype(value: Any, dtype: Any) -> Any:
+    """A float array in ``dtype`` (float64 needs ``jax.enable_x64``); anything else as it is."""
     array = jnp.asarray(value) if isinstance(value, jax.Array | np.ndarray) else None
-    return array.astype(jnp.float64) if array is not None and is_float(array.dtype) else value
+    return array.astype(dtype) if array is not None and is_float(array.dtype) else value

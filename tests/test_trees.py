@@ -275,3 +275,22 @@ def test_mnist_cnn_written_as_a_sequential_converts_with_its_pooling() -> None:
     assert bridge.check_equivalence(model, variables, bridge.to_torch(model, variables), x).ok
     first = bridge.to_torch(model, variables, channels_last=False)
     assert bridge.check_equivalence(model, variables, first, x, channels_last=False).ok
+
+
+@pytest.mark.parametrize("mistake", [None, "swapped", "scale", "no-residual", "gelu"])
+def test_calibrating_only_where_the_bounds_fail_gives_the_verdicts_of_calibrating_everything(
+    block: Any, mistake: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bridge import _gradients
+
+    model, variables, x = block
+    kind = TorchTransformerBlock(exact_gelu=True) if mistake == "gelu" else TorchSeparateBlock(mistake=mistake)
+    port = bridge.load_into(kind.eval(), model, variables, inputs=x)
+    lazy = bridge.check_equivalence(model, variables, port, x)
+    monkeypatch.setattr(_gradients, "CALIBRATE_LAZILY", False)
+    everywhere = bridge.check_equivalence(model, variables, port, x)
+    assert lazy.ok == everywhere.ok == (mistake is None)
+    assert [r.ok for r in lazy.layers] == [r.ok for r in everywhere.layers]
+    assert [g.comparison.ok for g in lazy.gradients] == [g.comparison.ok for g in everywhere.gradients]
+    assert lazy.first_divergence == everywhere.first_divergence
+    assert 0 < lazy.settings["calibrated"] < everywhere.settings["calibrated"]  # the point: fewer float64 runs
