@@ -26,7 +26,7 @@ from ._match import port_tensors
 from ._numerics import Precision, function_rounding
 from ._tensors import to_numpy
 from .rules import LayerRule
-from .rules._registry import rule_or_none
+from .rules._registry import rule_for_call, rule_or_none
 from .rules.activations import ACTIVATIONS
 
 
@@ -63,8 +63,10 @@ def hint(*kinds: str) -> Callable[[Hint], Hint]:
 
 def diagnose(context: HintContext) -> str | None:
     """The first registered hint that explains the divergence, or None."""
+    rule = context.rule or rule_or_none(context.step.layer)
+    names = {context.step.kind, *([rule.kind] if rule is not None else [])}  # nnx.Linear takes Dense's hints
     for kinds, function in _HINTS:
-        if kinds is None or context.step.kind in kinds:
+        if kinds is None or names & kinds:
             message = function(context)
             if message:
                 return message
@@ -334,7 +336,9 @@ def missing_residual(context: HintContext) -> str | None:
     return None
 
 
-def _attention_variant(change: str, head_dim: int) -> Callable[..., jax.Array]:
+def _attention_variant(change: str, head_dim: int, base: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+    """The layer's own attention function ``base`` with one mistake of a port made in it."""
+
     def attention(query: jax.Array, key: jax.Array, value: jax.Array, **options: Any) -> jax.Array:
         if change == "swapped":
             query, key = key, query
@@ -342,7 +346,7 @@ def _attention_variant(change: str, head_dim: int) -> Callable[..., jax.Array]:
             query = query / np.sqrt(head_dim)
         elif change == "no scale":
             query = query * np.sqrt(head_dim)
-        return nn.dot_product_attention(query, key, value, **options)
+        return base(query, key, value, **options)
 
     return attention
 
@@ -363,7 +367,9 @@ def attention_mistakes(context: HintContext) -> str | None:
         "do the same (torch.nn.functional.scaled_dot_product_attention does)",
     }
     for change, message in messages.items():
-        variant = _attention_variant(change, head_dim)
+        variant = _attention_variant(
+            change, head_dim, getattr(context.step.layer, "attention_fn", None) or nn.dot_product_attention
+        )
         try:
             mistaken = apply_flax_layer(context.step, context.x, attention_fn=variant)
         except Exception:  # an attention module that does not take attention_fn
@@ -425,8 +431,10 @@ def call_hint(*kinds: str) -> Callable[[CallHint], CallHint]:
 
 def diagnose_call(flax_call: Call, torch_call: Call) -> str | None:
     """The first registered call hint that explains a matched call whose torch output differs, or None."""
+    rule = rule_for_call(flax_call.module, flax_call.method)
+    names = {flax_call.kind, *([rule.kind] if rule is not None else [])}
     for kinds, function in _CALL_HINTS:
-        if flax_call.kind in kinds:
+        if names & kinds:
             message = function(flax_call, torch_call)
             if message:
                 return message

@@ -63,6 +63,8 @@ class _FlaxPadding:
         return [p for low, high in reversed(pairs) for p in (low, high)]  # pad's order: last axis first
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim == len(self.kernel_size) + 1:  # one unbatched example, as Flax's Conv and torch's take it
+            return self.forward(x[None])[0]
         if self.channels_last:
             x = x.movedim(-1, 1)
         x = functional.pad(x, self._pads(x.shape[2:]))

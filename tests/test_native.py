@@ -298,3 +298,18 @@ def test_keyword_inputs_with_fixed_values_and_a_wrapped_activation() -> None:
     expected = model.apply(variables, **inputs)
     for key in ("last_hidden_state", "pooler_output"):
         np.testing.assert_allclose(to_numpy(out[key]), np.asarray(expected[key]), rtol=1e-5, atol=1e-5)
+
+
+def test_a_conv_called_on_one_unbatched_example_converts_as_flax_runs_it() -> None:
+    class Unbatched(nn.Module):
+        @nn.compact
+        def __call__(self, x: jax.Array) -> jax.Array:
+            return nn.Dense(3)(nn.relu(nn.Conv(4, (3, 3))(x)).reshape(-1))
+
+    x = np.random.default_rng(0).standard_normal((6, 6, 2)).astype(np.float32)  # (H, W, C): no batch axis
+    model = Unbatched()
+    variables = model.init(jax.random.PRNGKey(0), x)
+    converted = bridge.to_torch(model, variables, x, check=True)
+    expected = np.asarray(model.apply(variables, x), np.float64)
+    got = to_numpy(converted(to_tensor(x))).astype(np.float64)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 from flax import nnx
-from tree_models import NNXBlock, NNXNet, TorchNNXNet, TorchTiedLM
+from tree_models import (
+    NNXBlock,
+    NNXNet,
+    NNXTransformerBlock,
+    TorchNNXNet,
+    TorchSeparateBlock,
+    TorchTiedLM,
+    TorchTransformerBlock,
+)
 
 import bridge
 from bridge._capture_tree import capture_flax
@@ -190,3 +198,34 @@ def test_nnx_embed_attend_fills_a_tied_output_linear() -> None:
     report = bridge.check_equivalence(model, None, port, tokens)
     assert report.ok, str(report)
     assert ("embed", "Embed.attend", "lm_head") in {(r.flax_path, r.kind, r.torch_name) for r in report.layers}
+
+
+@pytest.mark.parametrize("port_kind", [TorchTransformerBlock, TorchSeparateBlock])
+def test_an_nnx_transformer_block_fills_and_passes_both_attention_ports(port_kind: type) -> None:
+    model = NNXTransformerBlock(32, 4, nnx.Rngs(0))
+    x = np.random.default_rng(0).standard_normal((2, 6, 32)).astype(np.float32)
+    port = bridge.load_into(port_kind().eval(), model, None, inputs=x)
+    report = bridge.check_equivalence(model, None, port, x)
+    assert report.ok, str(report)
+    attention = {(row.flax_path, row.torch_name) for row in report.layers if row.flax_path.startswith("attn")}
+    expected = (
+        {("attn", "attn")}
+        if port_kind is TorchTransformerBlock
+        else {("attn", "attention"), ("attn/query", "attention.q_proj")}
+    )
+    assert expected <= attention, attention
+    assert len(report.gradients) == sum(1 for _ in port.parameters())
+
+
+@pytest.mark.parametrize(
+    ("mistake", "hint"), [("swapped", "torch swaps query and key"), ("scale", "scales the scores by 1/d (d = 8)")]
+)
+def test_attention_mistakes_in_a_port_of_an_nnx_block_are_located(mistake: str, hint: str) -> None:
+    model = NNXTransformerBlock(32, 4, nnx.Rngs(0))
+    x = np.random.default_rng(0).standard_normal((2, 6, 32)).astype(np.float32)
+    port = bridge.load_into(TorchSeparateBlock(mistake=mistake).eval(), model, None, inputs=x)
+    report = bridge.check_equivalence(model, None, port, x, grads=False)
+    divergence = report.first_divergence
+    assert divergence is not None
+    assert (divergence.flax_path, divergence.torch_name) == ("attn", "attention"), str(report)
+    assert hint in str(divergence.hint)

@@ -191,6 +191,21 @@ class NNXBlock(nnx.Module):
         return x + self.linear2(nnx.gelu(self.linear1(self.norm(x))))
 
 
+class NNXTransformerBlock(nnx.Module):
+    """TransformerBlock written in Flax NNX: nnx.MultiHeadAttention (its q/k/v/out LinearGeneral) and Linears."""
+
+    def __init__(self, width: int, heads: int, rngs: nnx.Rngs) -> None:
+        self.ln1 = nnx.LayerNorm(width, rngs=rngs)
+        self.attn = nnx.MultiHeadAttention(heads, width, decode=False, rngs=rngs)
+        self.ln2 = nnx.LayerNorm(width, rngs=rngs)
+        self.up = nnx.Linear(width, 4 * width, rngs=rngs)
+        self.down = nnx.Linear(4 * width, width, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x + self.attn(self.ln1(x))
+        return x + self.down(nnx.gelu(self.up(self.ln2(x))))
+
+
 class NNXNet(nnx.Module):
     """An NNX model that is not a chain: a conv stem with BatchNorm, a residual block, a head."""
 

@@ -17,6 +17,7 @@ from typing import Any
 import flax.linen as nn
 import numpy as np
 import torch
+from flax import nnx
 
 from .._errors import LayerMismatchError
 from ._registry import LayerRule, register
@@ -35,10 +36,11 @@ def _input_axes(layer: Any) -> int:
 
 @register
 class DenseGeneralRule(LayerRule):
-    """``nn.DenseGeneral`` over the last axes <-> ``torch.nn.Linear`` on the flattened axes (tree matching)."""
+    """``nn.DenseGeneral`` / ``nnx.LinearGeneral`` over the last axes <-> ``torch.nn.Linear`` on the flattened
+    axes (tree matching)."""
 
     kind = "DenseGeneral"
-    flax_keys = (nn.DenseGeneral,)
+    flax_keys = (nn.DenseGeneral, nnx.LinearGeneral)
     torch_types = ()
 
     def torch_arrays(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> dict[str, np.ndarray]:
@@ -77,10 +79,11 @@ def _input_axes_of(module: torch.nn.Module, x: torch.Tensor) -> int:
 
 @register
 class MultiHeadAttentionRule(LayerRule):
-    """``nn.MultiHeadDotProductAttention`` (no dropout, default scaling) <-> ``torch.nn.MultiheadAttention``."""
+    """``nn.MultiHeadDotProductAttention`` / ``nnx.MultiHeadAttention`` (no dropout, default scaling) <->
+    ``torch.nn.MultiheadAttention``."""
 
     kind = "MultiHeadDotProductAttention"
-    flax_keys = (nn.MultiHeadDotProductAttention,)
+    flax_keys = (nn.MultiHeadDotProductAttention, nnx.MultiHeadAttention)
     torch_types = (torch.nn.MultiheadAttention,)
 
     def torch_arrays(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> dict[str, np.ndarray]:
