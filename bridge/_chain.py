@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx, traverse_util
 
 from ._errors import LayerMismatchError, UnsupportedModelError, at_layer, first_line
+from ._tensors import plain_tree
 
 Variables = Mapping[str, Any]
 
@@ -221,11 +222,3 @@ def _check_every_variable_is_owned(name: str, steps: tuple[Step, ...], variables
             f"{name} holds variables that no layer of its nn.Sequential owns: {', '.join(stray)}; "
             "check that the variables were made by this model's init"
         )
-
-
-def plain_tree(tree: Any, leaf: Any = None) -> Any:
-    """Nested mappings (FrozenDict included) as plain dicts with string keys, in their own order
-    (``jax.tree_util`` would sort them); ``leaf`` converts the leaves."""
-    if isinstance(tree, Mapping):
-        return {str(key): plain_tree(value, leaf) for key, value in tree.items()}
-    return tree if leaf is None else leaf(tree)

@@ -18,10 +18,10 @@ from ._chain import Step, Variables, discover_chain
 from ._compare import compare
 from ._convert import channels_last_view
 from ._errors import InvalidArgumentError, UnsupportedModelError
-from ._gradients import Tolerance, compare_gradients
+from ._gradients import compare_gradients
 from ._hints import HintContext, diagnose
 from ._match_tree import is_tree_pair
-from ._numerics import DEFAULT_RTOL_ATOL, Precision
+from ._numerics import DEFAULT_RTOL_ATOL, Precision, Tolerance
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow, SeedSweepReport
 from ._tensors import is_float, to_numpy, to_tensor, torch_dtype
 from .rules import BoundInputs, LayerRule

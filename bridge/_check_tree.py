@@ -28,6 +28,7 @@ import torch
 from flax import nnx
 
 from . import _gradients
+from ._arguments import call_arguments, torch_arguments
 from ._capture_tree import Call, capture_flax, capture_torch
 from ._chain import Step
 from ._compare import Comparison, compare
@@ -46,40 +47,10 @@ from ._match_tree import (
 )
 from ._numerics import Precision, finite_rms, function_rounding, gradient_tolerance
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow
-from ._tensors import is_float, to_numpy, to_tensor
+from ._tensors import is_float, to_numpy
 from .rules import BoundInputs, LayerRule
 
 Loss = Callable[[Any], Any]
-
-
-def call_arguments(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """``inputs`` as ``apply``'s arguments: an array (or a nested list) is one positional argument, a tuple
-    several, a dict keywords."""
-    if isinstance(inputs, Mapping):
-        return (), dict(inputs)
-    if isinstance(inputs, tuple):
-        return inputs, {}
-    return (np.asarray(inputs) if isinstance(inputs, list) else inputs,), {}
-
-
-def torch_arguments(
-    args: tuple[Any, ...], kwargs: dict[str, Any], channels_last: bool
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """The Flax arguments as torch tensors (float arrays of rank >= 3 moved to channels-first when asked)."""
-    return tuple(_to_torch(a, channels_last) for a in args), {k: _to_torch(v, channels_last) for k, v in kwargs.items()}
-
-
-def _to_torch(value: Any, channels_last: bool) -> Any:
-    if isinstance(value, jax.Array | np.ndarray):
-        array = np.asarray(value)
-        if not channels_last and is_float(array.dtype) and array.ndim >= 3:
-            array = np.moveaxis(array, -1, 1)
-        return to_tensor(array)
-    if isinstance(value, tuple | list):
-        return type(value)(_to_torch(v, channels_last) for v in value)
-    if isinstance(value, Mapping):
-        return {k: _to_torch(v, channels_last) for k, v in value.items()}
-    return value
 
 
 def output_leaves(value: Any) -> list[np.ndarray]:
@@ -420,7 +391,7 @@ def _compare_gradients(
             tensor = params.get(torch_name)
             if tensor is None:
                 continue
-            ref = np.asarray(value, np.float64)
+            ref = np.ascontiguousarray(value, np.float64)  # a transposed kernel: row order, as torch's
             copies = ties.get(
                 "/".join(part for part in (pair.flax.name, _flax_name(pair, torch_name)) if part), [tensor]
             )
@@ -433,14 +404,15 @@ def _compare_gradients(
             if permutation is not None and got.ndim == 2 and got.shape[1] == len(permutation):
                 got = got[:, permutation]  # torch's columns back to Flax's order
             got = got.reshape(ref.shape) if got.size == ref.size else got
-            tol = gradient_tolerance(ref, length, depth, precision) + C_FLOOR * precision.accumulation * finite_rms(ref)
+            tol: Any = gradient_tolerance(ref, length, depth, precision)
+            tol = tol.plus(atol=C_FLOOR * precision.accumulation * finite_rms(ref))
             lazily = _gradients.CALIBRATE_LAZILY and not runs.ran_wide  # else the float64 pass is at hand: use it
             comparison = compare(ref, got, tol) if lazily else None
             wide_grads = None if comparison is not None and comparison.ok else runs.wide_gradients()
             wide_tree = None if wide_grads is None else _subtree(wide_grads, pair.flax.name)
             if wide_tree is not None:
                 reference = pair.rule.torch_arrays(pair.flax.module, {**pair.flax.variables, "params": wide_tree})
-                tol = tol + _calibration(ref - np.asarray(reference[torch_name], np.float64))
+                tol = tol.of(ref) + _calibration(ref - np.asarray(reference[torch_name], np.float64))
                 comparison, calibrated = None, calibrated + 1
             comparison = comparison or compare(ref, got, tol)
             name = f"{pair.flax.name}/{_flax_name(pair, torch_name)} <-> {pair.torch.name}.{torch_name}"

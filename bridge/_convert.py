@@ -18,7 +18,7 @@ from ._errors import InvalidArgumentError, LayerMismatchError, UnsupportedModelE
 from ._flax_model import is_nnx
 from ._match import owned_tensors, port_tensors
 from ._match_tree import is_tree_pair
-from ._tensors import shared_tensor, to_numpy, to_tensor, torch_dtype
+from ._tensors import channels_first_flatten_permutation, shared_tensor, to_numpy, to_tensor, torch_dtype
 from .rules import LayerRule, ParamMap, rule_for_flax, rule_for_torch
 from .rules._registry import torch_rule_or_none
 
@@ -173,12 +173,6 @@ def channels_last_view(torch_module: torch.nn.Sequential, steps: Sequence[Step])
         if spatial < len(children):
             children[spatial].register_forward_pre_hook(_permuted_input(spatial, permutations))
     return view
-
-
-def channels_first_flatten_permutation(channels: int, positions: int) -> np.ndarray:
-    """For each feature of Flax's flatten of ``(positions, channels)`` (channels last), its index in
-    torch's ``nn.Flatten`` of ``(channels, positions)``: ``permutation[p * C + c] = c * P + p``."""
-    return np.arange(channels * positions).reshape(channels, positions).T.reshape(-1)
 
 
 class _FlattenOrder:

@@ -26,10 +26,9 @@ import torch
 from flax import serialization, traverse_util
 
 from ._atomic import OutputRefusedError, atomic_output
-from ._chain import plain_tree
 from ._errors import BridgeError, first_line
 from ._preflight import file_fits
-from ._tensors import is_float, to_numpy
+from ._tensors import is_float, plain_tree, to_numpy
 
 Format = Literal["msgpack", "orbax", "safetensors", "torch"]
 FLAX_FORMATS: tuple[Format, ...] = ("msgpack", "orbax")

@@ -21,7 +21,7 @@ from flax import nnx
 
 from ._capture_tree import capture_flax, capture_nnx
 from ._errors import LayerMismatchError, first_line
-from ._tensors import is_array, is_float
+from ._tensors import is_array, is_float, plain_tree
 
 Loss = Callable[[Any], Any]
 
@@ -150,13 +150,9 @@ def _with_fixed(args: Any, kwargs: Any, fixed: Any) -> tuple[list[Any], dict[str
 
 def _pure(tree: Any) -> Any:
     """Gradients as nested dicts with string keys, addressed like the call paths (NNX state included)."""
-    if isinstance(tree, nnx.State):
-        tree = nnx.to_pure_dict(tree)
-    if isinstance(tree, Mapping):
-        return {str(key): _pure(value) for key, value in tree.items()}
     if isinstance(tree, tuple):  # (params', args') when differentiating w.r.t. the inputs too
         return tuple(_pure(value) for value in tree)
-    return tree
+    return plain_tree(nnx.to_pure_dict(tree) if isinstance(tree, nnx.State) else tree)
 
 
 def widened_nnx(module: nnx.Module) -> nnx.Module:

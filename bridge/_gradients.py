@@ -11,7 +11,7 @@ difference, scaled by the ratio of unit roundoffs, estimates the float64 error t
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +24,7 @@ from ._compare import compare
 from ._flax_model import apply, parameter_leaves
 from ._flax_runs import FlaxRuns
 from ._match import owned_tensors
-from ._numerics import Precision, finite_rms, gradient_tolerance
+from ._numerics import Precision, Tolerance, finite_rms, gradient_tolerance
 from ._report import GradientRow
 from ._tensors import is_float, to_numpy, to_tensor
 from .rules import LayerRule
@@ -40,17 +40,6 @@ C_CALIBRATION = 8.0
 # for those they fail (the calibration only widens a tolerance, so the verdicts are the same). False
 # calibrates every comparison: the tests check that both give the same verdicts.
 CALIBRATE_LAZILY = True
-
-
-class Tolerance(NamedTuple):
-    """Explicit ``rtol``/``atol``: ``atol + rtol * |reference|``."""
-
-    rtol: float
-    atol: float
-
-    def of(self, reference: np.ndarray) -> np.ndarray:
-        """The per-element tolerance for ``reference``."""
-        return self.atol + self.rtol * np.abs(reference)
 
 
 def compare_gradients(
@@ -107,19 +96,20 @@ def compare_gradients(
     def row(name: str, flax_value: Any, other: Callable[[], Any], candidate: torch.Tensor | None) -> GradientRow:
         """One gradient's row: judged by the rounding bounds, and where they fail, with the calibration
         that ``other()`` (the reference in the other precision) gives added (a tolerance it only widens)."""
-        ref = np.asarray(flax_value, np.float64)
+        ref = np.ascontiguousarray(flax_value, np.float64)  # a transposed kernel: row order, as torch's
         got = np.empty((0,)) if candidate is None else to_numpy(candidate)
         if tolerance is not None:
-            return GradientRow(name, compare(ref, got, tolerance.of(ref)))
-        tol = gradient_tolerance(ref, length, depth, precision) + floor * np.sqrt(length * depth)
+            return GradientRow(name, compare(ref, got, tolerance))
+        tol = gradient_tolerance(ref, length, depth, precision).plus(atol=floor * np.sqrt(length * depth))
         if wide:  # a float32 rerun shows conditioning, not how two float64 implementations differ
-            tol = tol + C_DERIVATIVE_ROUNDOFFS * precision.storage * (np.abs(ref) + finite_rms(ref))
+            derivative = C_DERIVATIVE_ROUNDOFFS * precision.storage
+            tol = tol.plus(rtol=derivative, atol=derivative * finite_rms(ref))
         comparison = compare(ref, got, tol)
         reference_value = None if comparison.ok and CALIBRATE_LAZILY else other()
         if reference_value is None:
             return GradientRow(name, comparison)
         error = sensitivity * np.abs(ref - np.asarray(reference_value, np.float64))
-        return GradientRow(name, compare(ref, got, tol + C_CALIBRATION * (error + finite_rms(error))))
+        return GradientRow(name, compare(ref, got, tol.of(ref) + C_CALIBRATION * (error + finite_rms(error))))
 
     rows = []
     if flax_x is not None:

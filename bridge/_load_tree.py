@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._arguments import call_arguments, torch_arguments
 from ._capture_tree import capture_flax, capture_torch
-from ._check_tree import call_arguments, torch_arguments
 from ._errors import InvalidArgumentError, LayerMismatchError, TiedWeightsWarning
 from ._match import port_tensors
 from ._match_tree import Matching, describe_ties, find_input_permutations, match_calls, tied_variables

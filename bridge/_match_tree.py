@@ -28,7 +28,7 @@ from ._chain import discover_chain
 from ._errors import LayerMismatchError, UnsupportedModelError
 from ._flax_model import is_nnx
 from ._match import port_tensors
-from ._tensors import to_numpy
+from ._tensors import channels_first_flatten_permutation, to_numpy
 from .rules import LayerRule
 from .rules._registry import rule_for_call
 
@@ -263,7 +263,6 @@ def find_input_permutations(pairs: Sequence[Pair]) -> None:
     """For each matched Linear-like leaf whose torch input holds the Flax input's features in another
     order, the channels-first flatten permutation that explains it (``pair.input_permutation``): tried for
     every factorisation ``(C, H*W)`` of the width and kept when the recorded values confirm it."""
-    from ._convert import channels_first_flatten_permutation
 
     for pair in pairs:
         if pair.rule is None or not pair.flax.args or not pair.torch.args:

@@ -31,7 +31,7 @@ def native_module(
         UnsupportedModelError: naming the JAX primitive and Flax module that have no translation.
         NotEquivalentError: with ``check=True``, when the checker finds the result not equivalent.
     """
-    from ._check_tree import call_arguments
+    from ._arguments import call_arguments
 
     if not isinstance(model, nn.Module) and not is_nnx(model):
         raise InvalidArgumentError(f"model must be a flax.linen or nnx Module, not {type(model).__name__}")

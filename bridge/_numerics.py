@@ -163,11 +163,27 @@ def function_rounding(x: np.ndarray, y: np.ndarray, u: float, *, stacked: bool =
     return FUNCTION_ROUNDOFFS * u * scale
 
 
-def gradient_tolerance(reference: np.ndarray, length: int, depth: int, precision: Precision) -> np.ndarray:
+class Tolerance(NamedTuple):
+    """A tolerance affine in the reference's magnitude, ``atol + rtol * |reference|``: an explicit rtol/atol, or
+    a bound of that form (gradients), which ``compare`` applies slab by slab without an array of its own."""
+
+    rtol: float
+    atol: float
+
+    def of(self, reference: np.ndarray) -> np.ndarray:
+        """The per-element tolerance for ``reference``."""
+        return self.atol + self.rtol * np.abs(reference)
+
+    def plus(self, *, rtol: float = 0.0, atol: float = 0.0) -> Tolerance:
+        """This tolerance widened by ``atol + rtol * |reference|``."""
+        return Tolerance(self.rtol + rtol, self.atol + atol)
+
+
+def gradient_tolerance(reference: np.ndarray, length: int, depth: int, precision: Precision) -> Tolerance:
     """A bound for gradients, whose exact analysis would need every backward product. Relative to the
     element's magnitude plus the tensor's RMS (sums that cancel): each of ``depth`` layers adds an
     accumulation error ``C_DOT * sqrt(length) * u_acc`` (products of length up to ``length``) and a few
     roundings of stored results ``C_ROUND * u_storage``."""
     depth = max(depth, 1)
     relative = C_DOT * np.sqrt(length * depth) * precision.accumulation + C_ROUND * depth * precision.storage
-    return relative * (np.abs(reference) + finite_rms(reference))
+    return Tolerance(relative, relative * finite_rms(reference))

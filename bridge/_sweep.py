@@ -29,8 +29,7 @@ from ._chain import Step, Variables, discover_chain
 from ._compare import SeedComparison, compare_per_seed
 from ._convert import load_into
 from ._errors import InvalidArgumentError, LayerMismatchError, first_line
-from ._gradients import Tolerance
-from ._numerics import Precision
+from ._numerics import Precision, Tolerance
 from ._report import EquivalenceReport, SeedSweepReport
 from ._tensors import is_float, to_numpy, to_tensor
 from .rules import BoundInputs, LayerRule, rule_for_flax

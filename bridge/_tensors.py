@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -70,3 +71,17 @@ def shared_tensor(array: Any, what: str) -> torch.Tensor:
             return torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)
         return torch.from_numpy(array)
     raise InvalidArgumentError(f"{what}: cannot share a {type(array).__name__} with torch; use copy=True")
+
+
+def plain_tree(tree: Any, leaf: Any = None) -> Any:
+    """Nested mappings (FrozenDict included) as plain dicts with string keys, in their own order
+    (``jax.tree_util`` would sort them); ``leaf`` converts the leaves."""
+    if isinstance(tree, Mapping):
+        return {str(key): plain_tree(value, leaf) for key, value in tree.items()}
+    return tree if leaf is None else leaf(tree)
+
+
+def channels_first_flatten_permutation(channels: int, positions: int) -> np.ndarray:
+    """For each feature of Flax's flatten of ``(positions, channels)`` (channels last), its index in
+    torch's ``nn.Flatten`` of ``(channels, positions)``: ``permutation[p * C + c] = c * P + p``."""
+    return np.arange(channels * positions).reshape(channels, positions).T.reshape(-1)

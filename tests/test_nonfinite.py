@@ -116,5 +116,13 @@ def test_comparing_in_slabs_gives_the_whole_arrays_statistics(seed: int, slab: i
         numerics.SLAB = original
     for name, a, b in zip(whole._fields, whole, slabbed, strict=True):
         assert a == b or (a != a and b != b), f"{name}: {a} whole, {b} in slabs of {slab}"
+    affine = numerics.Tolerance(1e-3, 1e-4)  # applied slab by slab: the statistics of its array
+    for name, a, b in zip(
+        whole._fields,
+        compare(reference, candidate, affine),
+        compare(reference, candidate, affine.of(reference)),
+        strict=True,
+    ):
+        assert a == b or (a != a and b != b), f"{name}: {a} slab by slab, {b} from the whole array"
     finite = reference[np.isfinite(reference)]
     np.testing.assert_allclose(rms, np.sqrt(np.mean(np.square(finite))) if finite.size else 0.0, rtol=1e-12)
