@@ -141,6 +141,7 @@ def check_tree(
         "port it, or pair it with mapping={'" + c.name + "': 'torch.name'}"
         for c in matching.unmatched_flax
     ]
+    runs.release_outputs()  # float64 call outputs: no longer needed, and the gradients are the memory peak
     gradient_rows: tuple[GradientRow, ...] = ()
     if grads and not problems:
         gradient_rows, calibrated_gradients = _compare_gradients(

@@ -87,6 +87,11 @@ class FlaxRuns:
                 return None, None
             return jax.tree_util.tree_map(np.asarray, outputs), _pure(jax.tree_util.tree_map(np.asarray, gradients))
 
+    def release_outputs(self) -> None:
+        """Let the other-precision call outputs go (the gradients stay): the comparisons of calls are done."""
+        if self.ran_wide:
+            self._wide = (None, self._wide[1])
+
     def wide_outputs(self) -> list[Any] | None:
         """Every call's output (in capture order) with the model, its variables and float inputs in the
         other precision (None when that run failed)."""
