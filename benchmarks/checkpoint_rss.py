@@ -55,7 +55,11 @@ def main() -> None:
         runs: dict[str, list[int]] = {"imports": [], "tiny": [], "big": []}
         for attempt in range(3):
             runs["imports"].append(
-                peak_kib(sys.executable, "-c", "import bridge._commands, bridge._stream, jax, flax, torch, safetensors")
+                peak_kib(
+                    sys.executable,
+                    "-c",
+                    "import bridge.cli._commands, bridge.io._stream, jax, flax, torch, safetensors",
+                )
             )
             out = Path(folder) / f"tiny{attempt}.msgpack"
             runs["tiny"].append(

@@ -34,9 +34,9 @@ def assert_matches_flax(model: Any, variables: Any, x: np.ndarray, candidate: An
     """``candidate``, another correct implementation's output of the chain ``model`` on ``x``, lies within the
     checker's derived tolerance of Flax's output: never a fixed rtol or bit-equality, which depend on the
     machine's kernels (FMA, blocking, threads)."""
-    from bridge._check import output_tolerance
-    from bridge._compare import compare
     from bridge._tensors import to_numpy
+    from bridge.check._check import output_tolerance
+    from bridge.check._compare import compare
 
     values = to_numpy(candidate) if hasattr(candidate, "detach") else np.asarray(candidate)
     reference, tolerance = output_tolerance(model, variables, x)

@@ -271,6 +271,6 @@ def dense_bound(cases: DenseCases, flax_y: np.ndarray) -> np.ndarray:
 
 def worst_ratios(reference: np.ndarray, candidate: np.ndarray, tolerance: np.ndarray) -> np.ndarray:
     """The largest err/tol of each stacked case, through the checker's own comparison."""
-    from bridge._compare import compare_per_seed
+    from bridge.check._compare import compare_per_seed
 
     return compare_per_seed(reference, candidate, tolerance).worst_ratio

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge._cli import main
+from bridge.cli._cli import main
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

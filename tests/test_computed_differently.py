@@ -30,8 +30,8 @@ from summation_orders import (
 )
 
 import bridge
-from bridge._compare import compare
 from bridge._numerics import Precision
+from bridge.check._compare import compare
 from bridge.rules import BoundInputs
 from bridge.rules.conv import ConvRule
 from bridge.rules.normalization import LayerNormRule

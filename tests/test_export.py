@@ -15,9 +15,9 @@ from native_models import PoolCNN, TokenModel
 from safetensors.numpy import load_file, save_file
 
 import bridge
-from bridge._cli import main
-from bridge._export import export_source, load_export, write_export
 from bridge._tensors import to_tensor
+from bridge.cli._cli import main
+from bridge.convert._export import export_source, load_export, write_export
 
 TESTS = Path(__file__).parent
 

@@ -216,8 +216,8 @@ def test_golden_vectors_match_the_current_libraries() -> None:
     the stored ones, and a plain float64 recomputation must agree within the checker's derived tolerance."""
     from safetensors import safe_open
 
-    from bridge._check import output_tolerance
-    from bridge._compare import compare
+    from bridge.check._check import output_tolerance
+    from bridge.check._compare import compare
 
     path = Path(__file__).parent / "golden" / "seed_model.safetensors"
     with safe_open(str(path), framework="np") as golden:

@@ -28,7 +28,7 @@ from flax import serialization
 
 import bridge
 import flax_impl
-from bridge._cli import main
+from bridge.cli._cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 CASE_SECONDS = 30  # far above any case here (well under a second each): reaching it means a hang
@@ -335,14 +335,14 @@ def test_a_failed_conversion_with_force_leaves_the_old_destination(
 def test_not_equivalent_after_conversion_leaves_the_old_destination(
     workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bridge._check
+    import bridge.check._check
 
     def broken(*args: Any, **kwargs: Any) -> Any:  # as a conversion bug would make it
         return types.SimpleNamespace(ok=False, first_divergence=None, layers=[])
 
     torch.save({"old": torch.ones(1)}, workdir / "old.pt")
     precious = (workdir / "old.pt").read_bytes()
-    monkeypatch.setattr(bridge._check, "check_equivalence", broken)
+    monkeypatch.setattr(bridge.check._check, "check_equivalence", broken)
     with _deadline(CASE_SECONDS):
         code = main(["convert", "w.msgpack", "old.pt", "--force"])
     out = capsys.readouterr().out

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import bridge
-from bridge._chain import discover_chain
+from bridge.capture._chain import discover_chain
 
 
 class Case(NamedTuple):

@@ -22,8 +22,8 @@ from native_models import Glue, PoolCNN, TokenModel
 from tree_models import CNN, ResNet, TransformerBlock
 
 import bridge
-from bridge._export import load_export, write_export
 from bridge._tensors import to_numpy, to_tensor
+from bridge.convert._export import load_export, write_export
 from flax_impl import SeqMLP
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -187,7 +187,7 @@ def test_a_primitive_with_no_translation_is_named_with_its_flax_module() -> None
 
 
 def test_check_true_refuses_a_wrong_translation(monkeypatch: pytest.MonkeyPatch) -> None:
-    from bridge import _primitives
+    from bridge.convert import _primitives
 
     def wrong_tanh(emit: Any, eqn: Any, args: list[Any]) -> Any:
         return emit.call(torch.sigmoid, args[0])

@@ -20,8 +20,8 @@ from tree_models import (
 )
 
 import bridge
-from bridge._capture_tree import capture_flax
 from bridge._errors import TiedWeightsWarning
+from bridge.capture._capture_tree import capture_flax
 
 
 def _net() -> NNXNet:

@@ -79,7 +79,7 @@ def test_a_compute_dtype_the_check_cannot_change_is_refused_with_the_fix() -> No
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), zeros=st.floats(0.0, 0.5))
 def test_the_finite_fast_path_gives_the_general_paths_arrays(seed: int, zeros: float) -> None:
-    from bridge._compare import _finite_elementwise, _general_elementwise
+    from bridge.check._compare import _finite_elementwise, _general_elementwise
 
     rng = np.random.default_rng(seed)
     shape = (int(rng.integers(1, 6)), int(rng.integers(1, 7)))
@@ -96,7 +96,7 @@ def test_the_finite_fast_path_gives_the_general_paths_arrays(seed: int, zeros: f
 @given(seed=st.integers(0, 2**32 - 1), slab=st.integers(1, 12), special=st.floats(0.0, 0.3))
 def test_comparing_in_slabs_gives_the_whole_arrays_statistics(seed: int, slab: int, special: float) -> None:
     import bridge._numerics as numerics
-    from bridge._compare import compare
+    from bridge.check._compare import compare
 
     rng = np.random.default_rng(seed)
     shape = tuple(int(n) for n in rng.integers(1, 5, size=int(rng.integers(0, 4))))

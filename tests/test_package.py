@@ -29,9 +29,46 @@ def test_the_lazy_table_and_the_static_re_exports_agree() -> None:
 
 
 def test_import_and_help_do_not_load_jax_or_torch() -> None:
-    code = "import sys, bridge, bridge._cli; print(sorted(m for m in ('jax', 'torch', 'flax') if m in sys.modules))"
+    code = "import sys, bridge, bridge.cli._cli; print(sorted(m for m in ('jax', 'torch', 'flax') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
     help_run = subprocess.run([sys.executable, "-m", "bridge", "--help"], capture_output=True, text=True, check=True)
     assert "check" in help_run.stdout
     assert "convert" in help_run.stdout
+
+
+# What each stage of the pipeline may import (DESIGN.md: capture -> match -> compare -> report, rules beside):
+# the floor (errors, tensors, numerics, the Flax model helpers, arguments, torch_layers) and the rules serve
+# everyone; nothing imports the command line. The one arrow against the flow: to_torch(check=True) runs the
+# checker on what it built (convert/_native.py imports check/ inside that function).
+ALLOWED = {
+    "rules": {"floor"},
+    "capture": {"floor", "rules"},
+    "match": {"floor", "rules", "capture"},
+    "convert": {"floor", "rules", "capture", "match"},
+    "check": {"floor", "rules", "capture", "match", "convert"},
+    "io": {"floor", "rules", "convert"},
+    "cli": {"floor", "rules", "capture", "match", "convert", "check", "io"},
+    "floor": {"floor"},
+}
+EXCEPTIONS = {("convert/_native.py", "check")}
+
+
+def test_each_stage_imports_only_the_stages_before_it() -> None:
+    root = Path(bridge.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).parts
+        if parts in {("__init__.py",), ("__main__.py",)}:
+            continue  # the public API's lazy table and ``python -m bridge`` reach everything
+        stage = parts[0] if len(parts) > 1 else "floor"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or not node.level:
+                continue
+            base = list(parts[:-1])[: len(parts) - node.level]
+            target = [*base, *(node.module or "").split(".")]
+            target = [p for p in target if p]
+            imported = target[0] if target and target[0] in ALLOWED else "floor"
+            if imported != stage and imported not in ALLOWED[stage]:
+                found.append(("/".join(parts), imported))
+    assert set(found) == EXCEPTIONS, sorted(set(found) - EXCEPTIONS)

@@ -15,8 +15,8 @@ import pytest
 from jax import lax
 
 import bridge
-from bridge._primitives import TABLE
 from bridge._tensors import to_numpy, to_tensor
+from bridge.convert._primitives import TABLE
 
 
 class Fn(nn.Module):

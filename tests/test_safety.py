@@ -19,7 +19,7 @@ from flax import serialization
 
 import bridge
 import flax_impl
-from bridge._atomic import (
+from bridge.io._atomic import (
     STAGES,
     LeftoverWarning,
     OutputExistsError,
@@ -28,7 +28,7 @@ from bridge._atomic import (
     clean_leftovers,
     staging_prefix,
 )
-from bridge._files import replaceable
+from bridge.io._files import replaceable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -221,7 +221,7 @@ def test_leftovers_of_a_dead_process_are_removed_and_an_aside_folder_put_back(tm
 _WRITER = """
 import sys
 from pathlib import Path
-from bridge._atomic import atomic_output, stage
+from bridge.io._atomic import atomic_output, stage
 target, directory = Path(sys.argv[1]), sys.argv[2] == "folder"
 with atomic_output(target, force=True, directory=directory) as temporary:
     if directory:

@@ -13,7 +13,7 @@ import torch
 import bridge
 import flax_impl
 import torch_impl
-from bridge._sweep import init_seeds
+from bridge.check._sweep import init_seeds
 
 SEEDS = range(40, 64)
 

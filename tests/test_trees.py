@@ -281,7 +281,7 @@ def test_mnist_cnn_written_as_a_sequential_converts_with_its_pooling() -> None:
 def test_calibrating_only_where_the_bounds_fail_gives_the_verdicts_of_calibrating_everything(
     block: Any, mistake: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from bridge import _gradients
+    from bridge.check import _gradients
 
     model, variables, x = block
     kind = TorchTransformerBlock(exact_gelu=True) if mistake == "gelu" else TorchSeparateBlock(mistake=mistake)

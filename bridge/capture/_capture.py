@@ -1,0 +1,53 @@
+"""Run both sides of a port and record the output of every position of the chain.
+
+Flax side: see ``_flax_model.layer_outputs``. Torch side: forward hooks on the children of the
+torch ``nn.Sequential``, in call order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .._errors import LayerMismatchError, first_line
+from .._flax_model import layer_outputs
+
+
+def flax_layer_outputs(model: Any, variables: Any, x: Any) -> list[Any]:
+    """The output of each position of the Flax chain for ``x``; a failure becomes a ``LayerMismatchError``."""
+    try:
+        outputs = layer_outputs(model, variables, x)
+    except Exception as e:  # the user's model code may raise anything
+        raise LayerMismatchError(f"the Flax model failed on inputs of shape {tuple(x.shape)}: {first_line(e)}") from e
+    for index, output in enumerate(outputs):
+        if not hasattr(output, "shape") or not hasattr(output, "dtype"):
+            raise LayerMismatchError(
+                f"layer {index} of the chain returns a {type(output).__name__}, not an array: a chain passes one "
+                "array from layer to layer; check such a model as a tree (inputs= a tuple, or a port that is not "
+                "an nn.Sequential)"
+            )
+    return outputs
+
+
+def torch_layer_outputs(torch_module: torch.nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``(output, outputs of each child in call order)`` of one forward pass of ``torch_module``."""
+    outputs: list[torch.Tensor] = []
+    hooked = {id(child): child for child in torch_module.children()}
+    handles = [
+        child.register_forward_hook(lambda _module, _inputs, output: outputs.append(output))
+        for child in hooked.values()
+    ]
+    try:
+        result = torch_module(x)
+    except Exception as e:  # the port's code may raise anything
+        position = len(outputs)
+        kind = type(torch_module[position]).__name__ if position < len(torch_module) else "module"
+        raise LayerMismatchError(
+            f"torch position {position} ({kind}) failed on its input of shape "
+            f"{tuple(outputs[-1].shape) if outputs else tuple(x.shape)}: {first_line(e)}"
+        ) from e
+    finally:
+        for handle in handles:
+            handle.remove()
+    return result, outputs

@@ -1,0 +1,236 @@
+"""Run a model once and record every module call in execution order: path, kind, inputs, outputs, variables.
+
+Flax (linen): the model's own ``apply`` under ``nn.intercept_methods``; each bound module knows its
+``scope.path``, which names it (``Block_0/Dense_1``) and locates its variables. Flax NNX has no method
+interception: every module reachable from the model (``nnx.iter_graph``) is named by its attribute path
+(``block/linear1``, ``layers/0``), and the ``__call__`` of their classes is wrapped for the one run (restored
+afterwards, whatever happens); a call is recorded when its module is one of the model's. torch: forward pre-hooks
+and hooks on every submodule (``blocks.0.fc1``). Both record calls, not modules: a module called twice
+(shared weights) gives two calls. Parameter-free functions (``jax.nn.relu``, ``F.relu``) are not calls:
+they are the glue between calls, compared through the calls around them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import flax.linen as nn
+import torch
+from flax import nnx
+
+from .._errors import InvalidArgumentError, LayerMismatchError, UnsupportedModelError, first_line
+from ..rules._registry import captured_methods, rule_for_call
+
+
+@dataclass
+class Call:
+    """One module call: ``index`` in start order, ``parent`` the index of the call it ran inside (None at
+    the top), ``name`` its path (``Block_0/Dense_1`` or ``blocks.0.fc1``; ``""`` for the model itself),
+    ``module`` the module (bound, for Flax), ``variables`` its own Flax variables (for calls with a rule;
+    empty for the others and for torch: copying every composite's subtree would cost depth x size),
+    ``method`` the method called (``__call__``, or one with a rule of its own: ``attend``; ``kind`` then
+    reads ``Embed.attend``)."""
+
+    index: int
+    name: str
+    kind: str
+    module: Any
+    parent: int | None
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    output: Any = None
+    variables: dict[str, Any] = field(default_factory=dict)
+    children: list[int] = field(default_factory=list)
+    method: str = "__call__"
+
+
+def capture_flax(
+    model: nn.Module | nnx.Module, variables: Mapping[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Any, list[Call]]:
+    """``(output, calls)`` of ``model.apply(variables, *args, **kwargs)`` (an NNX model: ``model(*args,
+    **kwargs)``, its variables inside it); the first call is the model's own.
+
+    Raises:
+        LayerMismatchError: when the model fails on these inputs (the message says where).
+        UnsupportedModelError: variables given with an NNX model.
+        InvalidArgumentError: an NNX model with a layer in training mode.
+    """
+    if isinstance(model, nnx.Module):
+        if variables:
+            raise UnsupportedModelError("an NNX model holds its own variables: pass variables=None")
+        return capture_nnx(model, args, kwargs)
+    calls: list[Call] = []
+    stack: list[int] = []
+
+    def interceptor(next_fun: Any, call_args: Any, call_kwargs: Any, context: Any) -> Any:
+        method = context.method_name
+        module = context.module
+        if method != "__call__" and method not in captured_methods(type(module)):
+            return next_fun(*call_args, **call_kwargs)
+        path = tuple(module.scope.path) if module.scope is not None else ()
+        parent = stack[-1] if stack else None
+        kind = type(module).__name__ if method == "__call__" else f"{type(module).__name__}.{method}"
+        call = Call(
+            len(calls), "/".join(path), kind, module, parent, tuple(call_args), dict(call_kwargs), method=method
+        )
+        calls.append(call)
+        if parent is not None:
+            calls[parent].children.append(call.index)
+        stack.append(call.index)
+        try:
+            call.output = next_fun(*call_args, **call_kwargs)
+        finally:
+            stack.pop()
+        if module.scope is not None and rule_for_call(module, method) is not None:  # only rules read variables: a
+            call.variables = {str(k): _plain(v) for k, v in module.variables.items()}  # composite's copy is skipped
+        return call.output
+
+    try:
+        with nn.intercept_methods(interceptor):
+            output = model.apply(variables, *args, **kwargs)
+    except Exception as e:  # the user's model code may raise anything
+        where = next((c.name for c in reversed(calls) if c.output is None), "")
+        raise LayerMismatchError(
+            f"the Flax model failed{f' in {where!r}' if where else ''} on the given inputs: {first_line(e)}"
+        ) from e
+    return output, calls
+
+
+_NO_OWN_CALL = object()
+
+
+def nnx_paths(model: nnx.Module) -> dict[int, tuple[str, nnx.Module]]:
+    """Every NNX module reachable from ``model`` (itself included), by ``id``: its attribute path
+    (``block/linear1``; ``""`` for the model) and the module. A module held twice keeps one path."""
+    found: dict[int, tuple[str, nnx.Module]] = {}
+    for path, node in nnx.iter_graph(model):
+        if isinstance(node, nnx.Module) and id(node) not in found:
+            found[id(node)] = ("/".join(str(key) for key in path), node)
+    return found
+
+
+def nnx_variables(module: nnx.Module) -> dict[str, Any]:
+    """A module's own Flax variables as the rules read them: ``{"params": ..., "batch_stats": ...}``."""
+    owned: dict[str, Any] = {}
+    for collection, kind in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
+        if state := nnx.to_pure_dict(nnx.state(module, kind)):
+            owned[collection] = _plain(state)
+    return owned
+
+
+def capture_nnx(model: nnx.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, list[Call]]:
+    """``(output, calls)`` of ``model(*args, **kwargs)`` for a Flax NNX model (see the module docstring).
+    Modules that a JAX transform (``nnx.jit``, ``nnx.scan``) re-creates inside the run are not the model's
+    own objects: their calls are not recorded (the call around them is).
+
+    Raises:
+        LayerMismatchError: when the model fails on these inputs (the message says where).
+        InvalidArgumentError: when a layer is in training mode (NNX Dropout and BatchNorm are by default).
+    """
+    modules = nnx_paths(model)
+    for path, module in modules.values():
+        if getattr(module, "deterministic", None) is False or getattr(module, "use_running_average", None) is False:
+            raise InvalidArgumentError(
+                f"{type(module).__name__} at {path or '(model)'!r} is in training mode (NNX Dropout and BatchNorm "
+                "are by default): call model.eval() before checking, and compare against the torch model in eval mode"
+            )
+    calls: list[Call] = []
+    stack: list[int] = []
+    owned: dict[int, dict[str, Any]] = {}
+
+    def wrap(original: Any, method: str) -> Any:
+        def call_and_record(module: Any, *call_args: Any, **call_kwargs: Any) -> Any:
+            known = modules.get(id(module))
+            if known is None or known[1] is not module or (stack and calls[stack[-1]].module is module):
+                return original(module, *call_args, **call_kwargs)  # not the model's, or a super().__call__
+            parent = stack[-1] if stack else None
+            kind = type(module).__name__ if method == "__call__" else f"{type(module).__name__}.{method}"
+            call = Call(len(calls), known[0], kind, module, parent, call_args, dict(call_kwargs), method=method)
+            calls.append(call)
+            if parent is not None:
+                calls[parent].children.append(call.index)
+            stack.append(call.index)
+            try:
+                call.output = original(module, *call_args, **call_kwargs)
+            finally:
+                stack.pop()
+            if rule_for_call(module, method) is not None:  # only rules read a call's variables: others skip the copy
+                if id(module) not in owned:
+                    owned[id(module)] = nnx_variables(module)
+                call.variables = owned[id(module)]
+            return call.output
+
+        return call_and_record
+
+    classes = {type(module) for _, module in modules.values()}
+    originals: dict[tuple[type, str], Any] = {}
+    for cls in classes:  # resolved before any is wrapped: a subclass calls its base's own __call__
+        if any("__call__" in vars(base) for base in cls.__mro__ if base is not object):
+            originals[cls, "__call__"] = cls.__call__
+        for method in captured_methods(cls):
+            originals[cls, method] = getattr(cls, method)
+    saved = {key: vars(key[0]).get(key[1], _NO_OWN_CALL) for key in originals}
+    try:
+        for (cls, method), original in originals.items():
+            setattr(cls, method, wrap(original, method))
+        try:
+            output = model(*args, **kwargs)
+        except Exception as e:  # the user's model code may raise anything
+            where = next((c.name for c in reversed(calls) if c.output is None), "")
+            raise LayerMismatchError(
+                f"the Flax model failed{f' in {where!r}' if where else ''} on the given inputs: {first_line(e)}"
+            ) from e
+    finally:
+        for (cls, method), own in saved.items():
+            if own is _NO_OWN_CALL:
+                if method in vars(cls):
+                    delattr(cls, method)
+            else:
+                setattr(cls, method, own)
+    return output, calls
+
+
+def capture_torch(port: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, list[Call]]:
+    """``(output, calls)`` of ``port(*args, **kwargs)``; the first call is the port's own.
+
+    Raises:
+        LayerMismatchError: naming the submodule that failed.
+    """
+    calls: list[Call] = []
+    stack: list[int] = []
+    names = {id(module): name for name, module in port.named_modules()}
+
+    def before(module: torch.nn.Module, call_args: tuple[Any, ...], call_kwargs: dict[str, Any]) -> None:
+        parent = stack[-1] if stack else None
+        name = names.get(id(module), "?")
+        call = Call(len(calls), name, type(module).__name__, module, parent, tuple(call_args), dict(call_kwargs))
+        calls.append(call)
+        if parent is not None:
+            calls[parent].children.append(call.index)
+        stack.append(call.index)
+
+    def after(module: torch.nn.Module, call_args: Any, call_kwargs: Any, output: Any) -> None:
+        calls[stack.pop()].output = output
+
+    handles = []
+    for module in port.modules():
+        handles.append(module.register_forward_pre_hook(before, with_kwargs=True))
+        handles.append(module.register_forward_hook(after, with_kwargs=True))
+    try:
+        output = port(*args, **kwargs)
+    except Exception as e:  # the port's code may raise anything
+        failed = calls[stack[-1]] if stack else None
+        where = f" in {failed.name or 'the port'} ({failed.kind})" if failed else ""
+        raise LayerMismatchError(f"the torch port failed{where} on the given inputs: {first_line(e)}") from e
+    finally:
+        for handle in handles:
+            handle.remove()
+    return output, calls
+
+
+def _plain(tree: Any) -> Any:
+    if isinstance(tree, Mapping):
+        return {str(k): _plain(v) for k, v in tree.items()}
+    return tree

@@ -1,0 +1,604 @@
+"""``check_equivalence``: run a Flax model and its torch port side by side and say where they differ and why."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, overload
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from .. import _flax_model as flax_model
+from .._errors import InvalidArgumentError, UnsupportedModelError
+from .._numerics import DEFAULT_RTOL_ATOL, Precision, Tolerance
+from .._tensors import is_float, to_numpy, to_tensor, torch_dtype
+from ..capture._capture import flax_layer_outputs, torch_layer_outputs
+from ..capture._chain import Step, Variables, discover_chain
+from ..convert._convert import channels_last_view
+from ..match._match_tree import is_tree_pair
+from ..rules import BoundInputs, LayerRule
+from ..rules._registry import rule_or_none
+from ._compare import compare
+from ._gradients import compare_gradients
+from ._hints import HintContext, diagnose
+from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow, SeedSweepReport
+
+Loss = Callable[[Any], Any]
+
+
+@overload
+def check_equivalence(
+    model: Any,
+    variables: Variables | None,
+    torch_module: torch.nn.Module,
+    inputs: Any = None,
+    *,
+    seed: int = 0,
+    seeds: None = None,
+    n_inputs: int = 32,
+    dtype: Any = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    grads: bool = True,
+    loss: Loss | None = None,
+    channels_last: bool = True,
+    torch_inputs: Any = None,
+    mapping: Mapping[str, str] | None = None,
+) -> EquivalenceReport: ...
+
+
+@overload
+def check_equivalence(
+    model: Any,
+    variables: Variables | None,
+    torch_module: torch.nn.Module,
+    inputs: Any = None,
+    *,
+    seed: int = 0,
+    seeds: Iterable[int],
+    n_inputs: int = 32,
+    dtype: Any = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    grads: bool = True,
+    loss: Loss | None = None,
+    channels_last: bool = True,
+    torch_inputs: Any = None,
+    mapping: Mapping[str, str] | None = None,
+) -> SeedSweepReport: ...
+
+
+def check_equivalence(
+    model: Any,
+    variables: Variables | None,
+    torch_module: torch.nn.Module,
+    inputs: Any = None,
+    *,
+    seed: int = 0,
+    seeds: Iterable[int] | None = None,
+    n_inputs: int = 32,
+    dtype: Any = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    grads: bool = True,
+    loss: Loss | None = None,
+    channels_last: bool = True,
+    torch_inputs: Any = None,
+    mapping: Mapping[str, str] | None = None,
+) -> EquivalenceReport | SeedSweepReport:
+    """Check that ``torch_module`` computes what the Flax ``model`` computes with ``variables``, layer by layer.
+
+    Two ways, chosen by the pair. A chain (an ``nn.Sequential`` model, or one returning one, against a
+    ``torch.nn.Sequential``) is compared position by position. Anything else (a compact, setup or nested
+    linen model, several inputs, a port of any ``torch.nn.Module``) is compared as call trees: every
+    module call on both sides is captured, calls are matched by structure (the rule's kind and the shapes
+    of the tensors it lays out, then call order; never names), and every matched call is compared end to
+    end and isolated; the report names calls by their paths (``Block_0/Dense_1`` and ``blocks.0.fc1``).
+
+    Arguments:
+        model, variables: the Flax reference and what its ``init`` returned; or an NNX module and None
+            (it holds its own variables; put it in eval mode). An ``nnx.Sequential`` against a
+            ``torch.nn.Sequential`` is a chain; any other NNX module is a tree whose calls are named by
+            attribute path (``block/linear1``).
+        torch_module: the port. It is not modified (a copy is cast when ``dtype`` is given); put it in
+            eval mode yourself.
+        inputs: an array ``(batch..., in_features)`` fed to both sides; by default (chains only)
+            ``n_inputs`` rows of standard normal numbers drawn from ``seed``, as wide as the first layer
+            expects. For trees: an array, a tuple of positional arguments, or a dict of keyword
+            arguments for the model's ``apply`` (integer arrays too).
+        torch_inputs: the port's arguments where its signature differs (trees); by default ``inputs``
+            as tensors, NHWC moved to NCHW when ``channels_last`` is False.
+        mapping: ``{"Block_0/Dense_1": "blocks.0.fc2", ...}`` (fnmatch globs allowed) pairs calls before
+            the structural matching (trees).
+        dtype: cast both sides' floating variables and the inputs to it (``"float64"`` needs
+            ``jax_enable_x64``); by default each side computes in its own dtype.
+        rtol, atol: compare with ``atol + rtol * |flax|`` instead of the tolerance derived from each
+            layer's rounding error; setting one takes the other from ``bridge.DEFAULT_RTOL_ATOL``.
+        grads: also compare the gradients of ``loss`` with respect to the input and every parameter.
+        loss: a scalar function of the output written so that it works on a ``jax.Array`` and a
+            ``torch.Tensor`` alike (``lambda y: (y ** 2).sum()``); by default the sum of the outputs.
+        seeds: check many seeds at once (linen models): for each seed s, the variables are
+            ``model.init(PRNGKey(s), x)`` and the inputs are drawn from s; ``variables`` then only give
+            the tree and shapes (``model.init``'s result or its ``jax.eval_shape``), and the port's
+            own weights are replaced by each seed's converted ones (the port itself is left as it is).
+            Initialising, converting and running are vectorised (``jax.vmap``, ``torch.func.vmap``);
+            every layer's output is compared for every seed, and one seed (the first failing, else the
+            first) gets a full report, with gradients when ``grads``.
+        channels_last: False for a channels-first port (``to_torch(..., channels_last=False)`` or your
+            own): the inputs stay Flax's ``(N, H, W, C)`` and each torch layer before the flatten is fed
+            and compared through a moved channel axis (the port itself is not changed).
+
+    Returns:
+        An ``EquivalenceReport``: ``.ok``, ``.first_divergence`` (with a ``.hint``), ``.layers``, ``str()`` a table;
+        with ``seeds``, a ``SeedSweepReport``: ``.ok``, ``.failed_seeds``, ``.seed_ok``, ``.detailed``.
+
+    Raises:
+        BridgeError: when the model is not a chain, the arguments are invalid, or the torch module
+            cannot run on the inputs (the message names the position).
+    """
+    if is_tree_pair(model, variables, torch_module, inputs, torch_inputs, mapping):
+        if seeds is not None or dtype is not None or rtol is not None or atol is not None:
+            raise InvalidArgumentError(
+                "seeds=, dtype=, rtol= and atol= apply to nn.Sequential chains checked position by position; "
+                f"{type(model).__name__} against {type(torch_module).__name__} is checked as a tree without them"
+            )
+        from ._check_tree import check_tree
+
+        if inputs is None and torch_inputs is None:  # a chain model against another kind of port: draw rows
+            try:
+                steps = discover_chain(model, variables)
+            except UnsupportedModelError:
+                steps = ()
+            if steps:
+                inputs = _inputs(None, steps, [rule_or_none(s.layer) for s in steps], seed, n_inputs, None)
+        return check_tree(
+            model,
+            variables if variables is not None else {},
+            torch_module,
+            inputs,
+            torch_inputs=torch_inputs,
+            channels_last=channels_last,
+            mapping=mapping,
+            grads=grads,
+            loss=loss,
+        )
+    assert isinstance(torch_module, torch.nn.Sequential)  # every other port is a tree
+    if not channels_last:
+        torch_module = channels_last_view(torch_module, discover_chain(model, variables))
+    if seeds is not None:
+        from ._sweep import sweep_seeds
+
+        return sweep_seeds(
+            model,
+            variables,
+            torch_module,
+            seeds,
+            inputs,
+            check_equivalence,
+            n_inputs=n_inputs,
+            dtype=dtype,
+            rtol=rtol,
+            atol=atol,
+            grads=grads,
+            loss=loss,
+        )
+    if dtype is not None:
+        model, variables, torch_module = _cast(model, variables, torch_module, dtype)
+    steps = discover_chain(model, variables)
+    if dtype is not None:
+        model, steps = _cast_compute_dtype(model, variables, steps, dtype)
+    _refuse_training_mode(steps)
+    rules = [rule_or_none(step.layer) for step in steps]
+    x = _inputs(inputs, steps, rules, seed, n_inputs, dtype)
+    tolerance = _explicit_tolerance(rtol, atol, x.dtype)
+
+    flax_outputs = [np.asarray(y) for y in flax_layer_outputs(model, variables, jnp.asarray(x))]
+    flax_inputs = [x, *flax_outputs[:-1]]
+    with torch.no_grad():
+        torch_final, torch_outputs = torch_layer_outputs(torch_module, to_tensor(x))
+    torch_arrays = [to_numpy(y) for y in torch_outputs]
+    children = list(torch_module)
+    structure = _structure_problem(steps, rules, children)
+    problems = [structure[1]] if structure else []
+
+    positions: list[_Position] = []
+    tol_in = np.zeros(x.shape)
+    for step, rule, x_in, y in zip(steps, rules, flax_inputs, flax_outputs, strict=True):
+        bound_e2e, bound_iso, precision = _bounds(step, rule, x_in, y, tol_in, tolerance)
+        module = children[step.index] if step.index < len(children) else None
+        isolated_out = None if module is None else _run_isolated(module, x_in)
+        positions.append(_Position(step, rule, module, x_in, y, tol_in, bound_e2e, bound_iso, precision, isolated_out))
+        tol_in = bound_e2e
+    rows = tuple(_row(p, torch_arrays) for p in positions)
+    flax_final = np.asarray(flax_outputs[-1], np.float64)
+    output = compare(flax_final, to_numpy(torch_final), positions[-1].bound_e2e)
+
+    gradient_rows: tuple[GradientRow, ...] = ()
+    dropped = dropped_nonfinite = 0
+    if grads and not problems:
+        single_sample = x.ndim < 2 and is_float(x.dtype)  # nothing to leave out
+        smooth = np.ones(len(x), bool) if single_sample else _rows_away_from_kinks(positions)
+        finite = _finite_rows(positions, 1 if single_sample else len(x))
+        dropped = int(np.count_nonzero(~smooth & finite))
+        dropped_nonfinite = int(np.count_nonzero(~finite))
+        smooth &= finite
+        if single_sample and not finite.all():
+            smooth = np.zeros(1, bool)
+        if smooth.any():
+            planned = list(zip(steps, rules, strict=True))
+            gradient_rows = compare_gradients(
+                model,
+                variables,
+                torch_module,
+                planned,
+                x[smooth],
+                loss or _sum,
+                tolerance,
+                getattr(torch_module, "bridge_input_permutations", None),
+            )
+
+    permutations = getattr(torch_module, "bridge_input_permutations", {})
+    first = _first_divergence(rows, positions, structure, gradient_rows, permutations)
+    ok = not problems and all(row.ok for row in rows) and output.ok and all(g.comparison.ok for g in gradient_rows)
+    return EquivalenceReport(
+        ok=ok,
+        first_divergence=first,
+        layers=rows,
+        output=output,
+        gradients=gradient_rows,
+        problems=tuple(problems),
+        nonfinite={
+            "flax": _first_nonfinite(flax_outputs),
+            "torch": _first_nonfinite(torch_arrays),
+        },
+        settings={
+            "dtype": np.dtype(x.dtype).name,
+            "tolerance": describe_tolerance(tolerance),
+            "inputs": f"shape {tuple(x.shape)}" + (f", normal(seed={seed})" if inputs is None else ", given"),
+            "grads": bool(grads),
+            "gradient_rows_dropped_at_kinks": dropped,
+            # NaN/Inf in a row's forward pass leave its gradients undefined (JAX's relu passes 0 at NaN,
+            # torch's NaN): such rows are not judged, their outputs are (NaN against NaN is equal)
+            "gradient_rows_dropped_nonfinite": dropped_nonfinite,
+            "nonfinite_outputs": {
+                "flax": int(np.count_nonzero(~np.isfinite(flax_final))),
+                "torch": int(np.count_nonzero(~np.isfinite(np.asarray(to_numpy(torch_final), np.float64)))),
+            },
+        },
+    )
+
+
+def assert_equivalent(
+    model: Any, variables: Variables | None, torch_module: torch.nn.Module, inputs: Any = None, **options: Any
+) -> EquivalenceReport:
+    """``check_equivalence`` for tests: returns the report when equivalent, else raises ``AssertionError``
+    whose message is the report's table (first divergence and hint included)."""
+    report = check_equivalence(model, variables, torch_module, inputs, **options)
+    if not report.ok:
+        raise AssertionError(f"the torch port is not equivalent to the Flax model:\n{report}")
+    return report
+
+
+def _sum(y: Any) -> Any:
+    return y.sum()
+
+
+class _Position(NamedTuple):
+    """What the check knows of one chain position: both sides' layers, the Flax input and output, the
+    tolerance of its input (end to end), its output's tolerances, and the torch layer's output on the
+    Flax input (None without a torch layer; an empty array when it could not run on it)."""
+
+    step: Step
+    rule: LayerRule | None
+    module: torch.nn.Module | None
+    x: np.ndarray
+    y: np.ndarray
+    bound_in: np.ndarray
+    bound_e2e: np.ndarray
+    bound_iso: np.ndarray
+    precision: Precision
+    isolated_out: np.ndarray | None
+
+
+def _row(position: _Position, torch_arrays: Sequence[np.ndarray]) -> LayerRow:
+    step, module = position.step, position.module
+    y64 = np.asarray(position.y, np.float64)
+    torch_y = torch_arrays[step.index] if step.index < len(torch_arrays) else np.empty(0)
+    return LayerRow(
+        step.index,
+        step.kind,
+        "/".join(step.flax_path),
+        "" if module is None else str(step.index),
+        "" if module is None else type(module).__name__,
+        compare(y64, torch_y, position.bound_e2e),
+        None if position.isolated_out is None else compare(y64, position.isolated_out, position.bound_iso),
+    )
+
+
+def _rows_away_from_kinks(positions: Sequence[_Position]) -> np.ndarray:
+    """Input rows (first axis) where no layer input lies within its tolerance of a kink (relu at 0):
+    there the two sides may take different branches, and their gradients legitimately differ."""
+    smooth = np.ones(len(positions[0].x), bool)
+    for p in positions:
+        if p.rule is None or not p.rule.kinks or len(p.x) != len(smooth):
+            continue
+        x64 = np.asarray(p.x, np.float64)
+        near = np.zeros(x64.shape, bool)
+        for kink in p.rule.kinks:
+            near |= np.abs(x64 - kink) <= p.bound_in
+        near &= p.bound_in > 0  # an exact input (tolerance 0) takes the same branch on both sides
+        smooth &= ~near.reshape(len(near), -1).any(axis=1)
+    return smooth
+
+
+def _finite_rows(positions: Sequence[_Position], rows: int) -> np.ndarray:
+    """Input rows (first axis) whose values are finite at every position of the Flax forward pass (an
+    array without that leading axis counts for every row)."""
+    finite = np.ones(rows, bool)
+    for p in positions:
+        for values in (p.x, p.y):
+            array = np.asarray(values)
+            if not is_float(array.dtype):
+                continue
+            ok = np.isfinite(array.astype(np.float64))
+            per_row = array.ndim >= 1 and len(array) == rows
+            finite &= ok.reshape(rows, -1).all(axis=1) if per_row else bool(ok.all())
+    return finite
+
+
+def _refuse_training_mode(steps: Sequence[Step]) -> None:
+    """NNX Dropout and BatchNorm default to training mode: random outputs, and statistics that running
+    the model would overwrite. Linen layers in that mode cannot run without extra arguments at all."""
+    for step in steps:
+        if (
+            getattr(step.layer, "deterministic", None) is False
+            or getattr(step.layer, "use_running_average", None) is False
+        ):
+            raise InvalidArgumentError(
+                f"{step.where} is in training mode (NNX Dropout and BatchNorm are by default): "
+                "call model.eval() before checking, and compare against the torch model in eval mode"
+            )
+
+
+def describe_tolerance(tolerance: Tolerance | None) -> str:
+    """How a report's settings name the tolerance: derived per layer, or the explicit rtol/atol."""
+    return "derived per layer" if tolerance is None else f"rtol={tolerance.rtol:g}, atol={tolerance.atol:g}"
+
+
+def _explicit_tolerance(rtol: float | None, atol: float | None, dtype: Any) -> Tolerance | None:
+    if rtol is None and atol is None:
+        return None
+    name = np.dtype(dtype).name
+    default_rtol, default_atol = DEFAULT_RTOL_ATOL.get(name, DEFAULT_RTOL_ATOL["float32"])
+    chosen = Tolerance(default_rtol if rtol is None else float(rtol), default_atol if atol is None else float(atol))
+    if not (chosen.rtol >= 0 and chosen.atol >= 0):
+        raise InvalidArgumentError(f"rtol and atol must be >= 0, got rtol={chosen.rtol}, atol={chosen.atol}")
+    return chosen
+
+
+_GENERIC_RULE = LayerRule()  # its error_bound: slope <= 1 and one rounding, for layers with no rule
+
+
+def output_tolerance(model: Any, variables: Variables | None, inputs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The Flax chain's output on ``inputs`` and how far a correct port's output may lie from it there:
+    the tolerance ``check_equivalence`` derives end to end, for comparing stored (golden) outputs.
+
+    Returns:
+        ``(output, tolerance)``: float64 arrays of the output's shape.
+    """
+    steps = discover_chain(model, variables)
+    x = np.asarray(inputs)
+    outputs = [np.asarray(y) for y in flax_layer_outputs(model, variables, jnp.asarray(x))]
+    tol_in = np.zeros(x.shape)
+    for step, x_in, y in zip(steps, [x, *outputs[:-1]], outputs, strict=True):
+        tol_in = _bounds(step, rule_or_none(step.layer), x_in, y, tol_in, None)[0]
+    return np.asarray(outputs[-1], np.float64), tol_in
+
+
+def _bounds(
+    step: Step, rule: LayerRule | None, x_in: np.ndarray, y: np.ndarray, tol_in: np.ndarray, tolerance: Tolerance | None
+) -> tuple[np.ndarray, np.ndarray, Precision]:
+    """One position's output tolerances, end to end (its input off by ``tol_in``) and isolated, and its precision."""
+    x64, y64 = np.asarray(x_in, np.float64), np.asarray(y, np.float64)
+    precision = Precision.of(y.dtype if is_float(y.dtype) else np.float32)
+    bound_e2e = _bound(rule, step, BoundInputs(x64, y64, tol_in, precision), tolerance)
+    bound_iso = _bound(rule, step, BoundInputs(x64, y64, np.zeros_like(x64), precision), tolerance)
+    return bound_e2e, bound_iso, precision
+
+
+def _bound(rule: LayerRule | None, step: Step, inputs: BoundInputs, tolerance: Tolerance | None) -> np.ndarray:
+    """The per-element tolerance of one layer's output: explicit, or derived by the layer's rule."""
+    if tolerance is not None:
+        return tolerance.of(inputs.y)
+    if inputs.tol_in.shape != inputs.x.shape:  # the layer changes shape: its input error cannot be mapped
+        inputs = inputs._replace(tol_in=np.zeros(inputs.x.shape))
+    with np.errstate(invalid="ignore", over="ignore"):
+        bound = (rule or _GENERIC_RULE).error_bound(step.layer, step.variables, inputs)
+    return np.broadcast_to(np.asarray(bound, np.float64), inputs.y.shape)
+
+
+def _inputs(
+    inputs: Any, steps: Sequence[Step], rules: Sequence[LayerRule | None], seed: int, n_inputs: int, dtype: Any
+) -> np.ndarray:
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= int(seed) < 2**32:
+        raise InvalidArgumentError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    if inputs is not None:
+        x = np.asarray(inputs)
+        if x.ndim == 0:
+            raise InvalidArgumentError("inputs must have rank >= 1 (features on the last axis), got a scalar")
+        if x.size == 0:
+            raise InvalidArgumentError(f"inputs of shape {tuple(x.shape)} hold no values: give at least one row")
+    else:
+        if not isinstance(n_inputs, int) or n_inputs < 1:
+            raise InvalidArgumentError(f"n_inputs must be an integer >= 1, got {n_inputs!r}")
+        first, rule = steps[0], rules[0]
+        drawn = rule.random_input(first.layer, first.variables, np.random.default_rng(seed), n_inputs) if rule else None
+        if drawn is None:
+            raise InvalidArgumentError(
+                f"{first.where} does not fix the input shape: pass inputs= (an array shaped like the model's input)"
+            )
+        x = drawn
+    if dtype is not None and is_float(x.dtype):
+        x = x.astype(jnp.dtype(dtype))
+    return x
+
+
+def _cast(
+    model: Any, variables: Any, torch_module: torch.nn.Sequential, dtype: Any
+) -> tuple[Any, Any, torch.nn.Sequential]:
+    """Copies of both sides in ``dtype`` (the caller's model, variables and module stay as they were)."""
+    try:
+        target = jnp.dtype(dtype)
+    except TypeError as e:
+        raise InvalidArgumentError(f"dtype {dtype!r} is not a dtype (use float32, float64 or bfloat16)") from e
+    if not jnp.issubdtype(target, jnp.floating):
+        raise InvalidArgumentError(f"dtype {target.name} is not a floating dtype: use float32, float64 or bfloat16")
+    if target == jnp.float64 and not jax.config.read("jax_enable_x64"):
+        raise InvalidArgumentError(
+            "dtype float64 needs 64-bit JAX: jax.config.update('jax_enable_x64', True) before building the model"
+        )
+    model, variables = flax_model.cast(model, variables, target)
+    return model, variables, copy.deepcopy(torch_module).to(torch_dtype(target))
+
+
+def _cast_compute_dtype(
+    model: Any, variables: Any, steps: tuple[Step, ...], dtype: Any
+) -> tuple[Any, tuple[Step, ...]]:
+    """Layers that compute in a dtype of their own (``nn.Dense(dtype=jnp.float16)``) compute in ``dtype``
+    too: cloned so in an ``nn.Sequential`` model, refused with the fix where the model builds them itself.
+
+    Raises:
+        InvalidArgumentError: naming the first layer whose compute dtype cannot be changed.
+    """
+    target = jnp.dtype(dtype)
+    stale = [s for s in steps if getattr(s.layer, "dtype", None) is not None and jnp.dtype(s.layer.dtype) != target]
+    if not stale:
+        return model, steps
+    if isinstance(model, nn.Sequential):
+        layers = [
+            layer.clone(dtype=target)
+            if isinstance(layer, nn.Module) and getattr(layer, "dtype", None) is not None
+            else layer
+            for layer in model.layers
+        ]
+        model = model.clone(layers=layers)
+        return model, discover_chain(model, variables)
+    first = stale[0]
+    raise InvalidArgumentError(
+        f"{first.where} computes in {jnp.dtype(first.layer.dtype).name} (its dtype=) and dtype={target.name} "
+        f"cannot change that inside {type(model).__name__}: check with dtype={jnp.dtype(first.layer.dtype).name!r}, "
+        "or build the model with dtype=None"
+    )
+
+
+def _run_isolated(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    try:
+        with torch.no_grad():
+            return to_numpy(module(to_tensor(x)))
+    except Exception:  # the port's code may raise anything
+        return np.full((0,), np.nan)  # cannot run on the Flax layer's input: the row shows a shape mismatch
+
+
+def _structure_problem(
+    steps: Sequence[Step], rules: Sequence[LayerRule | None], children: Sequence[torch.nn.Module]
+) -> tuple[int, str] | None:
+    """When the torch side has more or fewer layers than the chain: the position and a description.
+
+    Kinds that differ at equal length are no problem by themselves (a custom module may compute the
+    same function); the numbers decide, and the hints name a wrong kind.
+    """
+    if len(children) == len(steps):
+        return None
+
+    def fits(rule: LayerRule | None, module: torch.nn.Module) -> bool:
+        return rule is None or type(module) in rule.torch_types
+
+    pairs = zip(rules, children, strict=False)
+    first_bad = next(
+        (i for i, (rule, module) in enumerate(pairs) if not fits(rule, module)), min(len(rules), len(children))
+    )
+    if len(children) > len(steps) and all(
+        fits(r, m) for r, m in zip(rules[first_bad:], children[first_bad + 1 :], strict=False)
+    ):
+        module = children[first_bad]
+        return (
+            first_bad,
+            f"torch has an extra {type(module).__name__} at position {first_bad} "
+            "(a doubled or inserted layer): remove it",
+        )
+    if len(children) < len(steps) and all(
+        fits(r, m) for r, m in zip(rules[first_bad + 1 :], children[first_bad:], strict=False)
+    ):
+        return (
+            first_bad,
+            f"torch lacks {steps[first_bad].where}: insert the matching torch layer at position {first_bad}",
+        )
+    return first_bad, f"the Flax chain has {len(steps)} layers but the torch Sequential has {len(children)}"
+
+
+def _first_divergence(
+    rows: Sequence[LayerRow],
+    positions: Sequence[_Position],
+    structure: tuple[int, str] | None,
+    gradient_rows: Sequence[GradientRow],
+    permutations: Mapping[int, np.ndarray],
+) -> Divergence | None:
+    """The structure problem, else the first layer failing on its own input, else the first failing end to end."""
+
+    def at(index: int, mode: str, hint: str | None) -> Divergence:
+        p = positions[min(index, len(positions) - 1)]
+        torch_name = str(index) if p.module is not None and index < len(positions) else ""
+        return Divergence(index, "/".join(p.step.flax_path), torch_name, p.step.kind, mode, hint)
+
+    if structure is not None:
+        return at(structure[0], "structure", structure[1])
+    isolated = next((r for r in rows if r.isolated is not None and not r.isolated.ok), None)
+    end_to_end = next((r for r in rows if not r.end_to_end.ok), None)
+    for mode, row in (("isolated", isolated), ("end to end", end_to_end)):
+        if row is None:
+            continue
+        p = positions[row.index]
+        torch_out = None if p.isolated_out is None else np.asarray(p.isolated_out, np.float64)
+        context = HintContext(
+            p.step,
+            p.module,
+            np.asarray(p.x, np.float64),
+            np.asarray(p.y, np.float64),
+            torch_out,
+            p.bound_iso,
+            p.precision,
+            permutations.get(row.index),
+        )
+        hint = diagnose(context)
+        if hint is None and mode == "end to end":
+            hint = "each layer is within its own tolerance, but their errors compound beyond the bound"
+        return at(row.index, mode, hint)
+    bad = next((g for g in gradient_rows if not g.comparison.ok), None)
+    if bad is not None:
+        index = next(
+            (
+                p.step.index
+                for p in positions
+                if p.step.flax_path and bad.name.startswith("/".join(p.step.flax_path) + "/")
+            ),
+            0,
+        )
+        return at(
+            index,
+            "gradient",
+            f"outputs match but the gradient {bad.name} differs: check custom backward code "
+            "(the backward() of any torch.autograd.Function, or hooks that change gradients)",
+        )
+    return None
+
+
+def _first_nonfinite(arrays: Sequence[np.ndarray]) -> int | None:
+    for index, array in enumerate(arrays):
+        values = np.asarray(array)
+        if is_float(values.dtype) and not np.all(np.isfinite(values.astype(np.float64))):
+            return index
+    return None

@@ -1,0 +1,576 @@
+"""Check any Flax model (linen or NNX) against any torch port: capture both call trees, match them by structure,
+compare every matched call end to end and isolated, compare the gradients of every matched parameter.
+
+Tolerances. A matched call whose rule has an error analysis (Dense, Conv, norms, Embed) gets that rule's
+bound in isolation; a rule-backed call without one (attention) a calibrated one: the call run alone in
+float64 on the same inputs shows the reference's own rounding error d, and a correct port may differ
+by ``C_CALIBRATION * (|d| + rms(d))`` plus a few roundings of the output. End to end, the whole model
+run in float64 shows how the errors before each call have grown, and the same calibration is added;
+composites take that drift in isolation too (it bounds their own error, with no extra run).
+
+Cost. Every comparison is judged by the rounding bounds alone first; the float64 runs (one compiled pass
+for every call's output and the gradients, ``bridge.check._flax_runs``) happen only when one fails them, and
+that comparison is judged again with the calibration added. It only widens a tolerance, so the verdicts
+are those of calibrating everything (``_gradients.CALIBRATE_LAZILY``; the tests compare both).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import nnx
+
+from .._arguments import call_arguments, torch_arguments
+from .._errors import InvalidArgumentError
+from .._numerics import Precision, finite_rms, function_rounding, gradient_tolerance
+from .._tensors import is_float, to_numpy
+from ..capture._capture_tree import Call, capture_flax, capture_torch
+from ..capture._chain import Step
+from ..match._match_tree import (
+    Matching,
+    Pair,
+    descendants,
+    describe_ties,
+    find_input_permutations,
+    match_calls,
+    tied_variables,
+)
+from ..rules import BoundInputs, LayerRule
+from . import _gradients
+from ._compare import Comparison, compare
+from ._flax_runs import FlaxRuns, widen, widened_nnx
+from ._gradients import C_CALIBRATION, C_FLOOR
+from ._hints import HintContext, activation_variants, diagnose, diagnose_call, glue_hint
+from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow
+
+Loss = Callable[[Any], Any]
+
+
+def output_leaves(value: Any) -> list[np.ndarray]:
+    """The arrays of an output, in order, as NumPy copies: pytrees, dataclasses and Hugging Face output
+    objects (mappings) alike; None entries (torch's skipped attention weights) are left out."""
+    return [to_numpy(a) if isinstance(a, torch.Tensor) else np.asarray(a) for a in _array_leaves(value)]
+
+
+def keyed_like(torch_value: Any, flax_value: Any) -> Any:
+    """The torch output with its mappings in the Flax output's key order where both have the same keys
+    (leaves are then compared by key), else as it is (compared by position)."""
+    if isinstance(torch_value, Mapping) and isinstance(flax_value, Mapping) and set(torch_value) == set(flax_value):
+        return {k: keyed_like(torch_value[k], flax_value[k]) for k in flax_value}
+    if (
+        isinstance(torch_value, tuple | list)
+        and isinstance(flax_value, tuple | list)
+        and len(torch_value) == len(flax_value)
+    ):
+        return [keyed_like(t, f) for t, f in zip(torch_value, flax_value, strict=True)]
+    return torch_value
+
+
+def in_flax_layout(torch_value: np.ndarray, flax_value: np.ndarray, channels_last: bool) -> np.ndarray:
+    """A torch array laid out as the Flax one: channels moved last, or reshaped (Linear on flattened heads)."""
+    if not channels_last and torch_value.ndim >= 3:  # declared channels-first: moved even when C == H
+        moved = np.moveaxis(torch_value, 1, -1)
+        if moved.shape == flax_value.shape:
+            return moved
+    if torch_value.shape == flax_value.shape:
+        return torch_value
+    if torch_value.size == flax_value.size:
+        return torch_value.reshape(flax_value.shape)
+    return torch_value
+
+
+def check_tree(
+    model: nn.Module,
+    variables: Mapping[str, Any],
+    port: torch.nn.Module,
+    inputs: Any,
+    *,
+    torch_inputs: Any = None,
+    channels_last: bool = True,
+    mapping: Mapping[str, str] | None = None,
+    grads: bool = True,
+    loss: Loss | None = None,
+) -> EquivalenceReport:
+    """``check_equivalence`` for a model that is not one chain (see ``bridge.check_equivalence``)."""
+    if inputs is None:
+        raise InvalidArgumentError(
+            f"{type(model).__name__} is not one nn.Sequential chain: pass inputs= (an array, a tuple of "
+            "positional arguments or a dict of keyword arguments for its apply)"
+        )
+    args, kwargs = call_arguments(inputs)
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, jax.Array | np.ndarray) and value.size == 0:
+            raise InvalidArgumentError(f"an input of shape {tuple(value.shape)} holds no values: give at least one row")
+    if torch_inputs is None:
+        torch_args, torch_kwargs = torch_arguments(args, kwargs, channels_last)
+    else:
+        torch_args, torch_kwargs = torch_arguments(*call_arguments(torch_inputs), True)
+    flax_out, flax_calls = capture_flax(model, variables, args, kwargs)
+    runs = FlaxRuns(model, variables, args, kwargs, loss or _sum_leaves)
+
+    def wide() -> list[Any]:  # every call's float64 output, or [] where the float64 run differs
+        outputs = runs.wide_outputs()
+        return outputs if outputs is not None and len(outputs) == len(flax_calls) else []
+
+    with torch.no_grad():
+        torch_out, torch_calls = capture_torch(port, torch_args, torch_kwargs)
+    matching = match_calls(flax_calls, torch_calls, mapping)
+    find_input_permutations(matching.pairs)
+    rows, details, calibrated = [], [], 0
+    for number, pair in enumerate(matching.pairs):
+        isolated_out = _run_isolated(pair, channels_last)
+        row, detail = _compare_pair(number, pair, isolated_out, None, channels_last)
+        if not row.ok or not _gradients.CALIBRATE_LAZILY:  # judged again with the calibration: only wider
+            row, detail = _compare_pair(number, pair, isolated_out, wide(), channels_last)
+            calibrated += 1
+        rows.append(row)
+        details.append(detail)
+    output = _compare_outputs(flax_out, torch_out, None, channels_last)
+    if not output.ok or not _gradients.CALIBRATE_LAZILY:
+        output = _compare_outputs(flax_out, torch_out, wide()[:1], channels_last)
+        calibrated += 1
+    problems = [
+        f"Flax {c.name} ({c.kind}) has no torch counterpart holding tensors of the same shapes: "
+        "port it, or pair it with mapping={'" + c.name + "': 'torch.name'}"
+        for c in matching.unmatched_flax
+    ]
+    runs.release_outputs()  # float64 call outputs: no longer needed, and the gradients are the memory peak
+    gradient_rows: tuple[GradientRow, ...] = ()
+    if grads and not problems:
+        gradient_rows, calibrated_gradients = _compare_gradients(
+            runs, port, torch_args, torch_kwargs, matching, loss or _sum_leaves
+        )
+        calibrated += calibrated_gradients
+    first = _first_divergence(rows, details, matching, problems, gradient_rows, flax_calls, channels_last)
+    ok = not problems and all(r.ok for r in rows) and output.ok and all(g.comparison.ok for g in gradient_rows)
+    return EquivalenceReport(
+        ok=ok,
+        first_divergence=first,
+        layers=tuple(rows),
+        output=output,
+        gradients=gradient_rows,
+        problems=tuple(problems),
+        nonfinite={"flax": None, "torch": None},
+        settings={
+            "dtype": _dtype_name(flax_out),
+            "tolerance": "derived per call (rule bounds; float64 calibration elsewhere)",
+            # Comparisons judged with the float64 calibration added: those that did not pass the rounding bounds
+            # alone, and every gradient once the float64 pass has run (the calibration only widens a tolerance,
+            # so a comparison passing without it passes with it: the verdicts are those of always calibrating)
+            "calibrated": calibrated,
+            "inputs": "given",
+            "grads": bool(grads),
+            "matched": f"{sum(p.rule is not None for p in matching.pairs)} layers, "
+            f"{sum(p.rule is None for p in matching.pairs)} composites",
+            "unmatched_torch": [f"{c.name} ({c.kind})" for c in matching.unmatched_torch],
+            "tied": describe_ties(tied_variables(matching.pairs)),
+        },
+    )
+
+
+def _dtype_name(value: Any) -> str:
+    leaves = [a for a in output_leaves(value) if is_float(a.dtype)]
+    return np.dtype(leaves[0].dtype).name if leaves else "float32"
+
+
+class _Detail:
+    """What the divergence search needs of one pair: its isolated torch output and tolerance."""
+
+    def __init__(
+        self, x: np.ndarray | None, y: np.ndarray, torch_out: np.ndarray | None, tolerance: np.ndarray
+    ) -> None:
+        self.x, self.y, self.torch_out, self.tolerance = x, y, torch_out, tolerance
+
+
+def _compare_pair(
+    number: int, pair: Pair, isolated_out: np.ndarray | None, wide: list[Any] | None, channels_last: bool
+) -> tuple[LayerRow, _Detail]:
+    """One matched call's row: its output end to end (each side fed itself) and isolated (the torch module
+    fed the Flax call's inputs, giving ``isolated_out``), each under its own tolerance. ``wide``: every
+    call's float64 output, to calibrate with ([] where there is none; None: the rounding bounds alone,
+    the cheap first try)."""
+    flax_leaves = output_leaves(pair.flax.output)
+    torch_leaves = output_leaves(keyed_like(pair.torch.output, pair.flax.output))
+    y = flax_leaves[0] if flax_leaves else np.zeros(0)
+    precision = Precision.of(y.dtype if is_float(y.dtype) else np.float32)
+    y64 = np.asarray(y, np.float64)
+    wide_y = output_leaves(wide[pair.flax.index]) if wide else []
+    x = _first_array(pair.flax.args)
+    drift = 0.0 if not wide_y or wide_y[0].shape != y.shape else _calibration(y64 - np.asarray(wide_y[0], np.float64))
+    if pair.rule is None:  # a composite: the whole model's float64 drift bounds its own error too (no extra run)
+        bound_iso = drift + function_rounding(y64, y64, precision.storage)
+    else:
+        bound_iso = _isolated_bound(pair, x, y64, precision, calibrate=wide is not None)
+    bound_e2e = bound_iso + drift
+    candidate = in_flax_layout(torch_leaves[0], y, channels_last) if torch_leaves else np.zeros(0)
+    isolated = None
+    if isolated_out is not None:
+        isolated = compare(y64, in_flax_layout(isolated_out, y, channels_last), bound_iso)
+    row = LayerRow(
+        number,
+        pair.flax.kind,
+        pair.flax.name or "(model)",
+        pair.torch.name or "(port)",
+        pair.torch.kind,
+        compare(y64, candidate, bound_e2e),
+        isolated,
+    )
+    torch_iso = None if isolated_out is None else np.asarray(in_flax_layout(isolated_out, y, channels_last), np.float64)
+    return row, _Detail(None if x is None else np.asarray(x, np.float64), y64, torch_iso, bound_iso)
+
+
+def _first_array(args: Sequence[Any]) -> np.ndarray | None:
+    return next((np.asarray(a) for a in args if isinstance(a, jax.Array | np.ndarray)), None)
+
+
+def _calibration(error: np.ndarray) -> np.ndarray:
+    magnitude = np.abs(np.nan_to_num(error))
+    return C_CALIBRATION * (magnitude + finite_rms(magnitude))
+
+
+def _isolated_bound(
+    pair: Pair, x: np.ndarray | None, y64: np.ndarray, precision: Precision, *, calibrate: bool
+) -> np.ndarray:
+    """The rule's own bound where it has one and the call takes one array; else the float64 calibration
+    (when ``calibrate``; else a few roundings of the output)."""
+    floor = function_rounding(y64, y64, precision.storage)
+    rule = pair.rule
+    if rule is not None and x is not None and type(rule).error_bound is not LayerRule.error_bound:
+        x64 = np.asarray(x, np.float64)
+        try:
+            with np.errstate(invalid="ignore", over="ignore"):
+                bound = rule.error_bound(
+                    pair.flax.module, pair.flax.variables, BoundInputs(x64, y64, np.zeros_like(x64), precision)
+                )
+            return np.broadcast_to(np.asarray(bound, np.float64), y64.shape) + 0.0
+        except (ValueError, KeyError, TypeError):
+            pass  # a call the analysis does not cover (extra arguments): calibrate instead
+    alone = _standalone_wide(pair.flax) if calibrate else None
+    if alone is None or alone.shape != y64.shape:
+        return floor
+    return _calibration(y64 - alone) + floor
+
+
+def _standalone_wide(call: Call) -> np.ndarray | None:
+    """The call's module run alone in float64 on its recorded (float32) inputs."""
+    try:
+        with jax.enable_x64(True):
+            args, kwargs = jax.tree_util.tree_map(widen, (call.args, call.kwargs))
+            if isinstance(call.module, nnx.Module):
+                leaves = output_leaves(getattr(widened_nnx(call.module), call.method)(*args, **kwargs))
+            else:
+                module = call.module.clone(parent=None)
+                variables = jax.tree_util.tree_map(widen, call.variables)
+                leaves = output_leaves(module.apply(variables, *args, method=call.method, **kwargs))
+    except Exception:  # a module that cannot run alone (needs its parent's state)
+        return None
+    return np.asarray(leaves[0], np.float64) if leaves else None
+
+
+def _run_isolated(pair: Pair, channels_last: bool) -> np.ndarray | None:
+    """The torch module of a pair fed the Flax call's recorded inputs (None when it cannot take them)."""
+    args, kwargs = torch_arguments(pair.flax.args, pair.flax.kwargs, channels_last)
+    kwargs = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
+    if pair.input_permutation is not None:  # Flax's features into torch's order
+        reordered = torch.empty_like(args[0])
+        reordered[:, torch.as_tensor(pair.input_permutation)] = args[0]
+        args = (reordered, *args[1:])
+    try:
+        with torch.no_grad():
+            if pair.rule is not None:
+                out = pair.rule.torch_call(pair.torch.module, args, kwargs)
+            elif _same_tensors(args, pair.torch.args) and not kwargs and not pair.torch.kwargs:
+                out = pair.torch.output  # the call itself ran on these inputs (the model's own call): not again
+            else:
+                out = pair.torch.module(*args)
+    except Exception:  # the port's module has another signature
+        return None
+    leaves = output_leaves(keyed_like(out, pair.flax.output))
+    return leaves[0] if leaves else None
+
+
+def _same_tensors(given: Sequence[Any], recorded: Sequence[Any]) -> bool:
+    """Whether two argument lists hold the same tensors, value for value."""
+    return len(given) == len(recorded) and all(
+        isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+        for a, b in zip(given, recorded, strict=True)
+    )
+
+
+def _compare_outputs(flax_out: Any, torch_out: Any, wide: list[Any] | None, channels_last: bool) -> Comparison:
+    """The model's outputs, leaf by leaf, under a few roundings plus the float64 drift (``wide``: the model's
+    float64 output first)."""
+    flax_leaves, torch_leaves = output_leaves(flax_out), output_leaves(keyed_like(torch_out, flax_out))
+    wide = output_leaves(wide[0]) if wide else []
+    if len(flax_leaves) != len(torch_leaves) or not flax_leaves:
+        shape = (len(flax_leaves),)
+        return compare(np.zeros(shape), np.zeros((len(torch_leaves),)), np.zeros(shape))
+    references, candidates, tolerances = [], [], []
+    for index, (f, t) in enumerate(zip(flax_leaves, torch_leaves, strict=True)):
+        f64 = np.asarray(f, np.float64)
+        precision = Precision.of(f.dtype if is_float(f.dtype) else np.float32)
+        tol = function_rounding(f64, f64, precision.storage)
+        if index < len(wide) and wide[index].shape == f.shape:
+            tol = tol + _calibration(f64 - np.asarray(wide[index], np.float64))
+        references.append(f64.ravel())
+        candidates.append(np.asarray(in_flax_layout(t, f, channels_last), np.float64).ravel())
+        tolerances.append(np.broadcast_to(tol, f64.shape).ravel())
+    sizes_agree = all(r.size == c.size for r, c in zip(references, candidates, strict=True))
+    if not sizes_agree:
+        return compare(np.concatenate(references), np.zeros(0), np.zeros(0))
+    return compare(np.concatenate(references), np.concatenate(candidates), np.concatenate(tolerances))
+
+
+def _sum_leaves(value: Any) -> Any:
+    """The default loss: the sum of every floating leaf of the output, on either side."""
+    total: Any = 0.0
+    for leaf in _array_leaves(value):
+        floating = leaf.dtype.is_floating_point if isinstance(leaf, torch.Tensor) else is_float(leaf.dtype)
+        if floating:
+            total = total + leaf.sum()
+    return total
+
+
+def _array_leaves(value: Any) -> list[Any]:
+    """The tensors or arrays of an output in order, as they are (``output_leaves`` without the copy)."""
+    if isinstance(value, torch.Tensor | jax.Array | np.ndarray):
+        return [value]
+    if isinstance(value, Mapping):
+        return [leaf for v in value.values() for leaf in _array_leaves(v)]
+    if isinstance(value, tuple | list):
+        return [leaf for v in value for leaf in _array_leaves(v)]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [leaf for f in dataclasses.fields(value) for leaf in _array_leaves(getattr(value, f.name))]
+    return []
+
+
+def _compare_gradients(
+    runs: FlaxRuns, port: torch.nn.Module, torch_args: Any, torch_kwargs: Any, matching: Matching, loss: Loss
+) -> tuple[tuple[GradientRow, ...], int]:
+    """The gradient of the loss w.r.t. every matched parameter, the Flax one laid out for torch by its rule,
+    and how many rows needed the float64 calibration: a row is judged by the rounding bounds first, and
+    only where it fails by them is the float64 pass run (once) and its calibration added."""
+    if not runs.differentiable:
+        return (), 0
+    flax_grads = runs.gradients()
+    named = dict(port.named_parameters())
+    requested = [p.requires_grad for p in named.values()]
+    for p in named.values():
+        p.requires_grad_(True)
+    try:
+        torch_grads = torch.autograd.grad(
+            loss(port(*torch_args, **torch_kwargs)), list(named.values()), allow_unused=True
+        )
+    finally:
+        for p, flag in zip(named.values(), requested, strict=True):
+            p.requires_grad_(flag)
+    by_tensor = {id(p): g for p, g in zip(named.values(), torch_grads, strict=True)}
+    leaves = [p for p in matching.pairs if p.rule is not None]
+    # A Flax variable filling several distinct port tensors (copies): Flax's gradient is the sum of theirs
+    ties = {
+        source: list({id(t): t for t in named.values()}.values()) for source, named in tied_variables(leaves).items()
+    }
+    precision = Precision.of(_dtype_name(matching.pairs[0].flax.output) if matching.pairs else np.float32)
+    sizes = [int(d) for p in leaves for a in p.arrays.values() for d in a.shape]
+    length, depth = max([*sizes, 1]), max(len(leaves), 1)
+    rows, calibrated = [], 0
+    for pair in leaves:
+        assert pair.rule is not None
+        flax_tree = _subtree(flax_grads, pair.flax.name)
+        if flax_tree is None:
+            continue
+        mapped = pair.rule.torch_arrays(pair.flax.module, {**pair.flax.variables, "params": flax_tree})
+        params = dict(pair.torch.module.named_parameters())
+        for torch_name, value in mapped.items():
+            tensor = params.get(torch_name)
+            if tensor is None:
+                continue
+            ref = np.ascontiguousarray(value, np.float64)  # a transposed kernel: row order, as torch's
+            copies = ties.get(
+                "/".join(part for part in (pair.flax.name, _flax_name(pair, torch_name)) if part), [tensor]
+            )
+            sources = copies if all(c.shape == tensor.shape for c in copies) else [tensor]
+            found = [to_numpy(g) for g in (by_tensor.get(id(c)) for c in sources) if g is not None]
+            got = found[0] if len(found) == 1 else np.zeros(tuple(tensor.shape))
+            for other in found if len(found) > 1 else []:  # copies of one Flax variable: their sum in float64
+                got = got + other
+            permutation = pair.input_permutation
+            if permutation is not None and got.ndim == 2 and got.shape[1] == len(permutation):
+                got = got[:, permutation]  # torch's columns back to Flax's order
+            got = got.reshape(ref.shape) if got.size == ref.size else got
+            tol: Any = gradient_tolerance(ref, length, depth, precision)
+            tol = tol.plus(atol=C_FLOOR * precision.accumulation * finite_rms(ref))
+            lazily = _gradients.CALIBRATE_LAZILY and not runs.ran_wide  # else the float64 pass is at hand: use it
+            comparison = compare(ref, got, tol) if lazily else None
+            wide_grads = None if comparison is not None and comparison.ok else runs.wide_gradients()
+            wide_tree = None if wide_grads is None else _subtree(wide_grads, pair.flax.name)
+            if wide_tree is not None:
+                reference = pair.rule.torch_arrays(pair.flax.module, {**pair.flax.variables, "params": wide_tree})
+                tol = tol.of(ref) + _calibration(ref - np.asarray(reference[torch_name], np.float64))
+                comparison, calibrated = None, calibrated + 1
+            comparison = comparison or compare(ref, got, tol)
+            name = f"{pair.flax.name}/{_flax_name(pair, torch_name)} <-> {pair.torch.name}.{torch_name}"
+            rows.append(GradientRow(name, comparison))
+    return tuple(rows), calibrated
+
+
+def _flax_name(pair: Pair, torch_name: str) -> str:
+    assert pair.rule is not None
+    for m in pair.rule.param_maps(pair.flax.module, pair.flax.variables):
+        if m.torch_name == torch_name:
+            return m.flax_name
+    return torch_name
+
+
+def _subtree(tree: Any, path: str) -> Any:
+    node = tree
+    for key in path.split("/") if path else []:
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _first_divergence(
+    rows: Sequence[LayerRow],
+    details: Sequence[_Detail],
+    matching: Matching,
+    problems: Sequence[str],
+    gradient_rows: Sequence[GradientRow],
+    flax_calls: Sequence[Call],
+    channels_last: bool,
+) -> Divergence | None:
+    """Where the port first goes wrong, most specific first (pairs are in Flax execution order):
+    1. the first layer failing alone (isolated), else failing end to end with a call hint that explains it
+    (wrong arguments: an attention mask inverted); 2. the first layer failing end to end whose input already
+    differs, when the parameter-free computation before it explains that (an activation, a residual) and
+    does not end a composite (not the model) that fails alone; 3. the deepest composite failing alone (a
+    missing residual, attention scaling); 4. the first call failing end to end with nothing failing inside
+    it; then the gradients."""
+    pairs = matching.pairs
+    if problems:
+        call = matching.unmatched_flax[0]
+        return Divergence(call.index, call.name, "", call.kind, "structure", problems[0])
+    leaves = [i for i, p in enumerate(pairs) if p.rule is not None]
+    composites = [i for i, p in enumerate(pairs) if p.rule is None]
+
+    def fails_alone(i: int) -> bool:
+        isolated = rows[i].isolated
+        return isolated is not None and not isolated.ok
+
+    for i in leaves:
+        if fails_alone(i):
+            return _diverged(i, rows[i], details[i], pairs[i], "isolated")
+    for i in leaves:
+        hint = None if rows[i].end_to_end.ok else diagnose_call(pairs[i].flax, pairs[i].torch)
+        if hint is not None:
+            return Divergence(i, rows[i].flax_path, rows[i].torch_name, rows[i].kind, "end to end", hint)
+
+    def above(call: Call) -> list[int]:  # the Flax calls it runs inside, innermost first
+        found = []
+        while call.parent is not None:
+            found.append(call.parent)
+            call = flax_calls[call.parent]
+        return found
+
+    failing_alone = [i for i in composites if fails_alone(i)]
+    failing_block = {pairs[i].flax.index for i in failing_alone if pairs[i].flax.parent is not None}
+    for position, i in enumerate(leaves):
+        if rows[i].end_to_end.ok or position == 0:
+            continue
+        previous = pairs[leaves[position - 1]]
+        hint = _glue(previous, pairs[i], channels_last)
+        enclosing = {pairs[i].flax.index, *above(pairs[i].flax)}
+        ends_a_failing_block = any(a in failing_block and a not in enclosing for a in above(previous.flax))
+        if hint is not None and not ends_a_failing_block:  # else the glue at the end of that block: it is named
+            return Divergence(i, rows[i].flax_path, rows[i].torch_name, rows[i].kind, "end to end", hint)
+        break
+    holds_failing_alone = {a for j in failing_alone for a in above(pairs[j].flax)}
+    for i in failing_alone:
+        if pairs[i].flax.index not in holds_failing_alone:
+            inside = descendants(pairs[i].flax, flax_calls)
+            found = _diverged(i, rows[i], details[i], pairs[i], "isolated")
+            last = max((j for j in leaves if pairs[j].flax.index in inside), default=None)
+            if found.hint is None and last is not None:
+                hint = _skipped_residual(pairs[i], details[i], pairs[last])
+                found = dataclasses.replace(found, hint=hint) if hint else found
+            return found
+    holds_failing = {a for j, row in enumerate(rows) if not row.end_to_end.ok for a in above(pairs[j].flax)}
+    for i, row in enumerate(rows):
+        if not row.end_to_end.ok and pairs[i].flax.index not in holds_failing:  # else a call inside it is deeper
+            return _diverged(i, row, details[i], pairs[i], "end to end")
+    bad = next((g for g in gradient_rows if not g.comparison.ok), None)
+    if bad is not None:
+        hint = (
+            f"outputs match but the gradient {bad.name} differs: check custom backward code "
+            "(the backward() of any torch.autograd.Function, or hooks that change gradients)"
+        )
+        return Divergence(0, bad.name.split(" <-> ")[0], "", "gradient", "gradient", hint)
+    return None
+
+
+def _skipped_residual(block: Pair, detail: _Detail, last: Pair) -> str | None:
+    """A block whose torch output is an activation of its last layer's output alone (``relu(y)`` where
+    Flax computes ``relu(x + y)``): the skip connection is missing."""
+    outputs = output_leaves(last.flax.output)
+    if detail.torch_out is None or not outputs or outputs[0].shape != detail.y.shape:
+        return None
+    y_last = jnp.asarray(np.asarray(outputs[0]))
+    tolerance = detail.tolerance + function_rounding(detail.y, detail.y, Precision.of(np.float32).storage) * 4
+    for name, function in activation_variants().items():
+        candidate = np.asarray(function(y_last), np.float64)
+        if compare(candidate, detail.torch_out, tolerance).ok and not compare(candidate, detail.y, tolerance).ok:
+            return (
+                f"torch's {block.torch.name} returns {name.split(' (')[0]} of its last layer's output alone where "
+                f"Flax's {block.flax.name} adds the block's input first: the residual connection is missing "
+                "(return act(x + y), not act(y))"
+            )
+    return None
+
+
+def _glue(previous: Pair, pair: Pair, channels_last: bool) -> str | None:
+    """A glue hint for ``pair`` whose input differs while ``previous`` (the layer before it) agrees."""
+    before = output_leaves(previous.flax.output)
+    flax_in = _first_array(pair.flax.args)
+    torch_in = next((a for a in pair.torch.args if isinstance(a, torch.Tensor)), None)
+    if not before or flax_in is None or torch_in is None:
+        return None
+    flax64 = np.asarray(flax_in, np.float64)
+    torch64 = np.asarray(in_flax_layout(to_numpy(torch_in), np.asarray(flax_in), channels_last), np.float64)
+    between = (
+        f"between Flax {previous.flax.name} and {pair.flax.name} (torch {previous.torch.name} -> {pair.torch.name})"
+    )
+    precision = Precision.of(np.asarray(flax_in).dtype if is_float(np.asarray(flax_in).dtype) else np.float32)
+    return glue_hint(np.asarray(before[0], np.float64), flax64, torch64, between, precision)
+
+
+def _diverged(i: int, row: LayerRow, detail: _Detail, pair: Pair, mode: str) -> Divergence:
+    hint = None
+    if detail.x is not None and pair.flax.variables is not None:
+        step = Step(
+            i, pair.flax.module, tuple(pair.flax.name.split("/")) if pair.flax.name else (), pair.flax.variables
+        )
+        precision = Precision.of(detail.y.dtype if is_float(detail.y.dtype) else np.float32)
+        context = HintContext(
+            step,
+            pair.torch.module,
+            detail.x,
+            detail.y,
+            detail.torch_out,
+            detail.tolerance,
+            precision,
+            pair.input_permutation,
+            pair.rule,
+        )
+        try:
+            hint = diagnose(context)
+        except Exception:  # a hint that cannot run on this call: no diagnosis rather than a crash
+            hint = None
+    return Divergence(i, row.flax_path, row.torch_name, row.kind, mode, hint)

@@ -1,0 +1,55 @@
+"""``--plot``: per-layer error against tolerance on a log scale (matplotlib, an optional extra)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .._errors import InvalidArgumentError
+from ._report import EquivalenceReport
+
+
+def plot_report(report: EquivalenceReport, path: str | Path) -> None:
+    """Write a PNG of each position's max abs error (end to end and isolated) and its tolerance.
+
+    Raises:
+        InvalidArgumentError: when matplotlib is missing (install ``flax-torch-bridge[plot]``).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise InvalidArgumentError("--plot needs matplotlib: pip install 'flax-torch-bridge[plot]'") from e
+    target = Path(path)
+    positions = [row.index for row in report.layers]
+    labels = [f"{row.index}\n{row.kind}" for row in report.layers]
+    floor = 1e-30  # log scale: exact zeros drawn at the bottom
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.8 * len(positions)), 4.0))
+    axes.semilogy(
+        positions, [max(r.end_to_end.max_abs, floor) for r in report.layers], "o-", label="max abs error (end to end)"
+    )
+    iso = [max(r.isolated.max_abs, floor) if r.isolated else float("nan") for r in report.layers]
+    axes.semilogy(positions, iso, "s--", label="max abs error (isolated)")
+    axes.semilogy(
+        positions, [max(r.end_to_end.tolerance_at_worst, floor) for r in report.layers], "k:", label="tolerance"
+    )
+    if report.first_divergence is not None:
+        axes.axvline(report.first_divergence.index, color="red", alpha=0.3, label="first divergence")
+    axes.set_xticks(positions, labels)
+    axes.set_ylabel("absolute error")
+    axes.set_title("flax-torch-bridge: " + ("equivalent" if report.ok else "NOT equivalent"))
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    handle, temporary = tempfile.mkstemp(suffix=".png", dir=target.parent if str(target.parent) else ".")
+    os.close(handle)
+    try:
+        figure.savefig(temporary, format="png")
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(figure)

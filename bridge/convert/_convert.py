@@ -1,0 +1,593 @@
+"""Chain + rules -> torch modules and state dicts, and back to Flax; every direction uses the same rules."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import nnx
+
+from .._errors import InvalidArgumentError, LayerMismatchError, UnsupportedModelError, at_layer
+from .._flax_model import is_nnx
+from .._tensors import channels_first_flatten_permutation, shared_tensor, to_numpy, to_tensor, torch_dtype
+from ..capture._chain import Step, Variables, discover_chain
+from ..match._match import owned_tensors, port_tensors
+from ..match._match_tree import is_tree_pair
+from ..rules import LayerRule, ParamMap, rule_for_flax, rule_for_torch
+from ..rules._registry import torch_rule_or_none
+
+
+class PlannedStep(NamedTuple):
+    """A step of the chain with the rule that converts it."""
+
+    step: Step
+    rule: LayerRule
+
+
+def plan(model: Any, variables: Variables | None = None) -> tuple[PlannedStep, ...]:
+    """Discover the chain of ``model`` and pick a rule for each step (raises before converting anything)."""
+    return tuple(PlannedStep(step, rule_for_flax(step.layer, step.where)) for step in discover_chain(model, variables))
+
+
+def to_state_dict(model: Any, variables: Variables | None = None) -> dict[str, torch.Tensor]:
+    """The torch state dict of ``model``'s parameters, keys ``"0.weight"``, ``"0.bias"``, ``"2.weight"``, ...
+
+    Arguments:
+        model: a Flax model that is (or returns) one ``nn.Sequential``, or an ``nnx.Sequential``.
+        variables: what ``model.init`` returned (None for NNX). It is not modified.
+
+    Returns:
+        New tensors (copies), laid out for torch: a Dense kernel ``(in, out)`` becomes a weight ``(out, in)``.
+
+    Raises:
+        BridgeError: when the model is not a chain, a layer has no rule, or its variables do not fit it.
+    """
+    return {key: to_tensor(array) for key, array in _torch_arrays(plan(model, variables)).items()}
+
+
+def to_torch(
+    model: Any,
+    variables: Variables | None = None,
+    inputs: Any = None,
+    *,
+    copy: bool = True,
+    channels_last: bool = True,
+    check: bool = False,
+) -> torch.nn.Module:
+    """A torch module computing what ``model`` computes with ``variables``.
+
+    A model that is one chain (an ``nn.Sequential``) becomes a ``torch.nn.Sequential`` (same positions).
+    Any other linen model needs example ``inputs`` (an array, a tuple of positional arguments or a dict of
+    keyword arguments, as for ``apply``) and becomes a ``torch.fx.GraphModule`` that takes the same inputs
+    in the same layout: layers with a rule are torch layers at their Flax path (``Block_0.Dense_1`` is a
+    ``torch.nn.Linear``), the JAX operations between them torch calls (``print(module.code)``).
+
+    Arguments:
+        channels_last: True (default): the torch model takes the Flax model's input as it is (convolutions
+            on ``(N, H, W, C)``), so both run on the same array. False: a channels-first model, as torch
+            users write them: the layers before the flatten take ``(N, C, H, W)`` (``(N, C, L)`` in 1-D)
+            and ``bridge.flatten`` becomes ``ChannelsFirstFlatten``, which flattens in Flax's order so the
+            Dense weights after it are unchanged. Feed it ``x.transpose(0, 3, 1, 2)``, and check it with
+            ``check_equivalence(..., channels_last=False)``. Conv, flatten and elementwise layers have a
+            channels-first form; other layers before the flatten raise ``UnsupportedModelError``.
+        copy: True (default): each tensor is a new contiguous tensor in torch's layout (a Linear weight
+            ``(out, in)``, a convolution ``(out, in, *spatial)``), made by one transposing copy from the
+            Flax buffer: an ordinary torch module, ready for ``safetensors.torch.save_file``. False: no
+            copy at all: each weight is a DLPack view of the Flax buffer, so the two frameworks share
+            memory; the layout change is then a view (strides ``(1, out)`` for a Linear weight), which
+            is not contiguous: ``safetensors`` refuses to save it and some kernels copy it on each call
+            (``.contiguous()`` it, or convert with copy=True, before saving). Writing to the torch weight
+            changes the JAX array, which JAX assumes immutable; a donated or deleted JAX buffer
+            invalidates it. A read-only NumPy buffer cannot be shared (refused). Dtypes never change.
+            A GraphModule always holds copies.
+        check: run ``check_equivalence`` on the result (on ``inputs``) and raise if it is not equivalent.
+
+    Raises:
+        UnsupportedModelError: for a model that is not a chain when ``inputs`` are not given, or a JAX
+            operation with no torch translation (the message names it and the Flax module).
+        NotEquivalentError: with ``check=True``, carrying the report.
+        BridgeError: when a layer has no rule, or its variables do not fit it.
+    """
+    if inputs is not None and not _is_chain(model, variables):
+        from ._native import native_module
+
+        if variables is None and not is_nnx(model):
+            raise InvalidArgumentError("to_torch of a linen model needs its variables (what model.init returns)")
+        return native_module(model, variables, inputs, check=check)
+    try:
+        planned = plan(model, variables)
+    except UnsupportedModelError as e:
+        if inputs is None and not is_nnx(model):
+            raise UnsupportedModelError(
+                f"{e}; to convert any other model, pass example inputs: to_torch(model, variables, x)"
+            ) from e
+        raise
+    module = _build_torch(planned, _torch_tensors(planned, copy=copy), channels_last=channels_last)
+    if check:
+        from ._native import verify
+
+        verify(model, variables or {}, module, inputs)
+    return module
+
+
+def _is_chain(model: Any, variables: Variables | None) -> bool:
+    try:
+        discover_chain(model, variables)
+    except UnsupportedModelError:
+        return False
+    return True
+
+
+def torch_module_for(
+    model: Any, variables: Variables | None, state_dict: Mapping[str, torch.Tensor]
+) -> torch.nn.Sequential:
+    """The torch Sequential the rules build for ``model``, holding the tensors of ``state_dict`` (not
+    ``variables``, which only give the layers' shapes): how a converted checkpoint is checked against its source."""
+    return _build_torch(plan(model, variables), dict(state_dict))
+
+
+def _build_torch(
+    planned: tuple[PlannedStep, ...], state: dict[str, torch.Tensor], *, channels_last: bool = True
+) -> torch.nn.Sequential:
+    spatial = len(planned) if channels_last else channels_first_positions([step for step, _ in planned])
+    modules = []
+    for step, rule in planned:
+        try:
+            if step.index < spatial and not channels_last:
+                modules.append(rule.make_torch_channels_first(step.layer, step.variables))
+            else:
+                modules.append(rule.make_torch(step.layer, step.variables))
+        except (LayerMismatchError, UnsupportedModelError) as e:
+            raise type(e)(f"{step.where}: {e}") from e
+    sequential = torch.nn.Sequential(*modules)
+    _load(sequential, planned, state, assign=True)
+    return sequential.eval()
+
+
+def channels_first_positions(steps: Sequence[Step]) -> int:
+    """How many positions of a channels-first model take ``(N, C, spatial...)``: those up to the first
+    flatten, which is one of them (its input is channels-first, its output flat); every one without a flatten."""
+    return next((step.index + 1 for step in steps if step.kind == "flatten"), len(steps))
+
+
+def channels_last_view(torch_module: torch.nn.Sequential, steps: Sequence[Step]) -> torch.nn.Sequential:
+    """A copy of a channels-first port whose positions take and give Flax's channels-last arrays (forward
+    hooks move the channel axis around each layer before the flatten): module types, parameter names and
+    weights stay those of the port, so it is checked position by position like a channels-last one."""
+    view = copy.deepcopy(torch_module)
+    spatial = channels_first_positions(steps)
+    children = list(view)
+    for child in children[:spatial]:
+        child.register_forward_pre_hook(_channels_first_input)
+        child.register_forward_hook(_channels_last_output)
+    permutations: dict[int, np.ndarray] = {}
+    view.bridge_input_permutations = permutations  # type: ignore[assignment]  # read by the gradient comparison
+    if spatial < len(steps) and spatial <= len(children):
+        children[spatial - 1].register_forward_hook(_FlattenOrder(spatial, permutations))
+        if spatial < len(children):
+            children[spatial].register_forward_pre_hook(_permuted_input(spatial, permutations))
+    return view
+
+
+class _FlattenOrder:
+    """Forward hook of a channels-first port's flatten: a flatten in torch's order (``nn.Flatten`` of
+    NCHW, found by running the module on a probe) is reordered to Flax's for the comparison, and the
+    permutation is kept for the next layer, whose weight columns are in torch's order."""
+
+    def __init__(self, next_index: int, permutations: dict[int, np.ndarray]) -> None:
+        self.next_index, self.permutations = next_index, permutations
+
+    def __call__(self, module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        x = args[0]
+        if x.ndim < 3 or output.ndim != 2:
+            return output
+        probe = torch.arange(x[:1].numel(), dtype=torch.float64).reshape(1, *x.shape[1:])
+        with torch.no_grad():
+            flattened = module.forward(probe)
+        if not torch.equal(flattened, probe.reshape(1, -1)) or torch.equal(
+            flattened, probe.movedim(1, -1).reshape(1, -1)
+        ):
+            return output  # Flax's order already (ChannelsFirstFlatten), or another function: compared as it is
+        permutation = channels_first_flatten_permutation(x.shape[1], x[0, 0].numel())
+        self.permutations[self.next_index] = permutation
+        return output[:, torch.as_tensor(permutation)]
+
+
+def _permuted_input(index: int, permutations: dict[int, np.ndarray]) -> Any:
+    """Forward pre-hook of the layer after a torch-order flatten: Flax's feature order back to torch's."""
+
+    def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        permutation = permutations.get(index)
+        if permutation is None or args[0].shape[-1] != len(permutation):
+            return args
+        return (args[0][..., torch.as_tensor(np.argsort(permutation))], *args[1:])
+
+    return hook
+
+
+def _channels_first_input(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    x = args[0]
+    return (x.movedim(-1, 1) if x.ndim >= 3 else x, *args[1:])
+
+
+def _channels_last_output(module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+    return output.movedim(1, -1) if output.ndim >= 3 else output
+
+
+def load_into(
+    torch_module: torch.nn.Module,
+    model: Any,
+    variables: Variables | None = None,
+    *,
+    inputs: Any = None,
+    torch_inputs: Any = None,
+    channels_last: bool = True,
+    mapping: Mapping[str, str] | None = None,
+) -> torch.nn.Module:
+    """Copy ``model``'s variables into an existing torch port, after checking that every one fits.
+
+    Position i of the ``nn.Sequential`` port takes chain position i's variables, each found in the
+    module that owns it (``bridge.match._match``): the rule's torch module itself, a wrapper around it
+    (``0.inner.weight``), or a module of its own whose tensors are matched by shape (``w``, ``b``).
+    A stock ``torch.nn.Conv2d`` takes a Conv's kernel as ``(out, in, kh, kw)``. Nothing is copied
+    unless everything fits, so a failed call leaves ``torch_module`` as it was.
+
+    Any other pair (a model that is not one chain, a port that is not an ``nn.Sequential``, or with
+    ``mapping``/``torch_inputs``) is filled by structure: both models run once on ``inputs``, their calls
+    are matched as ``check_equivalence`` matches them, and every port parameter and buffer must be
+    filled from exactly one Flax variable (tied tensors must get equal values); the Linear after a
+    ``torch.flatten`` of NCHW gets its columns permuted, found from the recorded values. An NNX model
+    (``variables`` None) that is not an ``nnx.Sequential`` is filled the same way, by attribute paths. An
+    output Linear tied to an embedding (``nn.Embed.attend``) is filled whether it shares or copies the
+    embedding weight, with a ``TiedWeightsWarning`` that says which.
+
+    Arguments:
+        inputs, torch_inputs, mapping: as in ``check_equivalence`` (needed for trees only).
+        channels_last: False for a channels-first port: when its flatten is ``nn.Flatten`` of
+            ``(N, C, H, W)`` (torch's order, found by running it on a probe), the Linear after it gets the
+            Dense kernel's rows permuted into that order
+            (``K.reshape(H*W, C, out).transpose(1, 0, 2).reshape(-1, out).T``).
+
+    Returns:
+        ``torch_module`` itself, loaded.
+
+    Raises:
+        LayerMismatchError: naming every position whose module is of another layer kind, or whose
+            tensors are missing, left over, mis-shaped or mis-typed.
+    """
+    if is_tree_pair(model, variables, torch_module, None, torch_inputs, mapping):
+        from ._load_tree import load_tree
+
+        return load_tree(
+            torch_module,
+            model,
+            variables if variables is not None else {},
+            inputs if inputs is not None else _example_inputs(model, variables),
+            torch_inputs=torch_inputs,
+            channels_last=channels_last,
+            mapping=mapping,
+        )
+    planned = plan(model, variables)
+    if not isinstance(torch_module, torch.nn.Sequential):
+        raise LayerMismatchError(f"expected a torch.nn.Sequential, got {type(torch_module).__name__}")
+    if len(torch_module) != len(planned):
+        kinds = ", ".join(step.kind for step, _ in planned)
+        raise LayerMismatchError(
+            f"the Flax chain has {len(planned)} layers ({kinds}) but the torch Sequential has {len(torch_module)}"
+        )
+    for (step, rule), module in zip(planned, torch_module, strict=True):
+        known = torch_rule_or_none(module)
+        if known is not None and known is not rule:  # a module of another registered kind; wrappers may pass
+            expected = " or ".join(t.__name__ for t in rule.torch_types)
+            raise LayerMismatchError(f"{step.where}: expected torch {expected}, found {type(module).__name__}")
+    arrays = _torch_arrays(planned)
+    permutations = {} if channels_last else _flatten_permutations(planned, torch_module)
+    problems: list[str] = []
+    copies: list[tuple[torch.Tensor, np.ndarray]] = []
+    for (step, rule), module in zip(planned, torch_module, strict=True):
+        owned = owned_tensors(rule, step.layer, step.variables, module, by_value=False)
+        claimed = {o.torch_name for o in owned if o.tensor is not None}
+        for o in owned:
+            key = f"{step.index}.{o.param_map.torch_name}"
+            want = arrays[key]
+            if step.index in permutations and want.ndim == 2 and want.shape[1] == len(permutations[step.index]):
+                want = np.empty_like(want)
+                want[:, permutations[step.index]] = arrays[key]  # Flax feature j is torch column perm[j]
+            if o.tensor is None:
+                problems.append(f"{step.where}: missing in torch: {key} (no tensor of shape {tuple(want.shape)})")
+            elif tuple(want.shape) != tuple(o.tensor.shape):
+                problems.append(
+                    f"{step.where}: {step.index}.{o.torch_name} has shape {tuple(o.tensor.shape)} in torch, "
+                    f"Flax gives {tuple(want.shape)}"
+                )
+            elif torch_dtype(want.dtype) != o.tensor.dtype:
+                problems.append(
+                    f"{step.where}: {step.index}.{o.torch_name} is {o.tensor.dtype} in torch, Flax gives {want.dtype}; "
+                    "cast one side explicitly (the bridge never casts silently)"
+                )
+            else:
+                copies.append((o.tensor, want))
+        constants = rule.torch_constants(step.layer, step.variables)
+        left = sorted(
+            f"{step.index}.{name}"
+            for name in port_tensors(module)
+            if name not in claimed and name.rsplit(".", 1)[-1] not in (*rule.torch_only_keys, *constants)
+        )
+        missing_constants = sorted(set(constants) - {name.rsplit(".", 1)[-1] for name in port_tensors(module)})
+        if missing_constants:
+            problems.append(f"{step.where}: missing in torch: {', '.join(missing_constants)} (held at a constant)")
+        if left:
+            problems.append(f"{step.where}: unexpected in torch (not in Flax): {', '.join(left)}")
+    if problems:
+        raise LayerMismatchError("cannot load into the torch module: " + "; ".join(problems))
+    with torch.no_grad():
+        for tensor, array in copies:
+            tensor.copy_(to_tensor(array))
+    for (step, rule), module in zip(planned, torch_module, strict=True):
+        constants = rule.torch_constants(step.layer, step.variables)
+        if constants:
+            prefix = next((name for name, sub in module.named_modules() if type(sub) in rule.torch_types), None)
+            _fill_constants(module.get_submodule(prefix) if prefix is not None else module, constants)
+    return torch_module
+
+
+def _example_inputs(model: Any, variables: Any) -> Any:
+    """Two random input rows for a chain whose first layer fixes the input shape (None otherwise)."""
+    try:
+        first = discover_chain(model, variables)[0]
+    except UnsupportedModelError:
+        return None
+    rule = rule_for_flax(first.layer, first.where)
+    return rule.random_input(first.layer, first.variables, np.random.default_rng(0), 2)
+
+
+def _flatten_permutations(planned: tuple[PlannedStep, ...], torch_module: torch.nn.Sequential) -> dict[int, np.ndarray]:
+    """For a channels-first port whose flatten flattens ``(C, H, W)`` (torch's order): the position after
+    it and the permutation of its input features (``channels_first_flatten_permutation``)."""
+    steps = [step for step, _ in planned]
+    flatten = channels_first_positions(steps) - 1
+    if flatten + 1 >= len(steps) or steps[flatten].kind != "flatten":
+        return {}
+    channels = next(
+        (
+            int(np.shape(s.variables["params"]["kernel"])[-1])
+            for s in reversed(steps[:flatten])
+            if "kernel" in s.variables.get("params", {})
+        ),
+        None,
+    )
+    dense = planned[flatten + 1]
+    kernel = dense.step.variables.get("params", {}).get("kernel")
+    if channels is None or kernel is None or np.ndim(kernel) != 2 or np.shape(kernel)[0] % channels:
+        return {}
+    positions = np.shape(kernel)[0] // channels
+    probe = torch.arange(channels * positions, dtype=torch.float64).reshape(1, channels, positions)
+    with torch.no_grad():
+        try:
+            flattened = torch_module[flatten](probe)
+        except RuntimeError:
+            return {}
+    if not torch.equal(flattened, probe.reshape(1, -1)) or channels == 1 or positions == 1:
+        return {}  # Flax's order already (ChannelsFirstFlatten), or nothing to permute
+    return {flatten + 1: channels_first_flatten_permutation(channels, positions)}
+
+
+def from_state_dict(model: Any, state_dict: Mapping[str, Any], variables: Variables | None = None) -> dict[str, Any]:
+    """Flax variables for ``model`` from a torch state dict (keys ``"0.weight"``...), the inverse of ``to_state_dict``.
+
+    Arguments:
+        model: the Flax model the weights belong to.
+        state_dict: tensors (or arrays) laid out for torch.
+        variables: variables of the model giving its tree (``model.init``, or ``jax.eval_shape`` of it
+            to avoid allocating); None for NNX.
+
+    Returns:
+        Nested dicts of NumPy arrays in the model's tree (``{"params": {"Dense_0": {"kernel": ...}}}``).
+
+    Raises:
+        LayerMismatchError: naming the layer and key of every missing, unexpected or mis-shaped tensor.
+    """
+    planned = plan(model, variables)
+    result: dict[str, Any] = {}
+    problems: list[str] = []
+    used: set[str] = set()
+    for step, rule in planned:
+        for m in rule.param_maps(step.layer, step.variables):
+            key = f"{step.index}.{m.torch_name}"
+            if key not in state_dict:
+                problems.append(f"{step.where}: missing {key}")
+                continue
+            used.add(key)
+            value = state_dict[key]
+            array = m.torch_to_flax(to_numpy(value) if isinstance(value, torch.Tensor) else np.asarray(value))
+            expected = tuple(step.variables[m.collection][m.flax_name].shape)
+            if array.shape != expected:
+                problems.append(
+                    f"{step.where}: {key} gives shape {array.shape} for {m.flax_name}, the model has {expected}"
+                )
+                continue
+            node = result.setdefault(m.collection, {})
+            for part in step.flax_path:
+                node = node.setdefault(part, {})
+            node[m.flax_name] = np.ascontiguousarray(array)
+    problems += [f"unexpected {key}" for key in sorted(set(state_dict) - used) if not _torch_only(planned, key)]
+    if problems:
+        raise LayerMismatchError("the state dict does not fit the model: " + "; ".join(problems))
+    return result
+
+
+def to_flax(torch_sequential: torch.nn.Module) -> tuple[nn.Sequential, dict[str, Any]]:
+    """The Flax ``nn.Sequential`` and its variables equivalent to a ``torch.nn.Sequential``.
+
+    Returns:
+        ``(model, variables)``: layers named ``layers_0``, ``layers_2``, ... as Flax names a
+        Sequential used as the model; weights ``(out, in)`` become kernels ``(in, out)``.
+
+    Raises:
+        UnsupportedModelError: when the module is not a ``torch.nn.Sequential``.
+        UnknownLayerError: naming the position of a torch module with no rule.
+        LayerMismatchError: when a module holds tensors its rule does not account for, or a dtype JAX
+            would silently change (float64 without ``jax_enable_x64``).
+    """
+    layers = []
+    variables: dict[str, dict[str, Any]] = {}
+    for index, module, rule, values in _torch_layers(torch_sequential):
+        layers.append(rule.make_flax(module))
+        for m, value in values:
+            variables.setdefault(m.collection, {}).setdefault(f"layers_{index}", {})[m.flax_name] = value
+    return nn.Sequential(layers), variables
+
+
+def to_nnx(torch_sequential: torch.nn.Module, rngs: nnx.Rngs | None = None) -> nnx.Sequential:
+    """The Flax NNX ``nnx.Sequential`` equivalent to a ``torch.nn.Sequential``, holding its weights.
+
+    Dropout and BatchNorm come in inference mode (``deterministic=True``, ``use_running_average=True``).
+    ``rngs`` only seeds the layers' initialisers, whose values are then replaced.
+
+    Raises:
+        The errors of ``to_flax``.
+    """
+    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    layers = []
+    for _, module, rule, values in _torch_layers(torch_sequential):
+        layer = rule.make_nnx(module, rngs)
+        for m, value in values:
+            getattr(layer, m.flax_name)[...] = value
+        layers.append(layer)
+    return nnx.Sequential(*layers)
+
+
+def _torch_layers(
+    torch_sequential: torch.nn.Module,
+) -> list[tuple[int, torch.nn.Module, LayerRule, list[tuple[ParamMap, Any]]]]:
+    """Each torch layer with its rule and its tensors laid out for Flax, checked before anything is built."""
+    if not isinstance(torch_sequential, torch.nn.Sequential):
+        raise UnsupportedModelError(
+            f"to_flax converts a torch.nn.Sequential, got {type(torch_sequential).__name__}; "
+            "wrap the layers in torch.nn.Sequential"
+        )
+    layers = []
+    for index, module in enumerate(torch_sequential):
+        where = at_layer(index, str(index), f"torch {type(module).__name__}")
+        rule = rule_for_torch(module, where)
+        maps = rule.torch_param_maps(module)
+        state = {key: value for key, value in module.state_dict().items() if key not in rule.torch_only_keys}
+        problems = _key_problems(
+            expected={m.torch_name for m in maps}, found=set(state), expected_side="rule", found_side="module"
+        )
+        if problems:
+            raise LayerMismatchError(f"{where}: " + "; ".join(problems))
+        values = [(m, _to_jax(m.torch_to_flax(to_numpy(state[m.torch_name])), f"{where} {m.torch_name}")) for m in maps]
+        layers.append((index, module, rule, values))
+    return layers
+
+
+def _torch_only(planned: tuple[PlannedStep, ...], key: str) -> bool:
+    """Whether a torch state-dict key is one its rule leaves to torch (``3.num_batches_tracked``)."""
+    position, _, name = key.partition(".")
+    if not (position.isdigit() and int(position) < len(planned)):
+        return False
+    step, rule = planned[int(position)]
+    return name in rule.torch_only_keys or name in rule.torch_constants(step.layer, step.variables)
+
+
+def _load(
+    module: torch.nn.Module, planned: tuple[PlannedStep, ...], state: dict[str, torch.Tensor], *, assign: bool
+) -> None:
+    """``load_state_dict`` layer by layer (torch's whole-model call is quadratic in the number of
+    layers), strict about every key but those the rules leave to torch."""
+    by_position: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in state.items():
+        position, _, name = key.partition(".")
+        by_position.setdefault(position, {})[name] = tensor
+    if unexpected := sorted(set(by_position) - {str(i) for i in range(len(planned))}):
+        raise LayerMismatchError(f"state dict mismatch: unexpected positions {unexpected}")
+    for (step, rule), child in zip(planned, module.children(), strict=True):
+        result = child.load_state_dict(by_position.get(str(step.index), {}), strict=False, assign=assign)
+        constants = rule.torch_constants(step.layer, step.variables)
+        missing = [key for key in result.missing_keys if key not in rule.torch_only_keys and key not in constants]
+        if missing or result.unexpected_keys:  # the checks before make this unreachable; never load silently
+            raise LayerMismatchError(f"{step.where}: missing {missing}, unexpected {result.unexpected_keys}")
+        _fill_constants(child, constants)
+
+
+def _fill_constants(module: torch.nn.Module, constants: Mapping[str, float]) -> None:
+    """Set the torch tensors that hold a constant in this layer kind (a LayerNorm's weight of ones)."""
+    tensors = port_tensors(module)
+    with torch.no_grad():
+        for name, value in constants.items():
+            tensors[name].fill_(value)
+
+
+def _torch_tensors(planned: tuple[PlannedStep, ...], *, copy: bool) -> dict[str, torch.Tensor]:
+    """Each step's variables as torch tensors laid out for torch, keyed ``"<position>.<torch name>"``."""
+    tensors: dict[str, torch.Tensor] = {}
+    for step, rule in planned:
+        maps = rule.param_maps(step.layer, step.variables)
+        _check_variable_names(step, maps)
+        for m in maps:
+            source = step.variables[m.collection][m.flax_name]
+            if copy:
+                tensor = _contiguous_copy(source, m)
+            else:
+                tensor = shared_tensor(source, f"{step.where} {m.flax_name}")
+                tensor = tensor if m.to_torch_axes is None else tensor.permute(m.to_torch_axes)
+            tensors[f"{step.index}.{m.torch_name}"] = tensor
+    return tensors
+
+
+def _contiguous_copy(source: Any, m: ParamMap) -> torch.Tensor:
+    """A new contiguous tensor in torch's layout: one (transposing) copy straight from the JAX buffer,
+    as torch's own ``w.t().contiguous()`` would make; NumPy sources are copied by NumPy the same way."""
+    if isinstance(source, jax.Array) and source.is_fully_addressable:
+        view = torch.utils.dlpack.from_dlpack(source)
+        view = view if m.to_torch_axes is None else view.permute(m.to_torch_axes)
+        return view.clone(memory_format=torch.contiguous_format)
+    return to_tensor(m.flax_to_torch(np.asarray(source)))
+
+
+def _torch_arrays(planned: tuple[PlannedStep, ...]) -> dict[str, np.ndarray]:
+    """Each step's variables laid out for torch (views), keyed ``"<position>.<torch name>"``."""
+    arrays: dict[str, np.ndarray] = {}
+    for step, rule in planned:
+        maps = rule.param_maps(step.layer, step.variables)
+        _check_variable_names(step, maps)
+        for m in maps:
+            arrays[f"{step.index}.{m.torch_name}"] = m.flax_to_torch(
+                np.asarray(step.variables[m.collection][m.flax_name])
+            )
+    return arrays
+
+
+def _check_variable_names(step: Step, maps: tuple[ParamMap, ...]) -> None:
+    expected = {f"{m.collection}/{m.flax_name}" for m in maps}
+    found = {f"{collection}/{name}" for collection, names in step.variables.items() for name in names}
+    problems = _key_problems(expected=expected, found=found, expected_side="rule", found_side="variables")
+    if problems:
+        raise LayerMismatchError(f"{step.where}: " + "; ".join(problems))
+
+
+def _key_problems(*, expected: set[str], found: set[str], expected_side: str, found_side: str) -> list[str]:
+    """Missing and unexpected keys, sorted, as message parts (empty when the sets agree)."""
+    problems = []
+    if missing := sorted(expected - found):
+        problems.append(f"missing in {found_side}: {', '.join(missing)}")
+    if unexpected := sorted(found - expected):
+        problems.append(f"unexpected in {found_side} (not in {expected_side}): {', '.join(unexpected)}")
+    return problems
+
+
+def _to_jax(array: np.ndarray, what: str) -> Any:
+    value = jnp.asarray(array)
+    if value.dtype != array.dtype:
+        raise LayerMismatchError(
+            f"{what}: JAX would store {array.dtype} as {value.dtype}; "
+            "enable 64-bit JAX (jax.config.update('jax_enable_x64', True)) or cast the torch module first"
+        )
+    return value

@@ -1,0 +1,149 @@
+"""A converted module as plain torch code: one standalone ``.py`` (imports torch alone) and its weights
+in a ``.safetensors``. Loading and running them needs neither JAX, Flax nor this package.
+
+The source holds one class named after the Flax model: ``__init__`` builds the module tree of the
+converted ``GraphModule`` (torch layers by their constructor, as ``torch.fx``'s ``to_folder`` does, the
+bridge's own layers with their source copied in) on the meta device, ``forward`` is the GraphModule's
+code, and ``from_safetensors`` loads the weights into it, dtypes as saved.
+"""
+
+from __future__ import annotations
+
+import inspect
+import keyword
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import fx
+
+from .. import torch_layers
+from .._errors import UnsupportedModelError
+
+WEIGHTS = "weights.safetensors"
+
+
+def export_source(module: fx.GraphModule, class_name: str) -> str:
+    """The standalone Python source of ``module`` as a class ``class_name``.
+
+    Raises:
+        UnsupportedModelError: for a submodule that is neither a torch layer nor one of the bridge's.
+    """
+    if not _is_name(class_name):
+        class_name = "ConvertedModel"
+    own_layers = False
+    lines = [
+        f"class {class_name}(torch.nn.Module):",
+        f'    """{class_name}, converted from Flax by flax-torch-bridge."""',
+        "",
+    ]
+    lines += ["    def __init__(self) -> None:", "        super().__init__()", '        with torch.device("meta"):']
+    for name, child in module.named_modules():
+        plain = type(child) is torch.nn.Module or isinstance(child, fx.GraphModule)
+        if name:
+            if plain:
+                constructor = "torch.nn.Module()"
+            else:
+                constructor, own = _constructor(child, name)
+                own_layers |= own
+            lines.append(f"            {_assign(name, constructor)}")
+        if plain:  # the containers hold the parameters and buffers used between layers
+            owner = _reference(name)
+            for leaf, parameter in child.named_parameters(recurse=False):
+                lines.append(
+                    f"            {owner}.register_parameter({leaf!r}, torch.nn.Parameter({_empty(parameter)}))"
+                )
+            for leaf, buffer in child.named_buffers(recurse=False):
+                lines.append(f"            {owner}.register_buffer({leaf!r}, {_empty(buffer)})")
+    lines += ["", *("    " + line for line in module.code.strip("\n").splitlines()), ""]
+    lines += [
+        "    @classmethod",
+        f'    def from_safetensors(cls, path: str = "{WEIGHTS}") -> "{class_name}":',
+        '        """The model with the weights saved beside this file, in inference mode."""',
+        "        from safetensors.torch import load_file",
+        "",
+        "        model = cls()",
+        "        model.load_state_dict(load_file(path), assign=True)",
+        "        return model.eval()",
+    ]
+    header = [
+        f'"""{class_name}: a PyTorch module converted from Flax by flax-torch-bridge (plain torch, no JAX).',
+        "",
+        f"    model = {class_name}.from_safetensors({WEIGHTS!r})",
+        '"""',
+        "",
+        "from __future__ import annotations",
+        "",
+        "import math  # noqa: F401  (the generated code may use math.inf)",
+        "from math import inf, nan  # noqa: F401",
+        "",
+        "import torch",
+        "",
+    ]
+    library = [_layer_source(), ""] if own_layers else []
+    return "\n".join([*header, *library, "", *lines, ""])
+
+
+def write_export(module: fx.GraphModule, class_name: str, folder: Path) -> tuple[Path, Path]:
+    """Write ``model.py`` and ``weights.safetensors`` into ``folder`` (which must exist): ``(source, weights)``."""
+    source = folder / "model.py"
+    source.write_text(export_source(module, class_name))
+    weights = folder / WEIGHTS
+    state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(weights))
+    return source, weights
+
+
+def load_export(source: Path, weights: Path, class_name: str) -> torch.nn.Module:
+    """Import an exported source file on its own and load its weights (how the checker verifies an export)."""
+    namespace = ModuleType(f"flax2torch_export_{class_name}")
+    namespace.__file__ = str(source)
+    exec(compile(source.read_text(), str(source), "exec"), namespace.__dict__)
+    exported: Any = getattr(namespace, class_name if hasattr(namespace, class_name) else "ConvertedModel")
+    return exported.from_safetensors(str(weights))  # type: ignore[no-any-return]
+
+
+def _constructor(child: torch.nn.Module, name: str) -> tuple[str, bool]:
+    """``(source that constructs a module like child, whether it is one of the bridge's own layers)``."""
+    kind = type(child)
+    if kind.__module__.startswith("torch.nn"):
+        return f"torch.nn.{kind.__name__}({child.extra_repr()})", False
+    if kind.__module__ == torch_layers.__name__:
+        return f"{kind.__name__}({child.extra_repr()})", True
+    raise UnsupportedModelError(
+        f"{name} is a {kind.__module__}.{kind.__name__}: export writes torch layers and the bridge's own only"
+    )
+
+
+def _reference(name: str) -> str:
+    """Source for the submodule at a dotted path: ``self.Block_0.Dense_1``, or ``self.get_submodule("blocks.0")``
+    where a part is not an identifier (NNX list indices)."""
+    if not name:
+        return "self"
+    parts = name.split(".")
+    if all(_is_name(p) for p in parts):
+        return "self." + name
+    return f"self.get_submodule({name!r})"
+
+
+def _is_name(text: str) -> bool:
+    return text.isidentifier() and not keyword.iskeyword(text)
+
+
+def _assign(name: str, constructor: str) -> str:
+    parent, _, leaf = name.rpartition(".")
+    if _is_name(leaf):
+        return f"{_reference(parent)}.{leaf} = {constructor}"
+    return f"{_reference(parent)}.add_module({leaf!r}, {constructor})"
+
+
+def _empty(tensor: torch.Tensor) -> str:
+    return f"torch.empty({tuple(tensor.shape)}, dtype={tensor.dtype})"
+
+
+def _layer_source() -> str:
+    """The bridge's torch layers (pure torch), copied into the export without their module docstring."""
+    source = inspect.getsource(torch_layers)
+    return source.split('"""', 2)[2].replace("from __future__ import annotations\n", "").strip("\n")

@@ -1,0 +1,338 @@
+"""Build a native torch module from a traced Flax model: a ``torch.fx.GraphModule`` whose submodules
+mirror the Flax scopes (``Block_0.Dense_1`` is a ``torch.nn.Linear``) and whose graph is the jaxpr,
+translated primitive by primitive (``bridge.convert._primitives.TABLE``).
+
+Like ``torch.fx.Interpreter``, one walk over the equations: a rule-backed layer becomes ``call_module``,
+a call that carries a sub-jaxpr (``jit``, ``custom_jvp_call``, ``remat``) is inlined (relu is recognised
+and becomes ``torch.relu``), every other primitive goes through the table. Flax variables used between
+layers become parameters (``params``) or buffers (other collections) at their Flax path; a variable that
+a layer owns (a tied embedding read by ``Embed.attend``) is read from that layer's tensor.
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.extend.core as jex
+import numpy as np
+import torch
+from torch import fx
+
+from .._errors import UnsupportedModelError
+from .._tensors import is_float, to_tensor, torch_dtype
+from ._jaxpr_trace import LAYER_PREFIX, SCOPE_PREFIX, Trace, TracedLayer
+from ._primitives import TABLE, Emitter
+
+# Primitives whose sub-jaxpr is inlined: name -> the params key holding it.
+_INLINED = {
+    "jit": "jaxpr",
+    "pjit": "jaxpr",
+    "closed_call": "call_jaxpr",
+    "core_call": "call_jaxpr",
+    "custom_jvp_call": "call_jaxpr",
+    "custom_vjp_call": "call_jaxpr",
+    "custom_vjp_call_jaxpr": "fun_jaxpr",
+    "remat": "jaxpr",
+    "checkpoint": "jaxpr",
+}
+
+
+@dataclass
+class _Variable:
+    """A Flax variable leaf, turned into a graph node on first use between layers."""
+
+    path: tuple[str, ...]  # (collection, *module path, name)
+    value: Any
+
+
+def build_graph_module(trace: Trace, class_name: str, twin: Trace | None = None) -> fx.GraphModule:
+    """The GraphModule computing ``trace``'s function: inputs ``trace.input_names``, output as Flax's.
+    ``twin``: the same model traced at another batch size; the axes whose sizes differ between the two
+    are left free (``-1``) in the reshapes, so the module takes any batch size."""
+    return _Builder(trace, batch_axes(trace.jaxpr, twin.jaxpr) if twin is not None else {}).build(class_name)
+
+
+def batch_axes(first: Any, second: Any) -> dict[int, tuple[int, ...]]:
+    """For each variable of jaxpr ``first`` (by id), the axes whose size differs in ``second``, the same
+    program traced at another batch size; empty when the two programs differ in structure."""
+    found: dict[int, tuple[int, ...]] = {}
+
+    def walk(a: Any, b: Any) -> bool:
+        a, b = getattr(a, "jaxpr", a), getattr(b, "jaxpr", b)
+        if len(a.eqns) != len(b.eqns) or len(a.invars) != len(b.invars):
+            return False
+        for x, y in zip([*a.invars, *a.outvars], [*b.invars, *b.outvars], strict=True):
+            note(x, y)
+        for e, f in zip(a.eqns, b.eqns, strict=True):
+            if e.primitive.name != f.primitive.name or len(e.outvars) != len(f.outvars):
+                return False
+            for x, y in zip(e.outvars, f.outvars, strict=True):
+                note(x, y)
+            for key, value in e.params.items():
+                if hasattr(getattr(value, "jaxpr", value), "eqns") and not walk(value, f.params[key]):
+                    return False
+        return True
+
+    def note(x: Any, y: Any) -> None:
+        shape_x, shape_y = getattr(x.aval, "shape", ()), getattr(y.aval, "shape", ())
+        if len(shape_x) == len(shape_y):
+            found[id(x)] = tuple(d for d, (m, n) in enumerate(zip(shape_x, shape_y, strict=True)) if m != n)
+
+    return found if walk(first, second) else {}
+
+
+class _Builder:
+    def __init__(self, trace: Trace, batch_dims: dict[int, tuple[int, ...]]) -> None:
+        self.trace = trace
+        self.graph = fx.Graph()
+        self.emit = Emitter(self.graph, batch_dims)
+        self.root = torch.nn.Module()
+        self.nodes: dict[int, fx.Node] = {}  # id(_Variable) -> its get_attr node
+        self.owned: dict[tuple[str, ...], tuple[str, tuple[int, ...] | None]] = {}
+        self.layer_targets: dict[str, str] = {}  # Flax path -> module target, for layers built once
+        self.constants = 0
+
+    def build(self, class_name: str) -> fx.GraphModule:
+        for layer in self.trace.layers.values():
+            self._install_layer(layer)
+        closed = self.trace.jaxpr
+        n = len(self.trace.variable_paths)
+        inputs: list[Any] = [
+            _Variable(path, value)
+            for path, value in zip(self.trace.variable_paths, self.trace.variable_values, strict=True)
+        ]
+        placeholders = [self.graph.placeholder(_identifier(name)) for name in self.trace.input_names]
+        inputs += placeholders
+        self.emit.template = placeholders[0] if placeholders else None
+        for var, node in zip(closed.jaxpr.invars[n:], placeholders, strict=True):
+            if 0 in self.emit.batch_dims.get(id(var), ()):
+                self.emit.batch_input = (node, int(var.aval.shape[0]))
+                break
+        assert len(inputs) == n + len(self.trace.input_names)
+        outputs = self._inline(closed.jaxpr, list(closed.consts), inputs, "")
+        resolved = [self._node(value) for value in outputs]
+        self.graph.output(_structure(self.trace.output_tree, resolved))
+        self.graph.lint()
+        module = fx.GraphModule(self.root, self.graph, class_name=class_name)
+        return module.eval()
+
+    # --- layers and variables ------------------------------------------------------------------
+
+    def _install_layer(self, layer: TracedLayer) -> None:
+        if layer.path in self.layer_targets:
+            return
+        target = _target(layer.path.split("/"))
+        _install(self.root, target, layer.torch_module)
+        self.layer_targets[layer.path] = target
+        for m in layer.rule.param_maps(layer.module, layer.variables):
+            flax_path = (m.collection, *layer.path.split("/"), m.flax_name)
+            self.owned[flax_path] = (f"{target}.{m.torch_name}", m.to_torch_axes)
+
+    def _node(self, value: Any) -> Any:
+        """An fx node (or scalar) for an environment value: variables become ``get_attr`` on first use."""
+        if isinstance(value, _Variable):
+            node = self.nodes.get(id(value))
+            if node is None:
+                node = self.nodes[id(value)] = self._variable_node(value)
+            return node
+        if isinstance(value, np.ndarray | jax.Array) and not isinstance(value, jax.core.Tracer):
+            return self._constant(value)
+        return value
+
+    def _variable_node(self, variable: _Variable) -> fx.Node:
+        owned = self.owned.get(variable.path)
+        if owned is not None:  # held by a layer's torch module, in torch's layout: read it back in Flax's
+            target, axes = owned
+            node = self.graph.get_attr(target)
+            return node if axes is None else self.emit.method("permute", node, tuple(int(a) for a in np.argsort(axes)))
+        collection, *path = variable.path
+        target = _target(path)
+        tensor = to_tensor(np.asarray(variable.value))
+        if collection == "params":
+            _install(self.root, target, torch.nn.Parameter(tensor, requires_grad=tensor.is_floating_point()))
+        else:
+            _install(self.root, target, tensor, buffer=True)
+        return self.graph.get_attr(target)
+
+    def _constant(self, value: Any) -> Any:
+        array = np.asarray(value)
+        if array.shape == ():
+            return array.item()
+        target = f"_constant_{self.constants}"
+        self.constants += 1
+        self.root.register_buffer(target, to_tensor(array))
+        return self.graph.get_attr(target)
+
+    # --- equations ------------------------------------------------------------------------------
+
+    def _inline(self, jaxpr: Any, consts: Sequence[Any], args: Sequence[Any], scope: str) -> list[Any]:
+        env: dict[Any, Any] = {}
+        for var, value in zip(jaxpr.constvars, consts, strict=True):
+            env[var] = value
+        for var, value in zip(jaxpr.invars, args, strict=True):
+            env[var] = value
+
+        def read(atom: Any) -> Any:
+            if isinstance(atom, jex.Literal):
+                value = np.asarray(atom.val, dtype=getattr(atom.aval, "dtype", None))
+                return value.item() if value.shape == () else value
+            return env[atom]
+
+        for eqn in jaxpr.eqns:
+            where = _flax_path(eqn) or scope
+            values = [read(v) for v in eqn.invars]
+            outputs = self._equation(eqn, values, where)
+            for var, value in zip(eqn.outvars, outputs, strict=True):
+                if not isinstance(var, jex.DropVar):
+                    env[var] = value
+        return [read(v) for v in jaxpr.outvars]
+
+    def _equation(self, eqn: Any, values: list[Any], where: str) -> list[Any]:
+        name = eqn.primitive.name
+        layer_name = str(eqn.params.get("name", ""))
+        if name in ("jit", "pjit") and layer_name.startswith(LAYER_PREFIX):
+            return [self._layer_call(eqn, values)]
+        if name == "custom_jvp_call" and _is_relu(eqn.params["call_jaxpr"]):
+            return [self.emit.call(torch.relu, self._node(values[0]))]
+        if name in _INLINED:
+            sub = eqn.params[_INLINED[name]]
+            jaxpr, consts = (sub.jaxpr, sub.consts) if hasattr(sub, "consts") else (sub, ())
+            count = len(jaxpr.invars)
+            return self._inline(jaxpr, consts, values[len(values) - count :], where)
+        translate = TABLE.get(name)
+        if translate is None:
+            raise UnsupportedModelError(
+                f"the JAX primitive {name!r}{_at(where)} has no torch translation; supported: "
+                f"{', '.join(sorted(TABLE))}. Give that module a rule (@bridge.register_rule) or rewrite it"
+            )
+        nodes = [self._node(v) for v in values]
+        try:
+            result = translate(self.emit, eqn, nodes)
+        except NotImplementedError as e:
+            raise UnsupportedModelError(
+                f"the JAX primitive {name!r}{_at(where)} is not translated in this form: {e}"
+            ) from e
+        return result if isinstance(result, list) else [result]
+
+    def _layer_call(self, eqn: Any, values: list[Any]) -> fx.Node:
+        layer = self.trace.layers[str(eqn.params["name"])]
+        target = self.layer_targets[layer.path]
+        (data,) = values[layer.n_variables :]
+        (data_var,) = eqn.invars[layer.n_variables :]
+        x = self._node(data)
+        module = self.root.get_submodule(target)
+        shape, out_aval = tuple(data_var.aval.shape), eqn.outvars[0].aval
+        tensor = next(iter(module.parameters()), None)
+        if tensor is not None and is_float(out_aval.dtype) and torch_dtype(out_aval.dtype) != tensor.dtype:
+            # mixed precision (``dtype=bfloat16`` over float32 parameters): Flax computes with the weights
+            # cast to the layer's dtype, so the torch layer holds them in it
+            module.to(torch_dtype(out_aval.dtype))
+            tensor = next(iter(module.parameters()))
+        if tensor is not None and is_float(data_var.aval.dtype) and torch_dtype(data_var.aval.dtype) != tensor.dtype:
+            x = self.emit.method("to", x, tensor.dtype)
+        gives: tuple[int, ...] | None = None  # what the torch layer returns, where it is not the Flax shape
+        if isinstance(module, torch.nn.Linear):
+            if shape[-1:] != (module.in_features,):  # a DenseGeneral over several trailing axes: flattened
+                trailing = _trailing(shape, module.in_features)
+                shape = (*shape[:-trailing], module.in_features)
+                x = self.emit.method("reshape", x, (*self.emit.shape(data_var)[:-trailing], module.in_features))
+            gives = (*shape[:-1], module.out_features)
+        elif isinstance(module, torch.nn.BatchNorm1d) and len(shape) != 2:
+            # torch's BatchNorm1d normalises axis 1, Flax's BatchNorm the last: the channels as rows
+            gives = (math.prod(shape[:-1]), shape[-1])
+            x = self.emit.method("reshape", x, (-1, shape[-1]))
+        node = self.graph.call_module(target, (x,))
+        if gives is not None and gives != tuple(out_aval.shape):
+            node = self.emit.method("reshape", node, self.emit.shape(eqn.outvars[0]))
+        return node
+
+
+def _trailing(shape: tuple[int, ...], size: int) -> int:
+    """How many trailing axes of ``shape`` multiply to ``size`` (a DenseGeneral's input axes)."""
+    product, axes = 1, 0
+    while product < size and axes < len(shape):
+        axes += 1
+        product *= shape[-axes]
+    return axes
+
+
+def _install(root: torch.nn.Module, target: str, value: Any, *, buffer: bool = False) -> None:
+    """Put a module, parameter or buffer at a dotted path, creating empty parent modules."""
+    *parents, leaf = target.split(".")
+    owner = root
+    for name in parents:
+        child = getattr(owner, name, None)
+        if not isinstance(child, torch.nn.Module):
+            child = torch.nn.Module()
+            owner.add_module(name, child)
+        owner = child
+    if buffer:
+        owner.register_buffer(leaf, value)
+    elif isinstance(value, torch.nn.Parameter):
+        owner.register_parameter(leaf, value)
+    else:
+        owner.add_module(leaf, value)
+
+
+def _identifier(name: str) -> str:
+    """A Python name for an input (a placeholder of the graph)."""
+    cleaned = _attribute(name)
+    return f"_{cleaned}" if cleaned[0].isdigit() or keyword.iskeyword(cleaned) else cleaned
+
+
+def _target(path: Sequence[str]) -> str:
+    """A dotted torch attribute path for a Flax path (``Block_0/Dense_1`` -> ``Block_0.Dense_1``)."""
+    return ".".join(_attribute(str(part)) for part in path)
+
+
+def _attribute(name: str) -> str:
+    """``name`` with every character torch refuses in a module or parameter name made ``_``."""
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in name) or "_"
+
+
+def _flax_path(eqn: Any) -> str:
+    scopes = [s for s in str(eqn.source_info.name_stack).split("/") if s.startswith(SCOPE_PREFIX)]
+    return scopes[-1].removeprefix(SCOPE_PREFIX).replace(".", "/") if scopes else ""
+
+
+def _at(where: str) -> str:
+    return f" (in the Flax module {where!r})" if where else " (in the model's own __call__)"
+
+
+def _is_relu(closed: Any) -> bool:
+    """Whether a custom_jvp body is ``max(x, 0)``: ``jax.nn.relu``, emitted as ``torch.relu``."""
+    jaxpr = getattr(closed, "jaxpr", closed)
+    if len(jaxpr.eqns) != 1 or len(jaxpr.invars) != 1:
+        return False
+    (eqn,) = jaxpr.eqns
+    if eqn.primitive.name in ("jit", "pjit"):  # jax.nn.relu is a jitted max inside the custom_jvp
+        return _is_relu(eqn.params["jaxpr"])
+    literals = [v for v in eqn.invars if isinstance(v, jex.Literal)]
+    return eqn.primitive.name == "max" and len(literals) == 1 and float(np.asarray(literals[0].val)) == 0.0
+
+
+def _structure(tree: Any, leaves: list[Any]) -> Any:
+    """The model's output structure with fx nodes as leaves: tuples, lists and dicts as they are; any
+    other pytree (a dataclass, a Hugging Face output) as a dict keyed by its field paths."""
+    treedef = jax.tree_util.tree_structure(tree)
+    rebuilt = jax.tree_util.tree_unflatten(treedef, leaves)
+    if _plain(rebuilt):
+        return rebuilt
+    paths = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {
+        jax.tree_util.keystr(path, simple=True, separator="."): leaf
+        for (path, _), leaf in zip(paths, leaves, strict=True)
+    }
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, tuple | list):
+        return type(value) in (tuple, list) and all(_plain(v) for v in value)
+    if isinstance(value, Mapping):
+        return type(value) is dict and all(_plain(v) for v in value.values())
+    return True

@@ -1,0 +1,108 @@
+"""Bounded work: estimate what a command will hold in memory and refuse, with the figures, what cannot fit.
+
+Without this an oversized ``--n-inputs`` or width grows until the kernel kills the process, or XLA
+aborts it (no Python error, no message). The estimates are deliberately rough (a factor over the
+arrays the command itself makes); they refuse only what is far out of reach.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .._errors import BridgeError, InvalidArgumentError
+
+SEED_MAX = 2**32 - 1  # jax.random.PRNGKey and NumPy generators take seeds in 0..2**32-1
+# one weight of the seed MLP at most: larger ones are refused rather than risk an abort inside XLA (32-bit
+# indices; which sizes abort was not measured here, and such widths do not fit a check on these machines anyway)
+MAX_ELEMENTS = 2**31 - 1
+_GIB = 2**30
+
+
+class InsufficientMemoryError(BridgeError):
+    """The work asked for would not fit in the memory available (the message gives both figures)."""
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: psutil's or ``/proc/meminfo``'s MemAvailable, capped by a
+    cgroup v2 limit; None when unknown (then nothing is refused)."""
+    available: int | None = None
+    try:
+        import psutil
+
+        available = int(psutil.virtual_memory().available)
+    except Exception:  # psutil missing or unable: fall back to /proc
+        try:
+            with open("/proc/meminfo", encoding="ascii") as meminfo:
+                for line in meminfo:
+                    if line.startswith("MemAvailable:"):
+                        available = int(line.split()[1]) * 1024
+                        break
+        except (OSError, ValueError, IndexError):
+            available = None
+    limit = _cgroup_room()
+    if limit is not None:
+        available = limit if available is None else min(available, limit)
+    return available
+
+
+def _cgroup_room() -> int | None:
+    base = Path("/sys/fs/cgroup")
+    try:
+        maximum = (base / "memory.max").read_text().strip()
+        if maximum == "max":
+            return None
+        current = int((base / "memory.current").read_text().strip())
+        return max(int(maximum) - current, 0)
+    except (OSError, ValueError):
+        return None
+
+
+def require_memory(needed: int, what: str, fix: str) -> None:
+    """Raise ``InsufficientMemoryError`` when ``needed`` bytes exceed the memory available.
+
+    Arguments:
+        what: the work, as the message's subject (``"--n-inputs 400000000 rows of width 3"``).
+        fix: what to do instead (``"use fewer --n-inputs"``).
+    """
+    available = available_memory()
+    if available is not None and needed > available:
+        raise InsufficientMemoryError(
+            f"{what} needs about {needed / _GIB:.1f} GiB of memory, {available / _GIB:.1f} GiB is available; {fix}"
+        )
+
+
+def require_seed(seed: int, option: str = "--seed") -> None:
+    """Seeds are 0..2**32-1 (``jax.random.PRNGKey`` and NumPy)."""
+    if not 0 <= seed <= SEED_MAX:
+        raise InvalidArgumentError(f"seed must be >= 0 and <= 2**32-1 ({SEED_MAX}), got {option} {seed}")
+
+
+def require_widths(in_features: int, hidden: int, out: int) -> None:
+    """The seed MLP's widths: each >= 1 (messages as ``flax_impl``'s), and no weight past ``MAX_ELEMENTS``."""
+    if in_features < 1:
+        raise InvalidArgumentError(f"x must have at least one feature: --in-features is {in_features}")
+    for name, value in (("hidden", hidden), ("out", out)):
+        if value < 1:
+            raise InvalidArgumentError(f"{name} must be >= 1, got {value}")
+    for rows, columns in ((in_features, hidden), (hidden, hidden), (hidden, out)):
+        if rows * columns > MAX_ELEMENTS:
+            raise InvalidArgumentError(
+                f"a {rows} x {columns} weight has {rows * columns} elements, more than the {MAX_ELEMENTS} "
+                "the seed MLP supports; use smaller --in-features/--hidden/--out"
+            )
+
+
+def mlp_check_bytes(n_inputs: int, in_features: int, hidden: int, out: int, seeds: int = 1, itemsize: int = 4) -> int:
+    """Memory of checking the seed MLP: parameters and activations on both sides, both comparisons,
+    gradients and float64 copies for the error bounds (a factor of 8 over one copy of each)."""
+    params = in_features * hidden + hidden * hidden + hidden * out + 2 * hidden + out
+    activations = n_inputs * (in_features + 4 * hidden + 2 * out)
+    inputs = n_inputs * in_features * 8  # drawn in float64, then cast
+    return 8 * itemsize * seeds * (params + activations) + inputs
+
+
+def file_fits(path: Path, size: int, factor: float) -> None:
+    """Refuse a file whose reading needs ``factor`` times its ``size`` bytes when that does not fit."""
+    require_memory(
+        int(size * factor), f"reading {path} ({size / _GIB:.2f} GiB)", "free memory or convert on a larger machine"
+    )
