@@ -293,4 +293,6 @@ def test_calibrating_only_where_the_bounds_fail_gives_the_verdicts_of_calibratin
     assert [r.ok for r in lazy.layers] == [r.ok for r in everywhere.layers]
     assert [g.comparison.ok for g in lazy.gradients] == [g.comparison.ok for g in everywhere.gradients]
     assert lazy.first_divergence == everywhere.first_divergence
-    assert 0 < lazy.settings["calibrated"] < everywhere.settings["calibrated"]  # the point: fewer float64 runs
+    assert lazy.settings["calibrated"] < everywhere.settings["calibrated"]  # the point: fewer float64 runs
+    if mistake is not None:  # a comparison failing by far is judged again; in a correct port that is rounding's call
+        assert lazy.settings["calibrated"] > 0
