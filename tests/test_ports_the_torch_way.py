@@ -165,3 +165,50 @@ def test_a_port_layer_that_raises_any_exception_becomes_a_bridge_error() -> None
     port[1] = Raises()
     with pytest.raises(bridge.LayerMismatchError, match=r"torch position 1 \(Raises\) failed .*: boom"):
         bridge.check_equivalence(model, variables, port, x)
+
+
+class ResidualMLP(nn.Module):
+    """A tree (a skip around two Dense layers), not one chain."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        hidden = nn.relu(nn.Dense(8)(x))
+        return x + nn.Dense(5)(hidden)
+
+
+class TorchResidualMLP(torch.nn.Module):
+    """Its port with its own names, the second layer a module of its own (``out.w``, ``out.b``)."""
+
+    def __init__(self, relu: torch.nn.Module) -> None:
+        super().__init__()
+        self.fc, self.act, self.out = torch.nn.Linear(5, 8), relu, CustomDense(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.out(self.act(self.fc(x)))
+
+
+@pytest.mark.parametrize("relu", [torch.nn.ReLU(), WrongBackwardReLU()], ids=["correct", "wrong backward"])
+def test_tree_gradients_reach_parameters_under_their_own_names(relu: torch.nn.Module) -> None:
+    """The tree's gradient rows find the custom module's ``w``/``b`` (a mutant skipping tensors not under the
+    rule's names would pass the wrong backward: the gradient it breaks is ``fc``'s, read through ``out.w``)."""
+    x = np.random.default_rng(3).standard_normal((16, 5)).astype(np.float32)
+    model = ResidualMLP()
+    variables = model.init(jax.random.PRNGKey(0), x)
+    port = bridge.load_into(TorchResidualMLP(relu), model, variables, inputs=x)
+    report = bridge.check_equivalence(model, variables, port, x)
+    names = [row.name for row in report.gradients]
+    assert names == [
+        "Dense_0/kernel <-> fc.weight",
+        "Dense_0/bias <-> fc.bias",
+        "Dense_1/kernel <-> out.w",
+        "Dense_1/bias <-> out.b",
+    ], names
+    assert all(row.ok for row in report.layers), str(report)
+    if isinstance(relu, torch.nn.ReLU):
+        assert report.ok, str(report)
+        return
+    assert not report.ok
+    assert report.first_divergence is not None
+    assert report.first_divergence.mode == "gradient"
+    assert "check custom backward code" in str(report.first_divergence.hint)
+    assert next(row.name for row in report.gradients if not row.comparison.ok) == "Dense_0/kernel <-> fc.weight"

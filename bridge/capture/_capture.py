@@ -1,4 +1,5 @@
-"""Run both sides of a port and record the output of every position of the chain.
+"""Run both sides of a chain port and record every position as a call, as the tree capture records module
+calls: a chain is the simplest call tree (one level), whose positions include its functions (``relu``).
 
 Flax side: see ``_flax_model.layer_outputs``. Torch side: forward hooks on the children of the
 torch ``nn.Sequential``, in call order.
@@ -6,12 +7,15 @@ torch ``nn.Sequential``, in call order.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from .._errors import LayerMismatchError, first_line
 from .._flax_model import layer_outputs
+from ._capture_tree import Call
+from ._chain import Step
 
 
 def flax_layer_outputs(model: Any, variables: Any, x: Any) -> list[Any]:
@@ -51,3 +55,25 @@ def torch_layer_outputs(torch_module: torch.nn.Sequential, x: torch.Tensor) -> t
         for handle in handles:
             handle.remove()
     return result, outputs
+
+
+def chain_calls(steps: Sequence[Step], x: Any, outputs: Sequence[Any]) -> list[Call]:
+    """The Flax chain's positions as calls (``index`` the position, named by the layer's path; ``""`` for a
+    function), each with its input (the output before it) and output, as the tree capture records them."""
+    inputs = [x, *outputs[:-1]]
+    return [
+        Call(s.index, "/".join(s.flax_path), s.kind, s.layer, None, (x_in,), {}, y, s.variables)
+        for s, x_in, y in zip(steps, inputs, outputs, strict=True)
+    ]
+
+
+def torch_chain_calls(torch_module: torch.nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, list[Call]]:
+    """``(output, calls)`` of one forward pass of a torch ``nn.Sequential``: one call per child in call order,
+    named by its position (``"2"``), with its input and output."""
+    final, outputs = torch_layer_outputs(torch_module, x)
+    children = list(torch_module)
+    inputs = [x, *outputs[:-1]]
+    return final, [
+        Call(i, str(i), type(child).__name__, child, None, (x_in,), {}, y)
+        for i, (child, x_in, y) in enumerate(zip(children, inputs, outputs, strict=False))
+    ]

@@ -16,13 +16,15 @@ from .. import _flax_model as flax_model
 from .._errors import InvalidArgumentError, UnsupportedModelError
 from .._numerics import DEFAULT_RTOL_ATOL, Precision, Tolerance
 from .._tensors import is_float, to_numpy, to_tensor, torch_dtype
-from ..capture._capture import flax_layer_outputs, torch_layer_outputs
+from ..capture._capture import chain_calls, flax_layer_outputs, torch_chain_calls
 from ..capture._chain import Step, Variables, discover_chain
 from ..convert._convert import channels_last_view
-from ..match._match_tree import is_tree_pair
+from ..match._match_chain import match_positions
+from ..match._match_tree import Pair, is_tree_pair
 from ..rules import BoundInputs, LayerRule
 from ..rules._registry import rule_or_none
 from ._compare import compare
+from ._flax_runs import FlaxRuns
 from ._gradients import compare_gradients
 from ._hints import HintContext, diagnose
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow, SeedSweepReport
@@ -197,23 +199,25 @@ def check_equivalence(
     tolerance = _explicit_tolerance(rtol, atol, x.dtype)
 
     flax_outputs = [np.asarray(y) for y in flax_layer_outputs(model, variables, jnp.asarray(x))]
-    flax_inputs = [x, *flax_outputs[:-1]]
     with torch.no_grad():
-        torch_final, torch_outputs = torch_layer_outputs(torch_module, to_tensor(x))
-    torch_arrays = [to_numpy(y) for y in torch_outputs]
-    children = list(torch_module)
-    structure = _structure_problem(steps, rules, children)
+        torch_final, torch_calls = torch_chain_calls(torch_module, to_tensor(x))
+    permutations = getattr(torch_module, "bridge_input_permutations", {})
+    matching, structure = match_positions(chain_calls(steps, x, flax_outputs), torch_calls, rules, permutations)
     problems = [structure[1]] if structure else []
 
     positions: list[_Position] = []
     tol_in = np.zeros(x.shape)
-    for step, rule, x_in, y in zip(steps, rules, flax_inputs, flax_outputs, strict=True):
+    paired = {p.flax.index: p for p in matching.pairs}
+    for step, rule, call in zip(
+        steps, rules, [*(p.flax for p in matching.pairs), *matching.unmatched_flax], strict=True
+    ):
+        x_in, y = call.args[0], call.output
         bound_e2e, bound_iso, precision = _bounds(step, rule, x_in, y, tol_in, tolerance)
-        module = children[step.index] if step.index < len(children) else None
-        isolated_out = None if module is None else _run_isolated(module, x_in)
-        positions.append(_Position(step, rule, module, x_in, y, tol_in, bound_e2e, bound_iso, precision, isolated_out))
+        pair = paired.get(step.index)
+        isolated_out = None if pair is None else _run_isolated(pair.torch.module, x_in)
+        positions.append(_Position(step, rule, pair, x_in, y, tol_in, bound_e2e, bound_iso, precision, isolated_out))
         tol_in = bound_e2e
-    rows = tuple(_row(p, torch_arrays) for p in positions)
+    rows = tuple(_row(p) for p in positions)
     flax_final = np.asarray(flax_outputs[-1], np.float64)
     output = compare(flax_final, to_numpy(torch_final), positions[-1].bound_e2e)
 
@@ -229,20 +233,30 @@ def check_equivalence(
         if single_sample and not finite.all():
             smooth = np.zeros(1, bool)
         if smooth.any():
-            planned = list(zip(steps, rules, strict=True))
-            gradient_rows = compare_gradients(
+            judged = x if single_sample else x[smooth]
+            differentiable = is_float(x.dtype)
+            wide = differentiable and np.dtype(x.dtype).itemsize == 8
+            runs = FlaxRuns(
                 model,
                 variables,
-                torch_module,
-                planned,
-                x[smooth],
+                (jnp.asarray(judged),),
+                {},
                 loss or _sum,
-                tolerance,
-                getattr(torch_module, "bridge_input_permutations", None),
+                wrt_inputs=differentiable,
+                other=np.float32 if wide else np.float64,
+            )
+            gradient_rows, _ = compare_gradients(
+                runs,
+                torch_module,
+                (to_tensor(judged),),
+                {},
+                matching.pairs,
+                flax_outputs[-1] if single_sample else flax_outputs[-1][smooth],
+                precision=Precision.of(x.dtype if differentiable else np.float32),
+                tolerance=tolerance,
             )
 
-    permutations = getattr(torch_module, "bridge_input_permutations", {})
-    first = _first_divergence(rows, positions, structure, gradient_rows, permutations)
+    first = _first_divergence(rows, positions, structure, gradient_rows)
     ok = not problems and all(row.ok for row in rows) and output.ok and all(g.comparison.ok for g in gradient_rows)
     return EquivalenceReport(
         ok=ok,
@@ -253,7 +267,7 @@ def check_equivalence(
         problems=tuple(problems),
         nonfinite={
             "flax": _first_nonfinite(flax_outputs),
-            "torch": _first_nonfinite(torch_arrays),
+            "torch": _first_nonfinite([to_numpy(c.output) for c in torch_calls]),
         },
         settings={
             "dtype": np.dtype(x.dtype).name,
@@ -288,13 +302,14 @@ def _sum(y: Any) -> Any:
 
 
 class _Position(NamedTuple):
-    """What the check knows of one chain position: both sides' layers, the Flax input and output, the
-    tolerance of its input (end to end), its output's tolerances, and the torch layer's output on the
-    Flax input (None without a torch layer; an empty array when it could not run on it)."""
+    """What the check knows of one chain position: its Flax layer and the pair of calls (None without a torch
+    layer), the Flax input and output, the tolerance of its input (end to end), its output's tolerances, and
+    the torch layer's output on the Flax input (None without a torch layer; an empty array when it could not
+    run on it)."""
 
     step: Step
     rule: LayerRule | None
-    module: torch.nn.Module | None
+    pair: Pair | None
     x: np.ndarray
     y: np.ndarray
     bound_in: np.ndarray
@@ -304,16 +319,16 @@ class _Position(NamedTuple):
     isolated_out: np.ndarray | None
 
 
-def _row(position: _Position, torch_arrays: Sequence[np.ndarray]) -> LayerRow:
-    step, module = position.step, position.module
+def _row(position: _Position) -> LayerRow:
+    step, pair = position.step, position.pair
     y64 = np.asarray(position.y, np.float64)
-    torch_y = torch_arrays[step.index] if step.index < len(torch_arrays) else np.empty(0)
+    torch_y = np.empty(0) if pair is None else to_numpy(pair.torch.output)
     return LayerRow(
         step.index,
         step.kind,
         "/".join(step.flax_path),
-        "" if module is None else str(step.index),
-        "" if module is None else type(module).__name__,
+        "" if pair is None else pair.torch.name,
+        "" if pair is None else pair.torch.kind,
         compare(y64, torch_y, position.bound_e2e),
         None if position.isolated_out is None else compare(y64, position.isolated_out, position.bound_iso),
     )
@@ -503,55 +518,17 @@ def _run_isolated(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
         return np.full((0,), np.nan)  # cannot run on the Flax layer's input: the row shows a shape mismatch
 
 
-def _structure_problem(
-    steps: Sequence[Step], rules: Sequence[LayerRule | None], children: Sequence[torch.nn.Module]
-) -> tuple[int, str] | None:
-    """When the torch side has more or fewer layers than the chain: the position and a description.
-
-    Kinds that differ at equal length are no problem by themselves (a custom module may compute the
-    same function); the numbers decide, and the hints name a wrong kind.
-    """
-    if len(children) == len(steps):
-        return None
-
-    def fits(rule: LayerRule | None, module: torch.nn.Module) -> bool:
-        return rule is None or type(module) in rule.torch_types
-
-    pairs = zip(rules, children, strict=False)
-    first_bad = next(
-        (i for i, (rule, module) in enumerate(pairs) if not fits(rule, module)), min(len(rules), len(children))
-    )
-    if len(children) > len(steps) and all(
-        fits(r, m) for r, m in zip(rules[first_bad:], children[first_bad + 1 :], strict=False)
-    ):
-        module = children[first_bad]
-        return (
-            first_bad,
-            f"torch has an extra {type(module).__name__} at position {first_bad} "
-            "(a doubled or inserted layer): remove it",
-        )
-    if len(children) < len(steps) and all(
-        fits(r, m) for r, m in zip(rules[first_bad + 1 :], children[first_bad:], strict=False)
-    ):
-        return (
-            first_bad,
-            f"torch lacks {steps[first_bad].where}: insert the matching torch layer at position {first_bad}",
-        )
-    return first_bad, f"the Flax chain has {len(steps)} layers but the torch Sequential has {len(children)}"
-
-
 def _first_divergence(
     rows: Sequence[LayerRow],
     positions: Sequence[_Position],
     structure: tuple[int, str] | None,
     gradient_rows: Sequence[GradientRow],
-    permutations: Mapping[int, np.ndarray],
 ) -> Divergence | None:
     """The structure problem, else the first layer failing on its own input, else the first failing end to end."""
 
     def at(index: int, mode: str, hint: str | None) -> Divergence:
         p = positions[min(index, len(positions) - 1)]
-        torch_name = str(index) if p.module is not None and index < len(positions) else ""
+        torch_name = p.pair.torch.name if p.pair is not None and index < len(positions) else ""
         return Divergence(index, "/".join(p.step.flax_path), torch_name, p.step.kind, mode, hint)
 
     if structure is not None:
@@ -565,13 +542,13 @@ def _first_divergence(
         torch_out = None if p.isolated_out is None else np.asarray(p.isolated_out, np.float64)
         context = HintContext(
             p.step,
-            p.module,
+            None if p.pair is None else p.pair.torch.module,
             np.asarray(p.x, np.float64),
             np.asarray(p.y, np.float64),
             torch_out,
             p.bound_iso,
             p.precision,
-            permutations.get(row.index),
+            None if p.pair is None else p.pair.input_permutation,
         )
         hint = diagnose(context)
         if hint is None and mode == "end to end":

@@ -29,7 +29,7 @@ from flax import nnx
 
 from .._arguments import call_arguments, torch_arguments
 from .._errors import InvalidArgumentError
-from .._numerics import Precision, finite_rms, function_rounding, gradient_tolerance
+from .._numerics import Precision, function_rounding
 from .._tensors import is_float, to_numpy
 from ..capture._capture_tree import Call, capture_flax, capture_torch
 from ..capture._chain import Step
@@ -46,7 +46,7 @@ from ..rules import BoundInputs, LayerRule
 from . import _gradients
 from ._compare import Comparison, compare
 from ._flax_runs import FlaxRuns, widen, widened_nnx
-from ._gradients import C_CALIBRATION, C_FLOOR
+from ._gradients import calibration, compare_gradients
 from ._hints import HintContext, activation_variants, diagnose, diagnose_call, glue_hint
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow
 
@@ -144,8 +144,9 @@ def check_tree(
     runs.release_outputs()  # float64 call outputs: no longer needed, and the gradients are the memory peak
     gradient_rows: tuple[GradientRow, ...] = ()
     if grads and not problems:
-        gradient_rows, calibrated_gradients = _compare_gradients(
-            runs, port, torch_args, torch_kwargs, matching, loss or _sum_leaves
+        precision = Precision.of(_dtype_name(flax_out))
+        gradient_rows, calibrated_gradients = compare_gradients(
+            runs, port, torch_args, torch_kwargs, matching.pairs, flax_out, precision=precision
         )
         calibrated += calibrated_gradients
     first = _first_divergence(rows, details, matching, problems, gradient_rows, flax_calls, channels_last)
@@ -203,7 +204,7 @@ def _compare_pair(
     y64 = np.asarray(y, np.float64)
     wide_y = output_leaves(wide[pair.flax.index]) if wide else []
     x = _first_array(pair.flax.args)
-    drift = 0.0 if not wide_y or wide_y[0].shape != y.shape else _calibration(y64 - np.asarray(wide_y[0], np.float64))
+    drift = 0.0 if not wide_y or wide_y[0].shape != y.shape else calibration(y64 - np.asarray(wide_y[0], np.float64))
     if pair.rule is None:  # a composite: the whole model's float64 drift bounds its own error too (no extra run)
         bound_iso = drift + function_rounding(y64, y64, precision.storage)
     else:
@@ -230,11 +231,6 @@ def _first_array(args: Sequence[Any]) -> np.ndarray | None:
     return next((np.asarray(a) for a in args if isinstance(a, jax.Array | np.ndarray)), None)
 
 
-def _calibration(error: np.ndarray) -> np.ndarray:
-    magnitude = np.abs(np.nan_to_num(error))
-    return C_CALIBRATION * (magnitude + finite_rms(magnitude))
-
-
 def _isolated_bound(
     pair: Pair, x: np.ndarray | None, y64: np.ndarray, precision: Precision, *, calibrate: bool
 ) -> np.ndarray:
@@ -255,7 +251,7 @@ def _isolated_bound(
     alone = _standalone_wide(pair.flax) if calibrate else None
     if alone is None or alone.shape != y64.shape:
         return floor
-    return _calibration(y64 - alone) + floor
+    return calibration(y64 - alone) + floor
 
 
 def _standalone_wide(call: Call) -> np.ndarray | None:
@@ -318,7 +314,7 @@ def _compare_outputs(flax_out: Any, torch_out: Any, wide: list[Any] | None, chan
         precision = Precision.of(f.dtype if is_float(f.dtype) else np.float32)
         tol = function_rounding(f64, f64, precision.storage)
         if index < len(wide) and wide[index].shape == f.shape:
-            tol = tol + _calibration(f64 - np.asarray(wide[index], np.float64))
+            tol = tol + calibration(f64 - np.asarray(wide[index], np.float64))
         references.append(f64.ravel())
         candidates.append(np.asarray(in_flax_layout(t, f, channels_last), np.float64).ravel())
         tolerances.append(np.broadcast_to(tol, f64.shape).ravel())
@@ -349,93 +345,6 @@ def _array_leaves(value: Any) -> list[Any]:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return [leaf for f in dataclasses.fields(value) for leaf in _array_leaves(getattr(value, f.name))]
     return []
-
-
-def _compare_gradients(
-    runs: FlaxRuns, port: torch.nn.Module, torch_args: Any, torch_kwargs: Any, matching: Matching, loss: Loss
-) -> tuple[tuple[GradientRow, ...], int]:
-    """The gradient of the loss w.r.t. every matched parameter, the Flax one laid out for torch by its rule,
-    and how many rows needed the float64 calibration: a row is judged by the rounding bounds first, and
-    only where it fails by them is the float64 pass run (once) and its calibration added."""
-    if not runs.differentiable:
-        return (), 0
-    flax_grads = runs.gradients()
-    named = dict(port.named_parameters())
-    requested = [p.requires_grad for p in named.values()]
-    for p in named.values():
-        p.requires_grad_(True)
-    try:
-        torch_grads = torch.autograd.grad(
-            loss(port(*torch_args, **torch_kwargs)), list(named.values()), allow_unused=True
-        )
-    finally:
-        for p, flag in zip(named.values(), requested, strict=True):
-            p.requires_grad_(flag)
-    by_tensor = {id(p): g for p, g in zip(named.values(), torch_grads, strict=True)}
-    leaves = [p for p in matching.pairs if p.rule is not None]
-    # A Flax variable filling several distinct port tensors (copies): Flax's gradient is the sum of theirs
-    ties = {
-        source: list({id(t): t for t in named.values()}.values()) for source, named in tied_variables(leaves).items()
-    }
-    precision = Precision.of(_dtype_name(matching.pairs[0].flax.output) if matching.pairs else np.float32)
-    sizes = [int(d) for p in leaves for a in p.arrays.values() for d in a.shape]
-    length, depth = max([*sizes, 1]), max(len(leaves), 1)
-    rows, calibrated = [], 0
-    for pair in leaves:
-        assert pair.rule is not None
-        flax_tree = _subtree(flax_grads, pair.flax.name)
-        if flax_tree is None:
-            continue
-        mapped = pair.rule.torch_arrays(pair.flax.module, {**pair.flax.variables, "params": flax_tree})
-        params = dict(pair.torch.module.named_parameters())
-        for torch_name, value in mapped.items():
-            tensor = params.get(torch_name)
-            if tensor is None:
-                continue
-            ref = np.ascontiguousarray(value, np.float64)  # a transposed kernel: row order, as torch's
-            copies = ties.get(
-                "/".join(part for part in (pair.flax.name, _flax_name(pair, torch_name)) if part), [tensor]
-            )
-            sources = copies if all(c.shape == tensor.shape for c in copies) else [tensor]
-            found = [to_numpy(g) for g in (by_tensor.get(id(c)) for c in sources) if g is not None]
-            got = found[0] if len(found) == 1 else np.zeros(tuple(tensor.shape))
-            for other in found if len(found) > 1 else []:  # copies of one Flax variable: their sum in float64
-                got = got + other
-            permutation = pair.input_permutation
-            if permutation is not None and got.ndim == 2 and got.shape[1] == len(permutation):
-                got = got[:, permutation]  # torch's columns back to Flax's order
-            got = got.reshape(ref.shape) if got.size == ref.size else got
-            tol: Any = gradient_tolerance(ref, length, depth, precision)
-            tol = tol.plus(atol=C_FLOOR * precision.accumulation * finite_rms(ref))
-            lazily = _gradients.CALIBRATE_LAZILY and not runs.ran_wide  # else the float64 pass is at hand: use it
-            comparison = compare(ref, got, tol) if lazily else None
-            wide_grads = None if comparison is not None and comparison.ok else runs.wide_gradients()
-            wide_tree = None if wide_grads is None else _subtree(wide_grads, pair.flax.name)
-            if wide_tree is not None:
-                reference = pair.rule.torch_arrays(pair.flax.module, {**pair.flax.variables, "params": wide_tree})
-                tol = tol.of(ref) + _calibration(ref - np.asarray(reference[torch_name], np.float64))
-                comparison, calibrated = None, calibrated + 1
-            comparison = comparison or compare(ref, got, tol)
-            name = f"{pair.flax.name}/{_flax_name(pair, torch_name)} <-> {pair.torch.name}.{torch_name}"
-            rows.append(GradientRow(name, comparison))
-    return tuple(rows), calibrated
-
-
-def _flax_name(pair: Pair, torch_name: str) -> str:
-    assert pair.rule is not None
-    for m in pair.rule.param_maps(pair.flax.module, pair.flax.variables):
-        if m.torch_name == torch_name:
-            return m.flax_name
-    return torch_name
-
-
-def _subtree(tree: Any, path: str) -> Any:
-    node = tree
-    for key in path.split("/") if path else []:
-        if not isinstance(node, Mapping) or key not in node:
-            return None
-        node = node[key]
-    return node
 
 
 def _first_divergence(

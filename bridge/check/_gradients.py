@@ -1,13 +1,14 @@
-"""Gradients of a loss on both sides, w.r.t. the input and every parameter, mapped by the layer rules.
+"""Gradients of a loss on both sides, w.r.t. every matched parameter (and the input, for chains), mapped by the
+layer rules: one comparison for chains and trees alike.
 
-Their tolerance has two parts: the analytic bound of ``gradient_tolerance``, and a calibration
-that measures how sensitive the Flax gradient is to rounding (large through normalisations, which
-divide by a small deviation, and through derivatives of transcendental functions). Below float64
-the Flax gradient is computed again in float64: the difference is the reference's own error, and a
-correct port may differ by a few times that much. In float64 it is computed again in float32: the
-difference, scaled by the ratio of unit roundoffs, estimates the float64 error the same way. That rerun
-happens only for rows the analytic bound alone fails (``CALIBRATE_LAZILY``): the calibration only widens
-a tolerance, so the verdicts are the same.
+Their tolerance has two parts: the analytic bound of ``gradient_tolerance`` with a floor for sums that cancel,
+and a calibration that measures how sensitive the Flax gradient is to rounding (large through normalisations,
+which divide by a small deviation, and through derivatives of transcendental functions). Below float64 the
+Flax gradient is computed again in float64: the difference is the reference's own error, and a correct port
+may differ by a few times that much. In float64 it is computed again in float32: the difference, scaled by
+the ratio of unit roundoffs, estimates the float64 error the same way. That rerun happens only once a row
+fails the analytic bound alone (``CALIBRATE_LAZILY``): the calibration only widens a tolerance, so the
+verdicts are the same.
 """
 
 from __future__ import annotations
@@ -16,20 +17,18 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
-from flax import traverse_util
 
-from .._flax_model import apply, parameter_leaves
 from .._numerics import Precision, Tolerance, finite_rms, gradient_tolerance
-from .._tensors import is_float, to_numpy, to_tensor
-from ..capture._chain import Step, Variables
-from ..match._match import owned_tensors
-from ..rules import LayerRule
+from .._tensors import is_float, to_numpy
+from ..match._match import tensor_holders
+from ..match._match_tree import Pair, tied_variables
 from ._compare import compare
 from ._flax_runs import FlaxRuns
 from ._report import GradientRow
+
+Loss = Callable[[Any], Any]
 
 # Roundings of the output's cotangent allowed where a gradient cancels to about zero.
 C_FLOOR = 4.0
@@ -44,133 +43,193 @@ C_CALIBRATION = 8.0
 CALIBRATE_LAZILY = True
 
 
+def calibration(error: np.ndarray) -> np.ndarray:
+    """How far a correct port may lie from the reference whose own rounding error is ``error`` (the
+    reference minus itself in more precision): ``C_CALIBRATION * (|error| + rms(error))``, NaN read as 0."""
+    magnitude = np.abs(np.nan_to_num(error))
+    return C_CALIBRATION * (magnitude + finite_rms(magnitude))
+
+
 def compare_gradients(
-    model: Any,
-    variables: Any,
-    torch_module: torch.nn.Sequential,
-    planned: Sequence[tuple[Step, LayerRule | None]],
-    x: np.ndarray,
-    loss: Callable[[Any], Any],
-    tolerance: Tolerance | None,
-    input_permutations: Mapping[int, np.ndarray] | None = None,
-) -> tuple[GradientRow, ...]:
-    """One row per gradient: the input's first, then each parameter's in chain order, each parameter
-    found in the port by the module that owns it (``bridge.match._match``). ``input_permutations``: positions
-    whose torch layer takes its input features in another order (the Linear after a channels-first
-    ``nn.Flatten``), as the index of each Flax feature in torch's order."""
-    input_permutations = input_permutations or {}
-    differentiable = is_float(x.dtype)
-    wide = differentiable and np.dtype(x.dtype).itemsize == 8
-    runs = FlaxRuns(
-        model,
-        variables,
-        (jnp.asarray(x),),
-        {},
-        loss,
-        wrt_inputs=differentiable,
-        other=np.float32 if wide else np.float64,
-    )
-    flax_params, flax_x = _with_input(runs.gradients(), differentiable)
-    # float64 checked against float32: the float32 error, scaled down to float64's roundoff
-    sensitivity = Precision.of(np.float64).storage / Precision.of(np.float32).storage if wide else 1.0
+    runs: FlaxRuns,
+    port: torch.nn.Module,
+    torch_args: tuple[Any, ...],
+    torch_kwargs: dict[str, Any],
+    pairs: Sequence[Pair],
+    flax_output: Any,
+    *,
+    precision: Precision,
+    tolerance: Tolerance | None = None,
+) -> tuple[tuple[GradientRow, ...], int]:
+    """One row per gradient, and how many rows needed the calibration: the input's first when ``runs``
+    differentiates w.r.t. it (``wrt_inputs``: one floating argument), then each matched parameter's in pair
+    order, the Flax one laid out for torch by its rule and the torch one found in the paired module
+    (``bridge.match._match``: by the rule's name, else by value or shape; a variable no tensor holds gets a
+    failing row). ``flax_output``: the model's output on these inputs (for the floor of cancelling sums);
+    ``tolerance``: an explicit one instead of the derived tolerance (no calibration)."""
+    if not runs.differentiable:
+        return (), 0
+    flax_grads = runs.gradients()
+    flax_params, flax_input = flax_grads if runs.wrt_inputs else (flax_grads, None)
+    named = dict(port.named_parameters())
+    inputs = [a for a in torch_args if isinstance(a, torch.Tensor)][:1] if runs.wrt_inputs else []
+    requested = [p.requires_grad for p in named.values()]
+    for p in named.values():
+        p.requires_grad_(True)
+    wanted = [x.detach().requires_grad_(True) for x in inputs]
+    args = tuple(wanted[0] if a is (inputs[0] if inputs else None) else a for a in torch_args)
+    try:
+        torch_grads = torch.autograd.grad(
+            runs.loss(port(*args, **torch_kwargs)), [*wanted, *named.values()], allow_unused=True
+        )
+    finally:
+        for p, flag in zip(named.values(), requested, strict=True):
+            p.requires_grad_(flag)
+    by_tensor = {id(p): g for p, g in zip(named.values(), torch_grads[len(wanted) :], strict=True)}
 
-    x_tensor = to_tensor(x).requires_grad_(differentiable)
-    named = dict(torch_module.named_parameters())
-    wanted = ([x_tensor] if differentiable else []) + list(named.values())
-    torch_grads = torch.autograd.grad(loss(torch_module(x_tensor)), wanted, allow_unused=True)
-    by_name = dict(zip(named, torch_grads[1:] if differentiable else torch_grads, strict=True))
+    leaves = [p for p in pairs if p.rule is not None]
+    sizes = [int(d) for p in leaves for a in p.arrays.values() for d in np.shape(a)]
+    first = next((a for a in jax.tree_util.tree_leaves(runs.args) if np.ndim(a) >= 1), None)
+    length = max([*sizes, 1 if first is None else int(np.prod(np.shape(first)[:-1]))])
+    depth = sum(1 for p in leaves if p.flax.variables.get("params"))
+    judge = _Judge(runs, precision, tolerance, _cancellation_floor(runs, flax_output, precision), length, depth)
 
-    precision = Precision.of(x.dtype if differentiable else np.float32)
-    floor = _cancellation_floor(model, variables, x, loss, precision)
-    steps = [step for step, _ in planned]
-    sizes = [int(d) for s in steps for a in traverse_util.flatten_dict(dict(s.variables)).values() for d in np.shape(a)]
-    length = max([*sizes, int(np.prod(x.shape[:-1]))])
-    depth = sum(1 for s in steps if s.variables)
+    rows: list[GradientRow] = []
+    if flax_input is not None:
+        got = torch_grads[0] if torch_grads[0] is not None else torch.zeros_like(wanted[0])
+        wide_input = lambda: None if (w := runs.wide_gradients()) is None else w[1][0]  # noqa: E731
+        rows.append(judge.row("input", np.asarray(flax_input[0]), wide_input, to_numpy(got)))
+    # A Flax variable filling several distinct port tensors (copies): Flax's gradient is the sum of theirs
+    ties = {source: list({id(t): t for t in held.values()}.values()) for source, held in tied_variables(leaves).items()}
+    for pair in leaves:
+        rows += _pair_rows(pair, flax_params, by_tensor, ties, judge)
+    return tuple(rows), judge.calibrated
 
-    def reference(path: tuple[str, ...] | None, flax_name: str = "") -> np.ndarray | None:
-        """The reference gradient in the other precision (the input's for ``path`` None), run when first needed."""
-        other = runs.wide_gradients()
-        if other is None:
-            return None
-        params, x_grad = _with_input(other, differentiable)
-        return x_grad if path is None else _at(params, path)[flax_name]
 
-    def row(name: str, flax_value: Any, other: Callable[[], Any], candidate: torch.Tensor | None) -> GradientRow:
-        """One gradient's row: judged by the rounding bounds, and where they fail, with the calibration
-        that ``other()`` (the reference in the other precision) gives added (a tolerance it only widens)."""
+def _pair_rows(
+    pair: Pair,
+    flax_params: Any,
+    by_tensor: Mapping[int, torch.Tensor | None],
+    ties: dict[str, list[torch.Tensor]],
+    judge: _Judge,
+) -> list[GradientRow]:
+    """The rows of one matched leaf: each of its parameters' gradients."""
+    rule = pair.rule
+    assert rule is not None
+    flax_tree = subtree(flax_params, pair.flax.name)
+    if flax_tree is None:
+        return []
+    layer, variables = pair.flax.module, pair.flax.variables
+    mapped = rule.torch_arrays(layer, {**variables, "params": flax_tree})
+    parameters = {id(p) for p in pair.torch.module.parameters()}
+    holders = tensor_holders(rule, layer, variables, pair.torch.module, mapped, by_value=True)
+    rows = []
+    for rule_name, value in mapped.items():
+        flax_name = _flax_name(pair, rule_name)
+        if flax_name is None:
+            continue  # a statistic (BatchNorm's running mean): no gradient
+        path = "/".join(part for part in (pair.flax.name, flax_name) if part)
+
+        def wide(pair: Pair = pair, rule_name: str = rule_name) -> np.ndarray | None:
+            found = judge.runs.wide_gradients()
+            tree = None if found is None else subtree(found[0] if judge.runs.wrt_inputs else found, pair.flax.name)
+            if tree is None:
+                return None
+            return rule.torch_arrays(pair.flax.module, {**pair.flax.variables, "params": tree})[rule_name]
+
+        held = holders.get(rule_name)
+        if held is None or id(held[1]) not in parameters:  # never compared against zeros: a row that says so and fails
+            rows.append(judge.row(f"{path} <-> (no tensor of torch {pair.torch.name} holds it)", value, wide, None))
+            continue
+        torch_name, tensor = held
+        copies = ties.get(path, [tensor])
+        sources = copies if all(c.shape == tensor.shape for c in copies) else [tensor]
+        found = [to_numpy(g) for g in (by_tensor.get(id(c)) for c in sources) if g is not None]
+        got = found[0] if len(found) == 1 else np.zeros(tuple(tensor.shape))  # none: it does not reach the loss
+        for other in found if len(found) > 1 else []:  # copies of one Flax variable: their sum
+            got = got + other
+        permutation = pair.input_permutation
+        if permutation is not None and got.ndim == 2 and got.shape[1] == len(permutation):
+            got = got[:, permutation]  # torch's columns back to Flax's order
+        name = f"{path} <-> {'.'.join(part for part in (pair.torch.name, torch_name) if part)}"
+        rows.append(judge.row(name, value, wide, got))
+    return rows
+
+
+def _flax_name(pair: Pair, torch_name: str) -> str | None:
+    """The Flax variable behind one of the rule's torch tensors (a packed one keeps the torch name); None for
+    one of another collection than ``params``."""
+    assert pair.rule is not None
+    for m in pair.rule.param_maps(pair.flax.module, pair.flax.variables):
+        if m.torch_name == torch_name:
+            return m.flax_name if m.collection == "params" else None
+    return torch_name
+
+
+class _Judge:
+    """Judges one gradient row under the check's tolerance, calibrating lazily (see the module docstring)."""
+
+    def __init__(
+        self,
+        runs: FlaxRuns,
+        precision: Precision,
+        tolerance: Tolerance | None,
+        floor: float,
+        length: int,
+        depth: int,
+    ) -> None:
+        self.runs, self.precision, self.explicit = runs, precision, tolerance
+        self.floor, self.length, self.depth = floor, length, depth
+        other = Precision.of(runs.other)
+        # float64 checked against float32: the float32 error, scaled down to float64's roundoff
+        self.sensitivity = min(1.0, precision.storage / other.storage)
+        self.calibrated = 0
+
+    def row(self, name: str, flax_value: Any, wide: Callable[[], Any], candidate: np.ndarray | None) -> GradientRow:
+        """One gradient's row: judged by the rounding bounds, and where they fail (or the reference in the
+        other precision is at hand anyway), with the calibration from ``wide()`` added."""
         ref = np.ascontiguousarray(flax_value, np.float64)  # a transposed kernel: row order, as torch's
-        got = np.empty((0,)) if candidate is None else to_numpy(candidate)
-        if tolerance is not None:
-            return GradientRow(name, compare(ref, got, tolerance))
-        tol = gradient_tolerance(ref, length, depth, precision).plus(atol=floor * np.sqrt(length * depth))
-        if wide:  # a float32 rerun shows conditioning, not how two float64 implementations differ
+        got = np.empty((0,)) if candidate is None else candidate
+        got = got.reshape(ref.shape) if got.size == ref.size and got.shape != ref.shape else got
+        if self.explicit is not None:
+            return GradientRow(name, compare(ref, got, self.explicit))
+        precision = self.precision
+        tol = gradient_tolerance(ref, self.length, self.depth, precision)
+        tol = tol.plus(atol=self.floor * np.sqrt(self.length * self.depth))
+        if self.sensitivity < 1.0:  # a float32 rerun shows conditioning, not how two float64 implementations differ
             derivative = C_DERIVATIVE_ROUNDOFFS * precision.storage
             tol = tol.plus(rtol=derivative, atol=derivative * finite_rms(ref))
-        comparison = compare(ref, got, tol)
-        reference_value = None if comparison.ok and CALIBRATE_LAZILY else other()
-        if reference_value is None:
+        lazily = CALIBRATE_LAZILY and not self.runs.ran_wide  # else the other pass is at hand: use it
+        comparison = compare(ref, got, tol) if lazily else None
+        if comparison is not None and comparison.ok:
             return GradientRow(name, comparison)
-        error = sensitivity * np.abs(ref - np.asarray(reference_value, np.float64))
-        return GradientRow(name, compare(ref, got, tol.of(ref) + C_CALIBRATION * (error + finite_rms(error))))
-
-    rows = []
-    if flax_x is not None:
-        input_gradient = torch_grads[0] if torch_grads[0] is not None else torch.zeros_like(x_tensor)
-        rows.append(row("input", flax_x, lambda: reference(None), input_gradient))
-    children = list(torch_module)
-    for step, rule in planned:
-        if rule is None or step.index >= len(children):
-            continue
-        permutation = input_permutations.get(step.index)
-        for owned in owned_tensors(rule, step.layer, step.variables, children[step.index], by_value=True):
-            m = owned.param_map
-            if m.collection != "params":
-                continue
-            flax_name = f"{'/'.join(step.flax_path)}/{m.flax_name}"
-            value = m.flax_to_torch(np.asarray(_at(flax_params, step.flax_path)[m.flax_name]))
-
-            def other(m: Any = m, path: tuple[str, ...] = step.flax_path) -> Any:
-                found = reference(path, m.flax_name)
-                return None if found is None else m.flax_to_torch(np.asarray(found))
-
-            if owned.tensor is None:  # never compared against zeros: a row that says so and fails
-                rows.append(row(f"{flax_name} <-> (no tensor of torch {step.index} holds it)", value, other, None))
-                continue
-            torch_name = f"{step.index}.{owned.torch_name}"
-            gradient = by_name.get(torch_name)
-            if gradient is None:  # the parameter does not reach the output: its gradient is zero
-                gradient = torch.zeros_like(owned.tensor)
-            elif permutation is not None and gradient.ndim == 2 and gradient.shape[1] == len(permutation):
-                gradient = gradient[:, torch.as_tensor(permutation)]  # columns back to Flax's order
-            rows.append(row(f"{flax_name} <-> {torch_name}", value, other, gradient))
-    return tuple(rows)
+        reference = wide()
+        if reference is None:
+            return GradientRow(name, comparison or compare(ref, got, tol))
+        self.calibrated += 1
+        error = self.sensitivity * (ref - np.asarray(reference, np.float64))
+        return GradientRow(name, compare(ref, got, tol.of(ref) + calibration(error)))
 
 
-def _cancellation_floor(
-    model: Any, variables: Variables, x: np.ndarray, loss: Callable[[Any], Any], precision: Precision
-) -> float:
+def _cancellation_floor(runs: FlaxRuns, output: Any, precision: Precision) -> float:
     """An absolute floor for gradients that cancel to about zero (the sum of a softmax is constant):
     a few roundings of the output's cotangent times the scale of the inputs and parameters."""
-    y = apply(model, variables, jnp.asarray(x))
-    cotangent = np.asarray(jax.grad(lambda out: loss(out))(y), np.float64)
-    leaves = [a.astype(np.float64) for a in parameter_leaves(model, variables) if is_float(a.dtype)]
-    scale = max(
-        [finite_rms(a) for a in leaves if a.size]
-        + ([finite_rms(np.asarray(x, np.float64))] if is_float(x.dtype) else [])
-        + [1.0]
-    )
-    return C_FLOOR * precision.accumulation * finite_rms(cotangent) * scale
+    try:
+        cotangent = jax.grad(runs.loss)(output)
+    except Exception:  # a loss JAX cannot differentiate on this output: the floor from the scales alone
+        cotangent = np.ones(1)
+    cotangents = [np.asarray(c, np.float64).ravel() for c in jax.tree_util.tree_leaves(cotangent)]
+    arrays = jax.tree_util.tree_leaves((runs.variables.get("params", {}), runs.args))
+    scales = [finite_rms(np.asarray(a, np.float64)) for a in arrays if is_float(np.asarray(a).dtype) and np.size(a)]
+    flat = np.concatenate(cotangents) if cotangents else np.ones(1)
+    return C_FLOOR * precision.accumulation * finite_rms(flat) * max([*scales, 1.0])
 
 
-def _with_input(gradients: Any, differentiable: bool) -> tuple[Any, Any]:
-    """``(params', x')`` of ``FlaxRuns.gradients()`` on one argument x (``x'`` None when x is not differentiated)."""
-    if not differentiable:
-        return gradients, None
-    params, (x_grad,) = gradients
-    return params, np.asarray(x_grad)
-
-
-def _at(tree: Any, path: tuple[str, ...]) -> Any:
-    for key in path:
-        tree = tree[key]
-    return tree
+def subtree(tree: Any, path: str) -> Any:
+    """The node of nested dicts at a ``/``-separated call path (``""``: the tree itself); None where absent."""
+    node = tree
+    for key in path.split("/") if path else []:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node

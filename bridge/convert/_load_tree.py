@@ -14,7 +14,7 @@ from .._arguments import call_arguments, torch_arguments
 from .._errors import InvalidArgumentError, LayerMismatchError, TiedWeightsWarning
 from .._tensors import to_tensor, torch_dtype
 from ..capture._capture_tree import capture_flax, capture_torch
-from ..match._match import port_tensors
+from ..match._match import port_tensors, tensor_holders
 from ..match._match_tree import Matching, describe_ties, find_input_permutations, match_calls, tied_variables
 
 
@@ -74,12 +74,15 @@ def load_tree(
         if not permuted:
             break
         for pair in permuted:
-            tensors = port_tensors(pair.torch.module)
+            assert pair.rule is not None
+            holders = tensor_holders(
+                pair.rule, pair.flax.module, pair.flax.variables, pair.torch.module, pair.arrays, by_value=True
+            )
             for name, array in pair.arrays.items():
                 if array.ndim == 2 and array.shape[1] == len(pair.input_permutation):  # type: ignore[arg-type]
                     reordered = np.empty_like(array)
                     reordered[:, pair.input_permutation] = array
-                    _copy([(tensors[name], reordered)])
+                    _copy([(holders[name][1], reordered)])
     return port
 
 
@@ -102,8 +105,11 @@ def _planned_copies(matching: Matching) -> list[tuple[torch.Tensor, np.ndarray]]
         tensors = port_tensors(pair.torch.module)
         constants = pair.rule.torch_constants(pair.flax.module, pair.flax.variables)
         where = f"Flax {pair.flax.name} -> torch {pair.torch.name}"
+        holders = tensor_holders(
+            pair.rule, pair.flax.module, pair.flax.variables, pair.torch.module, pair.arrays, by_value=False
+        )
         for name, array in pair.arrays.items():
-            tensor = tensors.get(name)
+            _, tensor = holders.get(name, ("", None))
             if tensor is None:
                 problems.append(f"{where}: torch has no {name} (its tensors: {', '.join(sorted(tensors))})")
             elif tuple(tensor.shape) != array.shape:
@@ -123,7 +129,8 @@ def _planned_copies(matching: Matching) -> list[tuple[torch.Tensor, np.ndarray]]
         left = [
             n
             for n in tensors
-            if n not in pair.arrays and n.rsplit(".", 1)[-1] not in (*pair.rule.torch_only_keys, *constants)
+            if n not in {held for held, _ in holders.values()}
+            and n.rsplit(".", 1)[-1] not in (*pair.rule.torch_only_keys, *constants)
         ]
         if left:
             problems.append(f"{where}: torch tensors no Flax variable fills: {', '.join(sorted(left))}")

@@ -10,7 +10,7 @@ holding exactly those values; then the one tensor of that shape and dtype nobody
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -82,6 +82,30 @@ def owned_tensors(
             result.append(Owned(m, "", None))
     order = {m: i for i, m in enumerate(maps)}
     return sorted(result, key=lambda owned: order[owned.param_map])
+
+
+def tensor_holders(
+    rule: LayerRule,
+    layer: Any,
+    variables: Mapping[str, Mapping[str, Any]],
+    module: torch.nn.Module,
+    names: Iterable[str],
+    *,
+    by_value: bool,
+) -> dict[str, tuple[str, torch.Tensor]]:
+    """The port tensor holding each of the rule's torch tensors ``names`` (what ``rule.torch_arrays`` lays
+    out): ``(its name in module, tensor)`` found as ``owned_tensors`` finds it, else under the rule's own name
+    (packed tensors such as attention's ``in_proj_weight``); a name no tensor holds is left out."""
+    tensors = port_tensors(module)
+    held = {
+        owned.param_map.torch_name: (owned.torch_name, owned.tensor)
+        for owned in owned_tensors(rule, layer, variables, module, by_value=by_value)
+        if owned.tensor is not None
+    }
+    for name in names:
+        if name not in held and name in tensors:
+            held[name] = (name, tensors[name])
+    return held
 
 
 def _rule_submodule(rule: LayerRule, module: torch.nn.Module) -> str | None:
