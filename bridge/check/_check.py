@@ -24,9 +24,9 @@ from ..match._match_tree import Pair, is_tree_pair
 from ..rules import BoundInputs, LayerRule
 from ..rules._registry import rule_or_none
 from ._compare import compare
+from ._divergence import Detail, first_divergence
 from ._flax_runs import FlaxRuns
 from ._gradients import compare_gradients
-from ._hints import HintContext, diagnose
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow, SeedSweepReport
 
 Loss = Callable[[Any], Any]
@@ -256,7 +256,25 @@ def check_equivalence(
                 tolerance=tolerance,
             )
 
-    first = _first_divergence(rows, positions, structure, gradient_rows)
+    details = [
+        Detail(
+            np.asarray(p.x, np.float64),
+            np.asarray(p.y, np.float64),
+            None if p.isolated_out is None else np.asarray(p.isolated_out, np.float64),
+            p.bound_iso,
+            p.precision,
+        )
+        for p in positions
+    ]
+    first = first_divergence(
+        rows,
+        details,
+        matching.pairs,
+        [p.flax for p in matching.pairs],
+        _structure_divergence(positions, structure),
+        gradient_rows,
+        channels_last=True,  # a channels-first port is compared through its channels-last view
+    )
     ok = not problems and all(row.ok for row in rows) and output.ok and all(g.comparison.ok for g in gradient_rows)
     return EquivalenceReport(
         ok=ok,
@@ -518,59 +536,14 @@ def _run_isolated(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
         return np.full((0,), np.nan)  # cannot run on the Flax layer's input: the row shows a shape mismatch
 
 
-def _first_divergence(
-    rows: Sequence[LayerRow],
-    positions: Sequence[_Position],
-    structure: tuple[int, str] | None,
-    gradient_rows: Sequence[GradientRow],
-) -> Divergence | None:
-    """The structure problem, else the first layer failing on its own input, else the first failing end to end."""
-
-    def at(index: int, mode: str, hint: str | None) -> Divergence:
-        p = positions[min(index, len(positions) - 1)]
-        torch_name = p.pair.torch.name if p.pair is not None and index < len(positions) else ""
-        return Divergence(index, "/".join(p.step.flax_path), torch_name, p.step.kind, mode, hint)
-
-    if structure is not None:
-        return at(structure[0], "structure", structure[1])
-    isolated = next((r for r in rows if r.isolated is not None and not r.isolated.ok), None)
-    end_to_end = next((r for r in rows if not r.end_to_end.ok), None)
-    for mode, row in (("isolated", isolated), ("end to end", end_to_end)):
-        if row is None:
-            continue
-        p = positions[row.index]
-        torch_out = None if p.isolated_out is None else np.asarray(p.isolated_out, np.float64)
-        context = HintContext(
-            p.step,
-            None if p.pair is None else p.pair.torch.module,
-            np.asarray(p.x, np.float64),
-            np.asarray(p.y, np.float64),
-            torch_out,
-            p.bound_iso,
-            p.precision,
-            None if p.pair is None else p.pair.input_permutation,
-        )
-        hint = diagnose(context)
-        if hint is None and mode == "end to end":
-            hint = "each layer is within its own tolerance, but their errors compound beyond the bound"
-        return at(row.index, mode, hint)
-    bad = next((g for g in gradient_rows if not g.comparison.ok), None)
-    if bad is not None:
-        index = next(
-            (
-                p.step.index
-                for p in positions
-                if p.step.flax_path and bad.name.startswith("/".join(p.step.flax_path) + "/")
-            ),
-            0,
-        )
-        return at(
-            index,
-            "gradient",
-            f"outputs match but the gradient {bad.name} differs: check custom backward code "
-            "(the backward() of any torch.autograd.Function, or hooks that change gradients)",
-        )
-    return None
+def _structure_divergence(positions: Sequence[_Position], structure: tuple[int, str] | None) -> Divergence | None:
+    """The structure problem as the report's first divergence, at the position where it starts."""
+    if structure is None:
+        return None
+    index, description = structure
+    p = positions[min(index, len(positions) - 1)]
+    torch_name = p.pair.torch.name if p.pair is not None and index < len(positions) else ""
+    return Divergence(index, "/".join(p.step.flax_path), torch_name, p.step.kind, "structure", description)
 
 
 def _first_nonfinite(arrays: Sequence[np.ndarray]) -> int | None:

@@ -16,13 +16,11 @@ are those of calibrating everything (``_gradients.CALIBRATE_LAZILY``; the tests 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 from flax import nnx
@@ -30,13 +28,10 @@ from flax import nnx
 from .._arguments import call_arguments, torch_arguments
 from .._errors import InvalidArgumentError
 from .._numerics import Precision, function_rounding
-from .._tensors import is_float, to_numpy
+from .._tensors import is_float
 from ..capture._capture_tree import Call, capture_flax, capture_torch
-from ..capture._chain import Step
 from ..match._match_tree import (
-    Matching,
     Pair,
-    descendants,
     describe_ties,
     find_input_permutations,
     match_calls,
@@ -45,45 +40,13 @@ from ..match._match_tree import (
 from ..rules import BoundInputs, LayerRule
 from . import _gradients
 from ._compare import Comparison, compare
+from ._divergence import Detail, first_divergence
 from ._flax_runs import FlaxRuns, widen, widened_nnx
 from ._gradients import calibration, compare_gradients
-from ._hints import HintContext, activation_variants, diagnose, diagnose_call, glue_hint
+from ._outputs import first_array, in_flax_layout, keyed_like, output_leaves, sum_leaves
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow
 
 Loss = Callable[[Any], Any]
-
-
-def output_leaves(value: Any) -> list[np.ndarray]:
-    """The arrays of an output, in order, as NumPy copies: pytrees, dataclasses and Hugging Face output
-    objects (mappings) alike; None entries (torch's skipped attention weights) are left out."""
-    return [to_numpy(a) if isinstance(a, torch.Tensor) else np.asarray(a) for a in _array_leaves(value)]
-
-
-def keyed_like(torch_value: Any, flax_value: Any) -> Any:
-    """The torch output with its mappings in the Flax output's key order where both have the same keys
-    (leaves are then compared by key), else as it is (compared by position)."""
-    if isinstance(torch_value, Mapping) and isinstance(flax_value, Mapping) and set(torch_value) == set(flax_value):
-        return {k: keyed_like(torch_value[k], flax_value[k]) for k in flax_value}
-    if (
-        isinstance(torch_value, tuple | list)
-        and isinstance(flax_value, tuple | list)
-        and len(torch_value) == len(flax_value)
-    ):
-        return [keyed_like(t, f) for t, f in zip(torch_value, flax_value, strict=True)]
-    return torch_value
-
-
-def in_flax_layout(torch_value: np.ndarray, flax_value: np.ndarray, channels_last: bool) -> np.ndarray:
-    """A torch array laid out as the Flax one: channels moved last, or reshaped (Linear on flattened heads)."""
-    if not channels_last and torch_value.ndim >= 3:  # declared channels-first: moved even when C == H
-        moved = np.moveaxis(torch_value, 1, -1)
-        if moved.shape == flax_value.shape:
-            return moved
-    if torch_value.shape == flax_value.shape:
-        return torch_value
-    if torch_value.size == flax_value.size:
-        return torch_value.reshape(flax_value.shape)
-    return torch_value
 
 
 def check_tree(
@@ -113,7 +76,7 @@ def check_tree(
     else:
         torch_args, torch_kwargs = torch_arguments(*call_arguments(torch_inputs), True)
     flax_out, flax_calls = capture_flax(model, variables, args, kwargs)
-    runs = FlaxRuns(model, variables, args, kwargs, loss or _sum_leaves)
+    runs = FlaxRuns(model, variables, args, kwargs, loss or sum_leaves)
 
     def wide() -> list[Any]:  # every call's float64 output, or [] where the float64 run differs
         outputs = runs.wide_outputs()
@@ -149,7 +112,11 @@ def check_tree(
             runs, port, torch_args, torch_kwargs, matching.pairs, flax_out, precision=precision
         )
         calibrated += calibrated_gradients
-    first = _first_divergence(rows, details, matching, problems, gradient_rows, flax_calls, channels_last)
+    structure = None
+    if problems:
+        call = matching.unmatched_flax[0]
+        structure = Divergence(call.index, call.name, "", call.kind, "structure", problems[0])
+    first = first_divergence(rows, details, matching.pairs, flax_calls, structure, gradient_rows, channels_last)
     ok = not problems and all(r.ok for r in rows) and output.ok and all(g.comparison.ok for g in gradient_rows)
     return EquivalenceReport(
         ok=ok,
@@ -181,18 +148,9 @@ def _dtype_name(value: Any) -> str:
     return np.dtype(leaves[0].dtype).name if leaves else "float32"
 
 
-class _Detail:
-    """What the divergence search needs of one pair: its isolated torch output and tolerance."""
-
-    def __init__(
-        self, x: np.ndarray | None, y: np.ndarray, torch_out: np.ndarray | None, tolerance: np.ndarray
-    ) -> None:
-        self.x, self.y, self.torch_out, self.tolerance = x, y, torch_out, tolerance
-
-
 def _compare_pair(
     number: int, pair: Pair, isolated_out: np.ndarray | None, wide: list[Any] | None, channels_last: bool
-) -> tuple[LayerRow, _Detail]:
+) -> tuple[LayerRow, Detail]:
     """One matched call's row: its output end to end (each side fed itself) and isolated (the torch module
     fed the Flax call's inputs, giving ``isolated_out``), each under its own tolerance. ``wide``: every
     call's float64 output, to calibrate with ([] where there is none; None: the rounding bounds alone,
@@ -203,7 +161,7 @@ def _compare_pair(
     precision = Precision.of(y.dtype if is_float(y.dtype) else np.float32)
     y64 = np.asarray(y, np.float64)
     wide_y = output_leaves(wide[pair.flax.index]) if wide else []
-    x = _first_array(pair.flax.args)
+    x = first_array(pair.flax.args)
     drift = 0.0 if not wide_y or wide_y[0].shape != y.shape else calibration(y64 - np.asarray(wide_y[0], np.float64))
     if pair.rule is None:  # a composite: the whole model's float64 drift bounds its own error too (no extra run)
         bound_iso = drift + function_rounding(y64, y64, precision.storage)
@@ -224,11 +182,7 @@ def _compare_pair(
         isolated,
     )
     torch_iso = None if isolated_out is None else np.asarray(in_flax_layout(isolated_out, y, channels_last), np.float64)
-    return row, _Detail(None if x is None else np.asarray(x, np.float64), y64, torch_iso, bound_iso)
-
-
-def _first_array(args: Sequence[Any]) -> np.ndarray | None:
-    return next((np.asarray(a) for a in args if isinstance(a, jax.Array | np.ndarray)), None)
+    return row, Detail(None if x is None else np.asarray(x, np.float64), y64, torch_iso, bound_iso, precision)
 
 
 def _isolated_bound(
@@ -322,164 +276,3 @@ def _compare_outputs(flax_out: Any, torch_out: Any, wide: list[Any] | None, chan
     if not sizes_agree:
         return compare(np.concatenate(references), np.zeros(0), np.zeros(0))
     return compare(np.concatenate(references), np.concatenate(candidates), np.concatenate(tolerances))
-
-
-def _sum_leaves(value: Any) -> Any:
-    """The default loss: the sum of every floating leaf of the output, on either side."""
-    total: Any = 0.0
-    for leaf in _array_leaves(value):
-        floating = leaf.dtype.is_floating_point if isinstance(leaf, torch.Tensor) else is_float(leaf.dtype)
-        if floating:
-            total = total + leaf.sum()
-    return total
-
-
-def _array_leaves(value: Any) -> list[Any]:
-    """The tensors or arrays of an output in order, as they are (``output_leaves`` without the copy)."""
-    if isinstance(value, torch.Tensor | jax.Array | np.ndarray):
-        return [value]
-    if isinstance(value, Mapping):
-        return [leaf for v in value.values() for leaf in _array_leaves(v)]
-    if isinstance(value, tuple | list):
-        return [leaf for v in value for leaf in _array_leaves(v)]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return [leaf for f in dataclasses.fields(value) for leaf in _array_leaves(getattr(value, f.name))]
-    return []
-
-
-def _first_divergence(
-    rows: Sequence[LayerRow],
-    details: Sequence[_Detail],
-    matching: Matching,
-    problems: Sequence[str],
-    gradient_rows: Sequence[GradientRow],
-    flax_calls: Sequence[Call],
-    channels_last: bool,
-) -> Divergence | None:
-    """Where the port first goes wrong, most specific first (pairs are in Flax execution order):
-    1. the first layer failing alone (isolated), else failing end to end with a call hint that explains it
-    (wrong arguments: an attention mask inverted); 2. the first layer failing end to end whose input already
-    differs, when the parameter-free computation before it explains that (an activation, a residual) and
-    does not end a composite (not the model) that fails alone; 3. the deepest composite failing alone (a
-    missing residual, attention scaling); 4. the first call failing end to end with nothing failing inside
-    it; then the gradients."""
-    pairs = matching.pairs
-    if problems:
-        call = matching.unmatched_flax[0]
-        return Divergence(call.index, call.name, "", call.kind, "structure", problems[0])
-    leaves = [i for i, p in enumerate(pairs) if p.rule is not None]
-    composites = [i for i, p in enumerate(pairs) if p.rule is None]
-
-    def fails_alone(i: int) -> bool:
-        isolated = rows[i].isolated
-        return isolated is not None and not isolated.ok
-
-    for i in leaves:
-        if fails_alone(i):
-            return _diverged(i, rows[i], details[i], pairs[i], "isolated")
-    for i in leaves:
-        hint = None if rows[i].end_to_end.ok else diagnose_call(pairs[i].flax, pairs[i].torch)
-        if hint is not None:
-            return Divergence(i, rows[i].flax_path, rows[i].torch_name, rows[i].kind, "end to end", hint)
-
-    def above(call: Call) -> list[int]:  # the Flax calls it runs inside, innermost first
-        found = []
-        while call.parent is not None:
-            found.append(call.parent)
-            call = flax_calls[call.parent]
-        return found
-
-    failing_alone = [i for i in composites if fails_alone(i)]
-    failing_block = {pairs[i].flax.index for i in failing_alone if pairs[i].flax.parent is not None}
-    for position, i in enumerate(leaves):
-        if rows[i].end_to_end.ok or position == 0:
-            continue
-        previous = pairs[leaves[position - 1]]
-        hint = _glue(previous, pairs[i], channels_last)
-        enclosing = {pairs[i].flax.index, *above(pairs[i].flax)}
-        ends_a_failing_block = any(a in failing_block and a not in enclosing for a in above(previous.flax))
-        if hint is not None and not ends_a_failing_block:  # else the glue at the end of that block: it is named
-            return Divergence(i, rows[i].flax_path, rows[i].torch_name, rows[i].kind, "end to end", hint)
-        break
-    holds_failing_alone = {a for j in failing_alone for a in above(pairs[j].flax)}
-    for i in failing_alone:
-        if pairs[i].flax.index not in holds_failing_alone:
-            inside = descendants(pairs[i].flax, flax_calls)
-            found = _diverged(i, rows[i], details[i], pairs[i], "isolated")
-            last = max((j for j in leaves if pairs[j].flax.index in inside), default=None)
-            if found.hint is None and last is not None:
-                hint = _skipped_residual(pairs[i], details[i], pairs[last])
-                found = dataclasses.replace(found, hint=hint) if hint else found
-            return found
-    holds_failing = {a for j, row in enumerate(rows) if not row.end_to_end.ok for a in above(pairs[j].flax)}
-    for i, row in enumerate(rows):
-        if not row.end_to_end.ok and pairs[i].flax.index not in holds_failing:  # else a call inside it is deeper
-            return _diverged(i, row, details[i], pairs[i], "end to end")
-    bad = next((g for g in gradient_rows if not g.comparison.ok), None)
-    if bad is not None:
-        hint = (
-            f"outputs match but the gradient {bad.name} differs: check custom backward code "
-            "(the backward() of any torch.autograd.Function, or hooks that change gradients)"
-        )
-        return Divergence(0, bad.name.split(" <-> ")[0], "", "gradient", "gradient", hint)
-    return None
-
-
-def _skipped_residual(block: Pair, detail: _Detail, last: Pair) -> str | None:
-    """A block whose torch output is an activation of its last layer's output alone (``relu(y)`` where
-    Flax computes ``relu(x + y)``): the skip connection is missing."""
-    outputs = output_leaves(last.flax.output)
-    if detail.torch_out is None or not outputs or outputs[0].shape != detail.y.shape:
-        return None
-    y_last = jnp.asarray(np.asarray(outputs[0]))
-    tolerance = detail.tolerance + function_rounding(detail.y, detail.y, Precision.of(np.float32).storage) * 4
-    for name, function in activation_variants().items():
-        candidate = np.asarray(function(y_last), np.float64)
-        if compare(candidate, detail.torch_out, tolerance).ok and not compare(candidate, detail.y, tolerance).ok:
-            return (
-                f"torch's {block.torch.name} returns {name.split(' (')[0]} of its last layer's output alone where "
-                f"Flax's {block.flax.name} adds the block's input first: the residual connection is missing "
-                "(return act(x + y), not act(y))"
-            )
-    return None
-
-
-def _glue(previous: Pair, pair: Pair, channels_last: bool) -> str | None:
-    """A glue hint for ``pair`` whose input differs while ``previous`` (the layer before it) agrees."""
-    before = output_leaves(previous.flax.output)
-    flax_in = _first_array(pair.flax.args)
-    torch_in = next((a for a in pair.torch.args if isinstance(a, torch.Tensor)), None)
-    if not before or flax_in is None or torch_in is None:
-        return None
-    flax64 = np.asarray(flax_in, np.float64)
-    torch64 = np.asarray(in_flax_layout(to_numpy(torch_in), np.asarray(flax_in), channels_last), np.float64)
-    between = (
-        f"between Flax {previous.flax.name} and {pair.flax.name} (torch {previous.torch.name} -> {pair.torch.name})"
-    )
-    precision = Precision.of(np.asarray(flax_in).dtype if is_float(np.asarray(flax_in).dtype) else np.float32)
-    return glue_hint(np.asarray(before[0], np.float64), flax64, torch64, between, precision)
-
-
-def _diverged(i: int, row: LayerRow, detail: _Detail, pair: Pair, mode: str) -> Divergence:
-    hint = None
-    if detail.x is not None and pair.flax.variables is not None:
-        step = Step(
-            i, pair.flax.module, tuple(pair.flax.name.split("/")) if pair.flax.name else (), pair.flax.variables
-        )
-        precision = Precision.of(detail.y.dtype if is_float(detail.y.dtype) else np.float32)
-        context = HintContext(
-            step,
-            pair.torch.module,
-            detail.x,
-            detail.y,
-            detail.torch_out,
-            detail.tolerance,
-            precision,
-            pair.input_permutation,
-            pair.rule,
-        )
-        try:
-            hint = diagnose(context)
-        except Exception:  # a hint that cannot run on this call: no diagnosis rather than a crash
-            hint = None
-    return Divergence(i, row.flax_path, row.torch_name, row.kind, mode, hint)

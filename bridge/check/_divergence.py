@@ -1,0 +1,178 @@
+"""Where a port first goes wrong: the pair to name in the report, most specific first, with the hint that
+explains it. One search for chains (every position a leaf, one level) and trees."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from .._numerics import Precision, function_rounding
+from .._tensors import is_float, to_numpy
+from ..capture._capture_tree import Call
+from ..capture._chain import Step
+from ..match._match_tree import Pair, descendants
+from ._compare import compare
+from ._hints import HintContext, activation_variants, diagnose, diagnose_call, glue_hint
+from ._outputs import first_array, in_flax_layout, output_leaves
+from ._report import Divergence, GradientRow, LayerRow
+
+
+class Detail(NamedTuple):
+    """What the divergence search needs of one pair: the Flax call's input and output and the torch module's
+    output on that input (float64 copies; ``torch_out`` None when it could not run), the isolated tolerance,
+    and the precision the model computes in (the hints' slack)."""
+
+    x: np.ndarray | None
+    y: np.ndarray
+    torch_out: np.ndarray | None
+    tolerance: np.ndarray
+    precision: Precision
+
+
+def first_divergence(
+    rows: Sequence[LayerRow],
+    details: Sequence[Detail],
+    pairs: Sequence[Pair],
+    flax_calls: Sequence[Call],
+    structure: Divergence | None,
+    gradient_rows: Sequence[GradientRow],
+    channels_last: bool,
+) -> Divergence | None:
+    """Where the port first goes wrong, most specific first (``rows[i]`` and ``details[i]`` are ``pairs[i]``'s,
+    in Flax execution order; leaves are the pairs with a rule or with no call inside, which is every position
+    of a chain): 0. a ``structure`` problem (a layer with no counterpart); 1. the first leaf failing alone
+    (isolated), else failing end to end with a call hint that explains it (wrong arguments: an attention mask
+    inverted); 2. the first leaf failing end to end whose input already differs, when the parameter-free
+    computation before it explains that (an activation, a residual) and does not end a composite (not the
+    model) that fails alone; 3. the deepest composite failing alone (a missing residual, attention scaling);
+    4. the first call failing end to end with nothing failing inside it; then the first failing gradient, at
+    the pair owning its parameter."""
+    if structure is not None:
+        return structure
+    leaves = [i for i, p in enumerate(pairs) if p.rule is not None or not p.flax.children]
+    composites = [i for i, p in enumerate(pairs) if p.rule is None and p.flax.children]
+
+    def fails_alone(i: int) -> bool:
+        isolated = rows[i].isolated
+        return isolated is not None and not isolated.ok
+
+    for i in leaves:
+        if fails_alone(i):
+            return _diverged(i, rows[i], details[i], pairs[i], "isolated")
+    for i in leaves:
+        hint = None if rows[i].end_to_end.ok else diagnose_call(pairs[i].flax, pairs[i].torch)
+        if hint is not None:
+            return Divergence(i, rows[i].flax_path, rows[i].torch_name, rows[i].kind, "end to end", hint)
+
+    def above(call: Call) -> list[int]:  # the Flax calls it runs inside, innermost first
+        found = []
+        while call.parent is not None:
+            found.append(call.parent)
+            call = flax_calls[call.parent]
+        return found
+
+    failing_alone = [i for i in composites if fails_alone(i)]
+    failing_block = {pairs[i].flax.index for i in failing_alone if pairs[i].flax.parent is not None}
+    for position, i in enumerate(leaves):
+        if rows[i].end_to_end.ok or position == 0:
+            continue
+        previous = pairs[leaves[position - 1]]
+        hint = _glue(previous, pairs[i], channels_last)
+        enclosing = {pairs[i].flax.index, *above(pairs[i].flax)}
+        ends_a_failing_block = any(a in failing_block and a not in enclosing for a in above(previous.flax))
+        if hint is not None and not ends_a_failing_block:  # else the glue at the end of that block: it is named
+            return Divergence(i, rows[i].flax_path, rows[i].torch_name, rows[i].kind, "end to end", hint)
+        break
+    holds_failing_alone = {a for j in failing_alone for a in above(pairs[j].flax)}
+    for i in failing_alone:
+        if pairs[i].flax.index not in holds_failing_alone:
+            inside = descendants(pairs[i].flax, flax_calls)
+            found = _diverged(i, rows[i], details[i], pairs[i], "isolated")
+            last = max((j for j in leaves if pairs[j].flax.index in inside), default=None)
+            if found.hint is None and last is not None:
+                hint = _skipped_residual(pairs[i], details[i], pairs[last])
+                found = dataclasses.replace(found, hint=hint) if hint else found
+            return found
+    holds_failing = {a for j, row in enumerate(rows) if not row.end_to_end.ok for a in above(pairs[j].flax)}
+    for i, row in enumerate(rows):
+        if not row.end_to_end.ok and pairs[i].flax.index not in holds_failing:  # else a call inside it is deeper
+            found = _diverged(i, row, details[i], pairs[i], "end to end")
+            if found.hint is None and row.isolated is not None and row.isolated.ok:
+                hint = "each layer is within its own tolerance, but their errors compound beyond the bound"
+                found = dataclasses.replace(found, hint=hint)
+            return found
+    bad = next((g for g in gradient_rows if not g.comparison.ok), None)
+    if bad is None or not rows:
+        return None
+    hint = (
+        f"outputs match but the gradient {bad.name} differs: check custom backward code "
+        "(the backward() of any torch.autograd.Function, or hooks that change gradients)"
+    )
+    parameter = bad.name.split(" <-> ")[0]
+    owners = [i for i, p in enumerate(pairs) if p.rule is not None and parameter.startswith(f"{p.flax.name}/")]
+    i = max(owners, key=lambda j: len(pairs[j].flax.name), default=0)
+    return Divergence(i, rows[i].flax_path, rows[i].torch_name, rows[i].kind, "gradient", hint)
+
+
+def _skipped_residual(block: Pair, detail: Detail, last: Pair) -> str | None:
+    """A block whose torch output is an activation of its last layer's output alone (``relu(y)`` where
+    Flax computes ``relu(x + y)``): the skip connection is missing."""
+    outputs = output_leaves(last.flax.output)
+    if detail.torch_out is None or not outputs or outputs[0].shape != detail.y.shape:
+        return None
+    y_last = jnp.asarray(np.asarray(outputs[0]))
+    tolerance = detail.tolerance + function_rounding(detail.y, detail.y, detail.precision.storage) * 4
+    for name, function in activation_variants().items():
+        candidate = np.asarray(function(y_last), np.float64)
+        if compare(candidate, detail.torch_out, tolerance).ok and not compare(candidate, detail.y, tolerance).ok:
+            return (
+                f"torch's {block.torch.name} returns {name.split(' (')[0]} of its last layer's output alone where "
+                f"Flax's {block.flax.name} adds the block's input first: the residual connection is missing "
+                "(return act(x + y), not act(y))"
+            )
+    return None
+
+
+def _glue(previous: Pair, pair: Pair, channels_last: bool) -> str | None:
+    """A glue hint for ``pair`` whose input differs while ``previous`` (the layer before it) agrees."""
+    before = output_leaves(previous.flax.output)
+    flax_in = first_array(pair.flax.args)
+    torch_in = next((a for a in pair.torch.args if isinstance(a, torch.Tensor)), None)
+    if not before or flax_in is None or torch_in is None:
+        return None
+    flax64 = np.asarray(flax_in, np.float64)
+    torch64 = np.asarray(in_flax_layout(to_numpy(torch_in), np.asarray(flax_in), channels_last), np.float64)
+    between = (
+        f"between Flax {previous.flax.name} and {pair.flax.name} (torch {previous.torch.name} -> {pair.torch.name})"
+    )
+    precision = Precision.of(np.asarray(flax_in).dtype if is_float(np.asarray(flax_in).dtype) else np.float32)
+    return glue_hint(np.asarray(before[0], np.float64), flax64, torch64, between, precision)
+
+
+def _diverged(i: int, row: LayerRow, detail: Detail, pair: Pair, mode: str) -> Divergence:
+    hint = None
+    if detail.x is not None and pair.flax.variables is not None:
+        step = Step(
+            i, pair.flax.module, tuple(pair.flax.name.split("/")) if pair.flax.name else (), pair.flax.variables
+        )
+        context = HintContext(
+            step,
+            pair.torch.module,
+            detail.x,
+            detail.y,
+            detail.torch_out,
+            detail.tolerance,
+            detail.precision,
+            pair.input_permutation,
+            pair.rule,
+        )
+        try:
+            hint = diagnose(context)
+        except Exception:  # a hint that cannot run on this call: no diagnosis rather than a crash
+            hint = None
+    return Divergence(i, row.flax_path, row.torch_name, row.kind, mode, hint)
