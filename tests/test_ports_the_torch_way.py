@@ -210,5 +210,6 @@ def test_tree_gradients_reach_parameters_under_their_own_names(relu: torch.nn.Mo
     assert not report.ok
     assert report.first_divergence is not None
     assert report.first_divergence.mode == "gradient"
+    assert (report.first_divergence.flax_path, report.first_divergence.torch_name) == ("Dense_0", "fc")
     assert "check custom backward code" in str(report.first_divergence.hint)
     assert next(row.name for row in report.gradients if not row.comparison.ok) == "Dense_0/kernel <-> fc.weight"
