@@ -27,6 +27,7 @@ from ._compare import compare
 from ._divergence import Detail, first_divergence
 from ._flax_runs import FlaxRuns
 from ._gradients import compare_gradients
+from ._outputs import sum_leaves
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow, SeedSweepReport
 
 Loss = Callable[[Any], Any]
@@ -241,7 +242,7 @@ def check_equivalence(
                 variables,
                 (jnp.asarray(judged),),
                 {},
-                loss or _sum,
+                loss or sum_leaves,
                 wrt_inputs=differentiable,
                 other=np.float32 if wide else np.float64,
             )
@@ -313,10 +314,6 @@ def assert_equivalent(
     if not report.ok:
         raise AssertionError(f"the torch port is not equivalent to the Flax model:\n{report}")
     return report
-
-
-def _sum(y: Any) -> Any:
-    return y.sum()
 
 
 class _Position(NamedTuple):
