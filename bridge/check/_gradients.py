@@ -71,21 +71,7 @@ def compare_gradients(
         return (), 0
     flax_grads = runs.gradients()
     flax_params, flax_input = flax_grads if runs.wrt_inputs else (flax_grads, None)
-    named = dict(port.named_parameters())
-    inputs = [a for a in torch_args if isinstance(a, torch.Tensor)][:1] if runs.wrt_inputs else []
-    requested = [p.requires_grad for p in named.values()]
-    for p in named.values():
-        p.requires_grad_(True)
-    wanted = [x.detach().requires_grad_(True) for x in inputs]
-    args = tuple(wanted[0] if a is (inputs[0] if inputs else None) else a for a in torch_args)
-    try:
-        torch_grads = torch.autograd.grad(
-            runs.loss(port(*args, **torch_kwargs)), [*wanted, *named.values()], allow_unused=True
-        )
-    finally:
-        for p, flag in zip(named.values(), requested, strict=True):
-            p.requires_grad_(flag)
-    by_tensor = {id(p): g for p, g in zip(named.values(), torch_grads[len(wanted) :], strict=True)}
+    torch_input, by_tensor = _torch_gradients(port, torch_args, torch_kwargs, runs.loss, with_input=runs.wrt_inputs)
 
     leaves = [p for p in pairs if p.rule is not None]
     sizes = [int(d) for p in leaves for a in p.arrays.values() for d in np.shape(a)]
@@ -95,15 +81,42 @@ def compare_gradients(
     judge = _Judge(runs, precision, tolerance, _cancellation_floor(runs, flax_output, precision), length, depth)
 
     rows: list[GradientRow] = []
-    if flax_input is not None:
-        got = torch_grads[0] if torch_grads[0] is not None else torch.zeros_like(wanted[0])
-        wide_input = lambda: None if (w := runs.wide_gradients()) is None else w[1][0]  # noqa: E731
-        rows.append(judge.row("input", np.asarray(flax_input[0]), wide_input, to_numpy(got)))
+    if flax_input is not None and torch_input is not None:
+
+        def wide_input() -> Any:
+            found = runs.wide_gradients()
+            return None if found is None else found[1][0]
+
+        rows.append(judge.row("input", np.asarray(flax_input[0]), wide_input, torch_input))
     # A Flax variable filling several distinct port tensors (copies): Flax's gradient is the sum of theirs
     ties = {source: list({id(t): t for t in held.values()}.values()) for source, held in tied_variables(leaves).items()}
     for pair in leaves:
         rows += _pair_rows(pair, flax_params, by_tensor, ties, judge)
     return tuple(rows), judge.calibrated
+
+
+def _torch_gradients(
+    port: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], loss: Loss, *, with_input: bool
+) -> tuple[np.ndarray | None, dict[int, torch.Tensor | None]]:
+    """The port's gradients of the loss: w.r.t. its first tensor argument (``with_input``; else None) and
+    every parameter, by ``id`` of the parameter (None where it does not reach the loss). The parameters'
+    ``requires_grad`` flags are restored afterwards."""
+    named = list(port.parameters())
+    first = next((a for a in args if isinstance(a, torch.Tensor)), None) if with_input else None
+    wanted = [] if first is None else [first.detach().requires_grad_(True)]
+    args = tuple(wanted[0] if a is first and wanted else a for a in args)
+    requested = [p.requires_grad for p in named]
+    for p in named:
+        p.requires_grad_(True)
+    try:
+        grads = torch.autograd.grad(loss(port(*args, **kwargs)), [*wanted, *named], allow_unused=True)
+    finally:
+        for p, flag in zip(named, requested, strict=True):
+            p.requires_grad_(flag)
+    by_tensor: dict[int, torch.Tensor | None] = dict(zip(map(id, named), grads[len(wanted) :], strict=True))
+    if not wanted:
+        return None, by_tensor
+    return to_numpy(grads[0] if grads[0] is not None else torch.zeros_like(wanted[0])), by_tensor
 
 
 def _pair_rows(
