@@ -26,17 +26,20 @@ def torch_arguments(
     args: tuple[Any, ...], kwargs: dict[str, Any], channels_last: bool
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The Flax arguments as torch tensors (float arrays of rank >= 3 moved to channels-first when asked)."""
-    return tuple(_to_torch(a, channels_last) for a in args), {k: _to_torch(v, channels_last) for k, v in kwargs.items()}
+    return tuple(torch_argument(a, channels_last) for a in args), {
+        k: torch_argument(v, channels_last) for k, v in kwargs.items()
+    }
 
 
-def _to_torch(value: Any, channels_last: bool) -> Any:
+def torch_argument(value: Any, channels_last: bool) -> Any:
+    """One Flax argument as the port's (arrays as tensors, nested containers alike; see ``torch_arguments``)."""
     if isinstance(value, jax.Array | np.ndarray):
         array = np.asarray(value)
         if not channels_last and is_float(array.dtype) and array.ndim >= 3:
             array = np.moveaxis(array, -1, 1)
         return to_tensor(array)
     if isinstance(value, tuple | list):
-        return type(value)(_to_torch(v, channels_last) for v in value)
+        return type(value)(torch_argument(v, channels_last) for v in value)
     if isinstance(value, Mapping):
-        return {k: _to_torch(v, channels_last) for k, v in value.items()}
+        return {k: torch_argument(v, channels_last) for k, v in value.items()}
     return value

@@ -167,3 +167,19 @@ def test_layers_after_the_flatten_are_ordinary() -> None:
     model, variables, _ = _build("2d")
     port = bridge.to_torch(model, variables, channels_last=False)
     assert [type(m) for m in port][5:] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]
+
+
+def test_a_channels_first_output_reaches_the_loss_and_the_input_gradient_in_flax_layout() -> None:
+    """A fully convolutional chain (its output stays NCHW in torch) under a loss that reads one channel: the
+    port's output is laid out as Flax's before the loss, and the input's gradient is compared in NHWC."""
+    model = nn.Sequential([nn.Conv(3, (3, 3), padding="SAME"), jax.nn.tanh, nn.Conv(2, (1, 1))])
+    x = np.random.default_rng(1).standard_normal((2, 5, 4, 2)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    port = bridge.to_torch(model, variables, channels_last=False)
+    report = bridge.check_equivalence(
+        model, variables, port, x, channels_last=False, loss=lambda y: (y[..., 0] ** 2).sum()
+    )
+    assert report.ok, str(report)
+    rows = {row.name: row for row in report.gradients}
+    assert rows["input"].comparison.ok
+    assert rows["input"].comparison.candidate_shape == x.shape  # NCHW moved back to Flax's NHWC

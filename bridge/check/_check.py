@@ -13,21 +13,22 @@ import numpy as np
 import torch
 
 from .. import _flax_model as flax_model
+from .._arguments import torch_argument
 from .._errors import InvalidArgumentError, UnsupportedModelError
 from .._numerics import DEFAULT_RTOL_ATOL, Precision, Tolerance
-from .._tensors import is_float, to_numpy, to_tensor, torch_dtype
+from .._tensors import is_float, to_numpy, torch_dtype
 from ..capture._capture import chain_calls, flax_layer_outputs, torch_chain_calls
 from ..capture._chain import Step, Variables, discover_chain
-from ..convert._convert import channels_last_view
 from ..match._match_chain import match_positions
-from ..match._match_tree import Pair, is_tree_pair
+from ..match._match_tree import Pair, find_input_permutations, is_tree_pair
 from ..rules import BoundInputs, LayerRule
 from ..rules._registry import rule_or_none
+from ._check_tree import check_tree, run_isolated
 from ._compare import compare
 from ._divergence import Detail, first_divergence
 from ._flax_runs import FlaxRuns
 from ._gradients import compare_gradients
-from ._outputs import sum_leaves
+from ._outputs import in_flax_layout, sum_leaves
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow, SeedSweepReport
 
 Loss = Callable[[Any], Any]
@@ -132,8 +133,9 @@ def check_equivalence(
             every layer's output is compared for every seed, and one seed (the first failing, else the
             first) gets a full report, with gradients when ``grads``.
         channels_last: False for a channels-first port (``to_torch(..., channels_last=False)`` or your
-            own): the inputs stay Flax's ``(N, H, W, C)`` and each torch layer before the flatten is fed
-            and compared through a moved channel axis (the port itself is not changed).
+            own): it is fed the inputs moved to ``(N, C, H, W)``, and its outputs, activations and input
+            gradient are compared moved back to Flax's layout (the loss sees its output so too); a
+            ``torch.flatten`` of NCHW feeds the next layer features in another order, found from the values.
 
     Returns:
         An ``EquivalenceReport``: ``.ok``, ``.first_divergence`` (with a ``.hint``), ``.layers``, ``str()`` a table;
@@ -149,8 +151,6 @@ def check_equivalence(
                 "seeds=, dtype=, rtol= and atol= apply to nn.Sequential chains checked position by position; "
                 f"{type(model).__name__} against {type(torch_module).__name__} is checked as a tree without them"
             )
-        from ._check_tree import check_tree
-
         if inputs is None and torch_inputs is None:  # a chain model against another kind of port: draw rows
             try:
                 steps = discover_chain(model, variables)
@@ -170,8 +170,6 @@ def check_equivalence(
             loss=loss,
         )
     assert isinstance(torch_module, torch.nn.Sequential)  # every other port is a tree
-    if not channels_last:
-        torch_module = channels_last_view(torch_module, discover_chain(model, variables))
     if seeds is not None:
         from ._sweep import sweep_seeds
 
@@ -188,6 +186,7 @@ def check_equivalence(
             atol=atol,
             grads=grads,
             loss=loss,
+            channels_last=channels_last,
         )
     if dtype is not None:
         model, variables, torch_module = _cast(model, variables, torch_module, dtype)
@@ -200,27 +199,41 @@ def check_equivalence(
     tolerance = _explicit_tolerance(rtol, atol, x.dtype)
 
     flax_outputs = [np.asarray(y) for y in flax_layer_outputs(model, variables, jnp.asarray(x))]
+    torch_x = torch_argument(x, channels_last)
     with torch.no_grad():
-        torch_final, torch_calls = torch_chain_calls(torch_module, to_tensor(x))
-    permutations = getattr(torch_module, "bridge_input_permutations", {})
-    matching, structure = match_positions(chain_calls(steps, x, flax_outputs), torch_calls, rules, permutations)
+        torch_final, torch_calls = torch_chain_calls(torch_module, torch_x)
+    matching, structure = match_positions(chain_calls(steps, x, flax_outputs), torch_calls, rules)
+    if not channels_last:  # torch's flatten of NCHW feeds the next layer another order, found from the values
+        find_input_permutations(matching.pairs)
     problems = [structure[1]] if structure else []
 
     positions: list[_Position] = []
     tol_in = np.zeros(x.shape)
     paired = {p.flax.index: p for p in matching.pairs}
+    # a position feeding a layer that reads a flatten's features in torch's order gives them in that order
+    out_permutations = [p.input_permutation for p in matching.pairs[1:]] + [None]
     for step, rule, call in zip(
         steps, rules, [*(p.flax for p in matching.pairs), *matching.unmatched_flax], strict=True
     ):
         x_in, y = call.args[0], call.output
         bound_e2e, bound_iso, precision = _bounds(step, rule, x_in, y, tol_in, tolerance)
         pair = paired.get(step.index)
-        isolated_out = None if pair is None else _run_isolated(pair.torch.module, x_in)
-        positions.append(_Position(step, rule, pair, x_in, y, tol_in, bound_e2e, bound_iso, precision, isolated_out))
+        torch_y, isolated_out = None, None
+        if pair is not None:
+            permutation = out_permutations[step.index]
+            torch_y = in_flax_layout(to_numpy(pair.torch.output), y, channels_last, permutation)
+            isolated = run_isolated(pair, channels_last)
+            isolated_out = np.full((0,), np.nan) if isolated is None else isolated  # the row shows it could not run
+            isolated_out = in_flax_layout(isolated_out, y, channels_last, permutation)
+        positions.append(
+            _Position(step, rule, pair, x_in, y, torch_y, tol_in, bound_e2e, bound_iso, precision, isolated_out)
+        )
         tol_in = bound_e2e
     rows = tuple(_row(p) for p in positions)
     flax_final = np.asarray(flax_outputs[-1], np.float64)
-    output = compare(flax_final, to_numpy(torch_final), positions[-1].bound_e2e)
+    output = compare(
+        flax_final, in_flax_layout(to_numpy(torch_final), flax_final, channels_last), positions[-1].bound_e2e
+    )
 
     gradient_rows: tuple[GradientRow, ...] = ()
     dropped = dropped_nonfinite = 0
@@ -249,12 +262,13 @@ def check_equivalence(
             gradient_rows, _ = compare_gradients(
                 runs,
                 torch_module,
-                (to_tensor(judged),),
+                (torch_argument(judged, channels_last),),
                 {},
                 matching.pairs,
                 flax_outputs[-1] if single_sample else flax_outputs[-1][smooth],
                 precision=Precision.of(x.dtype if differentiable else np.float32),
                 tolerance=tolerance,
+                channels_last=channels_last,
             )
 
     details = [
@@ -274,7 +288,7 @@ def check_equivalence(
         [p.flax for p in matching.pairs],
         _structure_divergence(positions, structure),
         gradient_rows,
-        channels_last=True,  # a channels-first port is compared through its channels-last view
+        channels_last,
     )
     ok = not problems and all(row.ok for row in rows) and output.ok and all(g.comparison.ok for g in gradient_rows)
     return EquivalenceReport(
@@ -327,6 +341,7 @@ class _Position(NamedTuple):
     pair: Pair | None
     x: np.ndarray
     y: np.ndarray
+    torch_y: np.ndarray | None
     bound_in: np.ndarray
     bound_e2e: np.ndarray
     bound_iso: np.ndarray
@@ -337,7 +352,7 @@ class _Position(NamedTuple):
 def _row(position: _Position) -> LayerRow:
     step, pair = position.step, position.pair
     y64 = np.asarray(position.y, np.float64)
-    torch_y = np.empty(0) if pair is None else to_numpy(pair.torch.output)
+    torch_y = np.empty(0) if position.torch_y is None else position.torch_y
     return LayerRow(
         step.index,
         step.kind,
@@ -523,14 +538,6 @@ def _cast_compute_dtype(
         f"cannot change that inside {type(model).__name__}: check with dtype={jnp.dtype(first.layer.dtype).name!r}, "
         "or build the model with dtype=None"
     )
-
-
-def _run_isolated(module: torch.nn.Module, x: np.ndarray) -> np.ndarray:
-    try:
-        with torch.no_grad():
-            return to_numpy(module(to_tensor(x)))
-    except Exception:  # the port's code may raise anything
-        return np.full((0,), np.nan)  # cannot run on the Flax layer's input: the row shows a shape mismatch
 
 
 def _structure_divergence(positions: Sequence[_Position], structure: tuple[int, str] | None) -> Divergence | None:

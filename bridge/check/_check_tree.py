@@ -88,7 +88,7 @@ def check_tree(
     find_input_permutations(matching.pairs)
     rows, details, calibrated = [], [], 0
     for number, pair in enumerate(matching.pairs):
-        isolated_out = _run_isolated(pair, channels_last)
+        isolated_out = run_isolated(pair, channels_last)
         row, detail = _compare_pair(number, pair, isolated_out, None, channels_last)
         if not row.ok or not _gradients.CALIBRATE_LAZILY:  # judged again with the calibration: only wider
             row, detail = _compare_pair(number, pair, isolated_out, wide(), channels_last)
@@ -109,7 +109,14 @@ def check_tree(
     if grads and not problems:
         precision = Precision.of(_dtype_name(flax_out))
         gradient_rows, calibrated_gradients = compare_gradients(
-            runs, port, torch_args, torch_kwargs, matching.pairs, flax_out, precision=precision
+            runs,
+            port,
+            torch_args,
+            torch_kwargs,
+            matching.pairs,
+            flax_out,
+            precision=precision,
+            channels_last=channels_last,
         )
         calibrated += calibrated_gradients
     structure = None
@@ -224,7 +231,7 @@ def _standalone_wide(call: Call) -> np.ndarray | None:
     return np.asarray(leaves[0], np.float64) if leaves else None
 
 
-def _run_isolated(pair: Pair, channels_last: bool) -> np.ndarray | None:
+def run_isolated(pair: Pair, channels_last: bool) -> np.ndarray | None:
     """The torch module of a pair fed the Flax call's recorded inputs (None when it cannot take them)."""
     args, kwargs = torch_arguments(pair.flax.args, pair.flax.kwargs, channels_last)
     kwargs = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}

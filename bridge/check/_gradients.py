@@ -26,6 +26,7 @@ from ..match._match import tensor_holders
 from ..match._match_tree import Pair, tied_variables
 from ._compare import compare
 from ._flax_runs import FlaxRuns
+from ._outputs import in_flax_layout
 from ._report import GradientRow
 
 Loss = Callable[[Any], Any]
@@ -60,18 +61,26 @@ def compare_gradients(
     *,
     precision: Precision,
     tolerance: Tolerance | None = None,
+    channels_last: bool = True,
 ) -> tuple[tuple[GradientRow, ...], int]:
     """One row per gradient, and how many rows needed the calibration: the input's first when ``runs``
     differentiates w.r.t. it (``wrt_inputs``: one floating argument), then each matched parameter's in pair
     order, the Flax one laid out for torch by its rule and the torch one found in the paired module
     (``bridge.match._match``: by the rule's name, else by value or shape; a variable no tensor holds gets a
     failing row). ``flax_output``: the model's output on these inputs (for the floor of cancelling sums);
-    ``tolerance``: an explicit one instead of the derived tolerance (no calibration)."""
+    ``tolerance``: an explicit one instead of the derived tolerance (no calibration); ``channels_last``: False
+    for a channels-first port, whose output (for the loss) and input gradient are read in Flax's layout."""
     if not runs.differentiable:
         return (), 0
     flax_grads = runs.gradients()
     flax_params, flax_input = flax_grads if runs.wrt_inputs else (flax_grads, None)
-    torch_input, by_tensor = _torch_gradients(port, torch_args, torch_kwargs, runs.loss, with_input=runs.wrt_inputs)
+
+    def loss(torch_output: Any) -> Any:  # the loss sees the port's output laid out as the Flax one
+        if isinstance(torch_output, torch.Tensor) and isinstance(flax_output, jax.Array | np.ndarray):
+            torch_output = in_flax_layout(torch_output, flax_output, channels_last)
+        return runs.loss(torch_output)
+
+    torch_input, by_tensor = _torch_gradients(port, torch_args, torch_kwargs, loss, with_input=runs.wrt_inputs)
 
     leaves = [p for p in pairs if p.rule is not None]
     sizes = [int(d) for p in leaves for a in p.arrays.values() for d in np.shape(a)]
@@ -87,7 +96,8 @@ def compare_gradients(
             found = runs.wide_gradients()
             return None if found is None else found[1][0]
 
-        rows.append(judge.row("input", np.asarray(flax_input[0]), wide_input, torch_input))
+        flax_x = np.asarray(flax_input[0])
+        rows.append(judge.row("input", flax_x, wide_input, in_flax_layout(torch_input, flax_x, channels_last)))
     # A Flax variable filling several distinct port tensors (copies): Flax's gradient is the sum of theirs
     ties = {source: list({id(t): t for t in held.values()}.values()) for source, held in tied_variables(leaves).items()}
     for pair in leaves:

@@ -34,17 +34,26 @@ def keyed_like(torch_value: Any, flax_value: Any) -> Any:
     return torch_value
 
 
-def in_flax_layout(torch_value: np.ndarray, flax_value: np.ndarray, channels_last: bool) -> np.ndarray:
-    """A torch array laid out as the Flax one: channels moved last, or reshaped (Linear on flattened heads)."""
-    if not channels_last and torch_value.ndim >= 3:  # declared channels-first: moved even when C == H
-        moved = np.moveaxis(torch_value, 1, -1)
-        if moved.shape == flax_value.shape:
-            return moved
-    if torch_value.shape == flax_value.shape:
-        return torch_value
-    if torch_value.size == flax_value.size:
-        return torch_value.reshape(flax_value.shape)
-    return torch_value
+def in_flax_layout(
+    torch_value: Any, flax_value: Any, channels_last: bool, permutation: np.ndarray | None = None
+) -> Any:
+    """A torch array (or tensor) laid out as the Flax one: channels moved last, or reshaped (Linear on
+    flattened heads); ``permutation`` (a channels-first flatten's, ``match.flatten_permutation``) then puts
+    the features of a ``(batch, features)`` value in Flax's order."""
+    value = torch_value
+    if not channels_last and value.ndim >= 3:  # declared channels-first: moved even when C == H
+        moved = value.movedim(1, -1) if isinstance(value, torch.Tensor) else np.moveaxis(value, 1, -1)
+        if tuple(moved.shape) == tuple(flax_value.shape):
+            value = moved
+    if tuple(value.shape) != tuple(flax_value.shape) and _size(value) == _size(flax_value):
+        value = value.reshape(tuple(flax_value.shape))
+    if permutation is not None and value.ndim == 2 and value.shape[-1] == len(permutation):
+        value = value[:, torch.as_tensor(permutation) if isinstance(value, torch.Tensor) else permutation]
+    return value
+
+
+def _size(value: Any) -> int:
+    return int(np.prod(tuple(value.shape), dtype=np.int64))
 
 
 def first_array(args: Sequence[Any]) -> np.ndarray | None:

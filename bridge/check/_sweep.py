@@ -24,14 +24,17 @@ import torch
 from torch.utils import _pytree as torch_tree
 
 from .. import _flax_model as flax_model
+from .._arguments import torch_argument
 from .._errors import InvalidArgumentError, LayerMismatchError, first_line
 from .._numerics import Precision, Tolerance
 from .._tensors import is_float, to_numpy, to_tensor
 from ..capture._capture import flax_layer_outputs
 from ..capture._chain import Step, Variables, discover_chain
 from ..convert._convert import load_into
+from ..match._match_tree import flatten_permutation
 from ..rules import BoundInputs, LayerRule, rule_for_flax
 from ._compare import SeedComparison, compare_per_seed
+from ._outputs import in_flax_layout
 from ._report import EquivalenceReport, SeedSweepReport
 
 Params = list[dict[str, torch.Tensor]]
@@ -65,7 +68,9 @@ def sweep_seeds(
     native = init_seeds(model, seed_list, xs)
     first = _one_seed(native, 0)
     _check_fits(template, first)
-    fitted = load_into(copy.deepcopy(torch_module), model, first)  # raises, naming the layer, when it cannot fit
+    channels_last = options["channels_last"]
+    # raises, naming the layer, when it cannot fit
+    fitted = load_into(copy.deepcopy(torch_module), model, first, channels_last=channels_last)
     stacked, port = native, torch_module
     if dtype is not None:
         _, stacked, port = _cast(model, native, torch_module, dtype)
@@ -78,8 +83,24 @@ def sweep_seeds(
     params = _stacked_torch_params(steps, stacked_steps, rules)
     children = list(port)
     with torch.no_grad():
-        torch_outputs = _torch_chain(children, params, xs)
-        isolated = [_torch_isolated(child, p, x) for child, p, x in zip(children, params, flax_inputs, strict=True)]
+        torch_outputs = _torch_chain(children, params, _torch_layout(xs, channels_last, None))
+    # in Flax's layout, a channels-first flatten's order (found from the first seed's values) undone
+    permutations = [
+        None if channels_last else _flatten_order(y, t) for y, t in zip(flax_outputs, torch_outputs, strict=True)
+    ]
+    permutations[-1] = None  # the model's output is compared in its own order
+    torch_outputs = [
+        _flax_layout(t, y, channels_last, p) for t, y, p in zip(torch_outputs, flax_outputs, permutations, strict=True)
+    ]
+    with torch.no_grad():
+        isolated = [
+            _torch_isolated(child, p, _torch_layout(x, channels_last, before))
+            for child, p, x, before in zip(children, params, flax_inputs, [None, *permutations[:-1]], strict=True)
+        ]
+    isolated = [
+        None if t is None else _flax_layout(t, y, channels_last, p)
+        for t, y, p in zip(isolated, flax_outputs, permutations, strict=True)
+    ]
 
     tolerance = _explicit_tolerance(options["rtol"], options["atol"], xs.dtype)
     tol_in = np.zeros(xs.shape)
@@ -102,7 +123,9 @@ def sweep_seeds(
     detailed_index = int(np.argmin(seed_ok))  # the first failing seed; the first seed when none fails
     detailed_seed = seed_list[detailed_index]
     own = _one_seed(native, detailed_index)
-    detailed = check_one(model, own, load_into(fitted, model, own), inputs, seed=detailed_seed, **options)
+    detailed = check_one(
+        model, own, load_into(fitted, model, own, channels_last=channels_last), inputs, seed=detailed_seed, **options
+    )
     seed_ok[detailed_index] &= detailed.ok
     return SeedSweepReport(
         seeds=tuple(seed_list),
@@ -215,6 +238,27 @@ def _torch_isolated(child: torch.nn.Module, weights: dict[str, torch.Tensor], x:
     except RuntimeError:
         return None
     return to_numpy(y)
+
+
+def _torch_layout(xs: np.ndarray, channels_last: bool, permutation: np.ndarray | None) -> np.ndarray:
+    """Every seed's Flax input as the port takes it: moved channels-first, and in the order of torch's flatten
+    of NCHW (``permutation``) where the layer reads one."""
+    moved = np.stack([to_numpy(torch_argument(x, channels_last)) for x in xs])
+    if permutation is None or moved.ndim != 3 or moved.shape[-1] != len(permutation):
+        return moved
+    reordered = np.empty_like(moved)
+    reordered[..., permutation] = moved  # Flax feature j is torch's feature permutation[j]
+    return reordered
+
+
+def _flax_layout(ts: np.ndarray, ys: np.ndarray, channels_last: bool, permutation: np.ndarray | None) -> np.ndarray:
+    """Every seed's torch output laid out as the Flax one (``bridge.check._outputs.in_flax_layout``)."""
+    return np.stack([in_flax_layout(t, y, channels_last, permutation) for t, y in zip(ts, ys, strict=True)])
+
+
+def _flatten_order(ys: np.ndarray, ts: np.ndarray) -> np.ndarray | None:
+    """The channels-first flatten permutation of a position's torch output, found from the first seed's values."""
+    return flatten_permutation(ys[0], ts[0]) if ys.ndim == 3 and ys.shape == ts.shape else None
 
 
 def _stacked_bound(

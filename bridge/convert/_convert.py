@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -154,70 +153,6 @@ def channels_first_positions(steps: Sequence[Step]) -> int:
     """How many positions of a channels-first model take ``(N, C, spatial...)``: those up to the first
     flatten, which is one of them (its input is channels-first, its output flat); every one without a flatten."""
     return next((step.index + 1 for step in steps if step.kind == "flatten"), len(steps))
-
-
-def channels_last_view(torch_module: torch.nn.Sequential, steps: Sequence[Step]) -> torch.nn.Sequential:
-    """A copy of a channels-first port whose positions take and give Flax's channels-last arrays (forward
-    hooks move the channel axis around each layer before the flatten): module types, parameter names and
-    weights stay those of the port, so it is checked position by position like a channels-last one."""
-    view = copy.deepcopy(torch_module)
-    spatial = channels_first_positions(steps)
-    children = list(view)
-    for child in children[:spatial]:
-        child.register_forward_pre_hook(_channels_first_input)
-        child.register_forward_hook(_channels_last_output)
-    permutations: dict[int, np.ndarray] = {}
-    view.bridge_input_permutations = permutations  # type: ignore[assignment]  # read by the gradient comparison
-    if spatial < len(steps) and spatial <= len(children):
-        children[spatial - 1].register_forward_hook(_FlattenOrder(spatial, permutations))
-        if spatial < len(children):
-            children[spatial].register_forward_pre_hook(_permuted_input(spatial, permutations))
-    return view
-
-
-class _FlattenOrder:
-    """Forward hook of a channels-first port's flatten: a flatten in torch's order (``nn.Flatten`` of
-    NCHW, found by running the module on a probe) is reordered to Flax's for the comparison, and the
-    permutation is kept for the next layer, whose weight columns are in torch's order."""
-
-    def __init__(self, next_index: int, permutations: dict[int, np.ndarray]) -> None:
-        self.next_index, self.permutations = next_index, permutations
-
-    def __call__(self, module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
-        x = args[0]
-        if x.ndim < 3 or output.ndim != 2:
-            return output
-        probe = torch.arange(x[:1].numel(), dtype=torch.float64).reshape(1, *x.shape[1:])
-        with torch.no_grad():
-            flattened = module.forward(probe)
-        if not torch.equal(flattened, probe.reshape(1, -1)) or torch.equal(
-            flattened, probe.movedim(1, -1).reshape(1, -1)
-        ):
-            return output  # Flax's order already (ChannelsFirstFlatten), or another function: compared as it is
-        permutation = channels_first_flatten_permutation(x.shape[1], x[0, 0].numel())
-        self.permutations[self.next_index] = permutation
-        return output[:, torch.as_tensor(permutation)]
-
-
-def _permuted_input(index: int, permutations: dict[int, np.ndarray]) -> Any:
-    """Forward pre-hook of the layer after a torch-order flatten: Flax's feature order back to torch's."""
-
-    def hook(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-        permutation = permutations.get(index)
-        if permutation is None or args[0].shape[-1] != len(permutation):
-            return args
-        return (args[0][..., torch.as_tensor(np.argsort(permutation))], *args[1:])
-
-    return hook
-
-
-def _channels_first_input(module: torch.nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
-    x = args[0]
-    return (x.movedim(-1, 1) if x.ndim >= 3 else x, *args[1:])
-
-
-def _channels_last_output(module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
-    return output.movedim(1, -1) if output.ndim >= 3 else output
 
 
 def load_into(

@@ -261,30 +261,37 @@ def describe_ties(ties: Mapping[str, Mapping[str, torch.Tensor]]) -> list[str]:
 
 def find_input_permutations(pairs: Sequence[Pair]) -> None:
     """For each matched Linear-like leaf whose torch input holds the Flax input's features in another
-    order, the channels-first flatten permutation that explains it (``pair.input_permutation``): tried for
-    every factorisation ``(C, H*W)`` of the width and kept when the recorded values confirm it."""
-
+    order, the channels-first flatten permutation that explains it (``pair.input_permutation``)."""
     for pair in pairs:
         if pair.rule is None or not pair.flax.args or not pair.torch.args:
             continue
         flax_in, torch_in = pair.flax.args[0], pair.torch.args[0]
         if not isinstance(torch_in, torch.Tensor) or not hasattr(flax_in, "shape"):
             continue
-        x_f = np.asarray(flax_in, np.float64)
-        x_t = torch_in.detach().double().numpy()
-        if x_f.ndim != 2 or x_f.shape != x_t.shape or x_f.shape[1] < 4 or not np.isfinite(x_f).all():
+        found = flatten_permutation(np.asarray(flax_in), torch_in.detach().double().numpy())
+        if found is not None:
+            pair.input_permutation = found
+
+
+def flatten_permutation(flax_value: np.ndarray, torch_value: np.ndarray) -> np.ndarray | None:
+    """The channels-first flatten permutation ``p`` with ``torch_value[:, p] == flax_value`` where the two
+    ``(batch, features)`` arrays hold the same features in another order (torch's flatten of NCHW against
+    Flax's of NHWC): tried for every factorisation ``(C, H*W)`` of the width and kept when the values
+    confirm it; None when they are in the same order or no factorisation explains them."""
+    x_f, x_t = np.asarray(flax_value, np.float64), np.asarray(torch_value, np.float64)
+    if x_f.ndim != 2 or x_f.shape != x_t.shape or x_f.shape[1] < 4 or not np.isfinite(x_f).all():
+        return None
+    scale = 1e-3 * (np.abs(x_f).max() or 1.0)
+    if np.abs(x_t - x_f).max() <= scale:
+        return None  # same order
+    width = x_f.shape[1]
+    for channels in range(2, width // 2 + 1):
+        if width % channels:
             continue
-        scale = 1e-3 * (np.abs(x_f).max() or 1.0)
-        if np.abs(x_t - x_f).max() <= scale:
-            continue  # same order
-        width = x_f.shape[1]
-        for channels in range(2, width // 2 + 1):
-            if width % channels:
-                continue
-            permutation = channels_first_flatten_permutation(channels, width // channels)
-            if np.abs(x_t[:, permutation] - x_f).max() <= scale:
-                pair.input_permutation = permutation
-                break
+        permutation = channels_first_flatten_permutation(channels, width // channels)
+        if np.abs(x_t[:, permutation] - x_f).max() <= scale:
+            return permutation
+    return None
 
 
 def _rule(call: Call) -> LayerRule | None:
