@@ -126,3 +126,21 @@ def test_comparing_in_slabs_gives_the_whole_arrays_statistics(seed: int, slab: i
         assert a == b or (a != a and b != b), f"{name}: {a} slab by slab, {b} from the whole array"
     finite = reference[np.isfinite(reference)]
     np.testing.assert_allclose(rms, np.sqrt(np.mean(np.square(finite))) if finite.size else 0.0, rtol=1e-12)
+
+
+def test_a_nan_pixel_in_a_tree_is_reported_at_its_first_layer_and_the_other_rows_judged() -> None:
+    """The Flax examples' MNIST CNN against its torch-way port (NCHW, torch.flatten): the NaN row's
+    gradients are undefined and left out, the flatten's order is still found from the finite rows."""
+    from tree_models import CNN, TorchCNN
+
+    model = CNN()
+    x = np.random.default_rng(0).standard_normal((4, 28, 28, 1)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    port = bridge.load_into(TorchCNN().eval(), model, variables, inputs=x, channels_last=False)
+    x[2, 3, 3, 0] = np.nan
+    report = bridge.check_equivalence(model, variables, port, x, channels_last=False)
+    assert report.ok, str(report)
+    assert report.settings["gradient_rows_dropped_nonfinite"] == 1
+    assert report.nonfinite == {"flax": 1, "torch": 1}  # Conv_0 <-> conv1, the first layer
+    assert all(row.isolated is None or row.isolated.ok for row in report.layers)  # Dense_0 reads torch's order
+    assert len(report.gradients) == 8

@@ -30,6 +30,7 @@ from ._flax_runs import FlaxRuns
 from ._gradients import compare_gradients
 from ._outputs import in_flax_layout, sum_leaves
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow, SeedSweepReport
+from ._rows import finite_rows, first_nonfinite
 
 Loss = Callable[[Any], Any]
 
@@ -240,7 +241,7 @@ def check_equivalence(
     if grads and not problems:
         single_sample = x.ndim < 2 and is_float(x.dtype)  # nothing to leave out
         smooth = np.ones(len(x), bool) if single_sample else _rows_away_from_kinks(positions)
-        finite = _finite_rows(positions, 1 if single_sample else len(x))
+        finite = finite_rows((a for p in positions for a in (p.x, p.y)), 1 if single_sample else len(x))
         dropped = int(np.count_nonzero(~smooth & finite))
         dropped_nonfinite = int(np.count_nonzero(~finite))
         smooth &= finite
@@ -299,8 +300,8 @@ def check_equivalence(
         gradients=gradient_rows,
         problems=tuple(problems),
         nonfinite={
-            "flax": _first_nonfinite(flax_outputs),
-            "torch": _first_nonfinite([to_numpy(c.output) for c in torch_calls]),
+            "flax": first_nonfinite(flax_outputs),
+            "torch": first_nonfinite([to_numpy(c.output) for c in torch_calls]),
         },
         settings={
             "dtype": np.dtype(x.dtype).name,
@@ -378,21 +379,6 @@ def _rows_away_from_kinks(positions: Sequence[_Position]) -> np.ndarray:
         near &= p.bound_in > 0  # an exact input (tolerance 0) takes the same branch on both sides
         smooth &= ~near.reshape(len(near), -1).any(axis=1)
     return smooth
-
-
-def _finite_rows(positions: Sequence[_Position], rows: int) -> np.ndarray:
-    """Input rows (first axis) whose values are finite at every position of the Flax forward pass (an
-    array without that leading axis counts for every row)."""
-    finite = np.ones(rows, bool)
-    for p in positions:
-        for values in (p.x, p.y):
-            array = np.asarray(values)
-            if not is_float(array.dtype):
-                continue
-            ok = np.isfinite(array.astype(np.float64))
-            per_row = array.ndim >= 1 and len(array) == rows
-            finite &= ok.reshape(rows, -1).all(axis=1) if per_row else bool(ok.all())
-    return finite
 
 
 def _refuse_training_mode(steps: Sequence[Step]) -> None:
@@ -548,11 +534,3 @@ def _structure_divergence(positions: Sequence[_Position], structure: tuple[int, 
     p = positions[min(index, len(positions) - 1)]
     torch_name = p.pair.torch.name if p.pair is not None and index < len(positions) else ""
     return Divergence(index, "/".join(p.step.flax_path), torch_name, p.step.kind, "structure", description)
-
-
-def _first_nonfinite(arrays: Sequence[np.ndarray]) -> int | None:
-    for index, array in enumerate(arrays):
-        values = np.asarray(array)
-        if is_float(values.dtype) and not np.all(np.isfinite(values.astype(np.float64))):
-            return index
-    return None

@@ -45,6 +45,7 @@ from ._flax_runs import FlaxRuns, widen, widened_nnx
 from ._gradients import calibration, compare_gradients
 from ._outputs import first_array, in_flax_layout, keyed_like, output_leaves, sum_leaves
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow
+from ._rows import batch_rows, finite_rows, first_nonfinite, take_rows
 
 Loss = Callable[[Any], Any]
 
@@ -105,8 +106,15 @@ def check_tree(
         for c in matching.unmatched_flax
     ]
     runs.release_outputs()  # float64 call outputs: no longer needed, and the gradients are the memory peak
+    # rows with NaN or Inf anywhere in the Flax forward pass have undefined gradients: judged without them
+    leaves = [*output_leaves((args, kwargs)), *(leaf for call in flax_calls for leaf in output_leaves(call.output))]
+    finite = finite_rows(leaves, batch_rows(output_leaves(args)))
     gradient_rows: tuple[GradientRow, ...] = ()
-    if grads and not problems:
+    if grads and not problems and finite.any():
+        if not finite.all():  # the judged rows alone, run again
+            args, kwargs, flax_out = take_rows((args, kwargs, flax_out), finite)
+            torch_args, torch_kwargs = take_rows((torch_args, torch_kwargs), finite)
+            runs = FlaxRuns(model, variables, args, kwargs, loss or sum_leaves)
         precision = Precision.of(_dtype_name(flax_out))
         gradient_rows, calibrated_gradients = compare_gradients(
             runs,
@@ -132,7 +140,13 @@ def check_tree(
         output=output,
         gradients=gradient_rows,
         problems=tuple(problems),
-        nonfinite={"flax": None, "torch": None},
+        nonfinite={  # the first leaf (row number) whose output holds NaN or Inf: composites hold their leaves'
+            side: first_nonfinite(
+                first_array(output_leaves(getattr(p, side).output)) if p.rule is not None else None
+                for p in matching.pairs
+            )
+            for side in ("flax", "torch")
+        },
         settings={
             "dtype": _dtype_name(flax_out),
             "tolerance": "derived per call (rule bounds; float64 calibration elsewhere)",
@@ -142,6 +156,7 @@ def check_tree(
             "calibrated": calibrated,
             "inputs": "given",
             "grads": bool(grads),
+            "gradient_rows_dropped_nonfinite": int(np.count_nonzero(~finite)),
             "matched": f"{sum(p.rule is not None for p in matching.pairs)} layers, "
             f"{sum(p.rule is None for p in matching.pairs)} composites",
             "unmatched_torch": [f"{c.name} ({c.kind})" for c in matching.unmatched_torch],

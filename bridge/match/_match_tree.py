@@ -279,8 +279,12 @@ def flatten_permutation(flax_value: np.ndarray, torch_value: np.ndarray) -> np.n
     Flax's of NHWC): tried for every factorisation ``(C, H*W)`` of the width and kept when the values
     confirm it; None when they are in the same order or no factorisation explains them."""
     x_f, x_t = np.asarray(flax_value, np.float64), np.asarray(torch_value, np.float64)
-    if x_f.ndim != 2 or x_f.shape != x_t.shape or x_f.shape[1] < 4 or not np.isfinite(x_f).all():
+    if x_f.ndim != 2 or x_f.shape != x_t.shape or x_f.shape[1] < 4:
         return None
+    finite = np.isfinite(x_f).all(axis=1) & np.isfinite(x_t).all(axis=1)  # rows holding NaN say nothing of order
+    if not finite.any():
+        return None
+    x_f, x_t = x_f[finite], x_t[finite]
     scale = 1e-3 * (np.abs(x_f).max() or 1.0)
     if np.abs(x_t - x_f).max() <= scale:
         return None  # same order

@@ -1,0 +1,58 @@
+"""Which input rows (the batch axis) gradients are judged on, for chains and trees alike: a row holding NaN or
+Inf anywhere in the Flax forward pass has undefined gradients (JAX's relu passes 0 at NaN, torch's NaN), so
+it is left out and counted in the report, while its outputs are still compared (NaN against NaN is equal)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import numpy as np
+import torch
+
+from .._tensors import is_float
+
+
+def finite_rows(arrays: Iterable[Any], rows: int) -> np.ndarray:
+    """Which of ``rows`` input rows hold only finite values in every array: an array whose leading axis has
+    that length is read row by row, any other counts for every row."""
+    finite = np.ones(rows, bool)
+    for values in arrays:
+        array = np.asarray(values)
+        if not is_float(array.dtype):
+            continue
+        ok = np.isfinite(array.astype(np.float64, copy=False))
+        per_row = array.ndim >= 1 and len(array) == rows
+        finite &= ok.reshape(rows, -1).all(axis=1) if per_row else bool(ok.all())
+    return finite
+
+
+def first_nonfinite(arrays: Iterable[Any]) -> int | None:
+    """The index of the first array holding NaN or Inf (None when all are finite)."""
+    for index, values in enumerate(arrays):
+        array = np.asarray(values)
+        if is_float(array.dtype) and not np.all(np.isfinite(array.astype(np.float64, copy=False))):
+            return index
+    return None
+
+
+def batch_rows(arrays: Iterable[Any]) -> int:
+    """How many rows the inputs hold: the leading axis of the first array of rank >= 2 (a single sample of
+    rank 1, or no array at all, is one row)."""
+    first = next((a for a in arrays if np.ndim(a) >= 1), None)
+    return 1 if first is None or np.ndim(first) < 2 else int(np.shape(first)[0])
+
+
+def take_rows(tree: Any, keep: np.ndarray) -> Any:
+    """``tree`` with every array (NumPy, JAX or torch) whose leading axis has ``len(keep)`` entries restricted
+    to the kept rows; other leaves as they are."""
+
+    def take(leaf: Any) -> Any:
+        if isinstance(leaf, torch.Tensor) and leaf.ndim >= 1 and len(leaf) == len(keep):
+            return leaf[torch.as_tensor(keep)]
+        if isinstance(leaf, jax.Array | np.ndarray) and leaf.ndim >= 1 and len(leaf) == len(keep):
+            return leaf[np.asarray(keep)]
+        return leaf
+
+    return jax.tree_util.tree_map(take, tree)
