@@ -23,7 +23,7 @@ from ..match._match_chain import match_positions
 from ..match._match_tree import Pair, find_input_permutations, is_tree_pair
 from ..rules import BoundInputs, LayerRule
 from ..rules._registry import rule_or_none
-from ._check_tree import check_tree, run_isolated
+from ._check_tree import check_tree, pair_row, run_isolated
 from ._compare import compare
 from ._divergence import Detail, first_divergence
 from ._flax_runs import FlaxRuns
@@ -209,6 +209,8 @@ def check_equivalence(
     problems = [structure[1]] if structure else []
 
     positions: list[_Position] = []
+    rows: list[LayerRow] = []
+    details: list[Detail] = []
     tol_in = np.zeros(x.shape)
     paired = {p.flax.index: p for p in matching.pairs}
     # a position feeding a layer that reads a flatten's features in torch's order gives them in that order
@@ -219,18 +221,22 @@ def check_equivalence(
         x_in, y = call.args[0], call.output
         bound_e2e, bound_iso, precision = _bounds(step, rule, x_in, y, tol_in, tolerance)
         pair = paired.get(step.index)
-        torch_y, isolated_out = None, None
-        if pair is not None:
+        if pair is None:  # past the end of a shorter torch chain: nothing to compare against
+            y64 = np.asarray(y, np.float64)
+            missing = compare(y64, np.empty(0), bound_e2e)
+            rows.append(LayerRow(step.index, step.kind, call.name, "", "", missing, None))
+            details.append(Detail(np.asarray(x_in, np.float64), y64, None, bound_iso, precision))
+        else:
             permutation = out_permutations[step.index]
             torch_y = in_flax_layout(to_numpy(pair.torch.output), y, channels_last, permutation)
             isolated = run_isolated(pair, channels_last)
-            isolated_out = np.full((0,), np.nan) if isolated is None else isolated  # the row shows it could not run
-            isolated_out = in_flax_layout(isolated_out, y, channels_last, permutation)
-        positions.append(
-            _Position(step, rule, pair, x_in, y, torch_y, tol_in, bound_e2e, bound_iso, precision, isolated_out)
-        )
+            isolated = np.full((0,), np.nan) if isolated is None else isolated  # the row shows it could not run
+            isolated_y = in_flax_layout(isolated, y, channels_last, permutation)
+            row, detail = pair_row(step.index, pair, call.name, torch_y, isolated_y, (bound_iso, bound_e2e))
+            rows.append(row)
+            details.append(detail)
+        positions.append(_Position(step, rule, pair, x_in, y, tol_in, bound_e2e))
         tol_in = bound_e2e
-    rows = tuple(_row(p) for p in positions)
     flax_final = np.asarray(flax_outputs[-1], np.float64)
     output = compare(
         flax_final, in_flax_layout(to_numpy(torch_final), flax_final, channels_last), positions[-1].bound_e2e
@@ -272,18 +278,8 @@ def check_equivalence(
                 channels_last=channels_last,
             )
 
-    details = [
-        Detail(
-            np.asarray(p.x, np.float64),
-            np.asarray(p.y, np.float64),
-            None if p.isolated_out is None else np.asarray(p.isolated_out, np.float64),
-            p.bound_iso,
-            p.precision,
-        )
-        for p in positions
-    ]
     first = first_divergence(
-        rows,
+        tuple(rows),
         details,
         matching.pairs,
         [p.flax for p in matching.pairs],
@@ -295,7 +291,7 @@ def check_equivalence(
     return EquivalenceReport(
         ok=ok,
         first_divergence=first,
-        layers=rows,
+        layers=tuple(rows),
         output=output,
         gradients=gradient_rows,
         problems=tuple(problems),
@@ -332,37 +328,17 @@ def assert_equivalent(
 
 
 class _Position(NamedTuple):
-    """What the check knows of one chain position: its Flax layer and the pair of calls (None without a torch
-    layer), the Flax input and output, the tolerance of its input (end to end), its output's tolerances, and
-    the torch layer's output on the Flax input (None without a torch layer; an empty array when it could not
-    run on it)."""
+    """What the gradient rows and the structure problem need of one chain position: its Flax layer and the
+    pair of calls (None without a torch layer), the Flax input and output, and the tolerances of its input and
+    output end to end."""
 
     step: Step
     rule: LayerRule | None
     pair: Pair | None
     x: np.ndarray
     y: np.ndarray
-    torch_y: np.ndarray | None
     bound_in: np.ndarray
     bound_e2e: np.ndarray
-    bound_iso: np.ndarray
-    precision: Precision
-    isolated_out: np.ndarray | None
-
-
-def _row(position: _Position) -> LayerRow:
-    step, pair = position.step, position.pair
-    y64 = np.asarray(position.y, np.float64)
-    torch_y = np.empty(0) if position.torch_y is None else position.torch_y
-    return LayerRow(
-        step.index,
-        step.kind,
-        "/".join(step.flax_path),
-        "" if pair is None else pair.torch.name,
-        "" if pair is None else pair.torch.kind,
-        compare(y64, torch_y, position.bound_e2e),
-        None if position.isolated_out is None else compare(y64, position.isolated_out, position.bound_iso),
-    )
 
 
 def _rows_away_from_kinks(positions: Sequence[_Position]) -> np.ndarray:

@@ -173,37 +173,52 @@ def _dtype_name(value: Any) -> str:
 def _compare_pair(
     number: int, pair: Pair, isolated_out: np.ndarray | None, wide: list[Any] | None, channels_last: bool
 ) -> tuple[LayerRow, Detail]:
-    """One matched call's row: its output end to end (each side fed itself) and isolated (the torch module
-    fed the Flax call's inputs, giving ``isolated_out``), each under its own tolerance. ``wide``: every
-    call's float64 output, to calibrate with ([] where there is none; None: the rounding bounds alone,
-    the cheap first try)."""
+    """One matched call's row, its tolerances derived here: the rule's bound (or the float64 calibration) in
+    isolation, plus the whole model's float64 drift end to end. ``wide``: every call's float64 output, to
+    calibrate with ([] where there is none; None: the rounding bounds alone, the cheap first try)."""
     flax_leaves = output_leaves(pair.flax.output)
     torch_leaves = output_leaves(keyed_like(pair.torch.output, pair.flax.output))
     y = flax_leaves[0] if flax_leaves else np.zeros(0)
     precision = Precision.of(y.dtype if is_float(y.dtype) else np.float32)
     y64 = np.asarray(y, np.float64)
     wide_y = output_leaves(wide[pair.flax.index]) if wide else []
-    x = first_array(pair.flax.args)
     drift = 0.0 if not wide_y or wide_y[0].shape != y.shape else calibration(y64 - np.asarray(wide_y[0], np.float64))
     if pair.rule is None:  # a composite: the whole model's float64 drift bounds its own error too (no extra run)
         bound_iso = drift + function_rounding(y64, y64, precision.storage)
     else:
-        bound_iso = _isolated_bound(pair, x, y64, precision, calibrate=wide is not None)
-    bound_e2e = bound_iso + drift
-    candidate = in_flax_layout(torch_leaves[0], y, channels_last) if torch_leaves else np.zeros(0)
-    isolated = None
-    if isolated_out is not None:
-        isolated = compare(y64, in_flax_layout(isolated_out, y, channels_last), bound_iso)
+        bound_iso = _isolated_bound(pair, first_array(pair.flax.args), y64, precision, calibrate=wide is not None)
+    torch_y = in_flax_layout(torch_leaves[0], y, channels_last) if torch_leaves else np.zeros(0)
+    isolated_y = None if isolated_out is None else in_flax_layout(isolated_out, y, channels_last)
+    return pair_row(number, pair, pair.flax.name or "(model)", torch_y, isolated_y, (bound_iso, bound_iso + drift))
+
+
+def pair_row(
+    number: int,
+    pair: Pair,
+    flax_name: str,
+    torch_y: np.ndarray,
+    isolated_y: np.ndarray | None,
+    bounds: tuple[np.ndarray, np.ndarray],
+) -> tuple[LayerRow, Detail]:
+    """The row of one matched call and what the divergence search needs of it, for chains and trees: its output
+    end to end (``torch_y``, each side fed itself) and isolated (``isolated_y``, the torch module fed the Flax
+    call's inputs; None when it could not take them), both in Flax's layout, under ``bounds`` (isolated,
+    end to end)."""
+    leaves = output_leaves(pair.flax.output)
+    y = leaves[0] if leaves else np.zeros(0)
+    y64, x = np.asarray(y, np.float64), first_array(pair.flax.args)
+    bound_iso, bound_e2e = bounds
+    torch_iso = None if isolated_y is None else np.asarray(isolated_y, np.float64)
     row = LayerRow(
         number,
         pair.flax.kind,
-        pair.flax.name or "(model)",
+        flax_name,
         pair.torch.name or "(port)",
         pair.torch.kind,
-        compare(y64, candidate, bound_e2e),
-        isolated,
+        compare(y64, torch_y, bound_e2e),
+        None if torch_iso is None else compare(y64, torch_iso, bound_iso),
     )
-    torch_iso = None if isolated_out is None else np.asarray(in_flax_layout(isolated_out, y, channels_last), np.float64)
+    precision = Precision.of(y.dtype if is_float(y.dtype) else np.float32)
     return row, Detail(None if x is None else np.asarray(x, np.float64), y64, torch_iso, bound_iso, precision)
 
 
