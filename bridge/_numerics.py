@@ -72,7 +72,6 @@ def ulp(values: np.ndarray, precision: Precision) -> np.ndarray:
 
 
 def affine_error_bound(
-    product: np.ndarray,
     squares: np.ndarray,
     bias: np.ndarray | None,
     y: np.ndarray,
@@ -81,17 +80,51 @@ def affine_error_bound(
 ) -> np.ndarray:
     """How far two correct ports of ``y = x . w + b`` may differ, per element (float64 arrays).
 
-    ``product`` is ``x . w`` and ``squares`` is ``x^2 . w^2`` (the squared terms summed), both computed
-    exactly enough in float64; ``bias`` broadcasts against them (None: no bias). The bias counts as
-    one more term of the sum; the roundings are those of both sides' output and, with a bias, of the
-    product before it is added (Flax's Dense and torch's ``x @ w.T + b`` both round it).
+    ``squares`` is ``x^2 . w^2`` (the squared terms summed, at least their exact sum: ``squared_products``);
+    ``bias`` broadcasts against it (None: no bias). The bias counts as one more term of the sum; the
+    roundings are those of both sides' output and, with a bias, of the product before it is added (Flax's
+    Dense and torch's ``x @ w.T + b`` both round it): ``x . w`` lies within the accumulation bound of
+    ``y - b``, so the spacing at ``|y - b|`` plus that bound covers it without computing the product.
     """
     b = 0.0 if bias is None else np.abs(bias)
     terms = fan_in + (bias is not None)
     norm = np.sqrt(squares + np.square(b))
     accumulation = C_DOT * np.sqrt(terms) * precision.accumulation * (np.abs(y) + norm)
-    rounding = ulp(y, precision) if bias is None else ulp(product, precision) + ulp(y, precision)
+    if bias is None:
+        rounding = ulp(y, precision)
+    else:
+        product = np.abs(y - bias) + 2.0 * accumulation + ulp(y, precision)  # at least |x . w|
+        rounding = ulp(product, precision) + ulp(y, precision)
     return accumulation + C_OUTPUT_ULPS * rounding
+
+
+_SAFE_MAGNITUDES = (1e-18, 1e18)  # nonzero |values| whose squares and their products stay float32-finite
+
+
+def squared_products(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``x^2 @ w^2`` as float64, never below its exact value: computed in float32 (a fourth of the float64
+    cost) when every nonzero magnitude lies in ``[1e-18, 1e18]``, then raised by the most a sum of ``K``
+    non-negative terms and their roundings can lose, ``(K + 6)`` unit roundoffs, and by ``K`` times the
+    smallest normal for products that underflow; in float64 otherwise (or where float32 overflows)."""
+    fan_in = x.shape[-1]
+    if _in_range(x) and _in_range(w):
+        x32, w32 = np.asarray(x, np.float32), np.asarray(w, np.float32)
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            narrow = np.square(x32) @ np.square(w32)
+        if np.isfinite(narrow).all():
+            u32 = unit_roundoff(np.float32)
+            raised = np.asarray(narrow, np.float64) * (1.0 + 2.0 * (fan_in + 6) * u32)
+            return raised + fan_in * float(np.finfo(np.float32).tiny)
+    x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    return np.square(x64) @ np.square(w64)
+
+
+def _in_range(values: np.ndarray) -> bool:
+    """Whether every value is finite and every nonzero magnitude lies in ``_SAFE_MAGNITUDES``."""
+    magnitude = np.abs(np.asarray(values, np.float64))
+    low, high = _SAFE_MAGNITUDES
+    largest = magnitude.max(initial=0.0)  # NaN when any value is NaN: then not in range
+    return bool(largest <= high) and bool(np.min(magnitude, where=magnitude > 0, initial=high) >= low)
 
 
 def propagated_error(tol_in: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -99,7 +132,7 @@ def propagated_error(tol_in: np.ndarray, w: np.ndarray) -> np.ndarray:
     (0 for an exact input, as in isolated comparisons, without the product)."""
     if not tol_in.any():
         return np.zeros(())
-    return np.sqrt(np.square(tol_in) @ np.square(w))
+    return np.sqrt(squared_products(tol_in, w))
 
 
 # torch.testing.assert_close's defaults (rtol, atol), used when a caller sets one of rtol/atol only.

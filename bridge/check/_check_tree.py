@@ -206,20 +206,18 @@ def pair_row(
     end to end)."""
     leaves = output_leaves(pair.flax.output)
     y = leaves[0] if leaves else np.zeros(0)
-    y64, x = np.asarray(y, np.float64), first_array(pair.flax.args)
     bound_iso, bound_e2e = bounds
-    torch_iso = None if isolated_y is None else np.asarray(isolated_y, np.float64)
     row = LayerRow(
         number,
         pair.flax.kind,
         flax_name,
         pair.torch.name or "(port)",
         pair.torch.kind,
-        compare(y64, torch_y, bound_e2e),
-        None if torch_iso is None else compare(y64, torch_iso, bound_iso),
+        compare(y, torch_y, bound_e2e),
+        None if isolated_y is None else compare(y, isolated_y, bound_iso),
     )
     precision = Precision.of(y.dtype if is_float(y.dtype) else np.float32)
-    return row, Detail(None if x is None else np.asarray(x, np.float64), y64, torch_iso, bound_iso, precision)
+    return row, Detail(first_array(pair.flax.args), y, isolated_y, bound_iso, precision)
 
 
 def _isolated_bound(

@@ -24,14 +24,23 @@ from ._report import Divergence, GradientRow, LayerRow
 
 class Detail(NamedTuple):
     """What the divergence search needs of one pair: the Flax call's input and output and the torch module's
-    output on that input (float64 copies; ``torch_out`` None when it could not run), the isolated tolerance,
-    and the precision the model computes in (the hints' slack)."""
+    output on that input in Flax's layout (``torch_out`` None when it could not run), the isolated tolerance,
+    and the precision the model computes in (the hints' slack). The arrays are kept as recorded: only a
+    divergent pair's are read, in float64 (``in_float64``), so a large model's check holds no wide copies."""
 
     x: np.ndarray | None
     y: np.ndarray
     torch_out: np.ndarray | None
     tolerance: np.ndarray
     precision: Precision
+
+    def in_float64(self) -> Detail:
+        """This detail with its arrays as float64 (what the hints compute in)."""
+
+        def wide(array: np.ndarray | None) -> np.ndarray | None:
+            return None if array is None else np.asarray(array, np.float64)
+
+        return self._replace(x=wide(self.x), y=np.asarray(self.y, np.float64), torch_out=wide(self.torch_out))
 
 
 def first_divergence(
@@ -123,6 +132,7 @@ def _skipped_residual(block: Pair, detail: Detail, last: Pair) -> str | None:
     """A block whose torch output is an activation of its last layer's output alone (``relu(y)`` where
     Flax computes ``relu(x + y)``): the skip connection is missing."""
     outputs = output_leaves(last.flax.output)
+    detail = detail.in_float64()
     if detail.torch_out is None or not outputs or outputs[0].shape != detail.y.shape:
         return None
     y_last = jnp.asarray(np.asarray(outputs[0]))
@@ -156,6 +166,7 @@ def _glue(previous: Pair, pair: Pair, channels_last: bool) -> str | None:
 
 def _diverged(i: int, row: LayerRow, detail: Detail, pair: Pair, mode: str) -> Divergence:
     hint = None
+    detail = detail.in_float64()
     if detail.x is not None and pair.flax.variables is not None:
         step = Step(
             i, pair.flax.module, tuple(pair.flax.name.split("/")) if pair.flax.name else (), pair.flax.variables

@@ -135,7 +135,6 @@ class ConvRule(LayerRule):
             def conv(x: np.ndarray, k: np.ndarray) -> np.ndarray:
                 return np.asarray(bare.apply({"params": {"kernel": jnp.asarray(k)}}, jnp.asarray(x)))
 
-            product = conv(bound.x, kernel)
             squares = np.maximum(conv(np.square(bound.x), np.square(kernel)), 0.0)
             passed = (
                 np.sqrt(conv(np.square(bound.tol_in), np.square(kernel)))
@@ -143,7 +142,7 @@ class ConvRule(LayerRule):
                 else 0.0
             )
         bias = np.asarray(variables["params"]["bias"], np.float64) if layer.use_bias else None
-        return affine_error_bound(product, squares, bias, bound.y, fan_in, bound.precision) + passed
+        return affine_error_bound(squares, bias, bound.y, fan_in, bound.precision) + passed
 
 
 def _unbound(layer: Any) -> nn.Conv:

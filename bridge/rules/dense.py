@@ -11,7 +11,7 @@ import torch
 from flax import nnx
 
 from .._errors import LayerMismatchError
-from .._numerics import affine_error_bound, propagated_error
+from .._numerics import affine_error_bound, propagated_error, squared_products
 from .._tensors import numpy_dtype, torch_dtype
 from ._registry import BoundInputs, LayerRule, ParamMap, register
 
@@ -69,15 +69,14 @@ class DenseRule(LayerRule):
         carried through the kernel, and the output roundings: Flax rounds after the matmul and after the
         bias, torch's F.linear once."""
         params = variables["params"]
-        kernel = np.asarray(params["kernel"], np.float64)  # (seeds..., K, N)
+        kernel = np.asarray(params["kernel"])  # (seeds..., K, N)
         seeds = kernel.shape[:-2]
         x = bound.x.reshape(*seeds, -1, kernel.shape[-2])
         tol_in = bound.tol_in.reshape(x.shape)
         y = bound.y.reshape(*x.shape[:-1], -1)
         bias = params.get("bias") if layer.use_bias else None
         bias = None if bias is None else np.expand_dims(np.asarray(bias, np.float64), -2)  # (seeds..., 1, N)
-        product = x @ kernel
-        squares = np.square(x) @ np.square(kernel)
-        total = affine_error_bound(product, squares, bias, y, kernel.shape[-2], bound.precision)
+        squares = squared_products(x, kernel)
+        total = affine_error_bound(squares, bias, y, kernel.shape[-2], bound.precision)
         total = total + propagated_error(tol_in, kernel)
         return total.reshape(bound.y.shape)

@@ -13,7 +13,7 @@ import torch
 from flax import nnx
 
 from .._errors import LayerMismatchError
-from .._numerics import affine_error_bound, propagated_error
+from .._numerics import affine_error_bound, propagated_error, squared_products
 from .._tensors import numpy_dtype, torch_dtype
 from ._registry import BoundInputs, LayerRule, ParamMap, register, register_method
 
@@ -81,8 +81,7 @@ class EmbedAttendRule(LayerRule):
         kernel = np.asarray(variables["params"]["embedding"], np.float64).T  # (features, num_embeddings)
         x = bound.x.reshape(-1, kernel.shape[0])
         y = bound.y.reshape(x.shape[0], -1)
-        squares = np.square(x) @ np.square(kernel)
-        total = affine_error_bound(x @ kernel, squares, None, y, kernel.shape[0], bound.precision)
+        total = affine_error_bound(squared_products(x, kernel), None, y, kernel.shape[0], bound.precision)
         if bound.tol_in.shape == bound.x.shape:
             total = total + propagated_error(bound.tol_in.reshape(x.shape), kernel)
         return total.reshape(bound.y.shape)
