@@ -114,6 +114,24 @@ def test_transformer_block_on_multiheadattention_passes(block: Any) -> None:
     assert any("<-> attn.in_proj_weight" in row.name for row in report.gradients)
 
 
+def test_explicit_rtol_atol_judge_every_call_the_output_and_the_gradients_of_a_tree(block: Any) -> None:
+    """rtol/atol replace the derived tolerances of a tree as of a chain: a port whose attention output bias is
+    off by 1e-3 fails the derived tolerances and passes atol=1e-2; a correct port fails rtol=1e-9, atol=0
+    (below float32's rounding) in its calls, its output and its gradients."""
+    model, variables, x = block
+    port = bridge.load_into(TorchTransformerBlock().eval(), model, variables, inputs=x)
+    exact = bridge.check_equivalence(model, variables, port, x, rtol=1e-9, atol=0.0)
+    assert exact.settings["tolerance"] == "rtol=1e-09, atol=0"
+    assert not any(row.end_to_end.ok for row in exact.layers if row.end_to_end.max_abs > 0)
+    assert not exact.output.ok
+    assert not all(row.comparison.ok for row in exact.gradients)
+    with torch.no_grad():
+        port.attn.out_proj.bias += 1e-3
+    assert not bridge.check_equivalence(model, variables, port, x, grads=False).ok
+    loose = bridge.check_equivalence(model, variables, port, x, atol=1e-2)
+    assert loose.ok, str(loose)
+
+
 def test_transformer_block_with_separate_qkv_linears_passes(block: Any) -> None:
     model, variables, x = block
     port = bridge.load_into(TorchSeparateBlock().eval(), model, variables, inputs=x)
@@ -260,6 +278,15 @@ def test_command_line_checks_a_cnn_port_with_its_own_inputs_and_mapping(tmp_path
     )
     assert wrong.returncode == 1, wrong.stderr  # NHWC fed to an NCHW port: its first conv cannot take the weights
     assert wrong.stdout.startswith("NOT EQUIVALENT")
+    exact = subprocess.run(
+        [sys.executable, "-m", "bridge", *args, "--channels-first", "--no-grads", "--rtol", "1e-9", "--atol", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert exact.returncode == 1, exact.stderr  # a correct port, held below float32's rounding
+    assert "tolerance rtol=1e-09, atol=0" in exact.stdout
 
 
 def test_mnist_cnn_written_as_a_sequential_converts_with_its_pooling() -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .. import _flax_model as flax_model
-from .._arguments import torch_argument
+from .._arguments import call_arguments, torch_argument
 from .._errors import InvalidArgumentError, UnsupportedModelError
 from .._numerics import DEFAULT_RTOL_ATOL, Precision, Tolerance
 from .._tensors import is_float, to_numpy, torch_dtype
@@ -28,7 +28,7 @@ from ._compare import compare
 from ._divergence import Detail, first_divergence
 from ._flax_runs import FlaxRuns
 from ._gradients import compare_gradients
-from ._outputs import in_flax_layout, sum_leaves
+from ._outputs import in_flax_layout, output_leaves, sum_leaves
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow, SeedSweepReport
 from ._rows import finite_rows, first_nonfinite
 
@@ -147,9 +147,9 @@ def check_equivalence(
             cannot run on the inputs (the message names the position).
     """
     if is_tree_pair(model, variables, torch_module, inputs, torch_inputs, mapping):
-        if seeds is not None or dtype is not None or rtol is not None or atol is not None:
+        if seeds is not None or dtype is not None:
             raise InvalidArgumentError(
-                "seeds=, dtype=, rtol= and atol= apply to nn.Sequential chains checked position by position; "
+                "seeds= and dtype= apply to nn.Sequential chains checked position by position; "
                 f"{type(model).__name__} against {type(torch_module).__name__} is checked as a tree without them"
             )
         if inputs is None and torch_inputs is None:  # a chain model against another kind of port: draw rows
@@ -169,6 +169,7 @@ def check_equivalence(
             mapping=mapping,
             grads=grads,
             loss=loss,
+            tolerance=_explicit_tolerance(rtol, atol, _floating_dtype(inputs)),
         )
     assert isinstance(torch_module, torch.nn.Sequential)  # every other port is a tree
     if seeds is not None:
@@ -373,6 +374,12 @@ def _refuse_training_mode(steps: Sequence[Step]) -> None:
 def describe_tolerance(tolerance: Tolerance | None) -> str:
     """How a report's settings name the tolerance: derived per layer, or the explicit rtol/atol."""
     return "derived per layer" if tolerance is None else f"rtol={tolerance.rtol:g}, atol={tolerance.atol:g}"
+
+
+def _floating_dtype(inputs: Any) -> Any:
+    """The dtype of the first floating input (float32 when none is: token ids), which sets rtol/atol's defaults."""
+    leaves = [] if inputs is None else output_leaves(call_arguments(inputs))
+    return next((a.dtype for a in leaves if is_float(a.dtype)), np.float32)
 
 
 def _explicit_tolerance(rtol: float | None, atol: float | None, dtype: Any) -> Tolerance | None:

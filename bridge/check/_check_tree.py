@@ -27,7 +27,7 @@ from flax import nnx
 
 from .._arguments import call_arguments, torch_arguments
 from .._errors import InvalidArgumentError
-from .._numerics import Precision, function_rounding
+from .._numerics import Precision, Tolerance, function_rounding
 from .._tensors import is_float
 from ..capture._capture_tree import Call, capture_flax, capture_torch
 from ..match._match_tree import (
@@ -61,8 +61,11 @@ def check_tree(
     mapping: Mapping[str, str] | None = None,
     grads: bool = True,
     loss: Loss | None = None,
+    tolerance: Tolerance | None = None,
 ) -> EquivalenceReport:
-    """``check_equivalence`` for a model that is not one chain (see ``bridge.check_equivalence``)."""
+    """``check_equivalence`` for a model that is not one chain (see ``bridge.check_equivalence``);
+    ``tolerance``: explicit ``rtol``/``atol`` for every call, the output and the gradients instead of the
+    derived tolerances (no calibration)."""
     if inputs is None:
         raise InvalidArgumentError(
             f"{type(model).__name__} is not one nn.Sequential chain: pass inputs= (an array, a tuple of "
@@ -90,14 +93,14 @@ def check_tree(
     rows, details, calibrated = [], [], 0
     for number, pair in enumerate(matching.pairs):
         isolated_out = run_isolated(pair, channels_last)
-        row, detail = _compare_pair(number, pair, isolated_out, None, channels_last)
-        if not row.ok or not _gradients.CALIBRATE_LAZILY:  # judged again with the calibration: only wider
+        row, detail = _compare_pair(number, pair, isolated_out, None, channels_last, tolerance)
+        if tolerance is None and (not row.ok or not _gradients.CALIBRATE_LAZILY):  # again, calibrated: only wider
             row, detail = _compare_pair(number, pair, isolated_out, wide(), channels_last)
             calibrated += 1
         rows.append(row)
         details.append(detail)
-    output = _compare_outputs(flax_out, torch_out, None, channels_last)
-    if not output.ok or not _gradients.CALIBRATE_LAZILY:
+    output = _compare_outputs(flax_out, torch_out, None, channels_last, tolerance)
+    if tolerance is None and (not output.ok or not _gradients.CALIBRATE_LAZILY):
         output = _compare_outputs(flax_out, torch_out, wide()[:1], channels_last)
         calibrated += 1
     problems = [
@@ -124,6 +127,7 @@ def check_tree(
             matching.pairs,
             flax_out,
             precision=precision,
+            tolerance=tolerance,
             channels_last=channels_last,
         )
         calibrated += calibrated_gradients
@@ -149,7 +153,9 @@ def check_tree(
         },
         settings={
             "dtype": _dtype_name(flax_out),
-            "tolerance": "derived per call (rule bounds; float64 calibration elsewhere)",
+            "tolerance": "derived per call (rule bounds; float64 calibration elsewhere)"
+            if tolerance is None
+            else f"rtol={tolerance.rtol:g}, atol={tolerance.atol:g}",
             # Comparisons judged with the float64 calibration added: those that did not pass the rounding bounds
             # alone, and every gradient once the float64 pass has run (the calibration only widens a tolerance,
             # so a comparison passing without it passes with it: the verdicts are those of always calibrating)
@@ -171,24 +177,33 @@ def _dtype_name(value: Any) -> str:
 
 
 def _compare_pair(
-    number: int, pair: Pair, isolated_out: np.ndarray | None, wide: list[Any] | None, channels_last: bool
+    number: int,
+    pair: Pair,
+    isolated_out: np.ndarray | None,
+    wide: list[Any] | None,
+    channels_last: bool,
+    tolerance: Tolerance | None = None,
 ) -> tuple[LayerRow, Detail]:
     """One matched call's row, its tolerances derived here: the rule's bound (or the float64 calibration) in
-    isolation, plus the whole model's float64 drift end to end. ``wide``: every call's float64 output, to
-    calibrate with ([] where there is none; None: the rounding bounds alone, the cheap first try)."""
+    isolation, plus the whole model's float64 drift end to end (or ``tolerance``'s, both ways). ``wide``:
+    every call's float64 output, to calibrate with ([] where there is none; None: the rounding bounds alone,
+    the cheap first try)."""
     flax_leaves = output_leaves(pair.flax.output)
     torch_leaves = output_leaves(keyed_like(pair.torch.output, pair.flax.output))
     y = flax_leaves[0] if flax_leaves else np.zeros(0)
     precision = Precision.of(y.dtype if is_float(y.dtype) else np.float32)
     y64 = np.asarray(y, np.float64)
+    torch_y = in_flax_layout(torch_leaves[0], y, channels_last) if torch_leaves else np.zeros(0)
+    isolated_y = None if isolated_out is None else in_flax_layout(isolated_out, y, channels_last)
+    if tolerance is not None:
+        explicit = tolerance.of(y64)
+        return pair_row(number, pair, pair.flax.name or "(model)", torch_y, isolated_y, (explicit, explicit))
     wide_y = output_leaves(wide[pair.flax.index]) if wide else []
     drift = 0.0 if not wide_y or wide_y[0].shape != y.shape else calibration(y64 - np.asarray(wide_y[0], np.float64))
     if pair.rule is None:  # a composite: the whole model's float64 drift bounds its own error too (no extra run)
         bound_iso = drift + function_rounding(y64, y64, precision.storage)
     else:
         bound_iso = _isolated_bound(pair, first_array(pair.flax.args), y64, precision, calibrate=wide is not None)
-    torch_y = in_flax_layout(torch_leaves[0], y, channels_last) if torch_leaves else np.zeros(0)
-    isolated_y = None if isolated_out is None else in_flax_layout(isolated_out, y, channels_last)
     return pair_row(number, pair, pair.flax.name or "(model)", torch_y, isolated_y, (bound_iso, bound_iso + drift))
 
 
@@ -289,9 +304,11 @@ def _same_tensors(given: Sequence[Any], recorded: Sequence[Any]) -> bool:
     )
 
 
-def _compare_outputs(flax_out: Any, torch_out: Any, wide: list[Any] | None, channels_last: bool) -> Comparison:
+def _compare_outputs(
+    flax_out: Any, torch_out: Any, wide: list[Any] | None, channels_last: bool, tolerance: Tolerance | None = None
+) -> Comparison:
     """The model's outputs, leaf by leaf, under a few roundings plus the float64 drift (``wide``: the model's
-    float64 output first)."""
+    float64 output first), or under ``tolerance``."""
     flax_leaves, torch_leaves = output_leaves(flax_out), output_leaves(keyed_like(torch_out, flax_out))
     wide = output_leaves(wide[0]) if wide else []
     if len(flax_leaves) != len(torch_leaves) or not flax_leaves:
@@ -301,7 +318,7 @@ def _compare_outputs(flax_out: Any, torch_out: Any, wide: list[Any] | None, chan
     for index, (f, t) in enumerate(zip(flax_leaves, torch_leaves, strict=True)):
         f64 = np.asarray(f, np.float64)
         precision = Precision.of(f.dtype if is_float(f.dtype) else np.float32)
-        tol = function_rounding(f64, f64, precision.storage)
+        tol = function_rounding(f64, f64, precision.storage) if tolerance is None else tolerance.of(f64)
         if index < len(wide) and wide[index].shape == f.shape:
             tol = tol + calibration(f64 - np.asarray(wide[index], np.float64))
         references.append(f64.ravel())
