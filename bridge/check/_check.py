@@ -211,7 +211,7 @@ def check_equivalence(
 
     positions: list[_Position] = []
     rows: list[LayerRow] = []
-    details: list[Detail] = []
+    details: list[Detail | None] = []
     tol_in = np.zeros(x.shape)
     paired = {p.flax.index: p for p in matching.pairs}
     # a position feeding a layer that reads a flatten's features in torch's order gives them in that order

@@ -183,7 +183,7 @@ def _compare_pair(
     wide: list[Any] | None,
     channels_last: bool,
     tolerance: Tolerance | None = None,
-) -> tuple[LayerRow, Detail]:
+) -> tuple[LayerRow, Detail | None]:
     """One matched call's row, its tolerances derived here: the rule's bound (or the float64 calibration) in
     isolation, plus the whole model's float64 drift end to end (or ``tolerance``'s, both ways). ``wide``:
     every call's float64 output, to calibrate with ([] where there is none; None: the rounding bounds alone,
@@ -214,8 +214,9 @@ def pair_row(
     torch_y: np.ndarray,
     isolated_y: np.ndarray | None,
     bounds: tuple[np.ndarray, np.ndarray],
-) -> tuple[LayerRow, Detail]:
-    """The row of one matched call and what the divergence search needs of it, for chains and trees: its output
+) -> tuple[LayerRow, Detail | None]:
+    """The row of one matched call and what the divergence search needs of it (None when it passes), for
+    chains and trees: its output
     end to end (``torch_y``, each side fed itself) and isolated (``isolated_y``, the torch module fed the Flax
     call's inputs; None when it could not take them), both in Flax's layout, under ``bounds`` (isolated,
     end to end)."""
@@ -231,6 +232,8 @@ def pair_row(
         compare(y, torch_y, bound_e2e),
         None if isolated_y is None else compare(y, isolated_y, bound_iso),
     )
+    if row.ok:  # only a failing row is diagnosed: a passing one keeps no arrays (a large model's memory)
+        return row, None
     precision = Precision.of(y.dtype if is_float(y.dtype) else np.float32)
     return row, Detail(first_array(pair.flax.args), y, isolated_y, bound_iso, precision)
 

@@ -45,7 +45,7 @@ class Detail(NamedTuple):
 
 def first_divergence(
     rows: Sequence[LayerRow],
-    details: Sequence[Detail],
+    details: Sequence[Detail | None],
     pairs: Sequence[Pair],
     flax_calls: Sequence[Call],
     structure: Divergence | None,
@@ -53,6 +53,7 @@ def first_divergence(
     channels_last: bool,
 ) -> Divergence | None:
     """Where the port first goes wrong, most specific first (``rows[i]`` and ``details[i]`` are ``pairs[i]``'s,
+    ``details[i]`` None where ``rows[i]`` passes: only failing rows are diagnosed,
     in Flax execution order; leaves are the pairs with a rule or with no call inside, which is every position
     of a chain): 0. a ``structure`` problem (a layer with no counterpart); 1. the first leaf failing alone
     (isolated), else failing end to end with a call hint that explains it (wrong arguments: an attention mask
@@ -128,10 +129,11 @@ def first_divergence(
     return Divergence(i, rows[i].flax_path, rows[i].torch_name, rows[i].kind, "gradient", hint)
 
 
-def _skipped_residual(block: Pair, detail: Detail, last: Pair) -> str | None:
+def _skipped_residual(block: Pair, detail: Detail | None, last: Pair) -> str | None:
     """A block whose torch output is an activation of its last layer's output alone (``relu(y)`` where
     Flax computes ``relu(x + y)``): the skip connection is missing."""
     outputs = output_leaves(last.flax.output)
+    assert detail is not None  # a failing row's
     detail = detail.in_float64()
     if detail.torch_out is None or not outputs or outputs[0].shape != detail.y.shape:
         return None
@@ -164,8 +166,9 @@ def _glue(previous: Pair, pair: Pair, channels_last: bool) -> str | None:
     return glue_hint(np.asarray(before[0], np.float64), flax64, torch64, between, precision)
 
 
-def _diverged(i: int, row: LayerRow, detail: Detail, pair: Pair, mode: str) -> Divergence:
+def _diverged(i: int, row: LayerRow, detail: Detail | None, pair: Pair, mode: str) -> Divergence:
     hint = None
+    assert detail is not None  # a failing row's
     detail = detail.in_float64()
     if detail.x is not None and pair.flax.variables is not None:
         step = Step(
