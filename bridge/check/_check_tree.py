@@ -43,7 +43,7 @@ from ._compare import Comparison, compare
 from ._divergence import Detail, first_divergence
 from ._flax_runs import FlaxRuns, widen, widened_nnx
 from ._gradients import calibration, compare_gradients
-from ._outputs import first_array, in_flax_layout, keyed_like, output_leaves, sum_leaves
+from ._outputs import first_array, in_flax_layout, in_torch_order, keyed_like, output_leaves, sum_leaves
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow
 from ._rows import batch_rows, finite_rows, first_nonfinite, take_rows
 
@@ -282,9 +282,7 @@ def run_isolated(pair: Pair, channels_last: bool) -> np.ndarray | None:
     args, kwargs = torch_arguments(pair.flax.args, pair.flax.kwargs, channels_last)
     kwargs = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
     if pair.input_permutation is not None:  # Flax's features into torch's order
-        reordered = torch.empty_like(args[0])
-        reordered[:, torch.as_tensor(pair.input_permutation)] = args[0]
-        args = (reordered, *args[1:])
+        args = (in_torch_order(args[0], pair.input_permutation), *args[1:])
     try:
         with torch.no_grad():
             if pair.rule is not None:

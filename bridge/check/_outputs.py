@@ -52,6 +52,13 @@ def in_flax_layout(
     return value
 
 
+def in_torch_order(flax_value: Any, permutation: np.ndarray) -> Any:
+    """Features in Flax's order (last axis) put in the order of torch's flatten of NCHW: the inverse of
+    ``in_flax_layout``'s ``permutation`` (Flax feature j is torch feature ``permutation[j]``)."""
+    inverse = np.argsort(permutation)
+    return flax_value[..., torch.as_tensor(inverse) if isinstance(flax_value, torch.Tensor) else inverse]
+
+
 def _size(value: Any) -> int:
     return int(np.prod(tuple(value.shape), dtype=np.int64))
 

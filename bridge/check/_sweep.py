@@ -34,7 +34,7 @@ from ..convert._convert import load_into
 from ..match._match_tree import flatten_permutation
 from ..rules import BoundInputs, LayerRule, rule_for_flax
 from ._compare import SeedComparison, compare_per_seed
-from ._outputs import in_flax_layout
+from ._outputs import in_flax_layout, in_torch_order
 from ._report import EquivalenceReport, SeedSweepReport
 
 Params = list[dict[str, torch.Tensor]]
@@ -246,9 +246,7 @@ def _torch_layout(xs: np.ndarray, channels_last: bool, permutation: np.ndarray |
     moved = np.stack([to_numpy(torch_argument(x, channels_last)) for x in xs])
     if permutation is None or moved.ndim != 3 or moved.shape[-1] != len(permutation):
         return moved
-    reordered = np.empty_like(moved)
-    reordered[..., permutation] = moved  # Flax feature j is torch's feature permutation[j]
-    return reordered
+    return in_torch_order(moved, permutation)
 
 
 def _flax_layout(ts: np.ndarray, ys: np.ndarray, channels_last: bool, permutation: np.ndarray | None) -> np.ndarray:
