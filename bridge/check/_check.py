@@ -29,7 +29,7 @@ from ._divergence import Detail, first_divergence
 from ._flax_runs import FlaxRuns
 from ._gradients import compare_gradients
 from ._outputs import in_flax_layout, output_leaves, sum_leaves
-from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow, SeedSweepReport
+from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow, SeedSweepReport, describe_tolerance
 from ._rows import finite_rows, first_nonfinite
 
 Loss = Callable[[Any], Any]
@@ -369,11 +369,6 @@ def _refuse_training_mode(steps: Sequence[Step]) -> None:
                 f"{step.where} is in training mode (NNX Dropout and BatchNorm are by default): "
                 "call model.eval() before checking, and compare against the torch model in eval mode"
             )
-
-
-def describe_tolerance(tolerance: Tolerance | None) -> str:
-    """How a report's settings name the tolerance: derived per layer, or the explicit rtol/atol."""
-    return "derived per layer" if tolerance is None else f"rtol={tolerance.rtol:g}, atol={tolerance.atol:g}"
 
 
 def _floating_dtype(inputs: Any) -> Any:

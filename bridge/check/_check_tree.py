@@ -44,7 +44,7 @@ from ._divergence import Detail, first_divergence
 from ._flax_runs import FlaxRuns, widen, widened_nnx
 from ._gradients import calibration, compare_gradients
 from ._outputs import first_array, in_flax_layout, in_torch_order, keyed_like, output_leaves, sum_leaves
-from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow
+from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow, describe_tolerance
 from ._rows import batch_rows, finite_rows, first_nonfinite, take_rows
 
 Loss = Callable[[Any], Any]
@@ -153,9 +153,7 @@ def check_tree(
         },
         settings={
             "dtype": _dtype_name(flax_out),
-            "tolerance": "derived per call (rule bounds; float64 calibration elsewhere)"
-            if tolerance is None
-            else f"rtol={tolerance.rtol:g}, atol={tolerance.atol:g}",
+            "tolerance": describe_tolerance(tolerance, "derived per call (rule bounds; float64 calibration elsewhere)"),
             # Comparisons judged with the float64 calibration added: those that did not pass the rounding bounds
             # alone, and every gradient once the float64 pass has run (the calibration only widens a tolerance,
             # so a comparison passing without it passes with it: the verdicts are those of always calibrating)

@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
+from .._numerics import Tolerance
 from ._compare import Comparison
 
 
@@ -281,3 +282,8 @@ class SeedSweepReport:
     def __str__(self) -> str:
         detail = f"seed {self.detailed_seed}:\n{self.detailed}\n\n" if not self.detailed.ok or not self.ok else ""
         return detail + self.summary()
+
+
+def describe_tolerance(tolerance: Tolerance | None, derived: str = "derived per layer") -> str:
+    """How a report's settings name the tolerance: how it is derived, or the explicit rtol/atol."""
+    return derived if tolerance is None else f"rtol={tolerance.rtol:g}, atol={tolerance.atol:g}"

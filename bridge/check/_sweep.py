@@ -35,7 +35,7 @@ from ..match._match_tree import flatten_permutation
 from ..rules import BoundInputs, LayerRule, rule_for_flax
 from ._compare import SeedComparison, compare_per_seed
 from ._outputs import in_flax_layout, in_torch_order
-from ._report import EquivalenceReport, SeedSweepReport
+from ._report import EquivalenceReport, SeedSweepReport, describe_tolerance
 
 Params = list[dict[str, torch.Tensor]]
 
@@ -51,7 +51,7 @@ def sweep_seeds(
 ) -> SeedSweepReport:
     """The sweep behind ``check_equivalence(..., seeds=...)``; ``check_one`` is the single-seed check
     (for the detailed report) and ``options`` its keyword options (``n_inputs``, ``dtype``, ...)."""
-    from ._check import _bound, _cast, _explicit_tolerance, _inputs, _refuse_training_mode, describe_tolerance
+    from ._check import _bound, _cast, _explicit_tolerance, _inputs, _refuse_training_mode
 
     seed_list = _valid_seeds(seeds)
     if flax_model.is_nnx(model):
