@@ -109,28 +109,30 @@ def check_tree(
         for c in matching.unmatched_flax
     ]
     runs.release_outputs()  # float64 call outputs: no longer needed, and the gradients are the memory peak
-    # rows with NaN or Inf anywhere in the Flax forward pass have undefined gradients: judged without them
-    leaves = [*output_leaves((args, kwargs)), *(leaf for call in flax_calls for leaf in output_leaves(call.output))]
-    finite = finite_rows(leaves, batch_rows(output_leaves(args)))
     gradient_rows: tuple[GradientRow, ...] = ()
-    if grads and not problems and finite.any():
-        if not finite.all():  # the judged rows alone, run again
+    dropped_nonfinite = 0
+    if grads and not problems:
+        # rows with NaN or Inf anywhere in the Flax forward pass have undefined gradients: judged without them
+        values = (*output_leaves((args, kwargs)), *(leaf for call in flax_calls for leaf in output_leaves(call.output)))
+        finite = finite_rows(values, batch_rows(output_leaves(args)))
+        dropped_nonfinite = int(np.count_nonzero(~finite))
+        if not finite.all() and finite.any():  # the judged rows alone, run again
             args, kwargs, flax_out = take_rows((args, kwargs, flax_out), finite)
             torch_args, torch_kwargs = take_rows((torch_args, torch_kwargs), finite)
             runs = FlaxRuns(model, variables, args, kwargs, loss or sum_leaves)
-        precision = Precision.of(_dtype_name(flax_out))
-        gradient_rows, calibrated_gradients = compare_gradients(
-            runs,
-            port,
-            torch_args,
-            torch_kwargs,
-            matching.pairs,
-            flax_out,
-            precision=precision,
-            tolerance=tolerance,
-            channels_last=channels_last,
-        )
-        calibrated += calibrated_gradients
+        if finite.any():
+            gradient_rows, calibrated_gradients = compare_gradients(
+                runs,
+                port,
+                torch_args,
+                torch_kwargs,
+                matching.pairs,
+                flax_out,
+                precision=Precision.of(_dtype_name(flax_out)),
+                tolerance=tolerance,
+                channels_last=channels_last,
+            )
+            calibrated += calibrated_gradients
     structure = None
     if problems:
         call = matching.unmatched_flax[0]
@@ -160,7 +162,7 @@ def check_tree(
             "calibrated": calibrated,
             "inputs": "given",
             "grads": bool(grads),
-            "gradient_rows_dropped_nonfinite": int(np.count_nonzero(~finite)),
+            "gradient_rows_dropped_nonfinite": dropped_nonfinite,
             "matched": f"{sum(p.rule is not None for p in matching.pairs)} layers, "
             f"{sum(p.rule is None for p in matching.pairs)} composites",
             "unmatched_torch": [f"{c.name} ({c.kind})" for c in matching.unmatched_torch],
