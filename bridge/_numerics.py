@@ -103,20 +103,22 @@ _SAFE_MAGNITUDES = (1e-18, 1e18)  # nonzero |values| whose squares and their pro
 
 def squared_products(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """``x^2 @ w^2`` as float64, never below its exact value: computed in float32 (a fourth of the float64
-    cost) when every nonzero magnitude lies in ``[1e-18, 1e18]``, then raised by the most a sum of ``K``
-    non-negative terms and their roundings can lose, ``(K + 6)`` unit roundoffs, and by ``K`` times the
-    smallest normal for products that underflow; in float64 otherwise (or where float32 overflows)."""
-    fan_in = x.shape[-1]
+    cost) when every nonzero magnitude lies in ``[1e-18, 1e18]``, else (or where float32 overflows) in
+    float64; then raised by the most a sum of ``K`` non-negative terms and their roundings can lose in that
+    dtype, ``(K + 6)`` unit roundoffs, and by ``K`` times its smallest normal for products that underflow."""
     if _in_range(x) and _in_range(w):
-        x32, w32 = np.asarray(x, np.float32), np.asarray(w, np.float32)
-        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-            narrow = np.square(x32) @ np.square(w32)
+        narrow = _raised_squares(x, w, np.float32)
         if np.isfinite(narrow).all():
-            u32 = unit_roundoff(np.float32)
-            raised = np.asarray(narrow, np.float64) * (1.0 + 2.0 * (fan_in + 6) * u32)
-            return raised + fan_in * float(np.finfo(np.float32).tiny)
-    x64, w64 = np.asarray(x, np.float64), np.asarray(w, np.float64)
-    return np.square(x64) @ np.square(w64)
+            return narrow
+    return _raised_squares(x, w, np.float64)
+
+
+def _raised_squares(x: np.ndarray, w: np.ndarray, dtype: Any) -> np.ndarray:
+    fan_in = x.shape[-1]
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        sums = np.square(np.asarray(x, dtype)) @ np.square(np.asarray(w, dtype))
+    raised = np.asarray(sums, np.float64) * (1.0 + 2.0 * (fan_in + 6) * unit_roundoff(dtype))
+    return raised + fan_in * float(np.finfo(dtype).tiny)
 
 
 def _in_range(values: np.ndarray) -> bool:
