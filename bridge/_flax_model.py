@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ._errors import InvalidArgumentError
 from ._tensors import is_float
 
 
@@ -71,6 +72,16 @@ def cast(model: Any, variables: Any, dtype: Any) -> tuple[Any, Any]:
         graphdef, state = nnx.split(model)
         return nnx.merge(graphdef, jax.tree_util.tree_map(convert, state)), None
     return model, jax.tree_util.tree_map(convert, variables)
+
+
+def own_compute_dtype_error(where: str, layer: Any, target: Any, model: Any) -> InvalidArgumentError:
+    """The refusal of ``dtype=`` for a layer that computes in a dtype of its own (``nn.Dense(dtype=...)``)
+    which its model fixes, with the two ways out."""
+    own = jnp.dtype(layer.dtype).name
+    return InvalidArgumentError(
+        f"{where} computes in {own} (its dtype=) and dtype={jnp.dtype(target).name} cannot change that inside "
+        f"{type(model).__name__}: check with dtype={own!r}, or build the model with dtype=None"
+    )
 
 
 def parameter_leaves(model: Any, variables: Any) -> list[np.ndarray]:

@@ -287,6 +287,15 @@ def test_command_line_checks_a_cnn_port_with_its_own_inputs_and_mapping(tmp_path
     )
     assert exact.returncode == 1, exact.stderr  # a correct port, held below float32's rounding
     assert "tolerance rtol=1e-09, atol=0" in exact.stdout
+    wide = subprocess.run(
+        [sys.executable, "-m", "bridge", *args, "--channels-first", "--no-grads", "--dtype", "float64"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert wide.returncode == 0, wide.stdout + wide.stderr
+    assert "dtype float64" in wide.stdout
 
 
 def test_mnist_cnn_written_as_a_sequential_converts_with_its_pooling() -> None:
@@ -323,3 +332,67 @@ def test_calibrating_only_where_the_bounds_fail_gives_the_verdicts_of_calibratin
     assert lazy.settings["calibrated"] < everywhere.settings["calibrated"]  # the point: fewer float64 runs
     if mistake is not None:  # a comparison failing by far is judged again; in a correct port that is rounding's call
         assert lazy.settings["calibrated"] > 0
+
+
+def test_a_tree_is_checked_in_float64_where_a_1e_12_change_shows(block: Any) -> None:
+    """dtype="float64" casts copies of both sides of a tree: a correct port passes, its output bias off by
+    1e-12 is located at the attention (invisible in float32, where the same port passes), and the port and
+    variables given stay float32."""
+    model, variables, x = block
+    port = bridge.load_into(TorchTransformerBlock().eval(), model, variables, inputs=x)
+    with jax.enable_x64(True):
+        report = bridge.check_equivalence(model, variables, port, x, dtype="float64")
+        assert report.ok, str(report)
+        assert report.settings["dtype"] == "float64"
+        with torch.no_grad():
+            port.attn.out_proj.bias += 1e-12
+        off = bridge.check_equivalence(model, variables, port, x, dtype="float64", grads=False)
+    assert port.attn.out_proj.bias.dtype == torch.float32
+    assert jax.tree_util.tree_leaves(variables)[0].dtype == np.float32
+    divergence = off.first_divergence
+    assert divergence is not None
+    assert (divergence.flax_path, divergence.torch_name, divergence.mode) == (
+        "MultiHeadDotProductAttention_0",
+        "attn",
+        "isolated",
+    ), str(off)
+    assert bridge.check_equivalence(model, variables, port, x, grads=False).ok  # float32 cannot see 1e-12
+
+
+def test_a_channels_first_cnn_is_checked_in_bfloat16_and_its_flatten_order_still_found(mnist: Any) -> None:
+    """In bfloat16 the two sides' features differ by bfloat16's rounding, yet the order of torch's flatten
+    of NCHW is still told from the values: the correct port passes, outputs and gradients; one without the
+    flatten permutation is located at its Linear."""
+    model, variables, x = mnist
+    port = bridge.load_into(TorchCNN().eval(), model, variables, inputs=x, channels_last=False)
+    report = bridge.check_equivalence(model, variables, port, x, channels_last=False, dtype="bfloat16")
+    assert report.ok, str(report)
+    assert report.settings["dtype"] == "bfloat16"
+    with torch.no_grad():
+        port.fc1.weight.copy_(torch.from_numpy(np.array(variables["params"]["Dense_0"]["kernel"]).T))
+    report = bridge.check_equivalence(model, variables, port, x, channels_last=False, dtype="bfloat16", grads=False)
+    divergence = report.first_divergence
+    assert divergence is not None
+    assert (divergence.flax_path, divergence.torch_name) == ("Dense_0", "fc1"), str(report)
+
+
+def test_dtype_is_refused_for_a_tree_whose_layer_computes_in_its_own() -> None:
+    class Fixed(nn.Module):
+        @nn.compact
+        def __call__(self, x: jax.Array) -> jax.Array:
+            return nn.Dense(2, dtype=jax.numpy.float32, name="head")(nn.relu(nn.Dense(4, name="body")(x)))
+
+    class Port(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head = torch.nn.Linear(3, 4), torch.nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(torch.relu(self.body(x)))
+
+    x = np.ones((2, 3), np.float32)
+    model = Fixed()
+    variables = model.init(jax.random.PRNGKey(0), x)
+    port = bridge.load_into(Port(), model, variables, inputs=x)
+    with pytest.raises(bridge.InvalidArgumentError, match=r"^head computes in float32 \(its dtype=\).*dtype='float32'"):
+        bridge.check_equivalence(model, variables, port, x, dtype="bfloat16")

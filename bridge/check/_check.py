@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, NamedTuple, overload
+from typing import Any, NamedTuple, TypeVar, overload
 
 import flax.linen as nn
 import jax
@@ -26,13 +26,14 @@ from ..rules._registry import rule_or_none
 from ._check_tree import check_tree, pair_row, run_isolated
 from ._compare import compare
 from ._divergence import Detail, first_divergence
-from ._flax_runs import FlaxRuns
+from ._flax_runs import FlaxRuns, as_dtype, other_dtype
 from ._gradients import compare_gradients
 from ._outputs import in_flax_layout, output_leaves, sum_leaves
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow, SeedSweepReport, describe_tolerance
 from ._rows import finite_rows, first_nonfinite
 
 Loss = Callable[[Any], Any]
+_Port = TypeVar("_Port", bound=torch.nn.Module)
 
 
 @overload
@@ -119,8 +120,8 @@ def check_equivalence(
             as tensors, NHWC moved to NCHW when ``channels_last`` is False.
         mapping: ``{"Block_0/Dense_1": "blocks.0.fc2", ...}`` (fnmatch globs allowed) pairs calls before
             the structural matching (trees).
-        dtype: cast both sides' floating variables and the inputs to it (``"float64"`` needs
-            ``jax_enable_x64``); by default each side computes in its own dtype.
+        dtype: cast both sides' floating variables and the inputs to it, chains and trees (``"float64"``
+            needs ``jax_enable_x64``); by default each side computes in its own dtype.
         rtol, atol: compare with ``atol + rtol * |flax|`` instead of the tolerance derived from each
             layer's rounding error; setting one takes the other from ``bridge.DEFAULT_RTOL_ATOL``.
         grads: also compare the gradients of ``loss`` with respect to the input and every parameter.
@@ -147,10 +148,10 @@ def check_equivalence(
             cannot run on the inputs (the message names the position).
     """
     if is_tree_pair(model, variables, torch_module, inputs, torch_inputs, mapping):
-        if seeds is not None or dtype is not None:
+        if seeds is not None:
             raise InvalidArgumentError(
-                "seeds= and dtype= apply to nn.Sequential chains checked position by position; "
-                f"{type(model).__name__} against {type(torch_module).__name__} is checked as a tree without them"
+                "seeds= applies to nn.Sequential chains checked position by position; "
+                f"{type(model).__name__} against {type(torch_module).__name__} is checked as a tree without it"
             )
         if inputs is None and torch_inputs is None:  # a chain model against another kind of port: draw rows
             try:
@@ -159,6 +160,9 @@ def check_equivalence(
                 steps = ()
             if steps:
                 inputs = _inputs(None, steps, [rule_or_none(s.layer) for s in steps], seed, n_inputs, None)
+        if dtype is not None:
+            model, variables, torch_module = _cast(model, variables, torch_module, dtype)
+            inputs, torch_inputs = _cast_inputs((inputs, torch_inputs), dtype)
         return check_tree(
             model,
             variables if variables is not None else {},
@@ -170,6 +174,7 @@ def check_equivalence(
             grads=grads,
             loss=loss,
             tolerance=_explicit_tolerance(rtol, atol, _floating_dtype(inputs)),
+            dtype=dtype,
         )
     assert isinstance(torch_module, torch.nn.Sequential)  # every other port is a tree
     if seeds is not None:
@@ -191,7 +196,8 @@ def check_equivalence(
             channels_last=channels_last,
         )
     if dtype is not None:
-        model, variables, torch_module = _cast(model, variables, torch_module, dtype)
+        model, variables, cast_port = _cast(model, variables, torch_module, dtype)
+        torch_module = cast_port  # a Sequential still (mypy keeps the declared type through the tuple)
     steps = discover_chain(model, variables)
     if dtype is not None:
         model, steps = _cast_compute_dtype(model, variables, steps, dtype)
@@ -256,7 +262,6 @@ def check_equivalence(
         if smooth.any():
             judged = x if single_sample else x[smooth]
             differentiable = is_float(x.dtype)
-            wide = differentiable and np.dtype(x.dtype).itemsize == 8
             runs = FlaxRuns(
                 model,
                 variables,
@@ -264,7 +269,7 @@ def check_equivalence(
                 {},
                 loss or sum_leaves,
                 wrt_inputs=differentiable,
-                other=np.float32 if wide else np.float64,
+                other=other_dtype(x.dtype if differentiable else np.float32),
             )
             gradient_rows, _ = compare_gradients(
                 runs,
@@ -455,9 +460,7 @@ def _inputs(
     return x
 
 
-def _cast(
-    model: Any, variables: Any, torch_module: torch.nn.Sequential, dtype: Any
-) -> tuple[Any, Any, torch.nn.Sequential]:
+def _cast(model: Any, variables: Any, torch_module: _Port, dtype: Any) -> tuple[Any, Any, _Port]:
     """Copies of both sides in ``dtype`` (the caller's model, variables and module stay as they were)."""
     try:
         target = jnp.dtype(dtype)
@@ -471,6 +474,17 @@ def _cast(
         )
     model, variables = flax_model.cast(model, variables, target)
     return model, variables, copy.deepcopy(torch_module).to(torch_dtype(target))
+
+
+def _cast_inputs(inputs: Any, dtype: Any) -> Any:
+    """Every floating array among ``inputs`` (arrays, tensors, nested tuples and dicts) in ``dtype``."""
+
+    def cast(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.to(torch_dtype(dtype)) if value.is_floating_point() else value
+        return as_dtype(value, jnp.dtype(dtype))
+
+    return jax.tree_util.tree_map(cast, inputs, is_leaf=lambda v: isinstance(v, torch.Tensor))
 
 
 def _cast_compute_dtype(
@@ -495,12 +509,7 @@ def _cast_compute_dtype(
         ]
         model = model.clone(layers=layers)
         return model, discover_chain(model, variables)
-    first = stale[0]
-    raise InvalidArgumentError(
-        f"{first.where} computes in {jnp.dtype(first.layer.dtype).name} (its dtype=) and dtype={target.name} "
-        f"cannot change that inside {type(model).__name__}: check with dtype={jnp.dtype(first.layer.dtype).name!r}, "
-        "or build the model with dtype=None"
-    )
+    raise flax_model.own_compute_dtype_error(stale[0].where, stale[0].layer, target, model)
 
 
 def _structure_divergence(positions: Sequence[_Position], structure: tuple[int, str] | None) -> Divergence | None:

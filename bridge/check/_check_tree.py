@@ -16,6 +16,7 @@ are those of calibrating everything (``_gradients.CALIBRATE_LAZILY``; the tests 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from flax import nnx
 
 from .._arguments import call_arguments, torch_arguments
 from .._errors import InvalidArgumentError
+from .._flax_model import own_compute_dtype_error
 from .._numerics import Precision, Tolerance, function_rounding
 from .._tensors import is_float
 from ..capture._capture_tree import Call, capture_flax, capture_torch
@@ -41,7 +43,7 @@ from ..rules import BoundInputs, LayerRule
 from . import _gradients
 from ._compare import Comparison, compare
 from ._divergence import Detail, first_divergence
-from ._flax_runs import FlaxRuns, widen, widened_nnx
+from ._flax_runs import FlaxRuns, as_dtype, error_scale, nnx_as_dtype, other_dtype
 from ._gradients import calibration, compare_gradients
 from ._outputs import first_array, in_flax_layout, in_torch_order, keyed_like, output_leaves, sum_leaves
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow, describe_tolerance
@@ -62,10 +64,12 @@ def check_tree(
     grads: bool = True,
     loss: Loss | None = None,
     tolerance: Tolerance | None = None,
+    dtype: Any = None,
 ) -> EquivalenceReport:
     """``check_equivalence`` for a model that is not one chain (see ``bridge.check_equivalence``);
     ``tolerance``: explicit ``rtol``/``atol`` for every call, the output and the gradients instead of the
-    derived tolerances (no calibration)."""
+    derived tolerances (no calibration); ``dtype``: the dtype both sides were cast to, which a call computing
+    in a dtype of its own (``nn.Dense(dtype=jnp.float32)``) would silently ignore: such a call is refused."""
     if inputs is None:
         raise InvalidArgumentError(
             f"{type(model).__name__} is not one nn.Sequential chain: pass inputs= (an array, a tuple of "
@@ -80,9 +84,12 @@ def check_tree(
     else:
         torch_args, torch_kwargs = torch_arguments(*call_arguments(torch_inputs), True)
     flax_out, flax_calls = capture_flax(model, variables, args, kwargs)
-    runs = FlaxRuns(model, variables, args, kwargs, loss or sum_leaves)
+    if dtype is not None:
+        _refuse_own_compute_dtypes(model, flax_calls, dtype)
+    other = other_dtype(_dtype_name(flax_out))  # the calibration's reference: float64 (float32 for float64)
+    runs = FlaxRuns(model, variables, args, kwargs, loss or sum_leaves, other=other)
 
-    def wide() -> list[Any]:  # every call's float64 output, or [] where the float64 run differs
+    def wide() -> list[Any]:  # every call's output in the other precision, or [] where that run differs
         outputs = runs.wide_outputs()
         return outputs if outputs is not None and len(outputs) == len(flax_calls) else []
 
@@ -93,15 +100,15 @@ def check_tree(
     rows, details, calibrated = [], [], 0
     for number, pair in enumerate(matching.pairs):
         isolated_out = run_isolated(pair, channels_last)
-        row, detail = _compare_pair(number, pair, isolated_out, None, channels_last, tolerance)
+        row, detail = _compare_pair(number, pair, isolated_out, None, other, channels_last, tolerance)
         if tolerance is None and (not row.ok or not _gradients.CALIBRATE_LAZILY):  # again, calibrated: only wider
-            row, detail = _compare_pair(number, pair, isolated_out, wide(), channels_last)
+            row, detail = _compare_pair(number, pair, isolated_out, wide(), other, channels_last)
             calibrated += 1
         rows.append(row)
         details.append(detail)
-    output = _compare_outputs(flax_out, torch_out, None, channels_last, tolerance)
+    output = _compare_outputs(flax_out, torch_out, None, other, channels_last, tolerance)
     if tolerance is None and (not output.ok or not _gradients.CALIBRATE_LAZILY):
-        output = _compare_outputs(flax_out, torch_out, wide()[:1], channels_last)
+        output = _compare_outputs(flax_out, torch_out, wide()[:1], other, channels_last)
         calibrated += 1
     problems = [
         f"Flax {c.name} ({c.kind}) has no torch counterpart holding tensors of the same shapes: "
@@ -119,7 +126,7 @@ def check_tree(
         if not finite.all() and finite.any():  # the judged rows alone, run again
             args, kwargs, flax_out = take_rows((args, kwargs, flax_out), finite)
             torch_args, torch_kwargs = take_rows((torch_args, torch_kwargs), finite)
-            runs = FlaxRuns(model, variables, args, kwargs, loss or sum_leaves)
+            runs = FlaxRuns(model, variables, args, kwargs, loss or sum_leaves, other=other)
         if finite.any():
             gradient_rows, calibrated_gradients = compare_gradients(
                 runs,
@@ -171,6 +178,14 @@ def check_tree(
     )
 
 
+def _refuse_own_compute_dtypes(model: Any, calls: Sequence[Call], dtype: Any) -> None:
+    """Raise for the first call whose module computes in a dtype of its own other than ``dtype``."""
+    for call in calls:
+        own = getattr(call.module, "dtype", None)
+        if own is not None and jax.numpy.dtype(own) != jax.numpy.dtype(dtype):
+            raise own_compute_dtype_error(call.name or "the model", call.module, dtype, model)
+
+
 def _dtype_name(value: Any) -> str:
     leaves = [a for a in output_leaves(value) if is_float(a.dtype)]
     return np.dtype(leaves[0].dtype).name if leaves else "float32"
@@ -181,13 +196,14 @@ def _compare_pair(
     pair: Pair,
     isolated_out: np.ndarray | None,
     wide: list[Any] | None,
+    other: np.dtype[Any],
     channels_last: bool,
     tolerance: Tolerance | None = None,
 ) -> tuple[LayerRow, Detail | None]:
-    """One matched call's row, its tolerances derived here: the rule's bound (or the float64 calibration) in
-    isolation, plus the whole model's float64 drift end to end (or ``tolerance``'s, both ways). ``wide``:
-    every call's float64 output, to calibrate with ([] where there is none; None: the rounding bounds alone,
-    the cheap first try)."""
+    """One matched call's row, its tolerances derived here: the rule's bound (or the calibration) in
+    isolation, plus the whole model's drift end to end (or ``tolerance``'s, both ways). ``wide``: every
+    call's output in the ``other`` precision, to calibrate with ([] where there is none; None: the rounding
+    bounds alone, the cheap first try)."""
     flax_leaves = output_leaves(pair.flax.output)
     torch_leaves = output_leaves(keyed_like(pair.torch.output, pair.flax.output))
     y = flax_leaves[0] if flax_leaves else np.zeros(0)
@@ -199,11 +215,14 @@ def _compare_pair(
         explicit = tolerance.of(y64)
         return pair_row(number, pair, pair.flax.name or "(model)", torch_y, isolated_y, (explicit, explicit))
     wide_y = output_leaves(wide[pair.flax.index]) if wide else []
-    drift = 0.0 if not wide_y or wide_y[0].shape != y.shape else calibration(y64 - np.asarray(wide_y[0], np.float64))
-    if pair.rule is None:  # a composite: the whole model's float64 drift bounds its own error too (no extra run)
+    drift: float | np.ndarray = 0.0
+    if wide_y and wide_y[0].shape == y.shape:
+        drift = calibration(error_scale(precision, other) * (y64 - np.asarray(wide_y[0], np.float64)))
+    if pair.rule is None:  # a composite: the whole model's drift bounds its own error too (no extra run)
         bound_iso = drift + function_rounding(y64, y64, precision.storage)
     else:
-        bound_iso = _isolated_bound(pair, first_array(pair.flax.args), y64, precision, calibrate=wide is not None)
+        x = first_array(pair.flax.args)
+        bound_iso = _isolated_bound(pair, x, y64, precision, other if wide is not None else None)
     return pair_row(number, pair, pair.flax.name or "(model)", torch_y, isolated_y, (bound_iso, bound_iso + drift))
 
 
@@ -239,10 +258,10 @@ def pair_row(
 
 
 def _isolated_bound(
-    pair: Pair, x: np.ndarray | None, y64: np.ndarray, precision: Precision, *, calibrate: bool
+    pair: Pair, x: np.ndarray | None, y64: np.ndarray, precision: Precision, other: np.dtype[Any] | None
 ) -> np.ndarray:
-    """The rule's own bound where it has one and the call takes one array; else the float64 calibration
-    (when ``calibrate``; else a few roundings of the output)."""
+    """The rule's own bound where it has one and the call takes one array; else the calibration by a run
+    of the call alone in ``other`` (None: a few roundings of the output)."""
     floor = function_rounding(y64, y64, precision.storage)
     rule = pair.rule
     if rule is not None and x is not None and type(rule).error_bound is not LayerRule.error_bound:
@@ -255,22 +274,23 @@ def _isolated_bound(
             return np.broadcast_to(np.asarray(bound, np.float64), y64.shape) + 0.0
         except (ValueError, KeyError, TypeError):
             pass  # a call the analysis does not cover (extra arguments): calibrate instead
-    alone = _standalone_wide(pair.flax) if calibrate else None
+    alone = None if other is None else _standalone(pair.flax, other)
     if alone is None or alone.shape != y64.shape:
         return floor
-    return calibration(y64 - alone) + floor
+    return calibration(error_scale(precision, other) * (y64 - alone)) + floor
 
 
-def _standalone_wide(call: Call) -> np.ndarray | None:
-    """The call's module run alone in float64 on its recorded (float32) inputs."""
+def _standalone(call: Call, dtype: np.dtype[Any]) -> np.ndarray | None:
+    """The call's module run alone in ``dtype`` on its recorded inputs (as float64)."""
+    cast = functools.partial(as_dtype, dtype=dtype)
     try:
         with jax.enable_x64(True):
-            args, kwargs = jax.tree_util.tree_map(widen, (call.args, call.kwargs))
+            args, kwargs = jax.tree_util.tree_map(cast, (call.args, call.kwargs))
             if isinstance(call.module, nnx.Module):
-                leaves = output_leaves(getattr(widened_nnx(call.module), call.method)(*args, **kwargs))
+                leaves = output_leaves(getattr(nnx_as_dtype(call.module, dtype), call.method)(*args, **kwargs))
             else:
                 module = call.module.clone(parent=None)
-                variables = jax.tree_util.tree_map(widen, call.variables)
+                variables = jax.tree_util.tree_map(cast, call.variables)
                 leaves = output_leaves(module.apply(variables, *args, method=call.method, **kwargs))
     except Exception:  # a module that cannot run alone (needs its parent's state)
         return None
@@ -306,10 +326,15 @@ def _same_tensors(given: Sequence[Any], recorded: Sequence[Any]) -> bool:
 
 
 def _compare_outputs(
-    flax_out: Any, torch_out: Any, wide: list[Any] | None, channels_last: bool, tolerance: Tolerance | None = None
+    flax_out: Any,
+    torch_out: Any,
+    wide: list[Any] | None,
+    other: np.dtype[Any],
+    channels_last: bool,
+    tolerance: Tolerance | None = None,
 ) -> Comparison:
-    """The model's outputs, leaf by leaf, under a few roundings plus the float64 drift (``wide``: the model's
-    float64 output first), or under ``tolerance``."""
+    """The model's outputs, leaf by leaf, under a few roundings plus the drift (``wide``: the model's output
+    in the ``other`` precision first), or under ``tolerance``."""
     flax_leaves, torch_leaves = output_leaves(flax_out), output_leaves(keyed_like(torch_out, flax_out))
     wide = output_leaves(wide[0]) if wide else []
     if len(flax_leaves) != len(torch_leaves) or not flax_leaves:
@@ -321,7 +346,7 @@ def _compare_outputs(
         precision = Precision.of(f.dtype if is_float(f.dtype) else np.float32)
         tol = function_rounding(f64, f64, precision.storage) if tolerance is None else tolerance.of(f64)
         if index < len(wide) and wide[index].shape == f.shape:
-            tol = tol + calibration(f64 - np.asarray(wide[index], np.float64))
+            tol = tol + calibration(error_scale(precision, other) * (f64 - np.asarray(wide[index], np.float64)))
         references.append(f64.ravel())
         candidates.append(np.asarray(in_flax_layout(t, f, channels_last), np.float64).ravel())
         tolerances.append(np.broadcast_to(tol, f64.shape).ravel())

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from .._errors import LayerMismatchError, first_line
+from .._numerics import Precision, unit_roundoff
 from .._tensors import is_array, is_float, plain_tree
 from ..capture._capture_tree import capture_flax, capture_nnx
 
@@ -160,15 +161,22 @@ def _pure(tree: Any) -> Any:
     return plain_tree(nnx.to_pure_dict(tree) if isinstance(tree, nnx.State) else tree)
 
 
-def widened_nnx(module: nnx.Module) -> nnx.Module:
-    """A copy of an NNX module with its floating variables in float64 (call it under ``jax.enable_x64``)."""
+def nnx_as_dtype(module: nnx.Module, dtype: Any) -> nnx.Module:
+    """A copy of an NNX module with its floating variables in ``dtype`` (float64 needs ``jax.enable_x64``)."""
     graphdef, state = nnx.split(module)
-    return nnx.merge(graphdef, jax.tree_util.tree_map(widen, state))
+    return nnx.merge(graphdef, jax.tree_util.tree_map(functools.partial(as_dtype, dtype=dtype), state))
 
 
-def widen(value: Any) -> Any:
-    """A float array as float64 (call it under ``jax.enable_x64``); anything else as it is."""
-    return as_dtype(value, np.float64)
+def other_dtype(dtype: Any) -> np.dtype[Any]:
+    """The calibration's reference dtype for a computation in ``dtype``: float64, or float32 for float64."""
+    return np.dtype(np.float32 if np.dtype(dtype).itemsize == 8 else np.float64)
+
+
+def error_scale(precision: Precision, other: Any) -> float:
+    """What a difference from the run in ``other`` is worth as the own rounding error of a computation in
+    ``precision``: 1 where ``other`` is wider; the ratio of unit roundoffs where it is narrower (float64
+    checked against float32: the float32 error shows the conditioning, scaled down to float64's roundoff)."""
+    return min(1.0, precision.storage / unit_roundoff(other))
 
 
 def as_dtype(value: Any, dtype: Any) -> Any:

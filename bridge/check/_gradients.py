@@ -25,7 +25,7 @@ from .._tensors import is_float, to_numpy
 from ..match._match import tensor_holders
 from ..match._match_tree import Pair, tied_variables
 from ._compare import compare
-from ._flax_runs import FlaxRuns
+from ._flax_runs import FlaxRuns, error_scale
 from ._outputs import in_flax_layout
 from ._report import GradientRow
 
@@ -203,9 +203,7 @@ class _Judge:
     ) -> None:
         self.runs, self.precision, self.explicit = runs, precision, tolerance
         self.floor, self.length, self.depth = floor, length, depth
-        other = Precision.of(runs.other)
-        # float64 checked against float32: the float32 error, scaled down to float64's roundoff
-        self.sensitivity = min(1.0, precision.storage / other.storage)
+        self.sensitivity = error_scale(precision, runs.other)
         self.calibrated = 0
 
     def row(self, name: str, flax_value: Any, wide: Callable[[], Any], candidate: np.ndarray | None) -> GradientRow:

@@ -92,11 +92,9 @@ def run_check(args: argparse.Namespace) -> int:
             pair.variables,
             pair.torch_module,
             pair.inputs,
-            grads=args.grads,
-            rtol=args.rtol,
-            atol=args.atol,
             channels_last=not args.channels_first,
             mapping=pair.mapping,
+            **options,
         )
         ok = report.ok
         print(json.dumps({"seed": args.seed, **report.to_dict()}) if args.json else report)
@@ -131,11 +129,6 @@ def _validate_check(args: argparse.Namespace) -> None:
     if args.flax is None and any(option is not None for option in tree_options):
         raise InvalidArgumentError(
             "--input-shape, --input-range, --mapping and --channels-first describe your own model: they need --flax"
-        )
-    if args.input_shape and args.dtype != "native":
-        raise InvalidArgumentError(
-            "--dtype applies to chains checked position by position; with --input-shape each side computes in "
-            "its own dtype (drop it)"
         )
     if args.input_shape and args.seeds > 1:
         raise InvalidArgumentError("--seeds N checks chains drawn from model.init; with --input-shape check one seed")
