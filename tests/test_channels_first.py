@@ -151,6 +151,18 @@ def test_sweep_of_a_channels_first_port() -> None:
     assert sweep.seed_ok == (True,) * 4
 
 
+def test_sweep_of_a_stock_channels_first_port_orders_each_seeds_linear_columns_as_its_flatten() -> None:
+    """Each seed's weights reach a stock port as load_into would put them: the conv inside the user's wrapper
+    by its own name (conv.weight), the Linear after nn.Flatten of NCHW with its columns permuted. Every
+    seed passes, and the port keeps the weights it had."""
+    model, variables, x = _build("2d")
+    port = bridge.load_into(_stock_torch_port(), model, variables, channels_last=False)
+    before = {k: v.clone() for k, v in port.state_dict().items()}
+    sweep = bridge.check_equivalence(model, variables, port, x, seeds=range(3), channels_last=False, grads=False)
+    assert sweep.seed_ok == (True,) * 3, str(sweep)
+    assert all(torch.equal(before[k], v) for k, v in port.state_dict().items())
+
+
 def test_layers_without_a_channels_first_form_are_refused_by_name() -> None:
     model = nn.Sequential([nn.Conv(4, (3, 3)), nn.LayerNorm(), bridge.flatten, nn.Dense(2)])
     variables = model.init(jax.random.PRNGKey(0), np.ones((1, 5, 5, 2), np.float32))

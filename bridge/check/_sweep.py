@@ -30,7 +30,8 @@ from .._numerics import Precision, Tolerance
 from .._tensors import is_float, to_numpy, to_tensor
 from ..capture._capture import flax_layer_outputs
 from ..capture._chain import Step, Variables, discover_chain
-from ..convert._convert import load_into
+from ..convert._convert import PlannedStep, flatten_permutations, load_into
+from ..match._match import owned_tensors
 from ..match._match_tree import flatten_permutation
 from ..rules import BoundInputs, LayerRule, rule_for_flax
 from ._compare import SeedComparison, compare_per_seed
@@ -80,8 +81,10 @@ def sweep_seeds(
         np.asarray(y) for y in jax.jit(jax.vmap(lambda v, x: flax_layer_outputs(model, v, x)))(stacked, jnp.asarray(xs))
     ]
     flax_inputs = [xs, *flax_outputs[:-1]]
-    params = _stacked_torch_params(steps, stacked_steps, rules)
+    # a channels-first port whose flatten orders features (C, H, W) takes the next Linear's columns so ordered
+    columns = {} if channels_last else flatten_permutations(list(map(PlannedStep, steps, rules)), torch_module)
     children = list(port)
+    params = _stacked_torch_params(steps, stacked_steps, rules, children, columns)
     with torch.no_grad():
         torch_outputs = _torch_chain(children, params, _torch_layout(xs, channels_last, None))
     # in Flax's layout, a channels-first flatten's order (found from the first seed's values) undone
@@ -188,20 +191,29 @@ def _check_fits(template: Variables | None, first: Any) -> None:
         )
 
 
-def _stacked_torch_params(steps: Sequence[Step], stacked: Sequence[Step], rules: Sequence[LayerRule]) -> Params:
-    """Each position's converted weights, stacked over seeds, laid out for torch, by torch name (the maps
-    come from one seed's ``steps``: a rule reads the layout from unstacked shapes)."""
-    return [
-        {
-            m.torch_name: to_tensor(
-                np.ascontiguousarray(
-                    m.flax_to_torch(np.asarray(many.variables[m.collection][m.flax_name]), stacked=True)
-                )
-            )
-            for m in rule.param_maps(one.layer, one.variables)
-        }
-        for one, many, rule in zip(steps, stacked, rules, strict=True)
-    ]
+def _stacked_torch_params(
+    steps: Sequence[Step],
+    stacked: Sequence[Step],
+    rules: Sequence[LayerRule],
+    children: Sequence[torch.nn.Module],
+    columns: dict[int, np.ndarray],
+) -> Params:
+    """Each position's converted weights, stacked over seeds, laid out for torch, by the name of the port's
+    tensor that holds each (a layer wrapped in a module of the user's: ``conv.weight``). The maps come from
+    one seed's ``steps``: a rule reads the layout from unstacked shapes. ``columns``: by position, the
+    permutation of a matrix's input features into torch's order (Flax feature j is torch column p[j])."""
+    params: Params = []
+    for one, many, rule, child in zip(steps, stacked, rules, children, strict=True):
+        own = {}
+        for held in owned_tensors(rule, one.layer, one.variables, child, by_value=False):
+            m = held.param_map
+            array = m.flax_to_torch(np.asarray(many.variables[m.collection][m.flax_name]), stacked=True)
+            permutation = columns.get(one.index)
+            if permutation is not None and array.ndim == 3 and array.shape[-1] == len(permutation):
+                array = in_torch_order(array, permutation)
+            own[held.torch_name] = to_tensor(np.ascontiguousarray(array))
+        params.append(own)
+    return params
 
 
 def _per_seed(function: Callable[..., Any], *args: Any) -> Any:

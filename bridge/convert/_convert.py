@@ -222,7 +222,7 @@ def load_into(
             expected = " or ".join(t.__name__ for t in rule.torch_types)
             raise LayerMismatchError(f"{step.where}: expected torch {expected}, found {type(module).__name__}")
     arrays = _torch_arrays(planned)
-    permutations = {} if channels_last else _flatten_permutations(planned, torch_module)
+    permutations = {} if channels_last else flatten_permutations(planned, torch_module)
     problems: list[str] = []
     copies: list[tuple[torch.Tensor, np.ndarray]] = []
     for (step, rule), module in zip(planned, torch_module, strict=True):
@@ -282,9 +282,10 @@ def _example_inputs(model: Any, variables: Any) -> Any:
     return rule.random_input(first.layer, first.variables, np.random.default_rng(0), 2)
 
 
-def _flatten_permutations(planned: tuple[PlannedStep, ...], torch_module: torch.nn.Sequential) -> dict[int, np.ndarray]:
+def flatten_permutations(planned: Sequence[PlannedStep], torch_module: torch.nn.Sequential) -> dict[int, np.ndarray]:
     """For a channels-first port whose flatten flattens ``(C, H, W)`` (torch's order): the position after
-    it and the permutation of its input features (``channels_first_flatten_permutation``)."""
+    it and the permutation of its input features (``channels_first_flatten_permutation``); found before any
+    values exist, by probing the port's flatten (the checker finds it from the recorded values instead)."""
     steps = [step for step, _ in planned]
     flatten = channels_first_positions(steps) - 1
     if flatten + 1 >= len(steps) or steps[flatten].kind != "flatten":
