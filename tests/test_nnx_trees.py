@@ -138,6 +138,8 @@ def test_training_mode_and_variables_are_refused_for_nnx_trees() -> None:
         bridge.load_into(TorchNNXNet(), model, None, channels_last=False)  # a tree is run once to see its calls
     with pytest.raises(bridge.UnsupportedModelError, match="holds its own variables"):
         bridge.load_into(TorchNNXNet(), model, {"params": {"x": 1}}, inputs=_x(), channels_last=False)
+    with pytest.raises(bridge.InvalidArgumentError, match="an NNX model does not have"):
+        bridge.check_equivalence(model, None, TorchNNXNet().eval(), _x(), channels_last=False, seeds=range(2))
 
 
 def test_nnx_sequential_stays_a_chain_and_becomes_a_tree_against_another_port() -> None:

@@ -296,6 +296,15 @@ def test_command_line_checks_a_cnn_port_with_its_own_inputs_and_mapping(tmp_path
     )
     assert wide.returncode == 0, wide.stdout + wide.stderr
     assert "dtype float64" in wide.stdout
+    sweep = subprocess.run(
+        [sys.executable, "-m", "bridge", *args, "--channels-first", "--no-grads", "--seeds", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert sweep.returncode == 0, sweep.stdout + sweep.stderr
+    assert "2/2 seeds equivalent" in sweep.stdout
 
 
 def test_mnist_cnn_written_as_a_sequential_converts_with_its_pooling() -> None:
@@ -396,3 +405,35 @@ def test_dtype_is_refused_for_a_tree_whose_layer_computes_in_its_own() -> None:
     port = bridge.load_into(Port(), model, variables, inputs=x)
     with pytest.raises(bridge.InvalidArgumentError, match=r"^head computes in float32 \(its dtype=\).*dtype='float32'"):
         bridge.check_equivalence(model, variables, port, x, dtype="bfloat16")
+
+
+def test_seeds_sweep_a_tree_each_seed_as_its_own_check(block: Any) -> None:
+    """seeds= on a tree: each seed's variables are model.init(PRNGKey(seed), x), loaded into a copy of the
+    port by structure and checked as one check of that seed would be (the detailed seed's rows are those of
+    that check); a planted mistake fails every seed and is located; the port is left as it was."""
+    model, variables, x = block
+    port = bridge.load_into(TorchSeparateBlock().eval(), model, variables, inputs=x)
+    before = {k: v.clone() for k, v in port.state_dict().items()}
+    sweep = bridge.check_equivalence(model, variables, port, x, seeds=[5, 7, 9])
+    assert sweep.ok, str(sweep)
+    assert sweep.seeds == (5, 7, 9)
+    assert len(set(sweep.worst_ratio)) == 3  # three seeds' own weights, not one seed's three times
+    assert all(torch.equal(before[k], v) for k, v in port.state_dict().items())
+    own = model.init(jax.random.PRNGKey(5), x)
+    single = bridge.check_equivalence(
+        model, own, bridge.load_into(TorchSeparateBlock().eval(), model, own, inputs=x), x
+    )
+    assert sweep.detailed_seed == 5
+    assert [r.flax_path for r in sweep.detailed.layers] == [r.flax_path for r in single.layers]
+    np.testing.assert_allclose(
+        [r.end_to_end.worst_ratio for r in sweep.detailed.layers],
+        [r.end_to_end.worst_ratio for r in single.layers],
+        rtol=1e-3,
+    )
+    assert len(sweep.detailed.gradients) == len(single.gradients) > 0
+    wrong = bridge.load_into(TorchSeparateBlock(mistake="scale").eval(), model, variables, inputs=x)
+    failed = bridge.check_equivalence(model, variables, wrong, x, seeds=range(2), grads=False)
+    assert failed.failed_seeds == (0, 1)
+    divergence = failed.detailed.first_divergence
+    assert divergence is not None
+    assert (divergence.flax_path, divergence.torch_name) == ("MultiHeadDotProductAttention_0", "attention")

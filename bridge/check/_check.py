@@ -133,7 +133,8 @@ def check_equivalence(
             own weights are replaced by each seed's converted ones (the port itself is left as it is).
             Initialising, converting and running are vectorised (``jax.vmap``, ``torch.func.vmap``);
             every layer's output is compared for every seed, and one seed (the first failing, else the
-            first) gets a full report, with gradients when ``grads``.
+            first) gets a full report, with gradients when ``grads``. A tree's seeds share the given
+            inputs and are checked one after another (its port is any module: not vectorised).
         channels_last: False for a channels-first port (``to_torch(..., channels_last=False)`` or your
             own): it is fed the inputs moved to ``(N, C, H, W)``, and its outputs, activations and input
             gradient are compared moved back to Flax's layout (the loss sees its output so too); a
@@ -148,11 +149,6 @@ def check_equivalence(
             cannot run on the inputs (the message names the position).
     """
     if is_tree_pair(model, variables, torch_module, inputs, torch_inputs, mapping):
-        if seeds is not None:
-            raise InvalidArgumentError(
-                "seeds= applies to nn.Sequential chains checked position by position; "
-                f"{type(model).__name__} against {type(torch_module).__name__} is checked as a tree without it"
-            )
         if inputs is None and torch_inputs is None:  # a chain model against another kind of port: draw rows
             try:
                 steps = discover_chain(model, variables)
@@ -160,6 +156,25 @@ def check_equivalence(
                 steps = ()
             if steps:
                 inputs = _inputs(None, steps, [rule_or_none(s.layer) for s in steps], seed, n_inputs, None)
+        if seeds is not None:
+            from ._sweep_tree import sweep_tree_seeds
+
+            return sweep_tree_seeds(
+                model,
+                variables,
+                torch_module,
+                seeds,
+                inputs,
+                check_equivalence,
+                torch_inputs=torch_inputs,
+                channels_last=channels_last,
+                mapping=mapping,
+                grads=grads,
+                dtype=dtype,
+                rtol=rtol,
+                atol=atol,
+                loss=loss,
+            )
         if dtype is not None:
             model, variables, torch_module = _cast(model, variables, torch_module, dtype)
             inputs, torch_inputs = _cast_inputs((inputs, torch_inputs), dtype)

@@ -75,6 +75,8 @@ def run_check(args: argparse.Namespace) -> int:
         "atol": args.atol,
         "grads": args.grads,
     }
+    if args.input_shape:  # your own model and port, checked as trees
+        options.update(channels_last=not args.channels_first, mapping=pair.mapping)
     if args.seeds > 1:
         sweep = check_equivalence(
             pair.model,
@@ -87,15 +89,7 @@ def run_check(args: argparse.Namespace) -> int:
         report, ok = sweep.detailed, sweep.ok
         print(json.dumps(sweep.to_dict()) if args.json else sweep)
     elif args.input_shape:
-        report = check_equivalence(
-            pair.model,
-            pair.variables,
-            pair.torch_module,
-            pair.inputs,
-            channels_last=not args.channels_first,
-            mapping=pair.mapping,
-            **options,
-        )
+        report = check_equivalence(pair.model, pair.variables, pair.torch_module, pair.inputs, **options)
         ok = report.ok
         print(json.dumps({"seed": args.seed, **report.to_dict()}) if args.json else report)
     else:
@@ -130,8 +124,6 @@ def _validate_check(args: argparse.Namespace) -> None:
         raise InvalidArgumentError(
             "--input-shape, --input-range, --mapping and --channels-first describe your own model: they need --flax"
         )
-    if args.input_shape and args.seeds > 1:
-        raise InvalidArgumentError("--seeds N checks chains drawn from model.init; with --input-shape check one seed")
     if args.keep_torch_weights and args.torch is None:
         raise InvalidArgumentError("--keep-torch-weights keeps the weights of --torch; it needs --torch MODULE:ATTR")
     if args.seeds > 1 and (args.params is not None or args.keep_torch_weights):
