@@ -30,7 +30,7 @@ from ._flax_runs import FlaxRuns, as_dtype, other_dtype
 from ._gradients import compare_gradients
 from ._outputs import in_flax_layout, output_leaves, sum_leaves
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow, SeedSweepReport, describe_tolerance
-from ._rows import finite_rows, first_nonfinite
+from ._rows import finite_rows, first_nonfinite, rows_near_kink
 
 Loss = Callable[[Any], Any]
 _Port = TypeVar("_Port", bound=torch.nn.Module)
@@ -364,16 +364,15 @@ class _Position(NamedTuple):
 def _rows_away_from_kinks(positions: Sequence[_Position]) -> np.ndarray:
     """Input rows (first axis) where no layer input lies within its tolerance of a kink (relu at 0):
     there the two sides may take different branches, and their gradients legitimately differ."""
-    smooth = np.ones(len(positions[0].x), bool)
+    rows = len(positions[0].x)
+    smooth = np.ones(rows, bool)
     for p in positions:
-        if p.rule is None or not p.rule.kinks or len(p.x) != len(smooth):
+        if p.rule is None or not p.rule.kinks:
             continue
         x64 = np.asarray(p.x, np.float64)
-        near = np.zeros(x64.shape, bool)
+        tolerance = np.where(p.bound_in > 0, p.bound_in, -1.0)  # an exact input takes the same branch on both sides
         for kink in p.rule.kinks:
-            near |= np.abs(x64 - kink) <= p.bound_in
-        near &= p.bound_in > 0  # an exact input (tolerance 0) takes the same branch on both sides
-        smooth &= ~near.reshape(len(near), -1).any(axis=1)
+            smooth &= ~rows_near_kink(x64, kink, np.broadcast_to(tolerance, x64.shape), rows)
     return smooth
 
 

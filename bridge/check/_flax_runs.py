@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from .._errors import LayerMismatchError, first_line
+from .._jaxpr import Kink, kinks
 from .._numerics import Precision, unit_roundoff
 from .._tensors import is_array, is_float, plain_tree
 from ..capture._capture_tree import capture_flax, capture_nnx
@@ -88,6 +89,21 @@ class FlaxRuns:
                 return None, None
             return jax.tree_util.tree_map(np.asarray, outputs), _pure(jax.tree_util.tree_map(np.asarray, gradients))
 
+    def kinks(self) -> tuple[list[Kink], list[Kink]]:
+        """The kinks the model meets (``bridge._jaxpr.kinks``: relu's ``max(x, 0)``, ...), evaluated in its own
+        dtype and in the other: two lists alike, kink for kink, where both walk the same equations."""
+        graphdef = nnx.graphdef(self.model) if isinstance(self.model, nnx.Module) else None
+
+        def forward(params: Any, v: Any, a: Any, k: Any) -> Any:
+            return _forward(self.model, graphdef, params, v, a, k, self.fixed, outputs=False)[0]
+
+        own = kinks(forward, self.variables.get("params", {}), self.variables, self.args, self.kwargs)
+        with jax.enable_x64(True):
+            cast = functools.partial(as_dtype, dtype=self.other)
+            variables, args, kwargs = jax.tree_util.tree_map(cast, (self.variables, self.args, self.kwargs))
+            other = kinks(forward, variables.get("params", {}), variables, args, kwargs)
+        return own, other
+
     def release_outputs(self) -> None:
         """Let the other-precision call outputs go (the gradients stay): the comparisons of calls are done."""
         if self.ran_wide:
@@ -118,13 +134,7 @@ def _compiled(model: Any, loss: Loss, *, outputs: bool, grads: bool, wrt_inputs:
             return function
 
     def run(params: Any, v: Any, a: Any, k: Any, fixed: Any) -> tuple[Any, list[Any]]:
-        a, k = _with_fixed(a, k, fixed)
-        if graphdef is not None:  # its parameters split out: v["rest"] holds the rest of its state
-            merged = nnx.merge(graphdef, params, v["rest"])
-            out, calls = capture_nnx(merged, tuple(a), k) if outputs else (merged(*a, **k), [])
-        else:
-            full = {**v, "params": params}
-            out, calls = capture_flax(model, full, tuple(a), k) if outputs else (model.apply(full, *a, **k), [])
+        out, calls = _forward(model, graphdef, params, v, a, k, fixed, outputs=outputs)
         return loss(out), [call.output for call in calls]
 
     if grads:
@@ -134,6 +144,19 @@ def _compiled(model: Any, loss: Loss, *, outputs: bool, grads: bool, wrt_inputs:
     _COMPILED.append((model if graphdef is None else graphdef, loss, options, function))
     del _COMPILED[:-8]
     return function
+
+
+def _forward(
+    model: Any, graphdef: Any, params: Any, v: Any, a: Any, k: Any, fixed: Any, *, outputs: bool
+) -> tuple[Any, list[Any]]:
+    """The model's output on the array arguments ``a``/``k`` and the ``fixed`` others, and every module call
+    when ``outputs`` (else []); an NNX model by its ``graphdef``, its state other than params in ``v["rest"]``."""
+    a, k = _with_fixed(a, k, fixed)
+    if graphdef is not None:
+        merged = nnx.merge(graphdef, params, v["rest"])
+        return capture_nnx(merged, tuple(a), k) if outputs else (merged(*a, **k), [])
+    full = {**v, "params": params}
+    return capture_flax(model, full, tuple(a), k) if outputs else (model.apply(full, *a, **k), [])
 
 
 def _split_fixed(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, Any, Any]:

@@ -216,6 +216,13 @@ def format_report(report: EquivalenceReport) -> str:
     for side, position in report.nonfinite.items():
         if position is not None:
             lines.append(f"NaN/Inf first appears on the {side} side at position {position}")
+    left_out = {
+        why: s.get(f"gradient_rows_dropped_{key}", 0)
+        for why, key in (("holding NaN/Inf", "nonfinite"), ("near a kink", "at_kinks"))
+    }
+    if any(left_out.values()):
+        counts = ", ".join(f"{count} {why}" for why, count in left_out.items() if count)
+        lines.append(f"gradients judged without some input rows (a correct port may differ there): {counts}")
     if first is not None:
         where = f"{first.kind} at '{first.flax_path}'" if first.flax_path else first.kind
         torch_side = f"torch '{first.torch_name}'" if first.torch_name else "no torch layer"

@@ -1,6 +1,9 @@
 """Which input rows (the batch axis) gradients are judged on, for chains and trees alike: a row holding NaN or
 Inf anywhere in the Flax forward pass has undefined gradients (JAX's relu passes 0 at NaN, torch's NaN), so
-it is left out and counted in the report, while its outputs are still compared (NaN against NaN is equal)."""
+it is left out and counted in the report, while its outputs are still compared (NaN against NaN is equal).
+A row where a kink's input (relu's) lies within its tolerance of the kink may take the other branch in a
+correct port, or meet another convention at the kink itself (``clamp(min=0)`` passes the gradient at 0,
+``relu`` does not): its gradients may legitimately differ, and it is left out too."""
 
 from __future__ import annotations
 
@@ -26,6 +29,15 @@ def finite_rows(arrays: Iterable[Any], rows: int) -> np.ndarray:
         per_row = array.ndim >= 1 and len(array) == rows
         finite &= ok.reshape(rows, -1).all(axis=1) if per_row else bool(ok.all())
     return finite
+
+
+def rows_near_kink(values: np.ndarray, at: float, tolerance: np.ndarray, rows: int) -> np.ndarray:
+    """Which of ``rows`` input rows hold a value within its ``tolerance`` of the kink ``at`` (``values`` and
+    ``tolerance`` float64 of one shape); none when ``values`` has another leading axis (not read row by row)."""
+    if values.ndim < 1 or len(values) != rows:
+        return np.zeros(rows, bool)
+    near = np.asarray(np.abs(values - at) <= tolerance)
+    return np.asarray(near.reshape(rows, -1).any(axis=1))
 
 
 def first_nonfinite(arrays: Iterable[Any]) -> int | None:

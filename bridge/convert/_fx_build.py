@@ -24,22 +24,10 @@ import torch
 from torch import fx
 
 from .._errors import UnsupportedModelError
+from .._jaxpr import is_relu, sub_jaxpr
 from .._tensors import is_float, to_tensor, torch_dtype
 from ._jaxpr_trace import LAYER_PREFIX, SCOPE_PREFIX, Trace, TracedLayer
 from ._primitives import TABLE, Emitter
-
-# Primitives whose sub-jaxpr is inlined: name -> the params key holding it.
-_INLINED = {
-    "jit": "jaxpr",
-    "pjit": "jaxpr",
-    "closed_call": "call_jaxpr",
-    "core_call": "call_jaxpr",
-    "custom_jvp_call": "call_jaxpr",
-    "custom_vjp_call": "call_jaxpr",
-    "custom_vjp_call_jaxpr": "fun_jaxpr",
-    "remat": "jaxpr",
-    "checkpoint": "jaxpr",
-}
 
 
 @dataclass
@@ -197,11 +185,11 @@ class _Builder:
         layer_name = str(eqn.params.get("name", ""))
         if name in ("jit", "pjit") and layer_name.startswith(LAYER_PREFIX):
             return [self._layer_call(eqn, values)]
-        if name == "custom_jvp_call" and _is_relu(eqn.params["call_jaxpr"]):
+        if name == "custom_jvp_call" and is_relu(eqn.params["call_jaxpr"]):
             return [self.emit.call(torch.relu, self._node(values[0]))]
-        if name in _INLINED:
-            sub = eqn.params[_INLINED[name]]
-            jaxpr, consts = (sub.jaxpr, sub.consts) if hasattr(sub, "consts") else (sub, ())
+        inner = sub_jaxpr(eqn)
+        if inner is not None:
+            jaxpr, consts = inner
             count = len(jaxpr.invars)
             return self._inline(jaxpr, consts, values[len(values) - count :], where)
         translate = TABLE.get(name)
@@ -302,18 +290,6 @@ def _flax_path(eqn: Any) -> str:
 
 def _at(where: str) -> str:
     return f" (in the Flax module {where!r})" if where else " (in the model's own __call__)"
-
-
-def _is_relu(closed: Any) -> bool:
-    """Whether a custom_jvp body is ``max(x, 0)``: ``jax.nn.relu``, emitted as ``torch.relu``."""
-    jaxpr = getattr(closed, "jaxpr", closed)
-    if len(jaxpr.eqns) != 1 or len(jaxpr.invars) != 1:
-        return False
-    (eqn,) = jaxpr.eqns
-    if eqn.primitive.name in ("jit", "pjit"):  # jax.nn.relu is a jitted max inside the custom_jvp
-        return _is_relu(eqn.params["jaxpr"])
-    literals = [v for v in eqn.invars if isinstance(v, jex.Literal)]
-    return eqn.primitive.name == "max" and len(literals) == 1 and float(np.asarray(literals[0].val)) == 0.0
 
 
 def _structure(tree: Any, leaves: list[Any]) -> Any:

@@ -1,0 +1,97 @@
+"""Kinks in a tree: where a relu's input lies at (or within rounding of) 0, a correct port may take the other
+branch or another convention (``clamp(min=0)`` passes the gradient at 0, ``relu`` does not), so its gradients
+may differ there; such input rows are left out of the gradient comparison once it fails with them, and a real
+gradient mistake is still caught on the other rows."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import bridge
+from bridge._jaxpr import kinks
+
+
+class ReluMLP(nn.Module):
+    """relu between two Dense layers, with a skip: the relu is glue, not a call the tree captures."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.Dense(3)(nn.relu(nn.Dense(16)(x)) + x.sum(-1, keepdims=True))
+
+
+class _DoubledBackward(torch.autograd.Function):
+    """relu whose backward doubles the gradient: a custom backward gone wrong."""
+
+    @staticmethod
+    def forward(ctx: object, h: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(h)  # type: ignore[attr-defined]
+        return h.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        (h,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return 2 * grad * (h > 0)
+
+
+class ClampedPort(torch.nn.Module):
+    """The port as torch users may write it: clamp(min=0) for the relu (its gradient at exactly 0 is 1)."""
+
+    def __init__(self, doubled_backward: bool = False) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(4, 16), torch.nn.Linear(16, 3)
+        self.doubled_backward = doubled_backward
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        h = _DoubledBackward.apply(h) if self.doubled_backward else h.clamp(min=0)
+        return self.fc2(h + x.sum(-1, keepdim=True))
+
+
+@pytest.fixture(scope="module")
+def padded() -> tuple[nn.Module, object, np.ndarray]:
+    x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    x[3] = 0.0  # a padding row: with zero biases, every relu input of that row is exactly 0
+    model = ReluMLP()
+    return model, model.init(jax.random.PRNGKey(0), x), x
+
+
+def test_a_padding_row_at_the_relu_kink_is_left_out_of_the_gradients(padded: tuple) -> None:
+    model, variables, x = padded
+    port = bridge.load_into(ClampedPort(), model, variables, inputs=x)
+    report = bridge.check_equivalence(model, variables, port, x)
+    assert report.ok, str(report)
+    assert report.settings["gradient_rows_dropped_at_kinks"] == 1
+    assert "1 near a kink" in str(report)
+    judged = bridge.check_equivalence(model, variables, port, np.delete(x, 3, axis=0))
+    assert judged.ok
+    assert judged.settings["gradient_rows_dropped_at_kinks"] == 0
+
+
+def test_a_wrong_custom_backward_is_still_caught_on_the_rows_away_from_kinks(padded: tuple) -> None:
+    model, variables, x = padded
+    port = bridge.load_into(ClampedPort(doubled_backward=True), model, variables, inputs=x)
+    report = bridge.check_equivalence(model, variables, port, x)
+    assert not report.ok
+    assert report.layers
+    assert all(row.ok for row in report.layers)
+    failing = {row.name.split(" <-> ")[0] for row in report.gradients if not row.comparison.ok}
+    assert failing == {"Dense_1/kernel", "Dense_1/bias"}, str(report)  # the inner Dense(16) (the outer is built first)
+    assert report.first_divergence is not None
+    assert "check custom backward code" in str(report.first_divergence.hint)
+
+
+def test_kinks_are_found_inside_jitted_and_custom_derivative_calls() -> None:
+    def function(x: jax.Array) -> jax.Array:
+        return nn.relu(x) + nn.leaky_relu(x) + jnp.clip(x, -1.0, 2.0) + jnp.abs(x) + jnp.tanh(x)
+
+    x = jnp.asarray([-3.0, -0.5, 0.0, 0.5, 3.0], jnp.float32)
+    found = kinks(function, x)
+    assert sorted(kink.at for kink in found) == [-1.0, 0.0, 0.0, 0.0, 2.0]  # clip's two, relu, leaky_relu, abs
+    for kink in found:  # clip's upper bound meets what its lower bound let through
+        np.testing.assert_array_equal(kink.input, np.maximum(np.asarray(x), -1.0) if kink.at == 2.0 else np.asarray(x))
+    assert kinks(lambda v: jnp.tanh(v) * 2.0 + jnp.exp(v), x) == []  # smooth functions meet none
