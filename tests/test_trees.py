@@ -370,11 +370,12 @@ def test_a_tree_is_checked_in_float64_where_a_1e_12_change_shows(block: Any) -> 
 
 def test_a_channels_first_cnn_is_checked_in_bfloat16_and_its_flatten_order_still_found(mnist: Any) -> None:
     """In bfloat16 the two sides' features differ by bfloat16's rounding, yet the order of torch's flatten
-    of NCHW is still told from the values: the correct port passes, outputs and gradients; one without the
-    flatten permutation is located at its Linear."""
+    of NCHW is still told from the values: the correct port passes; one without the flatten permutation is
+    located at its Linear. (Gradients are left out: in bfloat16 their margin here, 0.8 of the tolerance at
+    worst over four seeds, depends on the convolution kernels of the machine.)"""
     model, variables, x = mnist
     port = bridge.load_into(TorchCNN().eval(), model, variables, inputs=x, channels_last=False)
-    report = bridge.check_equivalence(model, variables, port, x, channels_last=False, dtype="bfloat16")
+    report = bridge.check_equivalence(model, variables, port, x, channels_last=False, dtype="bfloat16", grads=False)
     assert report.ok, str(report)
     assert report.settings["dtype"] == "bfloat16"
     with torch.no_grad():
