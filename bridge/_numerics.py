@@ -122,8 +122,10 @@ def _raised_squares(x: np.ndarray, w: np.ndarray, dtype: Any) -> np.ndarray:
 
 
 def _in_range(values: np.ndarray) -> bool:
-    """Whether every value is finite and every nonzero magnitude lies in ``_SAFE_MAGNITUDES``."""
-    magnitude = np.abs(np.asarray(values, np.float64))
+    """Whether every value is finite and every nonzero magnitude lies in ``_SAFE_MAGNITUDES`` (read in the
+    values' own dtype, float32 at least: no float64 copy of a large weight)."""
+    array = np.asarray(values)
+    magnitude = np.abs(array if array.dtype in (np.float32, np.float64) else np.asarray(array, np.float32))
     low, high = _SAFE_MAGNITUDES
     largest = magnitude.max(initial=0.0)  # NaN when any value is NaN: then not in range
     return bool(largest <= high) and bool(np.min(magnitude, where=magnitude > 0, initial=high) >= low)

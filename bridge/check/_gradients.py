@@ -209,7 +209,7 @@ class _Judge:
     def row(self, name: str, flax_value: Any, wide: Callable[[], Any], candidate: np.ndarray | None) -> GradientRow:
         """One gradient's row: judged by the rounding bounds, and where they fail (or the reference in the
         other precision is at hand anyway), with the calibration from ``wide()`` added."""
-        ref = np.ascontiguousarray(flax_value, np.float64)  # a transposed kernel: row order, as torch's
+        ref = np.asarray(flax_value)  # a transposed kernel stays a view: read as float64 slab by slab
         got = np.empty((0,)) if candidate is None else candidate
         got = got.reshape(ref.shape) if got.size == ref.size and got.shape != ref.shape else got
         if self.explicit is not None:
@@ -228,8 +228,9 @@ class _Judge:
         if reference is None:
             return GradientRow(name, comparison or compare(ref, got, tol))
         self.calibrated += 1
-        error = self.sensitivity * (ref - np.asarray(reference, np.float64))
-        return GradientRow(name, compare(ref, got, tol.of(ref) + calibration(error)))
+        ref64 = np.asarray(ref, np.float64)
+        error = self.sensitivity * (ref64 - np.asarray(reference, np.float64))
+        return GradientRow(name, compare(ref, got, tol.of(ref64) + calibration(error)))
 
 
 def _cancellation_floor(runs: FlaxRuns, output: Any, precision: Precision) -> float:
