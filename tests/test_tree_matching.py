@@ -39,3 +39,22 @@ def test_equal_signatures_pair_by_the_values_a_loaded_port_holds() -> None:
     report = bridge.check_equivalence(model, variables, port, (a, b))  # no mapping: the values decide
     assert report.ok, str(report)
     assert {("Dense_0", "left"), ("Dense_1", "right")} <= {(r.flax_path, r.torch_name) for r in report.layers}
+
+
+def test_value_lookup_confirms_a_sampled_match_on_every_value() -> None:
+    """Ties are looked up by a digest of a few values of each tensor, then confirmed on all of them: a module
+    whose weight differs from the Flax values in one value the digest does not read is not taken for it."""
+    from bridge.capture._capture_tree import Call
+    from bridge.match._match_tree import _TorchIndex
+
+    weight = np.random.default_rng(0).standard_normal((40, 50)).astype(np.float32)
+    bias = np.zeros(40, np.float32)
+    exact, almost = torch.nn.Linear(50, 40), torch.nn.Linear(50, 40)
+    with torch.no_grad():
+        for module in (exact, almost):
+            module.weight.copy_(torch.from_numpy(weight))
+            module.bias.zero_()
+        almost.weight[0, 1] += 1.0  # flat index 1: between the 64 evenly spaced values the digest reads
+    calls = [Call(0, "almost", "Linear", almost, None), Call(1, "exact", "Linear", exact, None)]
+    index = _TorchIndex(calls)
+    assert [c.name for c in index.holding({"weight": weight, "bias": bias}, calls)] == ["exact"]

@@ -25,7 +25,7 @@ from flax import nnx
 
 from .._errors import LayerMismatchError, UnsupportedModelError
 from .._flax_model import is_nnx
-from .._tensors import channels_first_flatten_permutation, to_numpy
+from .._tensors import channels_first_flatten_permutation, is_float, to_numpy
 from ..capture._capture_tree import Call
 from ..capture._chain import discover_chain
 from ..rules import LayerRule
@@ -111,7 +111,8 @@ class _TorchIndex:
         return table.get(sig, [])
 
     def holding(self, arrays: Mapping[str, np.ndarray], among: Sequence[Call]) -> list[Call]:
-        """The calls of ``among`` whose modules hold exactly these values under these names (by digest)."""
+        """The calls of ``among`` whose modules hold exactly these values under these names: looked up by a
+        digest of a few values of each, then compared whole (no pass over every port tensor)."""
         names = tuple(sorted(arrays))
         table = self._held.get(names)
         if table is None:
@@ -119,19 +120,40 @@ class _TorchIndex:
             for call in among:
                 tensors = self.tensors(call)
                 if all(n in tensors for n in names):
-                    table.setdefault(_digest({n: to_numpy(tensors[n]) for n in names}), []).append(call)
+                    table.setdefault(_sample_digest({n: tensors[n] for n in names}), []).append(call)
             self._held[names] = table
-        return table.get(_digest(arrays), [])
+        return [
+            call
+            for call in table.get(_sample_digest(arrays), [])
+            if all(_equal(arrays[n], self.tensors(call)[n]) for n in names)
+        ]
 
 
-def _digest(arrays: Mapping[str, np.ndarray]) -> bytes:
-    """A digest of named arrays: equal for equal names, shapes, dtypes and values."""
+# How many evenly spaced values of each array the lookup digest reads.
+_SAMPLED_VALUES = 64
+
+
+def _sample_digest(arrays: Mapping[str, Any]) -> bytes:
+    """A digest of named arrays or tensors: their names, shapes, dtypes and up to ``_SAMPLED_VALUES`` evenly
+    spaced values; equal for equal arrays (a match is then confirmed by comparing them whole)."""
     digest = hashlib.blake2b(digest_size=16)
     for name in sorted(arrays):
-        array = np.ascontiguousarray(arrays[name])
-        digest.update(f"{name}{array.shape}{array.dtype}".encode())
-        digest.update(array.tobytes())
+        value = arrays[name]
+        size = int(np.prod(tuple(value.shape), dtype=np.int64))
+        picked = np.linspace(0, size - 1, min(size, _SAMPLED_VALUES)).astype(np.int64)
+        if isinstance(value, torch.Tensor):
+            sample = to_numpy(value.detach().reshape(-1)[torch.from_numpy(picked)])
+        else:
+            sample = np.asarray(value).reshape(-1)[picked]
+        digest.update(f"{name}{tuple(value.shape)}{sample.dtype}".encode())
+        digest.update(np.ascontiguousarray(sample).tobytes())
     return digest.digest()
+
+
+def _equal(array: np.ndarray, tensor: torch.Tensor) -> bool:
+    """Whether a tensor holds exactly an array's values (NaN equal to NaN), dtype included."""
+    held = to_numpy(tensor)
+    return held.dtype == np.asarray(array).dtype and bool(np.array_equal(array, held, equal_nan=is_float(held.dtype)))
 
 
 def match_calls(flax_calls: Sequence[Call], torch_calls: Sequence[Call], mapping: Mapping[str, str] | None) -> Matching:
