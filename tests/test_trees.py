@@ -366,6 +366,8 @@ def test_a_tree_is_checked_in_float64_where_a_1e_12_change_shows(block: Any) -> 
         "isolated",
     ), str(off)
     assert bridge.check_equivalence(model, variables, port, x, grads=False).ok  # float32 cannot see 1e-12
+    with jax.enable_x64(True), pytest.raises(bridge.LayerMismatchError, match=r"port\.to\(torch\.float64\) first"):
+        bridge.load_into(TorchTransformerBlock().eval(), model, variables, inputs=x.astype(np.float64))
 
 
 def test_a_channels_first_cnn_is_checked_in_bfloat16_and_its_flatten_order_still_found(mnist: Any) -> None:

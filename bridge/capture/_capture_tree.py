@@ -192,6 +192,16 @@ def capture_nnx(model: nnx.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     return output, calls
 
 
+def _dtype_hint(port: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """A fix to append where the port's floating parameters and its floating inputs differ in dtype."""
+    inputs = {a.dtype for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.is_floating_point()}
+    held = {p.dtype for p in port.parameters() if p.is_floating_point()}
+    if len(inputs) != 1 or not held or held == inputs:
+        return ""
+    (dtype,) = inputs
+    return f" (its parameters are {', '.join(sorted(map(str, held)))}, the inputs {dtype}: port.to({dtype}) first)"
+
+
 def capture_torch(port: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, list[Call]]:
     """``(output, calls)`` of ``port(*args, **kwargs)``; the first call is the port's own.
 
@@ -223,7 +233,9 @@ def capture_torch(port: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str
     except Exception as e:  # the port's code may raise anything
         failed = calls[stack[-1]] if stack else None
         where = f" in {failed.name or 'the port'} ({failed.kind})" if failed else ""
-        raise LayerMismatchError(f"the torch port failed{where} on the given inputs: {first_line(e)}") from e
+        raise LayerMismatchError(
+            f"the torch port failed{where} on the given inputs: {first_line(e)}{_dtype_hint(port, args, kwargs)}"
+        ) from e
     finally:
         for handle in handles:
             handle.remove()
