@@ -1,6 +1,7 @@
-"""Reading jaxprs: which equations carry a sub-jaxpr to walk into, which sub-jaxpr is ``jax.nn.relu``, and an
+"""Reading jaxprs: which equations carry a sub-jaxpr to walk into, which sub-jaxpr is ``jax.nn.relu``, an
 evaluation that records the inputs of every kink (the points where a function's derivative jumps: ``relu``'s
-``max(x, 0)``, ``clip``, ``abs``, the comparison of ``leaky_relu``) on the way."""
+``max(x, 0)``, ``clip``, ``abs``, the comparison of ``leaky_relu``) on the way, and the first conversion of a
+floating value to a narrower dtype (a float64 model that computes part of itself in float32)."""
 
 from __future__ import annotations
 
@@ -68,6 +69,22 @@ def kinks(function: Callable[..., Any], *args: Any) -> list[Kink]:
     found: list[Kink] = []
     _evaluate(closed.jaxpr, closed.consts, jax.tree_util.tree_leaves(args), found)
     return found
+
+
+def first_narrowing(function: Callable[..., Any], *args: Any) -> tuple[str, str] | None:
+    """The first conversion of a floating value to a narrower floating dtype that ``function(*args)`` makes,
+    in any sub-jaxpr (``jax.nn.dot_product_attention`` computes its softmax in float32): the two dtype names,
+    or None."""
+    return _narrowing(jax.make_jaxpr(function)(*args).jaxpr)
+
+
+def _narrowing(jaxpr: Any) -> tuple[str, str] | None:
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "convert_element_type":
+            source, target = np.dtype(eqn.invars[0].aval.dtype), np.dtype(eqn.params["new_dtype"])
+            if is_float(source) and is_float(target) and target.itemsize < source.itemsize:
+                return source.name, target.name
+    return next((found for sub in jex.subjaxprs(jaxpr) if (found := _narrowing(sub)) is not None), None)
 
 
 def _evaluate(jaxpr: Any, consts: Any, args: list[Any], found: list[Kink]) -> list[Any]:

@@ -231,3 +231,17 @@ def test_attention_mistakes_in_a_port_of_an_nnx_block_are_located(mistake: str, 
     assert divergence is not None
     assert (divergence.flax_path, divergence.torch_name) == ("attn", "attention"), str(report)
     assert hint in str(divergence.hint)
+
+
+def test_a_float64_check_of_nnx_attention_is_refused_where_flax_computes_its_softmax_in_float32() -> None:
+    """nnx.MultiHeadAttention runs jax.nn.dot_product_attention, which computes its softmax in float32: in a
+    float64 check the reference is only float32-accurate there, so the derived tolerances would fail a correct
+    port. The check refuses, naming the layer and the fix; explicit rtol/atol still check it."""
+    model = NNXTransformerBlock(32, 4, nnx.Rngs(0))
+    x = np.random.default_rng(0).standard_normal((2, 6, 32)).astype(np.float32)
+    port = bridge.load_into(TorchTransformerBlock().eval(), model, None, inputs=x)
+    with jax.enable_x64(True):
+        with pytest.raises(bridge.InvalidArgumentError, match=r"^attn converts a float64 value to float32.*'float32'"):
+            bridge.check_equivalence(model, None, port, x, dtype="float64", grads=False)
+        explicit = bridge.check_equivalence(model, None, port, x, dtype="float64", grads=False, rtol=1e-5, atol=1e-6)
+    assert explicit.ok, str(explicit)

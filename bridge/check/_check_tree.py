@@ -29,6 +29,7 @@ from flax import nnx
 from .._arguments import call_arguments, torch_arguments
 from .._errors import InvalidArgumentError
 from .._flax_model import own_compute_dtype_error
+from .._jaxpr import first_narrowing
 from .._numerics import Precision, Tolerance, function_rounding
 from .._tensors import is_float
 from ..capture._capture_tree import Call, capture_flax, capture_torch
@@ -89,6 +90,8 @@ def check_tree(
     precision = Precision.of(_dtype_name(flax_out))
     other = other_dtype(_dtype_name(flax_out))  # the calibration's reference: float64 (float32 for float64)
     runs = FlaxRuns(model, variables, args, kwargs, loss or sum_leaves, other=other)
+    if tolerance is None and np.dtype(_dtype_name(flax_out)).itemsize == 8:
+        _refuse_narrowing(model, runs, flax_calls)
 
     def wide() -> list[Any]:  # every call's output in the other precision, or [] where that run differs
         outputs = runs.wide_outputs()
@@ -320,19 +323,47 @@ def _isolated_bound(
 
 def _standalone(call: Call, dtype: np.dtype[Any]) -> np.ndarray | None:
     """The call's module run alone in ``dtype`` on its recorded inputs (as float64)."""
-    cast = functools.partial(as_dtype, dtype=dtype)
     try:
         with jax.enable_x64(True):
-            args, kwargs = jax.tree_util.tree_map(cast, (call.args, call.kwargs))
-            if isinstance(call.module, nnx.Module):
-                leaves = output_leaves(getattr(nnx_as_dtype(call.module, dtype), call.method)(*args, **kwargs))
-            else:
-                module = call.module.clone(parent=None)
-                variables = jax.tree_util.tree_map(cast, call.variables)
-                leaves = output_leaves(module.apply(variables, *args, method=call.method, **kwargs))
+            leaves = output_leaves(_run_alone(call, dtype))
     except Exception:  # a module that cannot run alone (needs its parent's state)
         return None
     return np.asarray(leaves[0], np.float64) if leaves else None
+
+
+def _run_alone(call: Call, dtype: Any) -> Any:
+    """The call's module run alone, its variables and recorded inputs in ``dtype`` (under ``jax.enable_x64``)."""
+    cast = functools.partial(as_dtype, dtype=dtype)
+    args, kwargs = jax.tree_util.tree_map(cast, (call.args, call.kwargs))
+    if isinstance(call.module, nnx.Module):
+        return getattr(nnx_as_dtype(call.module, dtype), call.method)(*args, **kwargs)
+    variables = jax.tree_util.tree_map(cast, call.variables)
+    return call.module.clone(parent=None).apply(variables, *args, method=call.method, **kwargs)
+
+
+def _refuse_narrowing(model: Any, runs: FlaxRuns, calls: Sequence[Call]) -> None:
+    """A float64 model that converts a value to a narrower dtype inside (``jax.nn.dot_product_attention``
+    computes its softmax in float32) is only that accurate there, and its derived float64 tolerances would
+    fail a correct port: raise, naming the first layer that narrows (else the model)."""
+    found = runs.narrowing()
+    if found is None:
+        return
+    wide, narrow = found
+    where = next((call.name for call in calls if call.variables and _narrows(call)), None)
+    raise InvalidArgumentError(
+        f"{where or type(model).__name__} converts a {wide} value to {narrow} inside (jax.nn.dot_product_attention "
+        f"computes its softmax so): its {wide} output is only {narrow}-accurate there, and the tolerances derived "
+        f"for {wide} would fail a correct port. Check in {narrow} (dtype={narrow!r}), or pass rtol/atol"
+    )
+
+
+def _narrows(call: Call) -> bool:
+    """Whether a call's module, run alone in float64, converts a floating value to a narrower dtype."""
+    try:
+        with jax.enable_x64(True):
+            return first_narrowing(lambda: _run_alone(call, np.float64)) is not None
+    except Exception:  # a module that cannot run alone
+        return False
 
 
 def run_isolated(pair: Pair, channels_last: bool) -> np.ndarray | None:

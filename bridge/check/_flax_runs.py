@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from .._errors import LayerMismatchError, first_line
-from .._jaxpr import Kink, kinks
+from .._jaxpr import Kink, first_narrowing, kinks
 from .._numerics import Precision, unit_roundoff
 from .._tensors import is_array, is_float, plain_tree
 from ..capture._capture_tree import capture_flax, capture_nnx
@@ -79,8 +79,7 @@ class FlaxRuns:
     @functools.cached_property
     def _wide(self) -> tuple[list[Any] | None, Any]:
         with jax.enable_x64(True):
-            cast = functools.partial(as_dtype, dtype=self.other)
-            variables, args, kwargs = jax.tree_util.tree_map(cast, (self.variables, self.args, self.kwargs))
+            variables, args, kwargs = self._in_other()
             grads = self.differentiable
             function = _compiled(self.model, self.loss, outputs=True, grads=grads, wrt_inputs=self.wrt_inputs)
             try:
@@ -89,20 +88,36 @@ class FlaxRuns:
                 return None, None
             return jax.tree_util.tree_map(np.asarray, outputs), _pure(jax.tree_util.tree_map(np.asarray, gradients))
 
-    def kinks(self) -> tuple[list[Kink], list[Kink]]:
-        """The kinks the model meets (``bridge._jaxpr.kinks``: relu's ``max(x, 0)``, ...), evaluated in its own
-        dtype and in the other: two lists alike, kink for kink, where both walk the same equations."""
+    def _forward(self) -> Callable[[Any, Any, Any, Any], Any]:
+        """The model's output as a function of ``(params, variables, args, kwargs)`` (for tracing)."""
         graphdef = nnx.graphdef(self.model) if isinstance(self.model, nnx.Module) else None
 
         def forward(params: Any, v: Any, a: Any, k: Any) -> Any:
             return _forward(self.model, graphdef, params, v, a, k, self.fixed, outputs=False)[0]
 
+        return forward
+
+    def kinks(self) -> tuple[list[Kink], list[Kink]]:
+        """The kinks the model meets (``bridge._jaxpr.kinks``: relu's ``max(x, 0)``, ...), evaluated in its own
+        dtype and in the other: two lists alike, kink for kink, where both walk the same equations."""
+        forward = self._forward()
         own = kinks(forward, self.variables.get("params", {}), self.variables, self.args, self.kwargs)
         with jax.enable_x64(True):
-            cast = functools.partial(as_dtype, dtype=self.other)
-            variables, args, kwargs = jax.tree_util.tree_map(cast, (self.variables, self.args, self.kwargs))
+            variables, args, kwargs = self._in_other()
             other = kinks(forward, variables.get("params", {}), variables, args, kwargs)
         return own, other
+
+    def narrowing(self) -> tuple[str, str] | None:
+        """The first narrowing of a floating value inside the model (``bridge._jaxpr.first_narrowing``)."""
+        with jax.enable_x64(True):
+            return first_narrowing(
+                self._forward(), self.variables.get("params", {}), self.variables, self.args, self.kwargs
+            )
+
+    def _in_other(self) -> tuple[Any, Any, Any]:
+        """The variables and array arguments in the other precision (call it under ``jax.enable_x64``)."""
+        cast = functools.partial(as_dtype, dtype=self.other)
+        return jax.tree_util.tree_map(cast, (self.variables, self.args, self.kwargs))
 
     def release_outputs(self) -> None:
         """Let the other-precision call outputs go (the gradients stay): the comparisons of calls are done."""
