@@ -263,46 +263,25 @@ def test_command_line_checks_a_cnn_port_with_its_own_inputs_and_mapping(tmp_path
     (tmp_path / "user_models.py").write_text(models.read_text())
     (tmp_path / "map.json").write_text(json.dumps({"Dense_*": "fc*"}))
     args = ["check", "--flax", "user_models:CNN", "--torch", "user_models:TorchCNN", "--input-shape", "2,28,28,1"]
-    run = subprocess.run(
-        [sys.executable, "-m", "bridge", *args, "--channels-first", "--mapping", "map.json", "--no-grads"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
+
+    def cli(*options: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "bridge", *args, *options]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+
+    run = cli("--channels-first", "--mapping", "map.json", "--no-grads")
     assert run.returncode == 0, run.stderr
     assert "equivalence check: EQUIVALENT" in run.stdout
     assert "  Dense_0" in run.stdout  # the report prints the call tree, children indented
-    wrong = subprocess.run(
-        [sys.executable, "-m", "bridge", *args, "--no-grads"], capture_output=True, text=True, timeout=300, cwd=tmp_path
-    )
+    wrong = cli("--no-grads")
     assert wrong.returncode == 1, wrong.stderr  # NHWC fed to an NCHW port: its first conv cannot take the weights
     assert wrong.stdout.startswith("NOT EQUIVALENT")
-    exact = subprocess.run(
-        [sys.executable, "-m", "bridge", *args, "--channels-first", "--no-grads", "--rtol", "1e-9", "--atol", "0"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    exact = cli("--channels-first", "--no-grads", "--rtol", "1e-9", "--atol", "0")
     assert exact.returncode == 1, exact.stderr  # a correct port, held below float32's rounding
     assert "tolerance rtol=1e-09, atol=0" in exact.stdout
-    wide = subprocess.run(
-        [sys.executable, "-m", "bridge", *args, "--channels-first", "--no-grads", "--dtype", "float64"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    wide = cli("--channels-first", "--no-grads", "--dtype", "float64")
     assert wide.returncode == 0, wide.stdout + wide.stderr
     assert "dtype float64" in wide.stdout
-    sweep = subprocess.run(
-        [sys.executable, "-m", "bridge", *args, "--channels-first", "--no-grads", "--seeds", "2"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    sweep = cli("--channels-first", "--no-grads", "--seeds", "2")
     assert sweep.returncode == 0, sweep.stdout + sweep.stderr
     assert "2/2 seeds equivalent" in sweep.stdout
 
