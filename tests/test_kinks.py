@@ -1,7 +1,7 @@
-"""Kinks in a tree: where a relu's input lies at (or within rounding of) 0, a correct port may take the other
+"""Kinks: where a relu's input lies at (or within rounding of) 0, a correct port may take the other
 branch or another convention (``clamp(min=0)`` passes the gradient at 0, ``relu`` does not), so its gradients
-may differ there; such input rows are left out of the gradient comparison once it fails with them, and a real
-gradient mistake is still caught on the other rows."""
+may differ there. Such input rows are left out of the gradient comparison (a tree: once it fails with them;
+a chain: up front, at its relu positions), and a real gradient mistake is still caught on the other rows."""
 
 from __future__ import annotations
 
@@ -95,3 +95,17 @@ def test_kinks_are_found_inside_jitted_and_custom_derivative_calls() -> None:
     for kink in found:  # clip's upper bound meets what its lower bound let through
         np.testing.assert_array_equal(kink.input, np.maximum(np.asarray(x), -1.0) if kink.at == 2.0 else np.asarray(x))
     assert kinks(lambda v: jnp.tanh(v) * 2.0 + jnp.exp(v), x) == []  # smooth functions meet none
+
+
+def test_a_chain_leaves_out_the_row_whose_relu_input_lies_within_its_tolerance_of_zero() -> None:
+    """A chain knows its relu positions: the row whose first Dense output has an element within rounding
+    of 0 (its bias set to cancel that row's product) is left out of the gradients, the others are judged."""
+    model = nn.Sequential([nn.Dense(4), nn.relu, nn.Dense(2)])
+    x = np.random.default_rng(1).standard_normal((6, 3)).astype(np.float32)
+    variables = jax.tree_util.tree_map(np.array, model.init(jax.random.PRNGKey(0), x))
+    dense = variables["params"]["layers_0"]
+    product = x[2].astype(np.float64) @ dense["kernel"][:, 0].astype(np.float64)
+    dense["bias"][0] = np.float32(-product)  # row 2's first pre-activation: 0 up to float32 rounding
+    report = bridge.check_equivalence(model, variables, bridge.to_torch(model, variables), x)
+    assert report.ok, str(report)
+    assert report.settings["gradient_rows_dropped_at_kinks"] == 1
