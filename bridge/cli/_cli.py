@@ -41,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=1,
         metavar="N",
-        help="check N seeds from --seed on, vectorised: every layer's output for every seed, and the full "
-        "report (gradients included) for the first failing seed, else --seed; the inputs are --seed's",
+        help="check N seeds from --seed on (a chain vectorised, your own model with --input-shape one seed after "
+        "another): every layer's output for every seed, and the full report (gradients included) for the first "
+        "failing seed, else --seed; the inputs are --seed's",
     )
     seed_model = check.add_argument_group("the seed model (the default)")
     seed_model.add_argument("--in-features", type=int, default=3, help="input width (default 3; x = [1, 0, 0, ...])")
