@@ -10,46 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
+from tree_models import ClampedPort, ReluMLP
 
 import bridge
 from bridge._jaxpr import kinks
-
-
-class ReluMLP(nn.Module):
-    """relu between two Dense layers, with a skip: the relu is glue, not a call the tree captures."""
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return nn.Dense(3)(nn.relu(nn.Dense(16)(x)) + x.sum(-1, keepdims=True))
-
-
-class _DoubledBackward(torch.autograd.Function):
-    """relu whose backward doubles the gradient: a custom backward gone wrong."""
-
-    @staticmethod
-    def forward(ctx: object, h: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(h)  # type: ignore[attr-defined]
-        return h.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
-        (h,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        return 2 * grad * (h > 0)
-
-
-class ClampedPort(torch.nn.Module):
-    """The port as torch users may write it: clamp(min=0) for the relu (its gradient at exactly 0 is 1)."""
-
-    def __init__(self, doubled_backward: bool = False) -> None:
-        super().__init__()
-        self.fc1, self.fc2 = torch.nn.Linear(4, 16), torch.nn.Linear(16, 3)
-        self.doubled_backward = doubled_backward
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc1(x)
-        h = _DoubledBackward.apply(h) if self.doubled_backward else h.clamp(min=0)
-        return self.fc2(h + x.sum(-1, keepdim=True))
 
 
 @pytest.fixture(scope="module")

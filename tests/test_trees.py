@@ -13,6 +13,8 @@ import pytest
 import torch
 from tree_models import (
     CNN,
+    ClampedPort,
+    ReluMLP,
     ResNet,
     TorchCNN,
     TorchResNet,
@@ -419,3 +421,19 @@ def test_seeds_sweep_a_tree_each_seed_as_its_own_check(block: Any) -> None:
     divergence = failed.detailed.first_divergence
     assert divergence is not None
     assert (divergence.flax_path, divergence.torch_name) == ("MultiHeadDotProductAttention_0", "attention")
+
+
+def test_a_tree_sweep_details_the_first_failing_seed() -> None:
+    """A port wrong only for initialisations whose fc1.weight[0, 0] is negative (seeds 1 and 3 of 0..3, by
+    JAX's counter-based PRNG on every machine): those seeds fail, and seed 1 gets the full report."""
+    x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
+    model = ReluMLP()
+    variables = model.init(jax.random.PRNGKey(0), x)
+    port = bridge.load_into(ClampedPort(wrong_when_negative=True), model, variables, inputs=x)
+    signs = [float(model.init(jax.random.PRNGKey(s), x)["params"]["Dense_1"]["kernel"][0, 0]) < 0 for s in range(4)]
+    assert signs == [False, True, False, True]
+    sweep = bridge.check_equivalence(model, variables, port, x, seeds=range(4))
+    assert sweep.failed_seeds == (1, 3)
+    assert sweep.detailed_seed == 1
+    assert not sweep.detailed.ok
+    assert sweep.detailed.gradients  # the detailed seed is checked again with its gradients

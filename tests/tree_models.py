@@ -306,3 +306,41 @@ class TorchTiedLM(torch.nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.ln(F.relu(self.proj(self.tok(tokens)))))
+
+
+class ReluMLP(nn.Module):
+    """relu between two Dense layers, with a skip: the relu is glue, not a call the tree captures."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.Dense(3)(nn.relu(nn.Dense(16)(x)) + x.sum(-1, keepdims=True))
+
+
+class _DoubledBackward(torch.autograd.Function):
+    """relu whose backward doubles the gradient: a custom backward gone wrong."""
+
+    @staticmethod
+    def forward(ctx: object, h: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(h)  # type: ignore[attr-defined]
+        return h.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        (h,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return 2 * grad * (h > 0)
+
+
+class ClampedPort(torch.nn.Module):
+    """The port as torch users may write it: clamp(min=0) for the relu (its gradient at exactly 0 is 1)."""
+
+    def __init__(self, doubled_backward: bool = False, wrong_when_negative: bool = False) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(4, 16), torch.nn.Linear(16, 3)
+        self.doubled_backward = doubled_backward
+        self.wrong_when_negative = wrong_when_negative  # wrong only for some initialisations
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)
+        h = _DoubledBackward.apply(h) if self.doubled_backward else h.clamp(min=0)
+        out = self.fc2(h + x.sum(-1, keepdim=True))
+        return out + 1.0 if self.wrong_when_negative and self.fc1.weight[0, 0] < 0 else out

@@ -55,14 +55,18 @@ def sweep_tree_seeds(
     _check_fits(template, _one_seed(every_seed, 0))
     fitted = copy.deepcopy(port)
     where = {"torch_inputs": torch_inputs, "channels_last": channels_last, "mapping": mapping}
-    reports: list[EquivalenceReport] = []
-    for index in range(len(seed_list)):
+    seed_ok: list[bool] = []
+    worst: list[float] = []
+    detailed_index, detailed = 0, None
+    for index in range(len(seed_list)):  # only the verdicts are kept, and the report of the seed to detail
         variables = _one_seed(every_seed, index)
         load_into(fitted, model, variables, inputs=inputs, **where)  # raises, naming the call, when it cannot fit
-        reports.append(check_one(model, variables, fitted, inputs, grads=False, **where, **options))
-    seed_ok = [report.ok for report in reports]
-    detailed_index = seed_ok.index(False) if False in seed_ok else 0
-    detailed = reports[detailed_index]
+        report = check_one(model, variables, fitted, inputs, grads=False, **where, **options)
+        seed_ok.append(report.ok)
+        worst.append(_worst_ratio(report))
+        if detailed is None or (not report.ok and seed_ok[detailed_index]):  # the first failing, else the first
+            detailed_index, detailed = index, report
+    assert detailed is not None  # seeds is never empty
     if grads:  # the detailed seed again, its gradients compared too
         variables = _one_seed(every_seed, detailed_index)
         load_into(fitted, model, variables, inputs=inputs, **where)
@@ -71,7 +75,7 @@ def sweep_tree_seeds(
     return SeedSweepReport(
         seeds=tuple(seed_list),
         seed_ok=tuple(seed_ok),
-        worst_ratio=tuple(_worst_ratio(report) for report in reports),
+        worst_ratio=tuple(worst),
         detailed_seed=seed_list[detailed_index],
         detailed=detailed,
         settings={
