@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from flax import nnx
 
+from .. import _flax_model as flax_model
 from .._arguments import call_arguments, torch_arguments
 from .._errors import InvalidArgumentError
-from .._flax_model import own_compute_dtype_error
 from .._jaxpr import first_narrowing
 from .._numerics import Precision, Tolerance, function_rounding
 from .._tensors import is_float
@@ -44,8 +44,8 @@ from ..rules import BoundInputs, LayerRule
 from . import _gradients
 from ._compare import Comparison, compare
 from ._divergence import Detail, first_divergence
-from ._flax_runs import FlaxRuns, as_dtype, error_scale, nnx_as_dtype, other_dtype
-from ._gradients import calibration, compare_gradients
+from ._flax_runs import FlaxRuns, as_dtype, error_scale, other_dtype
+from ._gradients import calibration_against, compare_gradients
 from ._outputs import first_array, in_flax_layout, in_torch_order, keyed_like, output_leaves, sum_leaves
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow, describe_tolerance
 from ._rows import batch_rows, finite_rows, first_nonfinite, rows_near_kink, take_rows
@@ -87,10 +87,11 @@ def check_tree(
     flax_out, flax_calls = capture_flax(model, variables, args, kwargs)
     if dtype is not None:
         _refuse_own_compute_dtypes(model, flax_calls, dtype)
-    precision = Precision.of(_dtype_name(flax_out))
-    other = other_dtype(_dtype_name(flax_out))  # the calibration's reference: float64 (float32 for float64)
+    computes_in = _dtype_name(flax_out)
+    precision = Precision.of(computes_in)
+    other = other_dtype(computes_in)  # the calibration's reference: float64 (float32 for float64)
     runs = FlaxRuns(model, variables, args, kwargs, loss or sum_leaves, other=other)
-    if tolerance is None and np.dtype(_dtype_name(flax_out)).itemsize == 8:
+    if tolerance is None and np.dtype(computes_in).itemsize == 8:
         _refuse_narrowing(model, runs, flax_calls)
 
     def wide() -> list[Any]:  # every call's output in the other precision, or [] where that run differs
@@ -178,7 +179,7 @@ def check_tree(
             for side in ("flax", "torch")
         },
         settings={
-            "dtype": _dtype_name(flax_out),
+            "dtype": computes_in,
             "tolerance": describe_tolerance(tolerance, "derived per call (rule bounds; float64 calibration elsewhere)"),
             # Comparisons judged with the float64 calibration added: those that did not pass the rounding bounds
             # alone, and every gradient once the float64 pass has run (the calibration only widens a tolerance,
@@ -203,7 +204,7 @@ def _refuse_own_compute_dtypes(model: Any, calls: Sequence[Call], dtype: Any) ->
     for call in calls:
         own = getattr(call.module, "dtype", None)
         if own is not None and jax.numpy.dtype(own) != jax.numpy.dtype(dtype):
-            raise own_compute_dtype_error(call.name or "the model", call.module, dtype, model)
+            raise flax_model.own_compute_dtype_error(call.name or "the model", call.module, dtype, model)
 
 
 def _rows_away_from_kinks(runs: FlaxRuns, rows: int, precision: Precision) -> np.ndarray:
@@ -222,8 +223,7 @@ def _rows_away_from_kinks(runs: FlaxRuns, rows: int, precision: Precision) -> np
         if kink.input.shape != wide.input.shape:
             continue
         x = np.asarray(kink.input, np.float64)
-        tolerance = calibration(scale * (x - np.asarray(wide.input, np.float64)))
-        smooth &= ~rows_near_kink(x, kink.at, tolerance, rows)
+        smooth &= ~rows_near_kink(x, kink.at, calibration_against(x, wide.input, scale), rows)
     return smooth
 
 
@@ -258,7 +258,7 @@ def _compare_pair(
     wide_y = output_leaves(wide[pair.flax.index]) if wide else []
     drift: float | np.ndarray = 0.0
     if wide_y and wide_y[0].shape == y.shape:
-        drift = calibration(error_scale(precision, other) * (y64 - np.asarray(wide_y[0], np.float64)))
+        drift = calibration_against(y64, wide_y[0], error_scale(precision, other))
     if pair.rule is None:  # a composite: the whole model's drift bounds its own error too (no extra run)
         bound_iso = drift + function_rounding(y64, y64, precision.storage)
     else:
@@ -318,7 +318,7 @@ def _isolated_bound(
     alone = None if other is None else _standalone(pair.flax, other)
     if alone is None or alone.shape != y64.shape:
         return floor
-    return calibration(error_scale(precision, other) * (y64 - alone)) + floor
+    return calibration_against(y64, alone, error_scale(precision, other)) + floor
 
 
 def _standalone(call: Call, dtype: np.dtype[Any]) -> np.ndarray | None:
@@ -336,7 +336,7 @@ def _run_alone(call: Call, dtype: Any) -> Any:
     cast = functools.partial(as_dtype, dtype=dtype)
     args, kwargs = jax.tree_util.tree_map(cast, (call.args, call.kwargs))
     if isinstance(call.module, nnx.Module):
-        return getattr(nnx_as_dtype(call.module, dtype), call.method)(*args, **kwargs)
+        return getattr(flax_model.cast(call.module, None, dtype)[0], call.method)(*args, **kwargs)
     variables = jax.tree_util.tree_map(cast, call.variables)
     return call.module.clone(parent=None).apply(variables, *args, method=call.method, **kwargs)
 
@@ -415,7 +415,7 @@ def _compare_outputs(
         precision = Precision.of(f.dtype if is_float(f.dtype) else np.float32)
         tol = function_rounding(f64, f64, precision.storage) if tolerance is None else tolerance.of(f64)
         if index < len(wide) and wide[index].shape == f.shape:
-            tol = tol + calibration(error_scale(precision, other) * (f64 - np.asarray(wide[index], np.float64)))
+            tol = tol + calibration_against(f64, wide[index], error_scale(precision, other))
         references.append(f64.ravel())
         candidates.append(np.asarray(in_flax_layout(t, f, channels_last), np.float64).ravel())
         tolerances.append(np.broadcast_to(tol, f64.shape).ravel())

@@ -199,12 +199,6 @@ def _pure(tree: Any) -> Any:
     return plain_tree(nnx.to_pure_dict(tree) if isinstance(tree, nnx.State) else tree)
 
 
-def nnx_as_dtype(module: nnx.Module, dtype: Any) -> nnx.Module:
-    """A copy of an NNX module with its floating variables in ``dtype`` (float64 needs ``jax.enable_x64``)."""
-    graphdef, state = nnx.split(module)
-    return nnx.merge(graphdef, jax.tree_util.tree_map(functools.partial(as_dtype, dtype=dtype), state))
-
-
 def other_dtype(dtype: Any) -> np.dtype[Any]:
     """The calibration's reference dtype for a computation in ``dtype``: float64, or float32 for float64."""
     return np.dtype(np.float32 if np.dtype(dtype).itemsize == 8 else np.float64)

@@ -51,6 +51,12 @@ def calibration(error: np.ndarray) -> np.ndarray:
     return C_CALIBRATION * (magnitude + finite_rms(magnitude))
 
 
+def calibration_against(value: np.ndarray, reference: Any, scale: float) -> np.ndarray:
+    """``calibration`` of ``value``'s own error as measured by ``reference``, the same computation in the other
+    precision; ``scale`` (``_flax_runs.error_scale``) turns their difference into that error."""
+    return calibration(scale * (np.asarray(value, np.float64) - np.asarray(reference, np.float64)))
+
+
 def compare_gradients(
     runs: FlaxRuns,
     port: torch.nn.Module,
@@ -229,8 +235,9 @@ class _Judge:
             return GradientRow(name, comparison or compare(ref, got, tol))
         self.calibrated += 1
         ref64 = np.asarray(ref, np.float64)
-        error = self.sensitivity * (ref64 - np.asarray(reference, np.float64))
-        return GradientRow(name, compare(ref, got, tol.of(ref64) + calibration(error)))
+        return GradientRow(
+            name, compare(ref, got, tol.of(ref64) + calibration_against(ref64, reference, self.sensitivity))
+        )
 
 
 def _cancellation_floor(runs: FlaxRuns, output: Any, precision: Precision) -> float:
