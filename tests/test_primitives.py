@@ -157,6 +157,11 @@ CASES: list[tuple[str, Callable[..., Any], tuple[Any, ...]]] = [
     ("gather", lambda x, j: (jnp.take(x, j[0], axis=1), x[j[:, 0] - 1], x[:, j[1, :2]]), (X, J)),
     ("gather", lambda x, i: jnp.take(x, i[0], axis=1, mode="fill", fill_value=-9.0), (X, K)),
     ("gather", lambda x, i: jnp.take(x, i[0], axis=1, mode="clip"), (X, K)),
+    # several axes at once (CLIP's pooling of each row's end token), and out-of-range indices clipped
+    ("gather", lambda x, j: (x[jnp.arange(3), j[:, 0]], x[jnp.arange(3), j[:, 1] + 9]), (X, J)),
+    ("gather", lambda im, j: im[jnp.arange(2), j[:2, 0], j[:2, 1]], (IMG, J)),
+    ("tile", lambda x: (jnp.tile(x, (2, 1, 3)), jnp.tile(x, 2)), (X,)),
+    ("stack", lambda x, y: (jnp.stack([x, y], axis=1), jnp.stack([x, y, x])), (X, Y)),
 ]
 
 
@@ -194,3 +199,24 @@ def test_every_translated_primitive_has_a_case() -> None:
     untested = set(TABLE) - covered - {"add_any", "copy", "copy_p", "optimization_barrier", "expand_dims"}
     untested -= {"imag", "real", "nextafter", "acosh", "digamma"}  # simple one-to-one calls, not worth a case each
     assert not untested, f"primitives with no test case: {sorted(untested)}"
+
+
+class PositionLookup(nn.Module):
+    """A learned position table read through position ids that follow the batch (OPT, rotary models)."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, positions: jax.Array) -> jax.Array:
+        table = self.param("table", nn.initializers.normal(1.0), (16, x.shape[-1]))
+        return x + jnp.take(table, positions + 2, axis=0)
+
+
+def test_a_gather_by_position_ids_takes_any_batch_size() -> None:
+    model = PositionLookup()
+    x = RNG.normal(size=(2, 5, 4)).astype(np.float32)
+    positions = np.broadcast_to(np.arange(5, dtype=np.int32), (2, 5)).copy()
+    variables = model.init(jax.random.PRNGKey(0), x, positions)
+    module = bridge.to_torch(model, variables, (x, positions))
+    x3 = RNG.normal(size=(3, 5, 4)).astype(np.float32)
+    p3 = np.broadcast_to(np.arange(5, dtype=np.int32), (3, 5)).copy()
+    got = to_numpy(module(to_tensor(x3), to_tensor(p3)))
+    np.testing.assert_allclose(got, np.asarray(model.apply(variables, x3, p3)), rtol=1e-6, atol=1e-6)

@@ -570,6 +570,8 @@ def _gather(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
     numbers = p["dimension_numbers"]
     operand_shape = tuple(eqn.invars[0].aval.shape)
     index_shape = tuple(eqn.invars[1].aval.shape)
+    if len(numbers.start_index_map) > 1:
+        return _gather_points(emit, eqn, args)
     if (
         len(numbers.start_index_map) != 1
         or tuple(numbers.collapsed_slice_dims) != tuple(numbers.start_index_map)
@@ -585,7 +587,10 @@ def _gather(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
     flat = emit.method("reshape", indices, (-1,))
     clipped = emit.call(torch.clamp, flat, 0, operand_shape[axis] - 1)
     picked = emit.call(torch.index_select, operand, axis, clipped)
-    picked = emit.method("reshape", picked, (*operand_shape[:axis], *batch_shape, *operand_shape[axis + 1 :]))
+    # an index axis that follows the batch size (position ids) is -1, so the module takes any batch
+    varying = [d for d in emit.batch_dims.get(id(eqn.invars[1]), ()) if d < len(batch_shape)]
+    batch_target = tuple(-1 if [d] == varying else n for d, n in enumerate(batch_shape))
+    picked = emit.method("reshape", picked, (*operand_shape[:axis], *batch_target, *operand_shape[axis + 1 :]))
     # picked is (operand dims before axis, batch dims, operand dims after); the output puts the operand's
     # dims at offset_dims and the batch dims, in order, everywhere else.
     rank = len(operand_shape) - 1 + len(batch_shape)
@@ -604,10 +609,65 @@ def _gather(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
         return picked
     valid = emit.call(torch.logical_and, emit.call(torch.ge, flat, 0), emit.call(torch.lt, flat, operand_shape[axis]))
     view = [1] * rank
-    for position, size in zip(batch_positions, batch_shape, strict=True):
+    for position, size in zip(batch_positions, batch_target, strict=True):
         view[position] = size
     valid = emit.method("reshape", valid, tuple(view))
     fill = p.get("fill_value")
     if fill is None:
         fill = float("nan") if np.issubdtype(np.dtype(eqn.outvars[0].aval.dtype), np.inexact) else 0
     return emit.call(torch.where, valid, picked, fill)
+
+
+def _gather_points(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
+    """The gather of integer-array indexing along several axes at once (``x[jnp.arange(b), ids]``: CLIP's
+    pooling of the end token of each row): torch's advanced indexing, indices clipped as JAX clips them."""
+    p = eqn.params
+    numbers = p["dimension_numbers"]
+    operand_shape = tuple(eqn.invars[0].aval.shape)
+    index_shape = tuple(eqn.invars[1].aval.shape)
+    indexed = tuple(numbers.start_index_map)
+    if (
+        tuple(sorted(numbers.collapsed_slice_dims)) != tuple(sorted(indexed))
+        or tuple(getattr(numbers, "operand_batching_dims", ()))
+        or index_shape[-1:] != (len(indexed),)
+        or "FILL" in str(p.get("mode", "")).upper()
+        or any(s != (1 if d in indexed else operand_shape[d]) for d, s in enumerate(p["slice_sizes"]))
+    ):
+        raise NotImplementedError(f"gather with dimension numbers {numbers}")
+    operand, indices = args
+    rest = [d for d in range(len(operand_shape)) if d not in indexed]
+    moved = (
+        emit.method("permute", operand, (*indexed, *rest))
+        if list(indexed) + rest != list(range(len(rest) + len(indexed)))
+        else operand
+    )
+    picks = []
+    for k, axis in enumerate(indexed):
+        column = emit.call(operator.getitem, indices, (Ellipsis, k))
+        picks.append(emit.call(torch.clamp, emit.method("long", column), 0, operand_shape[axis] - 1))
+    picked = emit.call(operator.getitem, moved, tuple(picks))  # (*index batch, *rest)
+    batch_rank = len(index_shape) - 1
+    rank = batch_rank + len(rest)
+    offset_dims = tuple(numbers.offset_dims)
+    batch_positions = [d for d in range(rank) if d not in offset_dims]
+    current = [*(f"b{i}" for i in range(batch_rank)), *range(len(rest))]
+    wanted: list[Any] = [None] * rank
+    for position, dim in zip(offset_dims, range(len(rest)), strict=True):
+        wanted[position] = dim
+    for position, i in zip(batch_positions, range(batch_rank), strict=True):
+        wanted[position] = f"b{i}"
+    permutation = tuple(current.index(w) for w in wanted)
+    return picked if permutation == tuple(range(rank)) else emit.method("permute", picked, permutation)
+
+
+@translates("tile")
+def _tile(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
+    """``jnp.tile``: each axis repeated ``reps`` times (``Tensor.repeat``; the batch axis follows its input)."""
+    return emit.method("repeat", emit.tensor(args[0], eqn.invars[0].aval), tuple(int(r) for r in eqn.params["reps"]))
+
+
+@translates("stack")
+def _stack(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
+    """``jnp.stack``: the operands along a new axis."""
+    tensors = [emit.tensor(a, v.aval) for a, v in zip(args, eqn.invars, strict=True)]
+    return emit.call(torch.stack, tensors, int(eqn.params["axis"]))
