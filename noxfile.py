@@ -30,7 +30,17 @@ def install_project(session: nox.Session, extras: str = "") -> None:
 def tests(session: nox.Session) -> None:
     """Run the test suite (pytest arguments pass through: ``nox -s tests -- -k chain``)."""
     install_project(session, "test")
-    session.run("pytest", "-n", "auto", *session.posargs)
+    session.run("pytest", "-n", "auto", "--ignore=tests/zoo", *session.posargs)
+
+
+@nox.session(python=PYTHON, default=False)
+def zoo(session: nox.Session) -> None:
+    """Hugging Face's Flax models against its own PyTorch classes (transformers 4.57.x, the last line with Flax;
+    tiny random configs, no downloads): the verdicts' tests, then the table architecture x step."""
+    install_project(session, "test")
+    session.install("transformers>=4.57,<5")
+    session.run("pytest", "-n", "auto", "tests/zoo", *session.posargs)
+    session.run("python", "benchmarks/zoo_table.py")
 
 
 @nox.session(python=PYTHON)

@@ -19,6 +19,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "EquivalenceReport": (".check._report", "EquivalenceReport"),
     "SeedSweepReport": (".check._report", "SeedSweepReport"),
     "TiedWeightsWarning": ("._errors", "TiedWeightsWarning"),
+    "ReassignedWarning": ("._errors", "ReassignedWarning"),
     "GradientRow": (".check._report", "GradientRow"),
     "InvalidArgumentError": ("._errors", "InvalidArgumentError"),
     "LayerMismatchError": ("._errors", "LayerMismatchError"),
@@ -72,6 +73,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors (tests/test_p
     from ._errors import InvalidArgumentError as InvalidArgumentError
     from ._errors import LayerMismatchError as LayerMismatchError
     from ._errors import NotEquivalentError as NotEquivalentError
+    from ._errors import ReassignedWarning as ReassignedWarning
     from ._errors import RuleRegistrationError as RuleRegistrationError
     from ._errors import TiedWeightsWarning as TiedWeightsWarning
     from ._errors import UnknownLayerError as UnknownLayerError

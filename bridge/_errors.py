@@ -30,6 +30,12 @@ class TiedWeightsWarning(UserWarning):
     """``load_into`` filled several port tensors from one Flax variable (tied embeddings, a module used twice)."""
 
 
+class ReassignedWarning(UserWarning):
+    """``load_into`` gave same-shape layers fed one input (query and key) other port modules than call order
+    did: the only assignment under which the port computes the Flax output. Its names may then say otherwise
+    (a forward that uses them swapped); pass ``mapping=`` to load by your names instead."""
+
+
 class RuleRegistrationError(BridgeError):
     """A conversion rule was registered for a layer kind that already has one."""
 

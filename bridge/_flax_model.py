@@ -107,3 +107,21 @@ def _string_keys(tree: Any) -> Any:
     if isinstance(tree, dict):
         return {str(key): _string_keys(value) for key, value in tree.items()}
     return tree
+
+
+def all_variables(model: Any, variables: Any) -> dict[str, Any]:
+    """Every variable of a model as nested dicts by collection (``{"params": {...}, "batch_stats": {...}}``):
+    linen's ``variables`` as given, an NNX model's read from it (named by attribute path, as its calls are)."""
+    if not is_nnx(model):
+        return dict(variables or {})
+    found: dict[str, Any] = {}
+    for path, variable in nnx.to_flat_state(nnx.state(model)):
+        collection = "batch_stats" if isinstance(variable, nnx.BatchStat) else "params"
+        if not isinstance(variable, nnx.Param | nnx.BatchStat):
+            continue  # rng counts and the like: not weights
+        node = found.setdefault(collection, {})
+        *parents, last = (str(part) for part in path)
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = np.asarray(variable.get_value() if hasattr(variable, "get_value") else variable.value)
+    return found

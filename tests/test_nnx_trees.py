@@ -10,6 +10,7 @@ import pytest
 import torch
 from flax import nnx
 from tree_models import (
+    SEPARATE_BY_NAME,
     NNXBlock,
     NNXNet,
     NNXTransformerBlock,
@@ -225,7 +226,7 @@ def test_an_nnx_transformer_block_fills_and_passes_both_attention_ports(port_kin
 def test_attention_mistakes_in_a_port_of_an_nnx_block_are_located(mistake: str, hint: str) -> None:
     model = NNXTransformerBlock(32, 4, nnx.Rngs(0))
     x = np.random.default_rng(0).standard_normal((2, 6, 32)).astype(np.float32)
-    port = bridge.load_into(TorchSeparateBlock(mistake=mistake).eval(), model, None, inputs=x)
+    port = bridge.load_into(TorchSeparateBlock(mistake=mistake).eval(), model, None, inputs=x, mapping=SEPARATE_BY_NAME)
     report = bridge.check_equivalence(model, None, port, x, grads=False)
     divergence = report.first_divergence
     assert divergence is not None

@@ -13,6 +13,7 @@ import pytest
 import torch
 from tree_models import (
     CNN,
+    SEPARATE_BY_NAME,
     ClampedPort,
     ReluMLP,
     ResNet,
@@ -154,7 +155,8 @@ def test_transformer_block_with_separate_qkv_linears_passes(block: Any) -> None:
 )
 def test_planted_attention_mistakes_are_located(block: Any, mistake: str, where: tuple[str, str], hint: str) -> None:
     model, variables, x = block
-    port = bridge.load_into(TorchSeparateBlock(mistake=mistake).eval(), model, variables, inputs=x)
+    port = TorchSeparateBlock(mistake=mistake).eval()
+    port = bridge.load_into(port, model, variables, inputs=x, mapping=SEPARATE_BY_NAME)
     report = bridge.check_equivalence(model, variables, port, x, grads=False)
     divergence = report.first_divergence
     assert divergence is not None
@@ -311,7 +313,8 @@ def test_calibrating_only_where_the_bounds_fail_gives_the_verdicts_of_calibratin
 
     model, variables, x = block
     kind = TorchTransformerBlock(exact_gelu=True) if mistake == "gelu" else TorchSeparateBlock(mistake=mistake)
-    port = bridge.load_into(kind.eval(), model, variables, inputs=x)
+    by_name = SEPARATE_BY_NAME if isinstance(kind, TorchSeparateBlock) else None
+    port = bridge.load_into(kind.eval(), model, variables, inputs=x, mapping=by_name)
     lazy = bridge.check_equivalence(model, variables, port, x)
     monkeypatch.setattr(_gradients, "CALIBRATE_LAZILY", False)
     everywhere = bridge.check_equivalence(model, variables, port, x)

@@ -344,3 +344,8 @@ class ClampedPort(torch.nn.Module):
         h = _DoubledBackward.apply(h) if self.doubled_backward else h.clamp(min=0)
         out = self.fc2(h + x.sum(-1, keepdim=True))
         return out + 1.0 if self.wrong_when_negative and self.fc1.weight[0, 0] < 0 else out
+
+
+# SeparateAttention's projections by their names: a port whose forward uses them swapped ("swapped") is loaded so,
+# and the check then finds the swap (without it, load_into picks the assignment that computes Flax's output)
+SEPARATE_BY_NAME = {"*query": "attention.q_proj", "*key": "attention.k_proj", "*value": "attention.v_proj"}

@@ -215,14 +215,16 @@ def capture_torch(port: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str
     def before(module: torch.nn.Module, call_args: tuple[Any, ...], call_kwargs: dict[str, Any]) -> None:
         parent = stack[-1] if stack else None
         name = names.get(id(module), "?")
-        call = Call(len(calls), name, type(module).__name__, module, parent, tuple(call_args), dict(call_kwargs))
+        call = Call(
+            len(calls), name, type(module).__name__, module, parent, _kept(tuple(call_args)), _kept(dict(call_kwargs))
+        )
         calls.append(call)
         if parent is not None:
             calls[parent].children.append(call.index)
         stack.append(call.index)
 
     def after(module: torch.nn.Module, call_args: Any, call_kwargs: Any, output: Any) -> None:
-        calls[stack.pop()].output = output
+        calls[stack.pop()].output = _kept(output)
 
     handles = []
     for module in port.modules():
@@ -246,3 +248,23 @@ def _plain(tree: Any) -> Any:
     if isinstance(tree, Mapping):
         return {str(k): _plain(v) for k, v in tree.items()}
     return tree
+
+
+def _kept(value: Any) -> Any:
+    """A recorded value as it is now: tensors cloned (detached), since a port may change them in place later
+    (``hidden += residual`` after a block), which would change what was recorded; containers alike."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(_kept(v) for v in value)
+    if isinstance(value, list):
+        return [_kept(v) for v in value]
+    if isinstance(value, dict) and type(value) is dict:
+        return {k: _kept(v) for k, v in value.items()}
+    if isinstance(value, Mapping):  # a Hugging Face output object: its tensors cloned, its type kept
+        try:
+            copy = type(value)(**{k: _kept(v) for k, v in value.items()})
+        except Exception:  # a mapping built otherwise: kept as it is
+            return value
+        return copy
+    return value

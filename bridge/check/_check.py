@@ -28,7 +28,7 @@ from ._compare import compare
 from ._divergence import Detail, first_divergence
 from ._flax_runs import FlaxRuns, as_dtype, other_dtype
 from ._gradients import compare_gradients
-from ._outputs import in_flax_layout, output_leaves, sum_leaves
+from ._outputs import in_flax_layout, output_leaves, projected_sum
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow, SeedSweepReport, describe_tolerance
 from ._rows import finite_rows, first_nonfinite, rows_near_kink
 
@@ -54,6 +54,7 @@ def check_equivalence(
     channels_last: bool = True,
     torch_inputs: Any = None,
     mapping: Mapping[str, str] | None = None,
+    allow_unchecked: bool = False,
 ) -> EquivalenceReport: ...
 
 
@@ -75,6 +76,7 @@ def check_equivalence(
     channels_last: bool = True,
     torch_inputs: Any = None,
     mapping: Mapping[str, str] | None = None,
+    allow_unchecked: bool = False,
 ) -> SeedSweepReport: ...
 
 
@@ -95,6 +97,7 @@ def check_equivalence(
     channels_last: bool = True,
     torch_inputs: Any = None,
     mapping: Mapping[str, str] | None = None,
+    allow_unchecked: bool = False,
 ) -> EquivalenceReport | SeedSweepReport:
     """Check that ``torch_module`` computes what the Flax ``model`` computes with ``variables``, layer by layer.
 
@@ -118,6 +121,8 @@ def check_equivalence(
             arguments for the model's ``apply`` (integer arrays too).
         torch_inputs: the port's arguments where its signature differs (trees); by default ``inputs``
             as tensors, NHWC moved to NCHW when ``channels_last`` is False.
+        allow_unchecked: trees: port parameters and buffers that no Flax variable fills (so that nothing compares
+            them) are listed, and make the verdict NOT EQUIVALENT unless this is True.
         mapping: ``{"Block_0/Dense_1": "blocks.0.fc2", ...}`` (fnmatch globs allowed) pairs calls before
             the structural matching (trees).
         dtype: cast both sides' floating variables and the inputs to it, chains and trees (``"float64"``
@@ -126,7 +131,8 @@ def check_equivalence(
             layer's rounding error; setting one takes the other from ``bridge.DEFAULT_RTOL_ATOL``.
         grads: also compare the gradients of ``loss`` with respect to the input and every parameter.
         loss: a scalar function of the output written so that it works on a ``jax.Array`` and a
-            ``torch.Tensor`` alike (``lambda y: (y ** 2).sum()``); by default the sum of the outputs.
+            ``torch.Tensor`` alike (``lambda y: (y ** 2).sum()``); by default every output weighted by fixed
+            random numbers and summed (a plain sum has no gradient through a final LayerNorm).
         seeds: check many seeds at once (linen models): for each seed s, the variables are
             ``model.init(PRNGKey(s), x)`` and the inputs are drawn from s; ``variables`` then only give
             the tree and shapes (``model.init``'s result or its ``jax.eval_shape``), and the port's
@@ -190,6 +196,7 @@ def check_equivalence(
             loss=loss,
             tolerance=_explicit_tolerance(rtol, atol, _floating_dtype(inputs)),
             dtype=dtype,
+            allow_unchecked=allow_unchecked,
         )
     assert isinstance(torch_module, torch.nn.Sequential)  # every other port is a tree
     if seeds is not None:
@@ -282,7 +289,7 @@ def check_equivalence(
                 variables,
                 (jnp.asarray(judged),),
                 {},
-                loss or sum_leaves,
+                loss or projected_sum,
                 wrt_inputs=differentiable,
                 other=other_dtype(x.dtype if differentiable else np.float32),
             )

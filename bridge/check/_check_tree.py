@@ -33,6 +33,7 @@ from .._jaxpr import first_narrowing
 from .._numerics import Precision, Tolerance, function_rounding
 from .._tensors import is_float
 from ..capture._capture_tree import Call, capture_flax, capture_torch
+from ..match._loose import match_loose
 from ..match._match_tree import (
     Pair,
     describe_ties,
@@ -46,7 +47,7 @@ from ._compare import Comparison, compare
 from ._divergence import Detail, first_divergence
 from ._flax_runs import FlaxRuns, as_dtype, error_scale, other_dtype
 from ._gradients import calibration_against, compare_gradients
-from ._outputs import first_array, in_flax_layout, in_torch_order, keyed_like, output_leaves, sum_leaves
+from ._outputs import first_array, in_flax_layout, in_torch_order, keyed_like, output_leaves, projected_sum
 from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow, describe_tolerance
 from ._rows import batch_rows, finite_rows, first_nonfinite, rows_near_kink, take_rows
 
@@ -66,11 +67,14 @@ def check_tree(
     loss: Loss | None = None,
     tolerance: Tolerance | None = None,
     dtype: Any = None,
+    allow_unchecked: bool = False,
 ) -> EquivalenceReport:
     """``check_equivalence`` for a model that is not one chain (see ``bridge.check_equivalence``);
     ``tolerance``: explicit ``rtol``/``atol`` for every call, the output and the gradients instead of the
     derived tolerances (no calibration); ``dtype``: the dtype both sides were cast to, which a call computing
-    in a dtype of its own (``nn.Dense(dtype=jnp.float32)``) would silently ignore: such a call is refused."""
+    in a dtype of its own (``nn.Dense(dtype=jnp.float32)``) would silently ignore: such a call is refused;
+    ``allow_unchecked``: port tensors that no Flax variable fills do not make the verdict NOT EQUIVALENT
+    (they are still listed)."""
     if inputs is None:
         raise InvalidArgumentError(
             f"{type(model).__name__} is not one nn.Sequential chain: pass inputs= (an array, a tuple of "
@@ -84,13 +88,14 @@ def check_tree(
         torch_args, torch_kwargs = torch_arguments(args, kwargs, channels_last)
     else:
         torch_args, torch_kwargs = torch_arguments(*call_arguments(torch_inputs), True)
+        channels_last = channels_last and not _given_channels_first((args, kwargs), (torch_args, torch_kwargs))
     flax_out, flax_calls = capture_flax(model, variables, args, kwargs)
     if dtype is not None:
         _refuse_own_compute_dtypes(model, flax_calls, dtype)
     computes_in = _dtype_name(flax_out)
     precision = Precision.of(computes_in)
     other = other_dtype(computes_in)  # the calibration's reference: float64 (float32 for float64)
-    runs = FlaxRuns(model, variables, args, kwargs, loss or sum_leaves, other=other)
+    runs = FlaxRuns(model, variables, args, kwargs, loss or projected_sum, other=other)
     if tolerance is None and np.dtype(computes_in).itemsize == 8:
         _refuse_narrowing(model, runs, flax_calls)
 
@@ -102,6 +107,7 @@ def check_tree(
         torch_out, torch_calls = capture_torch(port, torch_args, torch_kwargs)
     matching = match_calls(flax_calls, torch_calls, mapping)
     find_input_permutations(matching.pairs)
+    loose = match_loose(matching, flax_model.all_variables(model, variables), port, by_value=True)
     rows, details, calibrated = [], [], 0
     for number, pair in enumerate(matching.pairs):
         isolated_out = run_isolated(pair, channels_last)
@@ -115,6 +121,7 @@ def check_tree(
     if tolerance is None and (not output.ok or not _gradients.CALIBRATE_LAZILY):
         output = _compare_outputs(flax_out, torch_out, wide()[:1], other, channels_last)
         calibrated += 1
+    judged_pairs, rows, details, not_judged = _composites_not_judged(matching.pairs, rows, details, output.ok)
     problems = [
         f"Flax {c.name} ({c.kind}) has no torch counterpart holding tensors of the same shapes: "
         "port it, or pair it with mapping={'" + c.name + "': 'torch.name'}"
@@ -135,7 +142,7 @@ def check_tree(
             judged, on_torch, out = runs, (torch_args, torch_kwargs), flax_out
             if not keep.all():
                 kept_args, kept_kwargs = take_rows((args, kwargs), keep)
-                judged = FlaxRuns(model, variables, kept_args, kept_kwargs, loss or sum_leaves, other=other)
+                judged = FlaxRuns(model, variables, kept_args, kept_kwargs, loss or projected_sum, other=other)
                 on_torch, out = take_rows(on_torch, keep), take_rows(flax_out, keep)
             found, count = compare_gradients(
                 judged,
@@ -146,6 +153,7 @@ def check_tree(
                 precision=precision,
                 tolerance=tolerance,
                 channels_last=channels_last,
+                loose=loose.pairs,
             )
             calibrated += count
             return judged, found
@@ -162,7 +170,14 @@ def check_tree(
     if problems:
         call = matching.unmatched_flax[0]
         structure = Divergence(call.index, call.name, "", call.kind, "structure", problems[0])
-    first = first_divergence(rows, details, matching.pairs, flax_calls, structure, gradient_rows, channels_last)
+    first = first_divergence(rows, details, judged_pairs, flax_calls, structure, gradient_rows, channels_last)
+    if loose.unfilled_torch and not allow_unchecked:  # silently unchecked is how a wrong port passes
+        problems.append(
+            f"{len(loose.unfilled_torch)} port tensors are compared with no Flax variable (unchecked): "
+            + ", ".join(loose.unfilled_torch[:8])
+            + (", ..." if len(loose.unfilled_torch) > 8 else "")
+            + "; port or pair them (mapping=), or pass allow_unchecked=True if they do not matter"
+        )
     ok = not problems and all(r.ok for r in rows) and output.ok and all(g.comparison.ok for g in gradient_rows)
     return EquivalenceReport(
         ok=ok,
@@ -195,8 +210,34 @@ def check_tree(
             f"{sum(p.rule is None for p in matching.pairs)} composites",
             "unmatched_torch": [f"{c.name} ({c.kind})" for c in matching.unmatched_torch],
             "tied": describe_ties(tied_variables(matching.pairs)),
+            # blocks whose own comparison failed while every matched layer and the output pass: the two sides
+            # take their arguments (a 0/1 mask vs an additive one) or cut their blocks differently
+            "composites_not_judged": not_judged,
+            # variables outside rule-backed layers, paired with port tensors of their shape (gradient rows too)
+            "loose_variables": [f"{p.flax_path} <-> {p.torch_name}" for p in loose.pairs],
+            "unchecked_torch": list(loose.unfilled_torch),
+            "unpaired_flax_variables": list(loose.unfilled_flax),
         },
     )
+
+
+def _composites_not_judged(
+    pairs: Sequence[Pair], rows: list[LayerRow], details: list[Detail | None], output_ok: bool
+) -> tuple[list[Pair], list[LayerRow], list[Detail | None], list[str]]:
+    """Leave out the failing rows of composites (blocks without a rule) where every matched layer and the
+    model's output pass: a block rerun with Flax's arguments, or paired with a smaller torch subtree (its
+    norm has no rule), proves nothing where the two sides cut or call their blocks differently, so it never
+    decides the verdict on its own. Returns what is kept, and the paths of the blocks left out."""
+    leaves_ok = all(r.ok for p, r in zip(pairs, rows, strict=True) if p.rule is not None)
+    kept: tuple[list[Pair], list[LayerRow], list[Detail | None]] = ([], [], [])
+    dropped = []
+    for pair, row, detail in zip(pairs, rows, details, strict=True):
+        if pair.rule is None and not row.ok and leaves_ok and output_ok and pair.flax.parent is not None:
+            dropped.append(f"{pair.flax.name} <-> {pair.torch.name or '(port)'}")
+            continue
+        for kept_list, value in zip(kept, (pair, row, detail), strict=True):
+            kept_list.append(value)  # type: ignore[attr-defined]
+    return (*kept, dropped)
 
 
 def _refuse_own_compute_dtypes(model: Any, calls: Sequence[Call], dtype: Any) -> None:
@@ -368,7 +409,7 @@ def _narrows(call: Call) -> bool:
 
 def run_isolated(pair: Pair, channels_last: bool) -> np.ndarray | None:
     """The torch module of a pair fed the Flax call's recorded inputs (None when it cannot take them)."""
-    args, kwargs = torch_arguments(pair.flax.args, pair.flax.kwargs, channels_last)
+    args, kwargs = torch_arguments(pair.flax.args, pair.flax.kwargs, channels_last and not _fed_channels_first(pair))
     kwargs = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
     if pair.input_permutation is not None:  # Flax's features into torch's order
         args = (in_torch_order(args[0], pair.input_permutation), *args[1:])
@@ -383,7 +424,33 @@ def run_isolated(pair: Pair, channels_last: bool) -> np.ndarray | None:
     except Exception:  # the port's module has another signature
         return None
     leaves = output_leaves(keyed_like(out, pair.flax.output))
-    return leaves[0] if leaves else None
+    expected = output_leaves(pair.flax.output)
+    if not leaves or not expected:
+        return None
+    laid_out = in_flax_layout(leaves[0], expected[0], channels_last)
+    if tuple(laid_out.shape) != tuple(expected[0].shape):
+        return None  # the module takes other arguments than the Flax call (positions by offset, not by id)
+    return leaves[0]
+
+
+def _given_channels_first(flax_inputs: Any, torch_inputs: Any) -> bool:
+    """Whether the port's own inputs hold the Flax model's first image (a floating array of rank >= 3) with
+    its channels moved first (a Hugging Face vision port fed NCHW pixels): the port is then channels-first."""
+    flax_first = next((a for a in output_leaves(flax_inputs) if is_float(a.dtype) and a.ndim >= 3), None)
+    torch_first = next((a for a in output_leaves(torch_inputs) if is_float(a.dtype) and a.ndim >= 3), None)
+    if flax_first is None or torch_first is None or torch_first.shape == flax_first.shape:
+        return False
+    return bool(np.array_equal(np.moveaxis(torch_first, 1, -1), flax_first))
+
+
+def _fed_channels_first(pair: Pair) -> bool:
+    """Whether the port's call took its first input channels-first where the Flax call took it channels-last
+    (a Hugging Face vision port fed NCHW images): its isolated run is fed the same way."""
+    flax_in = first_array(pair.flax.args)
+    torch_in = next((a for a in pair.torch.args if isinstance(a, torch.Tensor)), None)
+    if flax_in is None or torch_in is None or flax_in.ndim < 3 or tuple(torch_in.shape) == flax_in.shape:
+        return False
+    return tuple(torch_in.shape) == (flax_in.shape[0], flax_in.shape[-1], *flax_in.shape[1:-1])
 
 
 def _same_tensors(given: Sequence[Any], recorded: Sequence[Any]) -> bool:

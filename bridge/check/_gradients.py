@@ -22,11 +22,12 @@ import torch
 
 from .._numerics import Precision, Tolerance, finite_rms, gradient_tolerance
 from .._tensors import is_float, to_numpy
+from ..match._loose import LoosePair
 from ..match._match import tensor_holders
 from ..match._match_tree import Pair, tied_variables
 from ._compare import compare
 from ._flax_runs import FlaxRuns, error_scale
-from ._outputs import in_flax_layout
+from ._outputs import in_flax_layout, keyed_like
 from ._report import GradientRow
 
 Loss = Callable[[Any], Any]
@@ -68,12 +69,14 @@ def compare_gradients(
     precision: Precision,
     tolerance: Tolerance | None = None,
     channels_last: bool = True,
+    loose: Sequence[LoosePair] = (),
 ) -> tuple[tuple[GradientRow, ...], int]:
     """One row per gradient, and how many rows needed the calibration: the input's first when ``runs``
     differentiates w.r.t. it (``wrt_inputs``: one floating argument), then each matched parameter's in pair
     order, the Flax one laid out for torch by its rule and the torch one found in the paired module
     (``bridge.match._match``: by the rule's name, else by value or shape; a variable no tensor holds gets a
-    failing row). ``flax_output``: the model's output on these inputs (for the floor of cancelling sums);
+    failing row), then each ``loose`` variable's (outside rule-backed layers). ``flax_output``: the model's
+    output on these inputs (for the floor of cancelling sums);
     ``tolerance``: an explicit one instead of the derived tolerance (no calibration); ``channels_last``: False
     for a channels-first port, whose output (for the loss) and input gradient are read in Flax's layout."""
     if not runs.differentiable:
@@ -81,10 +84,10 @@ def compare_gradients(
     flax_grads = runs.gradients()
     flax_params, flax_input = flax_grads if runs.wrt_inputs else (flax_grads, None)
 
-    def loss(torch_output: Any) -> Any:  # the loss sees the port's output laid out as the Flax one
+    def loss(torch_output: Any) -> Any:  # the loss sees the port's output laid out and keyed as the Flax one
         if isinstance(torch_output, torch.Tensor) and isinstance(flax_output, jax.Array | np.ndarray):
             torch_output = in_flax_layout(torch_output, flax_output, channels_last)
-        return runs.loss(torch_output)
+        return runs.loss(keyed_like(torch_output, flax_output))
 
     torch_input, by_tensor = _torch_gradients(port, torch_args, torch_kwargs, loss, with_input=runs.wrt_inputs)
 
@@ -94,6 +97,7 @@ def compare_gradients(
     length = max([*sizes, 1 if first is None else int(np.prod(np.shape(first)[:-1]))])
     depth = sum(1 for p in leaves if p.flax.variables.get("params"))
     judge = _Judge(runs, precision, tolerance, _cancellation_floor(runs, flax_output, precision), length, depth)
+    judge.parameters = list(port.parameters())
 
     rows: list[GradientRow] = []
     if flax_input is not None and torch_input is not None:
@@ -108,7 +112,28 @@ def compare_gradients(
     ties = {source: list({id(t): t for t in held.values()}.values()) for source, held in tied_variables(leaves).items()}
     for pair in leaves:
         rows += _pair_rows(pair, flax_params, by_tensor, ties, judge)
+    for held in loose:
+        rows += _loose_row(held, flax_params, by_tensor, judge)
     return tuple(rows), judge.calibrated
+
+
+def _loose_row(
+    held: LoosePair, flax_params: Any, by_tensor: Mapping[int, torch.Tensor | None], judge: _Judge
+) -> list[GradientRow]:
+    """The row of a variable outside rule-backed layers (a class token) and the port tensor holding it."""
+    collection, path = held.flax_path.split("/", 1)
+    value = subtree(flax_params, path) if collection == "params" else None
+    if value is None or id(held.tensor) not in {id(p) for p in judge.parameters}:
+        return []
+
+    def wide() -> Any:
+        found = judge.runs.wide_gradients()
+        return None if found is None else subtree(found[0] if judge.runs.wrt_inputs else found, path)
+
+    grad = by_tensor.get(id(held.tensor))
+    got = to_numpy(grad) if grad is not None else np.zeros(tuple(held.tensor.shape))
+    got = got.T if held.transposed else got  # back to Flax's layout
+    return [judge.row(f"{path} <-> {held.torch_name}", np.asarray(value), wide, got)]
 
 
 def _torch_gradients(
@@ -122,10 +147,19 @@ def _torch_gradients(
     wanted = [] if first is None else [first.detach().requires_grad_(True)]
     args = tuple(wanted[0] if a is first and wanted else a for a in args)
     requested = [p.requires_grad for p in named]
-    for p in named:
-        p.requires_grad_(True)
+    # A port frozen as a whole (for inference) is differentiated anyway; a parameter frozen alone stays frozen:
+    # it is where the Flax model stops the gradient (position tables), so its gradient is zero as in training
+    thaw = [True] * len(named) if not any(requested) else requested
+    for p, flag in zip(named, thaw, strict=True):
+        p.requires_grad_(flag)
     try:
-        grads = torch.autograd.grad(loss(port(*args, **kwargs)), [*wanted, *named], allow_unused=True)
+        differentiated = [p for p, flag in zip(named, thaw, strict=True) if flag]
+        found = torch.autograd.grad(loss(port(*args, **kwargs)), [*wanted, *differentiated], allow_unused=True)
+        by_id = dict(zip(map(id, differentiated), found[len(wanted) :], strict=True))
+        grads = (
+            *found[: len(wanted)],
+            *(by_id.get(id(p)) if on else torch.zeros_like(p) for p, on in zip(named, thaw, strict=True)),
+        )
     finally:
         for p, flag in zip(named, requested, strict=True):
             p.requires_grad_(flag)
@@ -211,6 +245,7 @@ class _Judge:
         self.floor, self.length, self.depth = floor, length, depth
         self.sensitivity = error_scale(precision, runs.other)
         self.calibrated = 0
+        self.parameters: list[torch.Tensor] = []
 
     def row(self, name: str, flax_value: Any, wide: Callable[[], Any], candidate: np.ndarray | None) -> GradientRow:
         """One gradient's row: judged by the rounding bounds, and where they fail (or the reference in the

@@ -3,35 +3,17 @@ dataclasses, Hugging Face output objects), the torch ones keyed and laid out as 
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import numpy as np
 import torch
 
-from .._tensors import is_float, to_numpy
-
-
-def output_leaves(value: Any) -> list[np.ndarray]:
-    """The arrays of an output, in order, as NumPy copies: pytrees, dataclasses and Hugging Face output
-    objects (mappings) alike; None entries (torch's skipped attention weights) are left out."""
-    return [to_numpy(a) if isinstance(a, torch.Tensor) else np.asarray(a) for a in array_leaves(value)]
-
-
-def keyed_like(torch_value: Any, flax_value: Any) -> Any:
-    """The torch output with its mappings in the Flax output's key order where both have the same keys
-    (leaves are then compared by key), else as it is (compared by position)."""
-    if isinstance(torch_value, Mapping) and isinstance(flax_value, Mapping) and set(torch_value) == set(flax_value):
-        return {k: keyed_like(torch_value[k], flax_value[k]) for k in flax_value}
-    if (
-        isinstance(torch_value, tuple | list)
-        and isinstance(flax_value, tuple | list)
-        and len(torch_value) == len(flax_value)
-    ):
-        return [keyed_like(t, f) for t, f in zip(torch_value, flax_value, strict=True)]
-    return torch_value
+from .._tensors import is_float
+from ..capture._leaves import array_leaves as array_leaves
+from ..capture._leaves import keyed_like as keyed_like
+from ..capture._leaves import output_leaves as output_leaves
 
 
 def in_flax_layout(
@@ -41,12 +23,20 @@ def in_flax_layout(
     flattened heads); ``permutation`` (a channels-first flatten's, ``match.flatten_permutation``) then puts
     the features of a ``(batch, features)`` value in Flax's order."""
     value = torch_value
-    if not channels_last and value.ndim >= 3:  # declared channels-first: moved even when C == H
+    differs = tuple(value.shape) != tuple(flax_value.shape)
+    if (not channels_last or differs) and value.ndim >= 3:  # channels-first: declared, or told by the shapes
         moved = value.movedim(1, -1) if isinstance(value, torch.Tensor) else np.moveaxis(value, 1, -1)
         if tuple(moved.shape) == tuple(flax_value.shape):
             value = moved
     if tuple(value.shape) != tuple(flax_value.shape) and _size(value) == _size(flax_value):
         value = value.reshape(tuple(flax_value.shape))
+    elif tuple(value.shape) != tuple(flax_value.shape) and _broadcasts(tuple(value.shape), tuple(flax_value.shape)):
+        # one side returns a value shared by the batch ((1, S, D) position embeddings), the other repeats it
+        value = (
+            value.expand(tuple(flax_value.shape))
+            if isinstance(value, torch.Tensor)
+            else np.broadcast_to(value, flax_value.shape)
+        )
     if permutation is not None and value.ndim == 2 and value.shape[-1] == len(permutation):
         value = value[:, torch.as_tensor(permutation) if isinstance(value, torch.Tensor) else permutation]
     return value
@@ -59,6 +49,11 @@ def in_torch_order(flax_value: Any, permutation: np.ndarray) -> Any:
     return flax_value[..., torch.as_tensor(inverse) if isinstance(flax_value, torch.Tensor) else inverse]
 
 
+def _broadcasts(shape: tuple[int, ...], to: tuple[int, ...]) -> bool:
+    """Whether an array of ``shape`` broadcasts to ``to`` with the same number of axes (size-1 axes repeated)."""
+    return len(shape) == len(to) and all(s in (1, t) for s, t in zip(shape, to, strict=True))
+
+
 def _size(value: Any) -> int:
     return int(np.prod(tuple(value.shape), dtype=np.int64))
 
@@ -68,23 +63,39 @@ def first_array(args: Sequence[Any]) -> np.ndarray | None:
 
 
 def sum_leaves(value: Any) -> Any:
-    """The default loss: the sum of every floating leaf of the output, on either side."""
+    """The sum of every floating leaf of the output, on either side. Not the default loss: its gradient
+    vanishes through a final normalisation (a LayerNorm's outputs sum to its bias whatever the input)."""
     total: Any = 0.0
     for leaf in array_leaves(value):
-        floating = leaf.dtype.is_floating_point if isinstance(leaf, torch.Tensor) else is_float(leaf.dtype)
-        if floating:
+        if _floating(leaf):
             total = total + leaf.sum()
     return total
 
 
-def array_leaves(value: Any) -> list[Any]:
-    """The tensors or arrays of an output in order, as they are (``output_leaves`` without the copy)."""
-    if isinstance(value, torch.Tensor | jax.Array | np.ndarray):
-        return [value]
-    if isinstance(value, Mapping):
-        return [leaf for v in value.values() for leaf in array_leaves(v)]
-    if isinstance(value, tuple | list):
-        return [leaf for v in value for leaf in array_leaves(v)]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return [leaf for f in dataclasses.fields(value) for leaf in array_leaves(getattr(value, f.name))]
-    return []
+def projected_sum(value: Any) -> Any:
+    """The default loss: every floating leaf of the output weighted elementwise by fixed random numbers
+    (drawn from the leaf's position and shape, the same on both sides) and summed. Unlike the plain sum,
+    its gradient does not vanish through a final normalisation, so it tests every parameter."""
+    total: Any = 0.0
+    for number, leaf in enumerate(array_leaves(value)):
+        if not _floating(leaf):
+            continue
+        weights = _projection(number, tuple(int(d) for d in leaf.shape))
+        if isinstance(leaf, torch.Tensor):
+            total = total + (leaf * torch.from_numpy(weights).to(leaf.dtype)).sum()
+        else:
+            total = total + (leaf * weights.astype(leaf.dtype)).sum()
+    return total
+
+
+def _projection(number: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The fixed weights of output leaf ``number`` of ``shape``: standard normal, seeded by both."""
+    seed = np.random.SeedSequence([_PROJECTION_SEED, number, len(shape), *shape])
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+_PROJECTION_SEED = 20261203
+
+
+def _floating(leaf: Any) -> bool:
+    return bool(leaf.dtype.is_floating_point) if isinstance(leaf, torch.Tensor) else is_float(leaf.dtype)

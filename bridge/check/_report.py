@@ -213,6 +213,14 @@ def format_report(report: EquivalenceReport) -> str:
         1, f"dtype {s.get('dtype')}, tolerance {s.get('tolerance')}, inputs {s.get('inputs')}; err/tol <= 1 passes"
     )
     lines.extend(f"problem: {p}" for p in report.problems)
+    not_judged = s.get("composites_not_judged") or []
+    if not_judged:
+        lines.append(
+            f"{len(not_judged)} blocks not judged on their own (every layer inside them and the output pass; the "
+            "two sides take their arguments or cut their blocks differently): "
+            + ", ".join(not_judged[:4])
+            + (", ..." if len(not_judged) > 4 else "")
+        )
     for side, position in report.nonfinite.items():
         if position is not None:
             lines.append(f"NaN/Inf first appears on the {side} side at position {position}")

@@ -3,19 +3,32 @@ pairs them with, strictly (every port parameter and buffer filled from exactly o
 
 from __future__ import annotations
 
+import itertools
+import math
 import warnings
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
 
 from .._arguments import call_arguments, torch_arguments
-from .._errors import InvalidArgumentError, LayerMismatchError, TiedWeightsWarning
-from .._tensors import to_tensor, torch_dtype
-from ..capture._capture_tree import capture_flax, capture_torch
+from .._errors import InvalidArgumentError, LayerMismatchError, ReassignedWarning, TiedWeightsWarning
+from .._tensors import is_float, to_numpy, to_tensor, torch_dtype
+from ..capture._capture_tree import Call, capture_flax, capture_torch
+from ..capture._leaves import keyed_like, output_leaves
+from ..match._loose import LoosePair, LooseVariables, match_loose
 from ..match._match import port_tensors, tensor_holders
-from ..match._match_tree import Matching, describe_ties, find_input_permutations, match_calls, tied_variables
+from ..match._match_tree import (
+    Matching,
+    Pair,
+    describe_ties,
+    find_input_permutations,
+    match_calls,
+    signature,
+    tied_variables,
+)
 
 
 def load_tree(
@@ -50,12 +63,15 @@ def load_tree(
         if torch_inputs is None
         else torch_arguments(*call_arguments(torch_inputs), True)
     )
-    _, flax_calls = capture_flax(model, variables, args, kwargs)
+    flax_out, flax_calls = capture_flax(model, variables, args, kwargs)
     with torch.no_grad():
         _, torch_calls = capture_torch(port, torch_args, torch_kwargs)
     matching = match_calls(flax_calls, torch_calls, mapping)
-    copies = _planned_copies(matching)
+    loose = match_loose(matching, variables, port, by_value=False)
+    copies = _planned_copies(matching, loose)
     _copy(copies)
+    loose = _settle_layouts(loose, flax_calls, torch_calls)
+    _copy(_planned_copies(matching, loose))
     ties = describe_ties(tied_variables(matching.pairs))
     if ties:
         warnings.warn(
@@ -83,19 +99,17 @@ def load_tree(
                     reordered = np.empty_like(array)
                     reordered[:, pair.input_permutation] = array
                     _copy([(holders[name][1], reordered)])
+    _reconcile(port, flax_out, (torch_args, torch_kwargs), matching, loose)
     return port
 
 
-def _planned_copies(matching: Matching) -> list[tuple[torch.Tensor, np.ndarray]]:
-    """Every (port tensor, Flax array laid out for torch) to copy, after checking all of them."""
+def _planned_copies(matching: Matching, loose: LooseVariables) -> list[tuple[torch.Tensor, np.ndarray]]:
+    """Every (port tensor, Flax array laid out for torch) to copy, after checking all of them: the matched
+    layers' tensors, then the variables outside them (``match_loose``); every Flax variable must reach one
+    port tensor and every port tensor must be filled, else nothing is copied and each is named."""
     problems = [
         f"Flax {c.name} ({c.kind}) has no torch counterpart holding tensors of the same shapes"
         for c in matching.unmatched_flax
-    ]
-    problems += [
-        f"torch {c.name} ({c.kind}) holds tensors no Flax layer fills: "
-        + ", ".join(f"{n} {tuple(t.shape)}" for n, t in port_tensors(c.module).items())
-        for c in matching.unmatched_torch
     ]
     copies: list[tuple[torch.Tensor, np.ndarray]] = []
     filled: dict[int, tuple[str, np.ndarray]] = {}
@@ -137,9 +151,198 @@ def _planned_copies(matching: Matching) -> list[tuple[torch.Tensor, np.ndarray]]
         for name, value in constants.items():
             if name in tensors:
                 copies.append((tensors[name], np.full(tuple(tensors[name].shape), value, np.float32)))
+    for held in loose.pairs:
+        if held.tensor.dtype != torch_dtype(held.array.dtype) and not (
+            held.tensor.dtype.is_floating_point and held.array.dtype.kind == "f"
+        ):
+            problems.append(f"Flax {held.flax_path} is {held.array.dtype}, torch {held.torch_name} {held.tensor.dtype}")
+        else:
+            copies.append((held.tensor, held.laid_out))
+    problems += [
+        f"Flax variable {path} (outside any layer with a rule) has no port tensor of its shape that only it "
+        "could fill: pair its module with mapping=, or load it by hand"
+        for path in loose.unfilled_flax
+    ]
+    unfilled: dict[str, list[str]] = {}  # by module: every port tensor no matched layer or loose variable fills
+    for name in loose.unfilled_torch:
+        owner, _, leaf = name.rpartition(".")
+        unfilled.setdefault(owner, []).append(leaf)
+    problems += [
+        f"torch {owner or '(port)'} holds tensors no Flax variable fills: {', '.join(leaves)}"
+        for owner, leaves in unfilled.items()
+    ]
     if problems:
         raise LayerMismatchError("cannot load into the torch module: " + "; ".join(problems))
     return copies
+
+
+def _settle_layouts(loose: LooseVariables, flax_calls: list[Call], torch_calls: list[Call]) -> LooseVariables:
+    """Each square 2-D loose variable laid out as its torch module computes its Flax module's output: both
+    layouts tried on the Flax call's recorded input (Conv1D's (in, out) against Flax's (out, in)); the
+    variable stays as it is where no module of either side was called alone or neither layout reproduces it."""
+    flax_by_name = {c.name: c for c in reversed(flax_calls)}  # the first call of each module
+    torch_by_name = {c.name: c for c in reversed(torch_calls)}
+    settled = []
+    for pair in loose.pairs:
+        if not pair.settled:
+            flax_call = flax_by_name.get("/".join(pair.flax_path.split("/")[1:-1]))
+            torch_call = torch_by_name.get(pair.torch_name.rpartition(".")[0])
+            pair = replace(pair, settled=True)
+            if flax_call is not None and torch_call is not None:
+                pair = _by_output(pair, flax_call, torch_call)
+        settled.append(pair)
+    return replace(loose, pairs=tuple(settled))
+
+
+def _by_output(pair: LoosePair, flax_call: Call, torch_call: Call) -> LoosePair:
+    """The layout of ``pair`` under which the torch module, fed the Flax call's inputs, gives its output."""
+    flax_out = [a for a in output_leaves(flax_call.output) if is_float(a.dtype)]
+    args, kwargs = torch_arguments(flax_call.args, flax_call.kwargs, True)
+    for transposed in (False, True):
+        candidate = replace(pair, transposed=transposed)
+        _copy([(pair.tensor, candidate.laid_out)])
+        try:
+            with torch.no_grad():
+                out = [a for a in output_leaves(torch_call.module(*args, **kwargs)) if is_float(a.dtype)]
+        except Exception:  # the module takes other arguments: undecided
+            return pair
+        if (
+            flax_out
+            and len(out) == len(flax_out)
+            and all(o.shape == f.shape and _close(f, o) for f, o in zip(flax_out, out, strict=True))
+        ):
+            return candidate
+    return pair
+
+
+def _reconcile(
+    port: torch.nn.Module,
+    flax_out: Any,
+    torch_inputs: tuple[tuple[Any, ...], dict[str, Any]],
+    matching: Matching,
+    loose: LooseVariables,
+) -> None:
+    """Re-pair the same-shape layers that only call order told apart (``Pair.by_order``: a fresh port holds no
+    values to tell them by) by what the loaded port computes, reloading after each change. First by inputs:
+    a layer whose torch call is fed another input than its Flax call, while another torch call of its group
+    is fed exactly that, takes that one (the shortcut's BatchNorm and the block's, called in another order).
+    Then, for layers fed the same input (query and key), the assignment among them that makes the port
+    reproduce the Flax output, if call order does not. A port that reproduces it under no assignment (a port
+    with a mistake of its own) keeps call order: the check then says where it differs."""
+    guessed = [p for p in matching.pairs if p.by_order]
+    if not guessed:
+        return
+    for _ in range(len(guessed)):
+        with torch.no_grad():
+            _, torch_calls = capture_torch(port, *torch_inputs)
+        if not _repair_by_inputs(guessed, torch_calls):
+            break
+        _copy(_planned_copies(matching, loose))
+    if _reproduces(port, flax_out, torch_inputs):
+        return
+    with torch.no_grad():
+        _, torch_calls = capture_torch(port, *torch_inputs)
+    for group in _fed_alike(guessed, torch_calls):
+        partners = [p.torch for p in group]
+        for order in itertools.islice(itertools.permutations(partners), 1, _MAX_PERMUTATIONS):
+            for pair, partner in zip(group, order, strict=True):
+                pair.torch = partner
+            _copy(_planned_copies(matching, loose))
+            if _reproduces(port, flax_out, torch_inputs):
+                moved = "; ".join(f"Flax {p.flax.name} -> torch {p.torch.name}" for p in group)
+                warnings.warn(
+                    f"load_into paired {moved}: layers fed one input, in the only assignment under which the port "
+                    "computes the Flax output (call order gave another). If the port's names say otherwise, its "
+                    "forward uses them swapped: pass mapping= to load by your names",
+                    ReassignedWarning,
+                    stacklevel=3,
+                )
+                return
+        for pair, partner in zip(group, partners, strict=True):  # none reproduces it: call order, as it was
+            pair.torch = partner
+        _copy(_planned_copies(matching, loose))
+
+
+# Assignments tried among layers fed the same input (4 layers: every one).
+_MAX_PERMUTATIONS = 24
+
+
+def _groups(pairs: list[Pair]) -> list[list[Pair]]:
+    """Pairs by rule and signature: the layers that could take each other's place."""
+    found: dict[tuple[int, Any], list[Pair]] = {}
+    for pair in pairs:
+        found.setdefault((id(pair.rule), signature(pair.arrays)), []).append(pair)
+    return [group for group in found.values() if len(group) > 1]
+
+
+def _repair_by_inputs(guessed: list[Pair], torch_calls: list[Call]) -> bool:
+    """Give each guessed pair whose torch call is fed another input the partner of its group fed its Flax
+    input (swapping the two), where that partner's own pair is not fed it too; whether anything changed."""
+    changed = False
+    for group in _groups(guessed):
+        for pair in group:
+            mine = torch_calls[pair.torch.index]
+            if _same_input(pair.flax, mine):
+                continue
+            for other in group:
+                theirs = torch_calls[other.torch.index]
+                if other is pair or not _same_input(pair.flax, theirs) or _same_input(other.flax, theirs):
+                    continue
+                pair.torch, other.torch = other.torch, pair.torch
+                changed = True
+                break
+    return changed
+
+
+def _fed_alike(guessed: list[Pair], torch_calls: list[Call]) -> list[list[Pair]]:
+    """Within each group, the guessed pairs whose torch calls are fed one same input (query, key and value)."""
+    subsets = []
+    for group in _groups(guessed):
+        left = list(group)
+        while left:
+            first = left.pop(0)
+            alike = [first] + [
+                p for p in left if _same_input(torch_calls[first.torch.index], torch_calls[p.torch.index])
+            ]
+            left = [p for p in left if p not in alike]
+            if len(alike) > 1 and math.factorial(len(alike)) <= _MAX_PERMUTATIONS:
+                subsets.append(alike)
+    return subsets
+
+
+def _same_input(a: Call, b: Call) -> bool:
+    """Whether two calls (Flax or torch) were fed the same first input, up to rounding (and channels-first)."""
+    x, y = (next((np.asarray(to_numpy(v) if isinstance(v, torch.Tensor) else v) for v in c.args), None) for c in (a, b))
+    if x is None or y is None or not (is_float(x.dtype) and is_float(y.dtype)):
+        return False
+    if x.shape != y.shape and y.ndim >= 3 and np.moveaxis(y, 1, -1).shape == x.shape:
+        y = np.moveaxis(y, 1, -1)
+    return x.shape == y.shape and _close(x, y)
+
+
+def _close(x: np.ndarray, y: np.ndarray) -> bool:
+    """Equal far below the size of the values (what rounding leaves), not merely of one shape."""
+    x64, y64 = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    scale = float(np.nanmax(np.abs(x64), initial=0.0)) or 1.0
+    loose = 5e-2 if min(np.dtype(x.dtype).itemsize, np.dtype(y.dtype).itemsize) <= 2 else 1e-3
+    return bool(np.nanmax(np.abs(x64 - y64), initial=0.0) <= loose * scale)
+
+
+def _reproduces(port: torch.nn.Module, flax_out: Any, torch_inputs: tuple[tuple[Any, ...], dict[str, Any]]) -> bool:
+    """Whether the loaded port's output equals the Flax one up to rounding (True where they cannot be compared:
+    nothing to learn from them)."""
+    try:
+        with torch.no_grad():
+            torch_out = port(*torch_inputs[0], **torch_inputs[1])
+    except Exception:  # the port's own failure is the check's to report
+        return True
+    flax_leaves = [a for a in output_leaves(flax_out) if is_float(a.dtype)]
+    torch_leaves = [a for a in output_leaves(keyed_like(torch_out, flax_out)) if is_float(a.dtype)]
+    if len(flax_leaves) != len(torch_leaves):
+        return True
+    if any(f.size != t.size for f, t in zip(flax_leaves, torch_leaves, strict=True)):
+        return True
+    return all(_close(f, t.reshape(f.shape)) for f, t in zip(flax_leaves, torch_leaves, strict=True))
 
 
 def _copy(copies: list[tuple[torch.Tensor, np.ndarray]]) -> None:

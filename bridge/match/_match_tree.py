@@ -4,7 +4,9 @@ Leaves are the Flax calls whose module has a rule and holds variables: each is p
 whose module holds exactly the tensors the rule lays out from its variables (the same shapes and dtypes,
 the parameter signature) and that the rule accepts (its own torch type, or a module no rule claims).
 A signature that occurs once on each side matches wherever it runs (branches may run in another order
-in the port); equal signatures pair in call order; what stays unpaired is listed. A Flax composite
+in the port); equal signatures pair by the values a loaded port holds, then by the same path on both sides
+(``a/b/query`` and ``a.b.query``), then in call order (``load_into`` keeps a load paired so only where the
+loaded port reproduces the Flax output); what stays unpaired is listed. A Flax composite
 with a rule of its own (attention) matches as one unit when a torch module fits it, else its children
 are matched. ``mapping`` (Flax path glob -> torch name glob) pairs calls first. Composites without a
 rule pair with the smallest torch subtree covering their matched leaves.
@@ -45,6 +47,8 @@ class Pair:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # the torch tensors the rule lays out
     # Flax input feature j is torch input feature permutation[j] (a Linear after torch.flatten of NCHW)
     input_permutation: np.ndarray | None = None
+    # paired by call order among several calls holding tensors of the same shapes (nothing else told them apart)
+    by_order: bool = False
 
 
 @dataclass
@@ -115,17 +119,18 @@ class _TorchIndex:
         digest of a few values of each, then compared whole (no pass over every port tensor)."""
         names = tuple(sorted(arrays))
         table = self._held.get(names)
-        if table is None:
+        if table is None:  # over every candidate: a table built from one group's calls would miss another's
             table = {}
-            for call in among:
+            for call in self.candidates:
                 tensors = self.tensors(call)
                 if all(n in tensors for n in names):
                     table.setdefault(_sample_digest({n: tensors[n] for n in names}), []).append(call)
             self._held[names] = table
+        allowed = {call.index for call in among}
         return [
             call
             for call in table.get(_sample_digest(arrays), [])
-            if all(_equal(arrays[n], self.tensors(call)[n]) for n in names)
+            if call.index in allowed and all(_equal(arrays[n], self.tensors(call)[n]) for n in names)
         ]
 
 
@@ -165,8 +170,13 @@ def match_calls(flax_calls: Sequence[Call], torch_calls: Sequence[Call], mapping
     unmatched: list[Call] = []
     index = _TorchIndex(torch_calls)
     candidates = index.candidates
+    mapped: set[int] = set()
     for flax_glob, torch_glob in (mapping or {}).items():
-        chosen_flax = [c for c in leaves if fnmatch.fnmatchcase(c.name, flax_glob)]
+        chosen_flax = [c for c in leaves if fnmatch.fnmatchcase(c.name, flax_glob)] or [
+            c  # a layer inside a rule-backed composite (attention's query) that the port computes apart
+            for c in flax_calls
+            if _rule(c) is not None and c.variables.get("params") and fnmatch.fnmatchcase(c.name, flax_glob)
+        ]
         chosen_torch = [c for c in candidates if fnmatch.fnmatchcase(c.name, torch_glob) and c.index not in taken]
         if not chosen_flax or len(chosen_flax) != len(chosen_torch):
             raise LayerMismatchError(
@@ -183,10 +193,12 @@ def match_calls(flax_calls: Sequence[Call], torch_calls: Sequence[Call], mapping
                 )
             pairs.append(Pair(f, t, rule, arrays))
             taken.add(t.index)
-        chosen = {c.index for c in chosen_flax}
-        leaves = [c for c in leaves if c.index not in chosen]
+        mapped |= {c.index for c in chosen_flax}
+        leaves = [c for c in leaves if c.index not in mapped]
     groups: dict[Signature, list[tuple[Call, LayerRule, dict[str, np.ndarray]]]] = {}
     for call in _expand(leaves, flax_calls, index):
+        if call.index in mapped:
+            continue
         rule = _rule(call)
         assert rule is not None
         arrays = rule.torch_arrays(call.module, call.variables)
@@ -211,6 +223,23 @@ def match_calls(flax_calls: Sequence[Call], torch_calls: Sequence[Call], mapping
                     taken.add(same[0].index)
                     continue
             waiting.append((call, rule, arrays))
+        if len(waiting) > 1 and len(fitting) > 1:  # then the same path on both sides (a/b/query and a.b.query)
+            by_path: dict[str, list[Call]] = {}  # a module called twice has two calls, paired call by call
+            for t in fitting:
+                by_path.setdefault(t.name, []).append(t)
+            still = []
+            for call, rule, arrays in waiting:
+                free = [
+                    t
+                    for t in by_path.get(call.name.replace("/", "."), [])
+                    if t.index not in taken and rule.accepts_torch(t.module)
+                ]
+                if free:
+                    pairs.append(Pair(call, free[0], rule, arrays))
+                    taken.add(free[0].index)
+                else:
+                    still.append((call, rule, arrays))
+            waiting = still
         position: dict[int, int] = {}  # then call order: each rule walks the fitting calls once
         for call, rule, arrays in waiting:
             k = position.get(id(rule), 0)
@@ -220,7 +249,8 @@ def match_calls(flax_calls: Sequence[Call], torch_calls: Sequence[Call], mapping
             if k == len(fitting):
                 unmatched.append(call)
                 continue
-            pairs.append(Pair(call, fitting[k], rule, arrays))
+            ambiguous = len(waiting) > 1 and len(fitting) > 1
+            pairs.append(Pair(call, fitting[k], rule, arrays, by_order=ambiguous))
             taken.add(fitting[k].index)
     pairs += _composites(flax_calls, torch_calls, pairs)
     pairs.sort(key=lambda p: p.flax.index)

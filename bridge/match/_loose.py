@@ -1,0 +1,194 @@
+"""Variables outside rule-backed layers (a class token, a position table, a relative position bias) and the
+port tensors that hold them, so that every Flax variable ends in exactly one torch tensor or is named.
+
+A loose Flax variable belongs to the innermost matched composite whose path holds it (``embeddings`` for
+``embeddings/cls_token``); it pairs with the one port tensor of the same shape inside that composite's
+partner that no matched layer holds. Where several fit, the one holding the same values decides (a loaded
+port), then the one of the same name; otherwise it stays unpaired and is named: never a guess.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from flax import traverse_util
+
+from .._tensors import to_numpy
+from ._match import port_tensors
+from ._match_tree import Matching, Pair
+
+# torch bookkeeping with no Flax counterpart and no effect on the function.
+_TORCH_BOOKKEEPING = frozenset({"num_batches_tracked"})
+
+
+@dataclass(frozen=True)
+class LoosePair:
+    """A Flax variable outside rule-backed layers (``params/embeddings/cls_token``) and its port tensor."""
+
+    flax_path: str
+    collection: str
+    array: np.ndarray
+    torch_name: str
+    tensor: torch.Tensor
+    # the port holds the 2-D array transposed (GPT-2's Conv1D keeps (in, out) where Flax keeps (out, in));
+    # ``settled`` False: a square array whose layout a fresh port cannot tell (``load_into`` runs the module)
+    transposed: bool = False
+    settled: bool = True
+
+    @property
+    def laid_out(self) -> np.ndarray:
+        """The Flax array in the port's layout."""
+        return self.array.T if self.transposed else self.array
+
+
+@dataclass(frozen=True)
+class LooseVariables:
+    """The loose pairs, the Flax variables no port tensor takes, and the port tensors nothing fills or
+    compares (qualified names), each sorted."""
+
+    pairs: tuple[LoosePair, ...]
+    unfilled_flax: tuple[str, ...]
+    unfilled_torch: tuple[str, ...]
+
+
+def match_loose(
+    matching: Matching, variables: Mapping[str, Any], port: torch.nn.Module, *, by_value: bool
+) -> LooseVariables:
+    """Pair the variables that no matched layer holds (see the module docstring). ``by_value``: the port is
+    loaded already, so equal values may decide between tensors of one shape."""
+    leaves = [p for p in matching.pairs if p.rule is not None]
+    # a rule-backed layer left unmatched is reported as such: its variables are its rule's, never loose
+    owned = [p.flax.name for p in leaves] + [c.name for c in matching.unmatched_flax]
+    composites = sorted((p for p in matching.pairs if p.rule is None), key=lambda p: -len(p.flax.name))
+    held = {id(t) for p in leaves for t in port_tensors(p.torch.module).values()}
+    loose_torch: dict[str, torch.Tensor] = {}
+    for name, tensor in port_tensors(port).items():
+        if id(tensor) not in held and name.rsplit(".", 1)[-1] not in _TORCH_BOOKKEEPING:
+            loose_torch.setdefault(name, tensor)
+    flat = traverse_util.flatten_dict(_plain(variables), sep="/")
+    loose_flax = {
+        path: np.asarray(value)
+        for path, value in sorted(flat.items())
+        if not any(_inside(_module_path(path), name) for name in owned)
+    }
+    taken: set[str] = set()
+    pairs: list[LoosePair] = []
+    for unique_only in (True, False):  # the unambiguous first, so that they leave the others fewer to choose from
+        for path, array in loose_flax.items():
+            if any(p.flax_path == path for p in pairs):
+                continue
+            owner = _owner(_module_path(path), composites)
+            found = _torch_tensor(path, array, owner, loose_torch, taken, by_value=by_value, unique_only=unique_only)
+            if found is not None:
+                name, transposed = found
+                taken.add(name)
+                pairs.append(
+                    _laid_out(
+                        LoosePair(path, path.split("/", 1)[0], array, name, loose_torch[name], transposed), by_value
+                    )
+                )
+    paired = {p.flax_path for p in pairs}
+    return LooseVariables(
+        tuple(pairs),
+        tuple(path for path in loose_flax if path not in paired),
+        tuple(sorted(name for name in loose_torch if name not in taken)),
+    )
+
+
+def _plain(variables: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested plain dicts (a FrozenDict or another mapping read as one)."""
+    return {k: _plain(v) if isinstance(v, Mapping) else v for k, v in variables.items()}
+
+
+def _module_path(path: str) -> str:
+    """``params/embeddings/cls_token`` -> ``embeddings`` (the collection and the variable's name left out)."""
+    parts = path.split("/")
+    return "/".join(parts[1:-1])
+
+
+def _inside(module_path: str, call_name: str) -> bool:
+    return call_name == "" or module_path == call_name or module_path.startswith(call_name + "/")
+
+
+def _owner(module_path: str, composites: Sequence[Pair]) -> str:
+    """The torch name of the innermost matched composite holding ``module_path`` ("" for the port itself)."""
+    for pair in composites:  # longest Flax paths first
+        if pair.flax.name and _inside(module_path, pair.flax.name):
+            return pair.torch.name
+    return ""
+
+
+def _laid_out(pair: LoosePair, by_value: bool) -> LoosePair:
+    """A square 2-D pair's layout: told by the values a loaded port holds, else left for ``load_into`` to settle."""
+    array = pair.array
+    if array.ndim != 2 or array.shape[0] != array.shape[1] or pair.transposed:
+        return pair
+    if not by_value:
+        return replace(pair, settled=False)
+    held = to_numpy(pair.tensor)
+    if not np.array_equal(held.astype(array.dtype), array) and np.array_equal(held.astype(array.dtype), array.T):
+        return replace(pair, transposed=True)
+    return pair
+
+
+def _torch_tensor(
+    path: str,
+    array: np.ndarray,
+    owner: str,
+    loose_torch: Mapping[str, torch.Tensor],
+    taken: set[str],
+    *,
+    by_value: bool,
+    unique_only: bool,
+) -> tuple[str, bool] | None:
+    """The port tensor that takes one loose Flax variable, and whether it holds it transposed (a 2-D array
+    fits a tensor of its shape or, not square, of its reversed shape). Among those that fit, inside the
+    owner's subtree where any fits there: the one holding its values (a loaded port), else the one whose
+    module has the same path (``h/0/mlp/c_fc`` and ``h.0.mlp.c_fc``), else the only one; None otherwise."""
+    reversed_shape = array.shape[::-1] if array.ndim == 2 and array.shape[0] != array.shape[1] else None
+    fit = [n for n, t in loose_torch.items() if n not in taken and tuple(t.shape) in (array.shape, reversed_shape)]
+    scope = _under(fit, owner) or fit
+    if not scope:
+        return None
+
+    def layout(name: str) -> tuple[str, bool]:
+        return name, tuple(loose_torch[name].shape) != array.shape
+
+    if by_value:
+        equal = [n for n in scope if np.array_equal(_in_flax_layout(loose_torch[n], array), array)]
+        if len(equal) == 1:
+            return layout(equal[0])
+        scope = equal or scope
+    module_parts = path.split("/")[1:-1]
+    scores = {n: _common_tail(module_parts, n.split(".")[:-1]) for n in scope}
+    best = max(scores.values())
+    chosen = [n for n, score in scores.items() if score == best]
+    if best > 0 and len(chosen) == 1:
+        return layout(chosen[0])
+    if len(scope) == 1 and (best == 0 or not unique_only):
+        return layout(scope[0])
+    return None
+
+
+def _in_flax_layout(tensor: torch.Tensor, array: np.ndarray) -> np.ndarray:
+    """A port tensor's values in the Flax array's layout (transposed back where its shape is reversed)."""
+    held = to_numpy(tensor).astype(array.dtype)
+    return held.T if held.shape != array.shape else held
+
+
+def _under(names: Sequence[str], prefix: str) -> list[str]:
+    return [n for n in names if not prefix or n.startswith(prefix + ".")]
+
+
+def _common_tail(a: Sequence[str], b: Sequence[str]) -> int:
+    """How many trailing parts two paths share."""
+    count = 0
+    for x, y in zip(reversed(a), reversed(b), strict=False):
+        if x != y:
+            break
+        count += 1
+    return count

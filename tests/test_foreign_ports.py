@@ -1,0 +1,207 @@
+"""Ports written the way others write them (the failure patterns Hugging Face's models showed): variables
+outside rule-backed layers (a class token, a frozen position table), a residual added in place after a call,
+same-shape layers called in another order, parameters nothing compares, and a final LayerNorm that zeroes
+the gradient of a plain sum."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import bridge
+from bridge.check._outputs import projected_sum, sum_leaves
+
+X = np.random.default_rng(0).standard_normal((3, 2, 4)).astype(np.float32)
+
+
+class TokenBlock(nn.Module):
+    """A class token and a position table (params of the model itself, no rule), a Dense, a residual, a
+    LayerNorm; the position table's gradient is stopped (as Whisper's encoder positions are)."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cls = self.param("cls_token", nn.initializers.normal(1.0), (1, 1, 4))
+        pos = self.param("position", nn.initializers.normal(1.0), (1, 3, 4))
+        x = jnp.concatenate([jnp.broadcast_to(cls, (x.shape[0], 1, 4)), x], axis=1) + jax.lax.stop_gradient(pos)
+        return nn.LayerNorm(name="norm")(nn.Dense(4, name="fc")(x) + x)
+
+
+class TorchTokenBlock(torch.nn.Module):
+    """TokenBlock as a torch user writes it: the position table frozen, the residual added in place."""
+
+    def __init__(self, extra: bool = False) -> None:
+        super().__init__()
+        self.cls_token = torch.nn.Parameter(torch.zeros(1, 1, 4))
+        self.position = torch.nn.Parameter(torch.zeros(1, 3, 4), requires_grad=False)
+        self.fc = torch.nn.Linear(4, 4)
+        self.norm = torch.nn.LayerNorm(4, eps=1e-6)
+        if extra:  # a parameter no Flax variable fills: nothing would compare it
+            self.extra = torch.nn.Parameter(torch.zeros(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.position
+        h = self.fc(x)
+        h += x  # changes fc's recorded output in place
+        return self.norm(h)
+
+
+@pytest.fixture(scope="module")
+def token_block() -> tuple[nn.Module, Any]:
+    model = TokenBlock()
+    variables = model.init(jax.random.PRNGKey(0), X)
+    params = jax.tree_util.tree_map(lambda a: a + 0.1, variables["params"])  # a LayerNorm scale that is not 1
+    return model, {"params": params}
+
+
+def test_load_into_fills_variables_outside_rule_backed_layers(token_block: tuple[nn.Module, Any]) -> None:
+    model, variables = token_block
+    port = bridge.load_into(TorchTokenBlock(), model, variables, inputs=X)
+    np.testing.assert_array_equal(port.cls_token.detach().numpy(), variables["params"]["cls_token"])
+    np.testing.assert_array_equal(port.position.detach().numpy(), variables["params"]["position"])
+    report = bridge.check_equivalence(model, variables, port, X)
+    assert report.ok, str(report)
+    names = [g.name for g in report.gradients]
+    assert "cls_token <-> cls_token" in names  # compared, not skipped
+    assert "position <-> position" in names  # frozen in torch, stopped in Flax: both zero
+
+
+def test_a_port_parameter_nothing_compares_makes_the_check_fail(token_block: tuple[nn.Module, Any]) -> None:
+    model, variables = token_block
+    port = TorchTokenBlock(extra=True)
+    with pytest.raises(bridge.LayerMismatchError, match=r"torch \(port\) holds tensors no Flax variable fills: extra"):
+        bridge.load_into(port, model, variables, inputs=X)
+    assert not port.cls_token.detach().any()  # the refused load wrote nothing
+    loaded = bridge.load_into(TorchTokenBlock(), model, variables, inputs=X)  # a port without it loads
+    port.load_state_dict({**loaded.state_dict(), "extra": torch.zeros(5)})
+    report = bridge.check_equivalence(model, variables, port, X)
+    assert not report.ok
+    assert any("unchecked" in p and "extra" in p for p in report.problems)
+    assert report.settings["unchecked_torch"] == ["extra"]
+    assert bridge.check_equivalence(model, variables, port, X, allow_unchecked=True).ok
+
+
+def test_a_layer_the_port_does_not_port_is_not_filled_by_shape(token_block: tuple[nn.Module, Any]) -> None:
+    model, variables = token_block
+    port = bridge.load_into(TorchTokenBlock(), model, variables, inputs=X)
+    with torch.no_grad():
+        port.cls_token.add_(1.0)
+    report = bridge.check_equivalence(model, variables, port, X)
+    assert not report.ok
+
+
+class TwoPairs(nn.Module):
+    """Two groups of same-shape Dense layers (4 -> 4 and 4 -> 8), each group's layers called a then b."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = 2.0 * nn.Dense(4, name="a")(x) + nn.Dense(4, name="b")(x)
+        return 3.0 * nn.Dense(8, name="c")(y) + nn.Dense(8, name="d")(y)
+
+
+class TorchTwoPairs(torch.nn.Module):
+    """TwoPairs with names of its own (neither values nor paths tell same-shape layers apart in a fresh port),
+    the second group called in the other order (d's twin before c's)."""
+
+    PORTS: ClassVar[dict[str, str]] = {"a": "one", "b": "two", "c": "three", "d": "four"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.one, self.two = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+        self.three, self.four = torch.nn.Linear(4, 8), torch.nn.Linear(4, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = 2.0 * self.one(x) + self.two(x)
+        d = self.four(y)
+        return 3.0 * self.three(y) + d
+
+
+def _by_hand(model_params: Any) -> TorchTwoPairs:
+    port = TorchTwoPairs()
+    with torch.no_grad():
+        for flax_name, torch_name in TorchTwoPairs.PORTS.items():
+            linear, params = getattr(port, torch_name), model_params[flax_name]
+            linear.weight.copy_(torch.from_numpy(np.array(params["kernel"]).T))
+            linear.bias.copy_(torch.from_numpy(np.array(params["bias"])))
+    return port
+
+
+def test_same_shape_layers_called_in_another_order() -> None:
+    x = X[:, 0]
+    model = TwoPairs()
+    variables = model.init(jax.random.PRNGKey(1), x)
+    # a correctly loaded port: each group's layers are told apart by the values they hold (the second group too)
+    report = bridge.check_equivalence(model, variables, _by_hand(variables["params"]), x)
+    assert report.ok, str(report)
+    # a fresh port: only call order tells c's twin from d's (both fed y), and it is wrong: the load keeps the
+    # assignment under which the port reproduces the Flax output
+    with pytest.warns(bridge.ReassignedWarning, match="Flax c -> torch three; Flax d -> torch four"):
+        port = bridge.load_into(TorchTwoPairs(), model, variables, inputs=x)
+    want = _by_hand(variables["params"]).state_dict()
+    assert all(torch.equal(v, want[k]) for k, v in port.state_dict().items())
+    assert bridge.check_equivalence(model, variables, port, x).ok
+
+
+def test_default_loss_has_a_gradient_through_a_final_layernorm() -> None:
+    norm = nn.LayerNorm()
+    x = jnp.asarray(X)
+    variables = norm.init(jax.random.PRNGKey(0), x)
+    plain = jax.grad(lambda inp: sum_leaves(norm.apply(variables, inp)))(x)
+    projected = jax.grad(lambda inp: projected_sum(norm.apply(variables, inp)))(x)
+    assert float(jnp.abs(plain).max()) < 1e-5  # the plain sum: rounding noise only
+    assert float(jnp.abs(projected).max()) > 1e-2
+    # the same weights on both sides: torch's loss of the same values is the same number
+    y = np.array(norm.apply(variables, x))
+    np.testing.assert_allclose(
+        float(projected_sum(torch.from_numpy(y))), float(projected_sum(jnp.asarray(y))), rtol=1e-5
+    )
+
+
+def test_a_forward_that_uses_layers_swapped_is_loaded_to_compute_the_flax_output() -> None:
+    """SeparateAttention(mistake="swapped") computes q and k in order, then uses them swapped: the load gives
+    query's weights to k_proj (the port then computes Flax's function) and says so; by names, the check finds it."""
+    from tree_models import SEPARATE_BY_NAME, TorchSeparateBlock, TransformerBlock
+
+    x = np.random.default_rng(2).standard_normal((2, 5, 32)).astype(np.float32)
+    model = TransformerBlock()
+    variables = model.init(jax.random.PRNGKey(0), x)
+    with pytest.warns(bridge.ReassignedWarning, match="query -> torch attention.k_proj"):
+        port = bridge.load_into(TorchSeparateBlock(mistake="swapped").eval(), model, variables, inputs=x)
+    assert bridge.check_equivalence(model, variables, port, x, grads=False).ok
+    by_name = bridge.load_into(
+        TorchSeparateBlock(mistake="swapped").eval(), model, variables, inputs=x, mapping=SEPARATE_BY_NAME
+    )
+    assert not bridge.check_equivalence(model, variables, by_name, x, grads=False).ok
+
+
+class SharedTwice(nn.Module):
+    """One Dense called twice (a shared final norm, ALBERT's shared layer): two calls, one set of weights."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shared = nn.Dense(4, name="shared")
+        return shared(jnp.tanh(shared(x)))
+
+
+class TorchSharedTwice(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shared(torch.tanh(self.shared(x)))
+
+
+def test_a_module_called_twice_pairs_call_by_call() -> None:
+    x = X[:, 0]
+    model = SharedTwice()
+    variables = model.init(jax.random.PRNGKey(3), x)
+    port = bridge.load_into(TorchSharedTwice(), model, variables, inputs=x)
+    report = bridge.check_equivalence(model, variables, port, x)
+    assert report.ok, str(report)
+    assert [row.isolated.ok for row in report.layers if row.kind == "Dense"] == [True, True]
