@@ -16,8 +16,8 @@ c. ``bridge.load_into(case.make_torch(), ...)``, then every tensor of its ``stat
    values, i.e. not loaded at all, and the port's output max abs difference from Flax.
 d. Three porting mistakes planted, one at a time, in the reference port (``PLANTS``): a square weight
    transposed, two same-shape projections of one module swapped, a wrong norm epsilon. Each must be NOT
-   EQUIVALENT with its first divergence at the planted module or its parent ("located"); the cell counts
-   located/planted and names the misses.
+   EQUIVALENT with its first divergence at the planted module, its parent, or one of the two swapped
+   ("located"); the cell counts located/planted, how many of those came with a hint, and names the misses.
 
 Run: ``python benchmarks/zoo_table.py [--json FILE] [--timeout S] [--in-process] [ARCH ...]`` with
 transformers < 5 installed. Each architecture runs in its own process (``--timeout`` seconds, default 900),
@@ -210,7 +210,7 @@ PLANTS = {"transposed": _plant_transposed, "swapped": _plant_swapped, "eps": _pl
 def _step_d(case: Any) -> dict[str, Any]:
     import bridge
 
-    located, planted, misses = 0, 0, []
+    located, planted, hinted, misses = 0, 0, 0, []
     for kind, plant in PLANTS.items():
         port = case.make_reference()
         where = plant(port)
@@ -227,12 +227,13 @@ def _step_d(case: Any) -> dict[str, Any]:
         first = report.first_divergence
         at = "" if first is None else first.torch_name
         parent = where.rpartition(".")[0]
-        if not report.ok and at in (where, parent):
-            located += 1
+        if not report.ok and (at in (where, parent) or at.rpartition(".")[0] == where):  # the module, its parent,
+            located += 1  # or (a swap planted in a module) one of the two swapped in it
+            hinted += bool(first is not None and first.hint)
         else:
             misses.append(f"{kind} at {where}: " + ("EQUIVALENT" if report.ok else f"first at {at or '?'}"))
-    cell = f"{located}/{planted}" + (f" (missed: {'; '.join(misses)})" if misses else "")
-    return {"cell": cell, "located": located, "planted": planted, "misses": misses}
+    cell = f"{located}/{planted} ({hinted} with a hint)" + (f" missed: {'; '.join(misses)}" if misses else "")
+    return {"cell": cell, "located": located, "planted": planted, "hinted": hinted, "misses": misses}
 
 
 def _port_difference(case: Any, port: Any) -> float:

@@ -84,6 +84,11 @@ def test_a_port_parameter_nothing_compares_makes_the_check_fail(token_block: tup
     assert any("unchecked" in p and "extra" in p for p in report.problems)
     assert report.settings["unchecked_torch"] == ["extra"]
     assert bridge.check_equivalence(model, variables, port, X, allow_unchecked=True).ok
+    buffered = bridge.load_into(TorchTokenBlock(), model, variables, inputs=X)
+    buffered.register_buffer("table", torch.ones(3))  # a constant of the port's own: judged through the outputs
+    report = bridge.check_equivalence(model, variables, buffered, X)
+    assert report.ok, str(report)
+    assert report.settings["unfilled_torch_buffers"] == ["table"]
 
 
 def test_a_layer_the_port_does_not_port_is_not_filled_by_shape(token_block: tuple[nn.Module, Any]) -> None:
@@ -205,3 +210,84 @@ def test_a_module_called_twice_pairs_call_by_call() -> None:
     report = bridge.check_equivalence(model, variables, port, x)
     assert report.ok, str(report)
     assert [row.isolated.ok for row in report.layers if row.kind == "Dense"] == [True, True]
+
+
+class ScaleNorm(nn.Module):
+    """A norm of the model's own (no rule: T5's LayerNorm, Llama's RMSNorm): x / rms(x) * weight."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        weight = self.param("weight", nn.initializers.ones, (x.shape[-1],))
+        return x * jax.lax.rsqrt(jnp.mean(x**2, axis=-1, keepdims=True) + 1e-6) * weight
+
+
+class FeedForward(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = nn.relu(nn.Dense(8, name="wi")(ScaleNorm(name="norm")(x)))
+        return x + nn.Dense(4, name="wo")(h)
+
+
+class Stack(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return FeedForward(name="ff")(FeedForward(name="ff0")(x))
+
+
+class TorchFeedForward(torch.nn.Module):
+    """The block as T5's port writes it: the norm's weight held by the block and computed inline, the two
+    Linears in a module of their own (the Flax block's layers lie in a smaller torch subtree than the block)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm_weight = torch.nn.Parameter(torch.ones(4))
+        self.dense = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.norm_weight
+        return x + self.dense(normed)
+
+
+class TorchStack(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ff0, self.ff = TorchFeedForward(), TorchFeedForward()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ff(self.ff0(x))
+
+
+def test_a_block_cut_differently_never_decides_the_verdict_alone() -> None:
+    model = Stack()
+    variables = model.init(jax.random.PRNGKey(4), X)
+    params = jax.tree_util.tree_map(lambda a: a + 0.1, variables["params"])
+    port = bridge.load_into(TorchStack(), model, {"params": params}, inputs=X)
+    np.testing.assert_array_equal(port.ff.norm_weight.detach().numpy(), params["ff"]["norm"]["weight"])
+    report = bridge.check_equivalence(model, {"params": params}, port, X)
+    assert report.ok, str(report)
+    assert report.settings["composites_not_judged"]  # ff/norm+dense+residual paired with ff.dense alone
+    assert "blocks not judged on their own" in str(report)
+    with torch.no_grad():
+        port.ff.norm_weight.mul_(1.01)  # the norm of the port's own: caught through the layers and the output
+    assert not bridge.check_equivalence(model, {"params": params}, port, X).ok
+
+
+def test_outputs_broadcast_by_one_side_compare_as_the_same_values() -> None:
+    from bridge.check._outputs import in_flax_layout
+
+    shared = torch.arange(12.0).reshape(1, 3, 4)
+    laid_out = in_flax_layout(shared, np.zeros((2, 3, 4)), True)
+    assert tuple(laid_out.shape) == (2, 3, 4)
+    assert torch.equal(laid_out[1], shared[0])
+
+
+def test_a_port_fed_channels_first_pixels_is_read_channels_first() -> None:
+    from tree_models import CNN, TorchCNN
+
+    x = np.random.default_rng(5).standard_normal((2, 28, 28, 1)).astype(np.float32)
+    model = CNN()
+    variables = model.init(jax.random.PRNGKey(0), x)
+    nchw = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
+    port = bridge.load_into(TorchCNN().eval(), model, variables, inputs=x, torch_inputs=nchw)
+    report = bridge.check_equivalence(model, variables, port, x, torch_inputs=nchw)  # no channels_last=False
+    assert report.ok, str(report)

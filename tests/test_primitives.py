@@ -220,3 +220,25 @@ def test_a_gather_by_position_ids_takes_any_batch_size() -> None:
     p3 = np.broadcast_to(np.arange(5, dtype=np.int32), (3, 5)).copy()
     got = to_numpy(module(to_tensor(x3), to_tensor(p3)))
     np.testing.assert_allclose(got, np.asarray(model.apply(variables, x3, p3)), rtol=1e-6, atol=1e-6)
+
+
+class ClassTokenPool(nn.Module):
+    """CLIP's two batch-sized constructs: a class token tiled to the batch, and each row's token picked by
+    ``x[jnp.arange(batch), ids]``."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array, ids: jax.Array) -> jax.Array:
+        token = self.param("token", nn.initializers.normal(1.0), (1, 1, x.shape[-1]))
+        x = jnp.concatenate([jnp.tile(token, (x.shape[0], 1, 1)), x], axis=1)
+        return x[jnp.arange(x.shape[0]), ids]
+
+
+def test_a_tiled_class_token_and_a_row_pick_take_any_batch_size() -> None:
+    model = ClassTokenPool()
+    x = RNG.normal(size=(2, 5, 4)).astype(np.float32)
+    ids = np.array([1, 4], np.int32)
+    variables = model.init(jax.random.PRNGKey(0), x, ids)
+    module = bridge.to_torch(model, variables, (x, ids))
+    x3, ids3 = RNG.normal(size=(3, 5, 4)).astype(np.float32), np.array([0, 5, 2], np.int32)
+    got = to_numpy(module(to_tensor(x3), to_tensor(ids3)))
+    np.testing.assert_array_equal(got, np.asarray(model.apply(variables, x3, ids3)))

@@ -121,8 +121,8 @@ def check_equivalence(
             arguments for the model's ``apply`` (integer arrays too).
         torch_inputs: the port's arguments where its signature differs (trees); by default ``inputs``
             as tensors, NHWC moved to NCHW when ``channels_last`` is False.
-        allow_unchecked: trees: port parameters and buffers that no Flax variable fills (so that nothing compares
-            them) are listed, and make the verdict NOT EQUIVALENT unless this is True.
+        allow_unchecked: trees: port parameters that no Flax variable fills (so that nothing compares them)
+            are listed, and make the verdict NOT EQUIVALENT unless this is True.
         mapping: ``{"Block_0/Dense_1": "blocks.0.fc2", ...}`` (fnmatch globs allowed) pairs calls before
             the structural matching (trees).
         dtype: cast both sides' floating variables and the inputs to it, chains and trees (``"float64"``

@@ -40,6 +40,7 @@ from ..match._match_tree import (
     find_input_permutations,
     match_calls,
     tied_variables,
+    unpaired_flax,
 )
 from ..rules import BoundInputs, LayerRule
 from . import _gradients
@@ -73,7 +74,7 @@ def check_tree(
     ``tolerance``: explicit ``rtol``/``atol`` for every call, the output and the gradients instead of the
     derived tolerances (no calibration); ``dtype``: the dtype both sides were cast to, which a call computing
     in a dtype of its own (``nn.Dense(dtype=jnp.float32)``) would silently ignore: such a call is refused;
-    ``allow_unchecked``: port tensors that no Flax variable fills do not make the verdict NOT EQUIVALENT
+    ``allow_unchecked``: port parameters that no Flax variable fills do not make the verdict NOT EQUIVALENT
     (they are still listed)."""
     if inputs is None:
         raise InvalidArgumentError(
@@ -123,8 +124,8 @@ def check_tree(
         calibrated += 1
     judged_pairs, rows, details, not_judged = _composites_not_judged(matching.pairs, rows, details, output.ok)
     problems = [
-        f"Flax {c.name} ({c.kind}) has no torch counterpart holding tensors of the same shapes: "
-        "port it, or pair it with mapping={'" + c.name + "': 'torch.name'}"
+        unpaired_flax(c, flax_calls)
+        + (": port it, or pair it with mapping={'" + c.name + "': 'torch.name'}" if c.name else "")
         for c in matching.unmatched_flax
     ]
     runs.release_outputs()  # float64 call outputs: no longer needed, and the gradients are the memory peak
@@ -171,11 +172,15 @@ def check_tree(
         call = matching.unmatched_flax[0]
         structure = Divergence(call.index, call.name, "", call.kind, "structure", problems[0])
     first = first_divergence(rows, details, judged_pairs, flax_calls, structure, gradient_rows, channels_last)
-    if loose.unfilled_torch and not allow_unchecked:  # silently unchecked is how a wrong port passes
+    # parameters nothing compares: silently unchecked is how a wrong port passes (a buffer no Flax variable
+    # fills is a constant of the port's, a rotary table: its effect is judged through the outputs)
+    parameter_names = {name for name, _ in port.named_parameters()}
+    unchecked = [name for name in loose.unfilled_torch if name in parameter_names]
+    if unchecked and not allow_unchecked:
         problems.append(
-            f"{len(loose.unfilled_torch)} port tensors are compared with no Flax variable (unchecked): "
-            + ", ".join(loose.unfilled_torch[:8])
-            + (", ..." if len(loose.unfilled_torch) > 8 else "")
+            f"{len(unchecked)} port parameters are compared with no Flax variable (unchecked): "
+            + ", ".join(unchecked[:8])
+            + (", ..." if len(unchecked) > 8 else "")
             + "; port or pair them (mapping=), or pass allow_unchecked=True if they do not matter"
         )
     ok = not problems and all(r.ok for r in rows) and output.ok and all(g.comparison.ok for g in gradient_rows)
@@ -215,7 +220,8 @@ def check_tree(
             "composites_not_judged": not_judged,
             # variables outside rule-backed layers, paired with port tensors of their shape (gradient rows too)
             "loose_variables": [f"{p.flax_path} <-> {p.torch_name}" for p in loose.pairs],
-            "unchecked_torch": list(loose.unfilled_torch),
+            "unchecked_torch": unchecked,
+            "unfilled_torch_buffers": [name for name in loose.unfilled_torch if name not in parameter_names],
             "unpaired_flax_variables": list(loose.unfilled_flax),
         },
     )

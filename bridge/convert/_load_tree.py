@@ -28,6 +28,7 @@ from ..match._match_tree import (
     match_calls,
     signature,
     tied_variables,
+    unpaired_flax,
 )
 
 
@@ -68,10 +69,10 @@ def load_tree(
         _, torch_calls = capture_torch(port, torch_args, torch_kwargs)
     matching = match_calls(flax_calls, torch_calls, mapping)
     loose = match_loose(matching, variables, port, by_value=False)
-    copies = _planned_copies(matching, loose)
+    copies = _planned_copies(matching, loose, flax_calls)
     _copy(copies)
     loose = _settle_layouts(loose, flax_calls, torch_calls)
-    _copy(_planned_copies(matching, loose))
+    _copy(_planned_copies(matching, loose, flax_calls))
     ties = describe_ties(tied_variables(matching.pairs))
     if ties:
         warnings.warn(
@@ -99,18 +100,17 @@ def load_tree(
                     reordered = np.empty_like(array)
                     reordered[:, pair.input_permutation] = array
                     _copy([(holders[name][1], reordered)])
-    _reconcile(port, flax_out, (torch_args, torch_kwargs), matching, loose)
+    _reconcile(port, flax_out, (torch_args, torch_kwargs), matching, loose, flax_calls)
     return port
 
 
-def _planned_copies(matching: Matching, loose: LooseVariables) -> list[tuple[torch.Tensor, np.ndarray]]:
+def _planned_copies(
+    matching: Matching, loose: LooseVariables, flax_calls: list[Call]
+) -> list[tuple[torch.Tensor, np.ndarray]]:
     """Every (port tensor, Flax array laid out for torch) to copy, after checking all of them: the matched
     layers' tensors, then the variables outside them (``match_loose``); every Flax variable must reach one
     port tensor and every port tensor must be filled, else nothing is copied and each is named."""
-    problems = [
-        f"Flax {c.name} ({c.kind}) has no torch counterpart holding tensors of the same shapes"
-        for c in matching.unmatched_flax
-    ]
+    problems = [unpaired_flax(c, flax_calls) for c in matching.unmatched_flax]
     copies: list[tuple[torch.Tensor, np.ndarray]] = []
     filled: dict[int, tuple[str, np.ndarray]] = {}
     for pair in matching.pairs:
@@ -221,6 +221,7 @@ def _reconcile(
     torch_inputs: tuple[tuple[Any, ...], dict[str, Any]],
     matching: Matching,
     loose: LooseVariables,
+    flax_calls: list[Call],
 ) -> None:
     """Re-pair the same-shape layers that only call order told apart (``Pair.by_order``: a fresh port holds no
     values to tell them by) by what the loaded port computes, reloading after each change. First by inputs:
@@ -237,7 +238,7 @@ def _reconcile(
             _, torch_calls = capture_torch(port, *torch_inputs)
         if not _repair_by_inputs(guessed, torch_calls):
             break
-        _copy(_planned_copies(matching, loose))
+        _copy(_planned_copies(matching, loose, flax_calls))
     if _reproduces(port, flax_out, torch_inputs):
         return
     with torch.no_grad():
@@ -247,7 +248,7 @@ def _reconcile(
         for order in itertools.islice(itertools.permutations(partners), 1, _MAX_PERMUTATIONS):
             for pair, partner in zip(group, order, strict=True):
                 pair.torch = partner
-            _copy(_planned_copies(matching, loose))
+            _copy(_planned_copies(matching, loose, flax_calls))
             if _reproduces(port, flax_out, torch_inputs):
                 moved = "; ".join(f"Flax {p.flax.name} -> torch {p.torch.name}" for p in group)
                 warnings.warn(
@@ -260,7 +261,7 @@ def _reconcile(
                 return
         for pair, partner in zip(group, partners, strict=True):  # none reproduces it: call order, as it was
             pair.torch = partner
-        _copy(_planned_copies(matching, loose))
+        _copy(_planned_copies(matching, loose, flax_calls))
 
 
 # Assignments tried among layers fed the same input (4 layers: every one).

@@ -383,11 +383,16 @@ def _dynamic_slice(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
 @translates("iota")
 def _iota(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
     shape, dimension = tuple(eqn.params["shape"]), int(eqn.params["dimension"])
-    values = emit.call(torch.arange, shape[dimension], dtype=_dtype(eqn.outvars[0].aval), device=emit.device())
-    view = [1] * len(shape)
-    view[dimension] = shape[dimension]
+    sizes = emit.sizes(eqn.outvars[0])  # an axis that follows the batch (jnp.arange(batch)) is computed
+    values = emit.call(torch.arange, sizes[dimension], dtype=_dtype(eqn.outvars[0].aval), device=emit.device())
+    view: list[Any] = [1] * len(shape)
+    view[dimension] = -1
     values = emit.method("reshape", values, tuple(view)) if len(shape) > 1 else values
-    return values if tuple(view) == shape else emit.method("expand", values, shape)
+    return (
+        values
+        if len(shape) <= 1 or all(n == 1 for d, n in enumerate(shape) if d != dimension)
+        else (emit.method("expand", values, sizes))
+    )
 
 
 # --- reductions ---------------------------------------------------------------------------------
@@ -642,9 +647,11 @@ def _gather_points(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
         else operand
     )
     picks = []
+    sizes = emit.sizes(eqn.invars[0])  # an indexed axis that follows the batch (the rows) is clipped to its size
     for k, axis in enumerate(indexed):
         column = emit.call(operator.getitem, indices, (Ellipsis, k))
-        picks.append(emit.call(torch.clamp, emit.method("long", column), 0, operand_shape[axis] - 1))
+        last = sizes[axis] - 1 if isinstance(sizes[axis], int) else emit.call(operator.sub, sizes[axis], 1)
+        picks.append(emit.call(torch.clamp, emit.method("long", column), 0, last))
     picked = emit.call(operator.getitem, moved, tuple(picks))  # (*index batch, *rest)
     batch_rank = len(index_shape) - 1
     rank = batch_rank + len(rest)
@@ -663,7 +670,13 @@ def _gather_points(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
 @translates("tile")
 def _tile(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
     """``jnp.tile``: each axis repeated ``reps`` times (``Tensor.repeat``; the batch axis follows its input)."""
-    return emit.method("repeat", emit.tensor(args[0], eqn.invars[0].aval), tuple(int(r) for r in eqn.params["reps"]))
+    operand = tuple(eqn.invars[0].aval.shape)
+    sizes = emit.sizes(eqn.outvars[0])  # an axis of size 1 tiled to the batch size (CLIP's class token) follows it
+    given = tuple(int(r) for r in eqn.params["reps"])
+    reps = (
+        tuple(sizes[d] if operand[d] == 1 else r for d, r in enumerate(given)) if len(given) == len(operand) else given
+    )
+    return emit.method("repeat", emit.tensor(args[0], eqn.invars[0].aval), reps)
 
 
 @translates("stack")

@@ -1,9 +1,10 @@
 """Variables outside rule-backed layers (a class token, a position table, a relative position bias) and the
 port tensors that hold them, so that every Flax variable ends in exactly one torch tensor or is named.
 
-A loose Flax variable belongs to the innermost matched composite whose path holds it (``embeddings`` for
-``embeddings/cls_token``); it pairs with the one port tensor of the same shape inside that composite's
-partner that no matched layer holds. Where several fit, the one holding the same values decides (a loaded
+A loose Flax variable belongs to the deepest Flax module above it that the matching located (a matched
+block, or the parent of a matched layer beside it: ``embeddings`` for ``embeddings/cls_token``); it pairs
+with the one port tensor of the same shape inside that module's torch counterpart that no matched layer
+holds. Where several fit, the one holding the same values decides (a loaded
 port), then the one of the same name; otherwise it stays unpaired and is named: never a guess.
 """
 
@@ -63,7 +64,6 @@ def match_loose(
     leaves = [p for p in matching.pairs if p.rule is not None]
     # a rule-backed layer left unmatched is reported as such: its variables are its rule's, never loose
     owned = [p.flax.name for p in leaves] + [c.name for c in matching.unmatched_flax]
-    composites = sorted((p for p in matching.pairs if p.rule is None), key=lambda p: -len(p.flax.name))
     held = {id(t) for p in leaves for t in port_tensors(p.torch.module).values()}
     loose_torch: dict[str, torch.Tensor] = {}
     for name, tensor in port_tensors(port).items():
@@ -81,7 +81,7 @@ def match_loose(
         for path, array in loose_flax.items():
             if any(p.flax_path == path for p in pairs):
                 continue
-            owner = _owner(_module_path(path), composites)
+            owner = _owner(_module_path(path), matching.pairs)
             found = _torch_tensor(path, array, owner, loose_torch, taken, by_value=by_value, unique_only=unique_only)
             if found is not None:
                 name, transposed = found
@@ -114,12 +114,36 @@ def _inside(module_path: str, call_name: str) -> bool:
     return call_name == "" or module_path == call_name or module_path.startswith(call_name + "/")
 
 
-def _owner(module_path: str, composites: Sequence[Pair]) -> str:
-    """The torch name of the innermost matched composite holding ``module_path`` ("" for the port itself)."""
-    for pair in composites:  # longest Flax paths first
-        if pair.flax.name and _inside(module_path, pair.flax.name):
-            return pair.torch.name
-    return ""
+def _owner(module_path: str, pairs: Sequence[Pair]) -> str:
+    """The torch module that corresponds to the deepest Flax module above ``module_path`` that the matching
+    located: a matched composite holding it, or the module as many levels above a matched layer as that layer
+    lies below their shared Flax path (``ff/norm`` beside ``ff/dense`` <-> ``ff.dense``: ``ff``); where
+    several such pairs disagree, the module that holds all their answers ("" for the port itself)."""
+    parts = module_path.split("/") if module_path else []
+    best, scopes = 0, [""]
+    for pair in pairs:
+        if not pair.flax.name or not pair.torch.name:
+            continue
+        flax_parts = pair.flax.name.split("/")
+        shared = 0
+        while shared < min(len(parts), len(flax_parts)) and parts[shared] == flax_parts[shared]:
+            shared += 1
+        below = len(flax_parts) - shared
+        torch_parts = pair.torch.name.split(".")
+        if shared == 0 or below >= len(torch_parts) or shared < best:
+            continue
+        scope = ".".join(torch_parts[: len(torch_parts) - below])
+        if shared > best:
+            best, scopes = shared, []
+        scopes.append(scope)
+    common = scopes[0].split(".")
+    for scope in scopes[1:]:
+        other = scope.split(".")
+        n = 0
+        while n < min(len(common), len(other)) and common[n] == other[n]:
+            n += 1
+        common = common[:n]
+    return ".".join(common)
 
 
 def _laid_out(pair: LoosePair, by_value: bool) -> LoosePair:
@@ -147,11 +171,12 @@ def _torch_tensor(
 ) -> tuple[str, bool] | None:
     """The port tensor that takes one loose Flax variable, and whether it holds it transposed (a 2-D array
     fits a tensor of its shape or, not square, of its reversed shape). Among those that fit, inside the
-    owner's subtree where any fits there: the one holding its values (a loaded port), else the one whose
-    module has the same path (``h/0/mlp/c_fc`` and ``h.0.mlp.c_fc``), else the only one; None otherwise."""
+    innermost of the owner's subtree and its ancestors where any fits: the one holding its values (a loaded
+    port), else the one whose module has the same path (``h/0/mlp/c_fc`` and ``h.0.mlp.c_fc``), else the
+    only one; None otherwise."""
     reversed_shape = array.shape[::-1] if array.ndim == 2 and array.shape[0] != array.shape[1] else None
     fit = [n for n, t in loose_torch.items() if n not in taken and tuple(t.shape) in (array.shape, reversed_shape)]
-    scope = _under(fit, owner) or fit
+    scope = _innermost_scope(fit, owner)
     if not scope:
         return None
 
@@ -178,6 +203,17 @@ def _in_flax_layout(tensor: torch.Tensor, array: np.ndarray) -> np.ndarray:
     """A port tensor's values in the Flax array's layout (transposed back where its shape is reversed)."""
     held = to_numpy(tensor).astype(array.dtype)
     return held.T if held.shape != array.shape else held
+
+
+def _innermost_scope(names: Sequence[str], owner: str) -> list[str]:
+    """The names under ``owner``, else under its parent, and so on up to the whole port (a block paired with
+    a smaller torch subtree than the one holding its variables: T5's feed-forward and its norm's weight)."""
+    prefix = owner
+    while True:
+        found = _under(names, prefix)
+        if found or not prefix:
+            return found
+        prefix = prefix.rpartition(".")[0]
 
 
 def _under(names: Sequence[str], prefix: str) -> list[str]:

@@ -263,6 +263,18 @@ def match_calls(flax_calls: Sequence[Call], torch_calls: Sequence[Call], mapping
     return Matching(pairs, sorted(unmatched, key=lambda c: c.index), leftover)
 
 
+def unpaired_flax(call: Call, calls: Sequence[Call]) -> str:
+    """Why a Flax call stayed unpaired, naming it; a layer applied to weights its parent computes at run time
+    (``self.conv.apply({"params": {"kernel": w}}, x)``: weight normalisation) has no path of its own."""
+    if call.name or call.parent is None:
+        return f"Flax {call.name} ({call.kind}) has no torch counterpart holding tensors of the same shapes"
+    parent = calls[call.parent].name or "(the model)"
+    return (
+        f"Flax {parent} applies a {call.kind} to weights it computes at run time (weight normalisation): the bridge "
+        "has no rule for that construct yet, so its variables and the port's tensors for it cannot be paired"
+    )
+
+
 def is_tree_pair(
     model: Any, variables: Any, port: torch.nn.Module, inputs: Any, torch_inputs: Any, mapping: Any
 ) -> bool:
