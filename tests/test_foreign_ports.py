@@ -291,3 +291,42 @@ def test_a_port_fed_channels_first_pixels_is_read_channels_first() -> None:
     port = bridge.load_into(TorchCNN().eval(), model, variables, inputs=x, torch_inputs=nchw)
     report = bridge.check_equivalence(model, variables, port, x, torch_inputs=nchw)  # no channels_last=False
     assert report.ok, str(report)
+
+
+class TorchRMSNorm(torch.nn.Module):
+    """An RMSNorm class of the port's own (as Llama's): no rule claims it."""
+
+    def __init__(self, width: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(width))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class NormThenDense(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.Dense(4, name="dense")(ScaleNorm(name="norm")(x))
+
+
+class TorchNormThenDense(torch.nn.Module):
+    def __init__(self, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.norm, self.dense = TorchRMSNorm(4, eps), torch.nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dense(self.norm(x))
+
+
+def test_a_mistake_in_a_module_without_a_rule_is_located_at_it() -> None:
+    model = NormThenDense()
+    variables = model.init(jax.random.PRNGKey(6), X)
+    port = bridge.load_into(TorchNormThenDense(eps=0.1), model, variables, inputs=X)  # the wrong epsilon
+    report = bridge.check_equivalence(model, variables, port, X)
+    assert not report.ok
+    assert report.first_divergence is not None
+    assert (report.first_divergence.flax_path, report.first_divergence.torch_name) == ("norm", "norm"), str(report)
+    right = bridge.load_into(TorchNormThenDense(), model, variables, inputs=X)
+    assert bridge.check_equivalence(model, variables, right, X).ok

@@ -33,7 +33,8 @@ from .._jaxpr import first_narrowing
 from .._numerics import Precision, Tolerance, function_rounding
 from .._tensors import is_float
 from ..capture._capture_tree import Call, capture_flax, capture_torch
-from ..match._loose import match_loose
+from ..match._loose import LooseVariables, match_loose
+from ..match._match import port_tensors
 from ..match._match_tree import (
     Pair,
     describe_ties,
@@ -109,6 +110,10 @@ def check_tree(
     matching = match_calls(flax_calls, torch_calls, mapping)
     find_input_permutations(matching.pairs)
     loose = match_loose(matching, flax_model.all_variables(model, variables), port, by_value=True)
+    matching.pairs = sorted(
+        [*matching.pairs, *_modules_without_rule(matching.pairs, loose, flax_calls, torch_calls)],
+        key=lambda p: p.flax.index,
+    )
     rows, details, calibrated = [], [], 0
     for number, pair in enumerate(matching.pairs):
         isolated_out = run_isolated(pair, channels_last)
@@ -225,6 +230,30 @@ def check_tree(
             "unpaired_flax_variables": list(loose.unfilled_flax),
         },
     )
+
+
+def _modules_without_rule(
+    pairs: Sequence[Pair], loose: LooseVariables, flax_calls: Sequence[Call], torch_calls: Sequence[Call]
+) -> list[Pair]:
+    """The calls of modules without a rule that hold loose variables (an RMSNorm or a Conv1D of the port's
+    own), paired as blocks with the torch module holding their tensors, so that a mistake inside one is
+    located there rather than at the next matched layer."""
+    paired = {p.flax.index for p in pairs}
+    flax_by_name = {c.name: c for c in reversed(flax_calls) if c.name}
+    torch_by_name = {c.name: c for c in reversed(torch_calls) if c.name}
+    by_module: dict[tuple[str, str], set[int]] = {}
+    for held in loose.pairs:
+        key = ("/".join(held.flax_path.split("/")[1:-1]), held.torch_name.rpartition(".")[0])
+        by_module.setdefault(key, set()).add(id(held.tensor))
+    found = []
+    for (flax_name, torch_name), tensors in by_module.items():
+        flax_call, torch_call = flax_by_name.get(flax_name), torch_by_name.get(torch_name)
+        if flax_call is None or torch_call is None or flax_call.index in paired or flax_call.children:
+            continue
+        # only a torch module holding exactly these tensors computes what the Flax module computes
+        if {id(t) for t in port_tensors(torch_call.module).values()} == tensors:
+            found.append(Pair(flax_call, torch_call, None))
+    return found
 
 
 def _composites_not_judged(
