@@ -243,7 +243,7 @@ def _modules_without_rule(
     torch_by_name = {c.name: c for c in reversed(torch_calls) if c.name}
     by_module: dict[tuple[str, str], set[int]] = {}
     for held in loose.pairs:
-        key = ("/".join(held.flax_path.split("/")[1:-1]), held.torch_name.rpartition(".")[0])
+        key = (held.flax_module, held.torch_module)
         by_module.setdefault(key, set()).add(id(held.tensor))
     found = []
     for (flax_name, torch_name), tensors in by_module.items():

@@ -97,7 +97,7 @@ def compare_gradients(
     length = max([*sizes, 1 if first is None else int(np.prod(np.shape(first)[:-1]))])
     depth = sum(1 for p in leaves if p.flax.variables.get("params"))
     judge = _Judge(runs, precision, tolerance, _cancellation_floor(runs, flax_output, precision), length, depth)
-    judge.parameters = list(port.parameters())
+    judge.parameters = {id(p) for p in port.parameters()}
 
     rows: list[GradientRow] = []
     if flax_input is not None and torch_input is not None:
@@ -123,7 +123,7 @@ def _loose_row(
     """The row of a variable outside rule-backed layers (a class token) and the port tensor holding it."""
     collection, path = held.flax_path.split("/", 1)
     value = subtree(flax_params, path) if collection == "params" else None
-    if value is None or id(held.tensor) not in {id(p) for p in judge.parameters}:
+    if value is None or id(held.tensor) not in judge.parameters:
         return []
 
     def wide() -> Any:
@@ -245,7 +245,7 @@ class _Judge:
         self.floor, self.length, self.depth = floor, length, depth
         self.sensitivity = error_scale(precision, runs.other)
         self.calibrated = 0
-        self.parameters: list[torch.Tensor] = []
+        self.parameters: set[int] = set()  # id of every port parameter (loose rows compare only those)
 
     def row(self, name: str, flax_value: Any, wide: Callable[[], Any], candidate: np.ndarray | None) -> GradientRow:
         """One gradient's row: judged by the rounding bounds, and where they fail (or the reference in the

@@ -72,7 +72,6 @@ def load_tree(
     copies = _planned_copies(matching, loose, flax_calls)
     _copy(copies)
     loose = _settle_layouts(loose, flax_calls, torch_calls)
-    _copy(_planned_copies(matching, loose, flax_calls))
     ties = describe_ties(tied_variables(matching.pairs))
     if ties:
         warnings.warn(
@@ -185,11 +184,11 @@ def _settle_layouts(loose: LooseVariables, flax_calls: list[Call], torch_calls: 
     settled = []
     for pair in loose.pairs:
         if not pair.settled:
-            flax_call = flax_by_name.get("/".join(pair.flax_path.split("/")[1:-1]))
-            torch_call = torch_by_name.get(pair.torch_name.rpartition(".")[0])
+            flax_call, torch_call = flax_by_name.get(pair.flax_module), torch_by_name.get(pair.torch_module)
             pair = replace(pair, settled=True)
             if flax_call is not None and torch_call is not None:
                 pair = _by_output(pair, flax_call, torch_call)
+            _copy([(pair.tensor, pair.laid_out)])  # the layout kept, whichever was tried last
         settled.append(pair)
     return replace(loose, pairs=tuple(settled))
 

@@ -41,6 +41,16 @@ class LoosePair:
     settled: bool = True
 
     @property
+    def flax_module(self) -> str:
+        """The path of the Flax module holding the variable (``embeddings`` for ``params/embeddings/cls_token``)."""
+        return _module_path(self.flax_path)
+
+    @property
+    def torch_module(self) -> str:
+        """The name of the torch module holding the tensor (``embeddings`` for ``embeddings.cls_token``)."""
+        return self.torch_name.rpartition(".")[0]
+
+    @property
     def laid_out(self) -> np.ndarray:
         """The Flax array in the port's layout."""
         return self.array.T if self.transposed else self.array

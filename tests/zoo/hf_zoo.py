@@ -160,6 +160,20 @@ def _nhwc_to_nchw(inputs: dict[str, Any]) -> dict[str, Any]:
 # Each returns (config, FlaxClass, TorchClass, batch_inputs, output_key, flax_init_kwargs).
 
 
+def _text_inputs(*, positions: bool) -> Callable[[int], tuple[dict[str, Any], dict[str, Any]]]:
+    """``batch_inputs`` of an encoder or decoder that takes ids, a padded mask and (``positions``) position ids."""
+
+    def batch_inputs(batch: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        rng = _rng(batch)
+        inputs: dict[str, Any] = {"input_ids": _ids(rng, batch, _SEQ), "attention_mask": _padded_mask(batch, _SEQ)}
+        if positions:
+            inputs["position_ids"] = _positions(batch, _SEQ)
+        inputs["deterministic"] = True
+        return inputs, _to_torch(inputs)
+
+    return batch_inputs
+
+
 def _text_ids_tokens() -> dict[str, int]:
     return {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
 
@@ -170,16 +184,7 @@ def _spec_gpt2(t: Any):
         **_text_ids_tokens(),
     )  # fmt: skip
 
-    def batch_inputs(batch: int):
-        rng = _rng(batch)
-        inputs = {
-            "input_ids": _ids(rng, batch, _SEQ),
-            "attention_mask": _padded_mask(batch, _SEQ),
-            "position_ids": _positions(batch, _SEQ),
-            "deterministic": True,
-        }
-        return inputs, _to_torch(inputs)
-
+    batch_inputs = _text_inputs(positions=True)
     return config, t.FlaxGPT2Model, t.GPT2Model, batch_inputs, "last_hidden_state", {}
 
 
@@ -189,16 +194,7 @@ def _spec_llama(t: Any):
         num_key_value_heads=2, max_position_embeddings=32, attn_implementation="eager", **_text_ids_tokens(),
     )  # fmt: skip
 
-    def batch_inputs(batch: int):
-        rng = _rng(batch)
-        inputs = {
-            "input_ids": _ids(rng, batch, _SEQ),
-            "attention_mask": _padded_mask(batch, _SEQ),
-            "position_ids": _positions(batch, _SEQ),
-            "deterministic": True,
-        }
-        return inputs, _to_torch(inputs)
-
+    batch_inputs = _text_inputs(positions=True)
     return config, t.FlaxLlamaModel, t.LlamaModel, batch_inputs, "last_hidden_state", {}
 
 
@@ -344,15 +340,7 @@ def _spec_distilbert(t: Any):
         attn_implementation="eager",
     )  # fmt: skip
 
-    def batch_inputs(batch: int):
-        rng = _rng(batch)
-        inputs = {
-            "input_ids": _ids(rng, batch, _SEQ),
-            "attention_mask": _padded_mask(batch, _SEQ),
-            "deterministic": True,
-        }
-        return inputs, _to_torch(inputs)
-
+    batch_inputs = _text_inputs(positions=False)
     return config, t.FlaxDistilBertModel, t.DistilBertModel, batch_inputs, "last_hidden_state", {}
 
 
