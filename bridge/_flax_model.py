@@ -28,6 +28,13 @@ def apply(model: Any, variables: Any, x: Any) -> Any:
     return model(x) if is_nnx(model) else model.apply(variables, x)
 
 
+def in_nested_apply(module: nn.Module, model: nn.Module) -> bool:
+    """Whether a bound linen module runs in an ``apply`` nested inside the model's own
+    (``self.conv.apply({"params": {"kernel": w}}, x)``: weight normalisation). Its variables are computed by
+    its caller at run time, so its call is part of the caller's computation, not a layer of its own."""
+    return module.scope is not None and model.scope is not None and module.scope.root is not model.scope.root
+
+
 def layer_outputs(model: Any, variables: Any, x: Any) -> list[Any]:
     """The output of each item of the model's Sequential chain (the last is the model's output).
 

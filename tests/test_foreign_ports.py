@@ -330,3 +330,82 @@ def test_a_mistake_in_a_module_without_a_rule_is_located_at_it() -> None:
     assert (report.first_divergence.flax_path, report.first_divergence.torch_name) == ("norm", "norm"), str(report)
     right = bridge.load_into(TorchNormThenDense(), model, variables, inputs=X)
     assert bridge.check_equivalence(model, variables, right, X).ok
+
+
+class WeightNormConv(nn.Module):
+    """A weight-normed conv written as Hugging Face's Wav2Vec2 writes it: the kernel is computed at run time
+    from ``weight_v`` and ``weight_g`` and a bound ``nn.Conv`` is applied to it with ``.apply``."""
+
+    features: int = 6
+
+    def setup(self) -> None:
+        self.conv = nn.Conv(self.features, kernel_size=(3,), padding="VALID")
+        self.weight_v = self.param("weight_v", nn.initializers.normal(1.0), (self.features, 4, 3))
+        self.weight_g = self.param("weight_g", nn.initializers.uniform(2.0), (1, 1, 3))
+        self.bias = self.param("bias", nn.initializers.normal(1.0), (self.features,))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.weight_v / jnp.linalg.norm(self.weight_v, axis=(0, 1))[None, None, :] * self.weight_g
+        x = jnp.pad(x, ((0, 0), (1, 1), (0, 0)))
+        return self.conv.apply({"params": {"kernel": kernel.T, "bias": self.bias}}, x)
+
+
+class WeightNormNet(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.Dense(3, name="head")(nn.gelu(WeightNormConv(name="pos_conv")(x)))
+
+
+class TorchWeightNormNet(torch.nn.Module):
+    """The same as a torch user writes it: ``weight_norm`` parametrisation over the kernel axis, channels first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        conv = torch.nn.Conv1d(4, 6, kernel_size=3, padding=1)
+        self.pos_conv = torch.nn.utils.parametrizations.weight_norm(conv, name="weight", dim=2)
+        self.head = torch.nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pos_conv(x.transpose(1, 2)).transpose(1, 2)
+        return self.head(torch.nn.functional.gelu(h, approximate="tanh"))
+
+
+@pytest.fixture(scope="module")
+def weight_norm_net() -> tuple[nn.Module, Any, np.ndarray]:
+    x = np.random.default_rng(7).standard_normal((2, 5, 4)).astype(np.float32)
+    model = WeightNormNet()
+    return model, model.init(jax.random.PRNGKey(7), x), x
+
+
+def test_a_weight_normed_conv_applied_to_run_time_weights_converts(weight_norm_net: Any) -> None:
+    model, variables, x = weight_norm_net
+    port = bridge.to_torch(model, variables, x, check=True)
+    x3 = np.random.default_rng(8).standard_normal((3, 5, 4)).astype(np.float32)  # another batch size
+    got = port(torch.from_numpy(x3)).detach().numpy()
+    np.testing.assert_allclose(got, np.asarray(model.apply(variables, x3)), rtol=1e-5, atol=1e-5)
+
+
+def test_a_weight_normed_conv_loads_into_torchs_parametrisation(weight_norm_net: Any) -> None:
+    model, variables, x = weight_norm_net
+    port = bridge.load_into(TorchWeightNormNet(), model, variables, inputs=x)
+    held = variables["params"]["pos_conv"]
+    weight = port.pos_conv.parametrizations.weight
+    np.testing.assert_array_equal(weight.original0.detach().numpy(), held["weight_g"])
+    np.testing.assert_array_equal(weight.original1.detach().numpy(), held["weight_v"])
+    np.testing.assert_array_equal(port.pos_conv.bias.detach().numpy(), held["bias"])
+    report = bridge.check_equivalence(model, variables, port, x)
+    assert report.ok, str(report)
+    names = [g.name for g in report.gradients]
+    assert "pos_conv/weight_g <-> pos_conv.parametrizations.weight.original0" in names
+
+
+def test_a_weight_normed_conv_with_the_magnitudes_reversed_fails_there(weight_norm_net: Any) -> None:
+    model, variables, x = weight_norm_net
+    port = bridge.load_into(TorchWeightNormNet(), model, variables, inputs=x)
+    with torch.no_grad():
+        g = port.pos_conv.parametrizations.weight.original0
+        g.copy_(g.flip(-1))  # a plausible porting slip: the per-tap magnitudes in the wrong order
+    report = bridge.check_equivalence(model, variables, port, x)
+    assert not report.ok
+    assert report.first_divergence is not None
+    assert report.first_divergence.flax_path.startswith("pos_conv"), str(report)

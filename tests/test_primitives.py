@@ -162,6 +162,16 @@ CASES: list[tuple[str, Callable[..., Any], tuple[Any, ...]]] = [
     ("gather", lambda im, j: im[jnp.arange(2), j[:2, 0], j[:2, 1]], (IMG, J)),
     ("tile", lambda x: (jnp.tile(x, (2, 1, 3)), jnp.tile(x, 2)), (X,)),
     ("stack", lambda x, y: (jnp.stack([x, y], axis=1), jnp.stack([x, y, x])), (X, Y)),
+    # index updates of whole windows along one or several axes; out-of-range updates dropped (clipped in
+    # clip mode), as Wav2Vec2 marks each row's last valid frame: zeros.at[arange(b), lengths - 1].set(1)
+    (
+        "scatter",
+        lambda x, j: (x.at[jnp.arange(3), j[:, 0]].set(7.0), x.at[jnp.array([2, 0, 5])].set(x[:3] * 2)),
+        (X, J),
+    ),
+    ("scatter", lambda x, j: x.at[:, jnp.array([0, 2, 40])].set(-1.0), (X, J)),
+    ("scatter", lambda x, j: x.at[jnp.arange(3), j[:, 0] + 40].set(5.0, mode="clip"), (X, J)),
+    ("scatter-add", lambda x, j: (x.at[j[:, 0]].add(x[:3]), x.at[:, jnp.array([1, 1, 99])].add(2.0)), (X, J)),
 ]
 
 

@@ -21,6 +21,7 @@ import torch
 from flax import nnx
 
 from .._errors import InvalidArgumentError, LayerMismatchError, UnsupportedModelError, first_line
+from .._flax_model import in_nested_apply
 from ..rules._registry import captured_methods, rule_for_call
 
 
@@ -68,6 +69,8 @@ def capture_flax(
         method = context.method_name
         module = context.module
         if method != "__call__" and method not in captured_methods(type(module)):
+            return next_fun(*call_args, **call_kwargs)
+        if calls and in_nested_apply(module, calls[0].module):
             return next_fun(*call_args, **call_kwargs)
         path = tuple(module.scope.path) if module.scope is not None else ()
         parent = stack[-1] if stack else None

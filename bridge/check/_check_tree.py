@@ -17,6 +17,7 @@ are those of calibrating everything (``_gradients.CALIBRATE_LAZILY``; the tests 
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -33,7 +34,7 @@ from .._jaxpr import first_narrowing
 from .._numerics import Precision, Tolerance, function_rounding
 from .._tensors import is_float
 from ..capture._capture_tree import Call, capture_flax, capture_torch
-from ..match._loose import LooseVariables, match_loose
+from ..match._loose import LoosePair, LooseVariables, match_loose
 from ..match._match import port_tensors
 from ..match._match_tree import (
     Pair,
@@ -241,12 +242,15 @@ def _modules_without_rule(
     paired = {p.flax.index for p in pairs}
     flax_by_name = {c.name: c for c in reversed(flax_calls) if c.name}
     torch_by_name = {c.name: c for c in reversed(torch_calls) if c.name}
-    by_module: dict[tuple[str, str], set[int]] = {}
+    by_module: dict[str, list[LoosePair]] = {}
     for held in loose.pairs:
-        key = (held.flax_module, held.torch_module)
-        by_module.setdefault(key, set()).add(id(held.tensor))
+        by_module.setdefault(held.flax_module, []).append(held)
     found = []
-    for (flax_name, torch_name), tensors in by_module.items():
+    for flax_name, helds in by_module.items():
+        tensors = {id(held.tensor) for held in helds}
+        # the torch module holding them all (a weight-normed conv: its bias, and its parametrisation's tensors)
+        levels = zip(*(held.torch_module.split(".") for held in helds), strict=False)
+        torch_name = ".".join(names[0] for names in itertools.takewhile(lambda names: len(set(names)) == 1, levels))
         flax_call, torch_call = flax_by_name.get(flax_name), torch_by_name.get(torch_name)
         if flax_call is None or torch_call is None or flax_call.index in paired or flax_call.children:
             continue

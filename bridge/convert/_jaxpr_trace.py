@@ -22,6 +22,7 @@ import torch
 from flax import nnx
 
 from .._errors import BridgeError, LayerMismatchError, UnsupportedModelError, first_line
+from .._flax_model import in_nested_apply
 from .._tensors import is_array, to_tensor
 from ..capture._capture_tree import nnx_paths, nnx_variables
 from ..capture._chain import variables_at
@@ -136,9 +137,14 @@ class _Tracer:
 def _linen_run(model: nn.Module, variables: Mapping[str, Any], tracer: _Tracer, rebuild: Any) -> Any:
     """``run(variables, *arrays)``: the model's ``apply`` with its layer calls intercepted."""
 
+    models: list[nn.Module] = []  # the model's own bound module: the first call intercepted
+
     def interceptor(next_fun: Any, call_args: Any, call_kwargs: Any, context: Any) -> Any:
         module = context.module
+        models[:] = models or [module]
         if tracer.inside or context.method_name != "__call__" or module.scope is None:
+            return next_fun(*call_args, **call_kwargs)
+        if in_nested_apply(module, models[0]):  # run-time weights: traced through, inside its caller's scope
             return next_fun(*call_args, **call_kwargs)
         path = tuple(str(p) for p in module.scope.path)
         layer = _as_layer(module, module.clone(parent=None), variables_at(variables, path), call_args, call_kwargs)

@@ -684,3 +684,50 @@ def _stack(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
     """``jnp.stack``: the operands along a new axis."""
     tensors = [emit.tensor(a, v.aval) for a, v in zip(args, eqn.invars, strict=True)]
     return emit.call(torch.stack, tensors, int(eqn.params["axis"]))
+
+
+@translates("scatter", "scatter-add")
+def _scatter(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
+    """The scatters of integer-array index updates (``x.at[rows, ids].set(v)``, ``.add(v)``: Wav2Vec2's
+    feature mask): ``index_put`` of whole windows, indices out of range dropped (clipped in ``clip`` mode),
+    as JAX does."""
+    p = eqn.params
+    numbers = p["dimension_numbers"]
+    operand_shape = tuple(eqn.invars[0].aval.shape)
+    index_shape = tuple(eqn.invars[1].aval.shape)
+    update_shape = tuple(eqn.invars[2].aval.shape)
+    indexed = tuple(numbers.scatter_dims_to_operand_dims)
+    rest = [d for d in range(len(operand_shape)) if d not in indexed]
+    window = tuple(numbers.update_window_dims)
+    if (
+        tuple(sorted(numbers.inserted_window_dims)) != tuple(sorted(indexed))
+        or tuple(numbers.operand_batching_dims)
+        or index_shape[-1:] != (len(indexed),)
+        or tuple(update_shape[d] for d in window) != tuple(operand_shape[d] for d in rest)
+    ):
+        raise NotImplementedError(f"{eqn.primitive.name} with dimension numbers {numbers}")
+    operand, indices, updates = (emit.tensor(a, v.aval) for a, v in zip(args, eqn.invars, strict=True))
+    order = (*indexed, *rest)
+    moved = emit.method("permute", operand, order) if order != tuple(range(len(order))) else operand
+    sizes = emit.sizes(eqn.invars[0])
+    clip = "CLIP" in str(p.get("mode", "")).upper()
+    columns, valid = [], None
+    for k, axis in enumerate(indexed):
+        column = emit.method("long", emit.call(operator.getitem, indices, (Ellipsis, k)))
+        last = sizes[axis] - 1 if isinstance(sizes[axis], int) else emit.call(operator.sub, sizes[axis], 1)
+        if clip:
+            column = emit.call(torch.clamp, column, 0, last)
+        else:
+            inside = emit.call(torch.logical_and, emit.call(torch.ge, column, 0), emit.call(torch.le, column, last))
+            valid = inside if valid is None else emit.call(torch.logical_and, valid, inside)
+        columns.append(column)
+    batch = [d for d in range(len(update_shape)) if d not in window]
+    if batch + list(window) != list(range(len(update_shape))):
+        updates = emit.method("permute", updates, (*batch, *window))
+    if valid is not None:  # out-of-range updates are dropped
+        columns = [emit.call(operator.getitem, c, valid) for c in columns]
+        updates = emit.call(operator.getitem, updates, valid)
+    accumulate = eqn.primitive.name == "scatter-add"
+    result = emit.method("index_put", moved, tuple(columns), updates, accumulate)
+    inverse = tuple(int(i) for i in np.argsort(order))
+    return result if inverse == tuple(range(len(order))) else emit.method("permute", result, inverse)

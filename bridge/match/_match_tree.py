@@ -264,15 +264,11 @@ def match_calls(flax_calls: Sequence[Call], torch_calls: Sequence[Call], mapping
 
 
 def unpaired_flax(call: Call, calls: Sequence[Call]) -> str:
-    """Why a Flax call stayed unpaired, naming it; a layer applied to weights its parent computes at run time
-    (``self.conv.apply({"params": {"kernel": w}}, x)``: weight normalisation) has no path of its own."""
+    """Why a Flax call stayed unpaired, naming it (a call without a path of its own by its caller's)."""
     if call.name or call.parent is None:
         return f"Flax {call.name} ({call.kind}) has no torch counterpart holding tensors of the same shapes"
     parent = calls[call.parent].name or "(the model)"
-    return (
-        f"Flax {parent} applies a {call.kind} to weights it computes at run time (weight normalisation): the bridge "
-        "has no rule for that construct yet, so its variables and the port's tensors for it cannot be paired"
-    )
+    return f"Flax {parent} calls a {call.kind} without a path of its own that no torch module takes the place of"
 
 
 def is_tree_pair(

@@ -21,13 +21,6 @@ from . import hf_zoo
 pytestmark = pytest.mark.filterwarnings("ignore")  # transformers' deprecation notices about its Flax classes
 
 
-# Not built yet, and said so: the verdict is then NOT EQUIVALENT with the construct named (never a wrong pass).
-NOT_SUPPORTED = {
-    "wav2vec2": "its positional conv is weight-normed (Flax applies a Conv to weights computed at run time; "
-    "torch holds them as parametrizations): no rule pairs them yet",
-}
-
-
 @pytest.fixture(scope="module", params=hf_zoo.ARCHITECTURES)
 def case(request: pytest.FixtureRequest) -> hf_zoo.ZooCase:
     return hf_zoo.build(request.param)
@@ -37,10 +30,6 @@ def test_correct_pair_is_equivalent(case: hf_zoo.ZooCase) -> None:
     report = bridge.check_equivalence(
         case.flax_module, case.variables, case.make_reference(), case.inputs, torch_inputs=case.torch_inputs
     )
-    if case.name in NOT_SUPPORTED:  # refused with the construct named, until it is built
-        assert not report.ok
-        assert any("weights it computes at run time" in p for p in report.problems), str(report)
-        return
     assert report.ok, f"false alarm on Hugging Face's correctly loaded {case.name}:\n{report}"
 
 
