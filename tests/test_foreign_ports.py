@@ -409,3 +409,74 @@ def test_a_weight_normed_conv_with_the_magnitudes_reversed_fails_there(weight_no
     assert not report.ok
     assert report.first_divergence is not None
     assert report.first_divergence.flax_path.startswith("pos_conv"), str(report)
+
+
+class ScoreAttention(nn.Module):
+    """Attention with a learned bias added to its scores (as T5's relative position bias): no rule claims it."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        q, k, v = (nn.Dense(4, use_bias=False, name=name)(x) for name in "qkv")
+        bias = self.param("score_bias", nn.initializers.normal(1.0), (x.shape[1], x.shape[1]))
+        weights = jax.nn.softmax(q @ k.swapaxes(-1, -2) + bias, axis=-1)
+        return nn.Dense(4, use_bias=False, name="o")(weights @ v)
+
+
+class NormedAttentionStack(nn.Module):
+    """Two T5-style layers: a norm of the model's own, the attention, a residual."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for i in range(2):
+            x = NormedAttentionLayer(name=f"layer_{i}")(x)
+        return x
+
+
+class NormedAttentionLayer(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x + ScoreAttention(name="attention")(ScaleNorm(name="norm")(x))
+
+
+class TorchScoreAttention(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q, self.k, self.v, self.o = (torch.nn.Linear(4, 4, bias=False) for _ in range(4))
+        self.score_bias = torch.nn.Parameter(torch.zeros(2, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.q(x) @ self.k(x).transpose(-1, -2) + self.score_bias
+        return self.o(torch.softmax(scores, dim=-1) @ self.v(x))
+
+
+class TorchNormedAttentionLayer(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm, self.attention = TorchRMSNorm(4), TorchScoreAttention()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.attention(self.norm(x))
+
+
+def test_a_swap_inside_an_attention_without_a_rule_is_named_at_it() -> None:
+    model = NormedAttentionStack()
+    variables = model.init(jax.random.PRNGKey(9), X)
+    port = bridge.load_into(
+        torch.nn.Sequential(TorchNormedAttentionLayer(), TorchNormedAttentionLayer()), model, variables, inputs=X
+    )
+    report = bridge.check_equivalence(model, variables, port, X)
+    assert report.ok, str(report)
+    # a block pairs with the torch block that holds its norm too, not with its attention alone
+    assert {row.flax_path: row.torch_name for row in report.layers}["layer_0"] == "0"
+    attention = port[0].attention
+    with torch.no_grad():
+        saved = attention.q.weight.clone()
+        attention.q.weight.copy_(attention.k.weight)
+        attention.k.weight.copy_(saved)
+    report = bridge.check_equivalence(model, variables, port, X)
+    assert not report.ok
+    first = report.first_divergence
+    assert first is not None
+    assert (first.flax_path, first.torch_name) == ("layer_0/attention", "0.attention"), str(report)
+    assert first.hint is not None
+    assert "k and q are swapped in the port" in first.hint, str(report)

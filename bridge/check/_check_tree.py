@@ -17,7 +17,6 @@ are those of calibrating everything (``_gradients.CALIBRATE_LAZILY``; the tests 
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -34,8 +33,7 @@ from .._jaxpr import first_narrowing
 from .._numerics import Precision, Tolerance, function_rounding
 from .._tensors import is_float
 from ..capture._capture_tree import Call, capture_flax, capture_torch
-from ..match._loose import LoosePair, LooseVariables, match_loose
-from ..match._match import port_tensors
+from ..match._loose import match_loose, pair_own_calls
 from ..match._match_tree import (
     Pair,
     describe_ties,
@@ -111,10 +109,7 @@ def check_tree(
     matching = match_calls(flax_calls, torch_calls, mapping)
     find_input_permutations(matching.pairs)
     loose = match_loose(matching, flax_model.all_variables(model, variables), port, by_value=True)
-    matching.pairs = sorted(
-        [*matching.pairs, *_modules_without_rule(matching.pairs, loose, flax_calls, torch_calls)],
-        key=lambda p: p.flax.index,
-    )
+    pair_own_calls(matching, loose, flax_calls, torch_calls)
     rows, details, calibrated = [], [], 0
     for number, pair in enumerate(matching.pairs):
         isolated_out = run_isolated(pair, channels_last)
@@ -231,33 +226,6 @@ def check_tree(
             "unpaired_flax_variables": list(loose.unfilled_flax),
         },
     )
-
-
-def _modules_without_rule(
-    pairs: Sequence[Pair], loose: LooseVariables, flax_calls: Sequence[Call], torch_calls: Sequence[Call]
-) -> list[Pair]:
-    """The calls of modules without a rule that hold loose variables (an RMSNorm or a Conv1D of the port's
-    own), paired as blocks with the torch module holding their tensors, so that a mistake inside one is
-    located there rather than at the next matched layer."""
-    paired = {p.flax.index for p in pairs}
-    flax_by_name = {c.name: c for c in reversed(flax_calls) if c.name}
-    torch_by_name = {c.name: c for c in reversed(torch_calls) if c.name}
-    by_module: dict[str, list[LoosePair]] = {}
-    for held in loose.pairs:
-        by_module.setdefault(held.flax_module, []).append(held)
-    found = []
-    for flax_name, helds in by_module.items():
-        tensors = {id(held.tensor) for held in helds}
-        # the torch module holding them all (a weight-normed conv: its bias, and its parametrisation's tensors)
-        levels = zip(*(held.torch_module.split(".") for held in helds), strict=False)
-        torch_name = ".".join(names[0] for names in itertools.takewhile(lambda names: len(set(names)) == 1, levels))
-        flax_call, torch_call = flax_by_name.get(flax_name), torch_by_name.get(torch_name)
-        if flax_call is None or torch_call is None or flax_call.index in paired or flax_call.children:
-            continue
-        # only a torch module holding exactly these tensors computes what the Flax module computes
-        if {id(t) for t in port_tensors(torch_call.module).values()} == tensors:
-            found.append(Pair(flax_call, torch_call, None))
-    return found
 
 
 def _composites_not_judged(

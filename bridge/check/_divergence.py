@@ -104,8 +104,10 @@ def first_divergence(
             inside = descendants(pairs[i].flax, flax_calls)
             found = _diverged(i, rows[i], details[i], pairs[i], "isolated")
             last = max((j for j in leaves if pairs[j].flax.index in inside), default=None)
-            if found.hint is None and last is not None:
-                hint = _skipped_residual(pairs[i], details[i], pairs[last])
+            if found.hint is None:
+                hint = _swapped_by_value(pairs[i].flax.index, pairs)
+                if hint is None and last is not None:
+                    hint = _skipped_residual(pairs[i], details[i], pairs[last])
                 found = dataclasses.replace(found, hint=hint) if hint else found
             return found
     holds_failing = {a for j, row in enumerate(rows) if not row.end_to_end.ok for a in above(pairs[j].flax)}
@@ -113,8 +115,11 @@ def first_divergence(
         if not row.end_to_end.ok and pairs[i].flax.index not in holds_failing:  # else a call inside it is deeper
             found = _diverged(i, row, details[i], pairs[i], "end to end")
             if found.hint is None and row.isolated is not None and row.isolated.ok:
-                hint = "each layer is within its own tolerance, but their errors compound beyond the bound"
-                found = dataclasses.replace(found, hint=hint)
+                swapped = _swapped_by_value(pairs[i].flax.parent, pairs)
+                if swapped is not None:  # named at the block holding the two
+                    k = next((k for k, p in enumerate(pairs) if p.flax.index == pairs[i].flax.parent), i)
+                    return Divergence(k, rows[k].flax_path, rows[k].torch_name, rows[k].kind, "end to end", swapped)
+                found = dataclasses.replace(found, hint=_before(i, rows, pairs, flax_calls))
             return found
     bad = next((g for g in gradient_rows if not g.comparison.ok), None)
     if bad is None or not rows:
@@ -127,6 +132,45 @@ def first_divergence(
     owners = [i for i, p in enumerate(pairs) if p.rule is not None and parameter.startswith(f"{p.flax.name}/")]
     i = max(owners, key=lambda j: len(pairs[j].flax.name), default=0)
     return Divergence(i, rows[i].flax_path, rows[i].torch_name, rows[i].kind, "gradient", hint)
+
+
+# err/tol beyond which a call's error is no longer its layers' roundings compounding
+_COMPOUNDING = 100.0
+
+
+def _before(i: int, rows: Sequence[LayerRow], pairs: Sequence[Pair], flax_calls: Sequence[Call]) -> str:
+    """Why a call that computes right on Flax's input (its isolated rerun passes) fails in the flow: errors
+    compounding (a few tolerances), or the code before it, when the call before it agrees and this one's
+    error is far beyond any rounding (the caller's own computation between the two: scores, a mask, a scale)."""
+    j = next((j for j in range(i - 1, -1, -1) if pairs[j].rule is not None or not pairs[j].flax.children), None)
+    if rows[i].end_to_end.worst_ratio < _COMPOUNDING or j is None or not rows[j].end_to_end.ok:
+        return "each layer is within its own tolerance, but their errors compound beyond the bound"
+    call, previous = pairs[i].flax, pairs[j].flax
+    owner = flax_calls[call.parent].name if call.parent is not None else ""
+    return (
+        f"{call.name} computes right on Flax's input and {previous.name} before it agrees, yet {call.name}'s input "
+        f"differs: the computation between them ({owner or 'the model'}'s own code) differs in the port"
+    )
+
+
+def _last(name: str) -> str:
+    return name.replace("/", ".").rpartition(".")[2]
+
+
+def _swapped_by_value(block: int | None, pairs: Sequence[Pair]) -> str | None:
+    """Two layers called by the same Flax ``block`` paired by the weights they hold across their names
+    (Flax ``q`` holds what torch ``k`` holds, Flax ``k`` what torch ``q`` holds): the port swapped them."""
+    inside = [p for p in pairs if p.rule is not None and p.flax.parent == block]
+    by_flax = {_last(p.flax.name): p for p in inside}
+    for p in inside:
+        a, b = _last(p.flax.name), _last(p.torch.name)
+        other = by_flax.get(b)
+        if a != b and other is not None and _last(other.torch.name) == a:
+            return (
+                f"the port's {p.torch.name} holds the weights of Flax {p.flax.name} and its {other.torch.name} "
+                f"those of Flax {other.flax.name}: {b} and {a} are swapped in the port (load them the other way)"
+            )
+    return None
 
 
 def _skipped_residual(block: Pair, detail: Detail | None, last: Pair) -> str | None:

@@ -10,6 +10,7 @@ port), then the one of the same name; otherwise it stays unpaired and is named: 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -19,8 +20,9 @@ import torch
 from flax import traverse_util
 
 from .._tensors import to_numpy
+from ..capture._capture_tree import Call
 from ._match import port_tensors
-from ._match_tree import Matching, Pair
+from ._match_tree import Matching, Pair, pair_blocks
 
 # torch bookkeeping with no Flax counterpart and no effect on the function.
 _TORCH_BOOKKEEPING = frozenset({"num_batches_tracked"})
@@ -107,6 +109,37 @@ def match_loose(
         tuple(path for path in loose_flax if path not in paired),
         tuple(sorted(name for name in loose_torch if name not in taken)),
     )
+
+
+def pair_own_calls(
+    matching: Matching, loose: LooseVariables, flax_calls: Sequence[Call], torch_calls: Sequence[Call]
+) -> None:
+    """Pair the calls of modules without a rule that hold loose variables (an RMSNorm or a Conv1D of the
+    port's own, a weight-normed conv) with the torch module holding exactly their tensors, so that a mistake
+    inside one is located there rather than at the next matched layer; then pair the blocks around them again
+    with them as leaves (a block's counterpart holds all its leaves' partners: T5's feed-forward layer with
+    its norm, not its inner MLP alone)."""
+    paired = {p.flax.index for p in matching.pairs}
+    flax_by_name = {c.name: c for c in reversed(flax_calls) if c.name}
+    torch_by_name = {c.name: c for c in reversed(torch_calls) if c.name}
+    by_module: dict[str, list[LoosePair]] = {}
+    for held in loose.pairs:
+        by_module.setdefault(held.flax_module, []).append(held)
+    own = []
+    for flax_name, helds in by_module.items():
+        # the torch module holding them all (a weight-normed conv: its bias, and its parametrisation's tensors)
+        levels = zip(*(held.torch_module.split(".") for held in helds), strict=False)
+        torch_name = ".".join(names[0] for names in itertools.takewhile(lambda names: len(set(names)) == 1, levels))
+        flax_call, torch_call = flax_by_name.get(flax_name), torch_by_name.get(torch_name)
+        if flax_call is None or torch_call is None or flax_call.index in paired or flax_call.children:
+            continue
+        # only a torch module holding exactly these tensors computes what the Flax module computes
+        if {id(t) for t in port_tensors(torch_call.module).values()} == {id(held.tensor) for held in helds}:
+            own.append(Pair(flax_call, torch_call, None))
+    if not own:
+        return
+    leaves = [p for p in matching.pairs if p.rule is not None or not p.flax.children] + own
+    matching.pairs = sorted([*leaves, *pair_blocks(flax_calls, torch_calls, leaves)], key=lambda p: p.flax.index)
 
 
 def _plain(variables: Mapping[str, Any]) -> dict[str, Any]:

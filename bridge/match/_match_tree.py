@@ -252,7 +252,7 @@ def match_calls(flax_calls: Sequence[Call], torch_calls: Sequence[Call], mapping
             ambiguous = len(waiting) > 1 and len(fitting) > 1
             pairs.append(Pair(call, fitting[k], rule, arrays, by_order=ambiguous))
             taken.add(fitting[k].index)
-    pairs += _composites(flax_calls, torch_calls, pairs)
+    pairs += pair_blocks(flax_calls, torch_calls, pairs)
     pairs.sort(key=lambda p: p.flax.index)
     paired_torch = {p.torch.index for p in pairs if p.rule is not None}
     leftover = [
@@ -415,7 +415,7 @@ def _innermost(fitting: list[Call], torch_calls: Sequence[Call]) -> list[Call]:
     return [c for c in fitting if not (descendants(c, torch_calls) & indices)]
 
 
-def _composites(flax_calls: Sequence[Call], torch_calls: Sequence[Call], leaves: list[Pair]) -> list[Pair]:
+def pair_blocks(flax_calls: Sequence[Call], torch_calls: Sequence[Call], leaves: Sequence[Pair]) -> list[Pair]:
     """Each Flax call that contains matched leaves (and is not one) with the torch call that is the lowest
     common ancestor of their partners; the model's own call pairs with the port's. Computed bottom up
     (a call starts after its parent: reversed start order visits children first). A composite whose
