@@ -60,7 +60,7 @@ def test_cli_export_runs_without_jax(
     out = tmp_path / "export"
     assert main(["export", "--flax", "native_models:PoolCNN", "--input-shape", "2,12,12,3", str(out)]) == 0
     assert "check: EQUIVALENT" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["model.py", "weights.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["flax2torch-export.json", "model.py", "weights.safetensors"]
     source = (out / "model.py").read_text()
     assert "class PoolCNN(torch.nn.Module)" in source
     assert "import jax" not in source

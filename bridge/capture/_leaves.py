@@ -23,9 +23,12 @@ def output_leaves(value: Any) -> list[np.ndarray]:
 def keyed_like(torch_value: Any, flax_value: Any) -> Any:
     """The torch output with its mappings in the Flax output's key order where both have the same keys
     (leaves are then compared by key), else as it is (compared by position)."""
-    if isinstance(torch_value, Mapping) and isinstance(flax_value, Mapping) and set(flax_value) <= set(torch_value):
-        # the Flax model is the truth: what the port returns besides (a cache of past keys) is not compared
-        return {k: keyed_like(torch_value[k], flax_value[k]) for k in flax_value}
+    if isinstance(torch_value, Mapping) and isinstance(flax_value, Mapping):
+        if set(flax_value) <= set(torch_value):
+            # the Flax model is the truth: what the port returns besides (a cache of past keys) is not compared
+            return {k: keyed_like(torch_value[k], flax_value[k]) for k in flax_value}
+        if {str(k) for k in flax_value} <= set(torch_value):  # keys written as text (an Enum's, by the converter)
+            return {k: keyed_like(torch_value[str(k)], flax_value[k]) for k in flax_value}
     if (
         isinstance(torch_value, tuple | list)
         and isinstance(flax_value, tuple | list)

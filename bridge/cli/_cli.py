@@ -162,7 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoints = {"convert": ("source", "destination"), "check": ("params",), "export": ("params",)}.get(
             args.command, ()
         )
-        libraries_first([getattr(args, name) for name in checkpoints])
+        plot = ("matplotlib.pyplot",) if getattr(args, "plot", None) else ()
+        if plot:
+            os.environ["MPLBACKEND"] = "Agg"  # a PNG file, never a window
+        libraries_first([getattr(args, name) for name in checkpoints], plot)
         from ..io._files import NonFiniteWarning
         from ._commands import COMMANDS, use_compile_cache
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import warnings
 from typing import Any, NamedTuple
 
@@ -533,8 +534,11 @@ def run_export(args: argparse.Namespace) -> int:
         module = native_module(model, variables, inputs)  # a chain too: the export is always the traced code
     class_name = type(model).__name__
     destination = Path(args.destination)
+    user_files = _user_files(args.flax)
     try:
-        with atomic_output(destination, force=args.force, directory=True, may_replace=_replaceable_export) as folder:
+        with atomic_output(
+            destination, force=args.force, directory=True, may_replace=_replaceable_export, protect=user_files
+        ) as folder:
             folder.mkdir()
             source, weights = write_export(module, class_name, folder)
             stage("written")
@@ -552,11 +556,28 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def _replaceable_export(path: Any) -> None:
-    """``--force`` replaces an earlier export only: a folder holding model.py and weights.safetensors, nothing else."""
+    """``--force`` replaces an earlier export only: a folder as ``export`` wrote it, unchanged since (its manifest)."""
+    from ..convert._export import unchanged_export
     from ..io._atomic import OutputRefusedError
 
-    if not path.is_dir() or {p.name for p in path.iterdir()} != {"model.py", "weights.safetensors"}:
-        raise OutputRefusedError(f"{path}: not an export folder (model.py and weights.safetensors only); not replaced")
+    reason = unchanged_export(path)
+    if reason is not None:
+        raise OutputRefusedError(
+            f"{path}: not an export folder as flax2torch export left it ({reason}); not replaced: remove it yourself "
+            "or name another destination"
+        )
+
+
+def _user_files(spec: str) -> list[str]:
+    """The files of the user's ``--flax`` module and of the packages above it: no output may replace them."""
+    parts = spec.partition(":")[0].split(".")
+    found = []
+    for depth in range(len(parts), 0, -1):  # the module itself first
+        module = sys.modules.get(".".join(parts[:depth]))
+        file = getattr(module, "__file__", None)
+        if isinstance(file, str):
+            found.append(file)
+    return found
 
 
 def run_golden(args: argparse.Namespace) -> int:

@@ -18,15 +18,22 @@ from typing import Any, NoReturn
 
 from .._errors import InvalidArgumentError, first_line
 
-# imported before the current folder is on sys.path, so that a module of the same name there never shadows them
-LIBRARIES = ("numpy", "jax", "flax.linen", "flax.serialization", "torch", "safetensors.torch", "msgpack")
+# imported before the current folder is on sys.path, so that a module of the same name there never shadows them:
+# the libraries, and this project's own top-level packages (an editable install finds them only after every
+# sys.path entry, the current folder included)
+LIBRARIES = (
+    "numpy", "jax", "flax.linen", "flax.serialization", "torch", "safetensors.torch", "msgpack",
+    "flax_impl", "torch_impl",
+)  # fmt: skip
+# imported the same way when installed (psutil: the memory preflight); matplotlib only for --plot
+OPTIONAL = ("psutil",)
 
 
 class UserExitError(BaseException):
     """User code called ``os._exit`` while the command ran (a BaseException: ``except Exception`` lets it pass)."""
 
 
-def libraries_first(checkpoints: Sequence[str | None] = ()) -> None:
+def libraries_first(checkpoints: Sequence[str | None] = (), optional: Sequence[str] = ()) -> None:
     """Take the current folder, which ``python -m`` puts first on ``sys.path``, off it; import the
     libraries the bridge uses (Orbax too when one of ``checkpoints`` is an Orbax folder); then put the
     folder back at the end, for user modules. A ``safetensors.py`` or ``orbax/`` there can then never
@@ -40,6 +47,9 @@ def libraries_first(checkpoints: Sequence[str | None] = ()) -> None:
     try:
         for name in LIBRARIES:
             importlib.import_module(name)
+        for name in (*OPTIONAL, *optional):
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
         if any(path is not None and _is_orbax(path) for path in checkpoints):
             importlib.import_module("orbax.checkpoint")
     finally:

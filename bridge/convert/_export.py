@@ -4,12 +4,15 @@ in a ``.safetensors``. Loading and running them needs neither JAX, Flax nor this
 The source holds one class named after the Flax model: ``__init__`` builds the module tree of the
 converted ``GraphModule`` (torch layers by their constructor, as ``torch.fx``'s ``to_folder`` does, the
 bridge's own layers with their source copied in) on the meta device, ``forward`` is the GraphModule's
-code, and ``from_safetensors`` loads the weights into it, dtypes as saved.
+code, and ``from_safetensors`` loads the weights into it, dtypes as saved. A manifest beside them records
+their SHA-256: ``--force`` replaces only a folder that is an export, unchanged since.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import keyword
 from pathlib import Path
 from types import ModuleType
@@ -22,7 +25,11 @@ from torch import fx
 from .. import torch_layers
 from .._errors import UnsupportedModelError
 
+SOURCE = "model.py"
 WEIGHTS = "weights.safetensors"
+# marks a folder as an export, with the SHA-256 of what was written: only such a folder, unchanged, is replaced
+MANIFEST = "flax2torch-export.json"
+MANIFEST_FORMAT = "flax2torch-export/1"
 
 
 def export_source(module: fx.GraphModule, class_name: str) -> str:
@@ -87,13 +94,45 @@ def export_source(module: fx.GraphModule, class_name: str) -> str:
 
 
 def write_export(module: fx.GraphModule, class_name: str, folder: Path) -> tuple[Path, Path]:
-    """Write ``model.py`` and ``weights.safetensors`` into ``folder`` (which must exist): ``(source, weights)``."""
-    source = folder / "model.py"
+    """Write ``model.py``, ``weights.safetensors`` and the manifest that marks the folder as an export (the
+    files' SHA-256) into ``folder`` (which must exist): ``(source, weights)``."""
+    source = folder / SOURCE
     source.write_text(export_source(module, class_name))
     weights = folder / WEIGHTS
     state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
-    save_file(state, str(weights))
+    save_file(state, str(weights), metadata={"format": "pt"})
+    written = {name: _sha256(folder / name) for name in (SOURCE, WEIGHTS)}
+    (folder / MANIFEST).write_text(json.dumps({"format": MANIFEST_FORMAT, "files": written}, indent=1) + "\n")
     return source, weights
+
+
+def unchanged_export(folder: Path) -> str | None:
+    """None when ``folder`` is an export as ``write_export`` left it (its files and nothing else, each with the
+    hash its manifest records); else why not, so that ``--force`` never replaces anything else."""
+    if folder.is_symlink() or not folder.is_dir():
+        return "not a folder"
+    names = {p.name for p in folder.iterdir()}
+    if names != {SOURCE, WEIGHTS, MANIFEST}:
+        return f"it holds {sorted(names)}, not an export's {sorted((SOURCE, WEIGHTS, MANIFEST))}"
+    if any((folder / name).is_symlink() or not (folder / name).is_file() for name in names):
+        return "one of its entries is not a regular file"
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        recorded = manifest["files"] if manifest.get("format") == MANIFEST_FORMAT else None
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        return f"its {MANIFEST} is not one flax2torch export wrote"
+    changed = [name for name in (SOURCE, WEIGHTS) if recorded.get(name) != _sha256(folder / name)]
+    return f"{', '.join(changed)} changed since it was exported" if changed else None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_export(source: Path, weights: Path, class_name: str) -> torch.nn.Module:

@@ -300,15 +300,24 @@ def _structure(tree: Any, leaves: list[Any]) -> Any:
     if _plain(rebuilt):
         return rebuilt
     paths = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {
-        jax.tree_util.keystr(path, simple=True, separator="."): leaf
-        for (path, _), leaf in zip(paths, leaves, strict=True)
-    }
+    # generated code holds the keys as literals: only exact str (a subclass's own __repr__ never reaches it)
+    keys = [str.__str__(jax.tree_util.keystr(path, simple=True, separator=".")) for path, _ in paths]
+    if len(set(keys)) < len(keys):
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        raise UnsupportedModelError(
+            f"the model's output has several entries named {twice} once its keys are written as text; "
+            "return a dict with distinct plain str keys"
+        )
+    return dict(zip(keys, leaves, strict=True))
 
 
 def _plain(value: Any) -> bool:
+    """Whether an output structure can be written as it is: tuples, lists and dicts of those, every dict key
+    an exact ``str`` or ``int`` (whose repr, which generated code holds, is a literal)."""
     if isinstance(value, tuple | list):
         return type(value) in (tuple, list) and all(_plain(v) for v in value)
     if isinstance(value, Mapping):
-        return type(value) is dict and all(_plain(v) for v in value.values())
+        return (
+            type(value) is dict and all(type(k) in (str, int) for k in value) and all(_plain(v) for v in value.values())
+        )
     return True

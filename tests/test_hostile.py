@@ -1,0 +1,190 @@
+"""Hostile and careless inputs to the CLI and export (issue 22's corpus): no file in the current folder runs,
+no user data is replaced, no wrong artefact is written with exit 0."""
+
+from __future__ import annotations
+
+import enum
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+import torch
+
+import bridge
+from bridge.cli._cli import main
+from bridge.convert._export import load_export, write_export
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The project as an editable install finds it: a finder consulted after every sys.path entry (the current
+# folder, put last by the CLI, included), with the project's folder not on sys.path.
+EDITABLE_RUN = """
+import importlib.abc, importlib.machinery, sys
+ROOT = sys.argv[1]
+class Editable(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if path is None and name in ("bridge", "flax_impl", "torch_impl"):
+            return importlib.machinery.PathFinder.find_spec(name, [ROOT])
+        return None
+sys.path[:] = [p for p in sys.path if p != ROOT]
+sys.meta_path.append(Editable())
+from bridge.cli._cli import main
+raise SystemExit(main(sys.argv[2:]))
+"""
+
+
+def _run_editable(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    command = [sys.executable, "-c", EDITABLE_RUN, str(ROOT), *args]
+    return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.mark.parametrize("command", [("check", "--seed", "0", "--n-inputs", "4"), ("golden", "g.safetensors")])
+def test_the_projects_own_packages_in_the_current_folder_never_run(tmp_path: Path, command: tuple[str, ...]) -> None:
+    for name in ("flax_impl", "torch_impl", "psutil"):
+        (tmp_path / f"{name}.py").write_text(
+            f"import pathlib\npathlib.Path('ran_{name}').write_text('x')\nraise SystemExit('shadowed {name} ran')\n"
+        )
+    result = _run_editable(tmp_path, *command)
+    assert result.returncode == 0, result.stderr
+    assert not list(tmp_path.glob("ran_*")), result.stderr
+
+
+EXPORT = ("export", "--flax", "native_models:PoolCNN", "--input-shape", "1,8,8,3")
+
+
+def _export(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    return main([*EXPORT, *args])
+
+
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+def test_export_force_replaces_an_unchanged_export_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert _export(monkeypatch, str(out)) == 0
+    assert _export(monkeypatch, str(out), "--force") == 0  # its own earlier export: replaced
+    with (out / "model.py").open("a") as source:
+        source.write("# my own edit\n")
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert _export(monkeypatch, str(out), "--force") == 2
+    assert "model.py changed since it was exported" in capsys.readouterr().err
+    assert _snapshot(out) == before
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        {"model.py": "class Mine: ...\n", "weights.safetensors": "not weights"},  # recognised by name alone before
+        {"model.py": "x = 1\n", "weights.safetensors/": None, "weights.safetensors/keep.txt": "data"},
+        {"model.py": "x = 1\n", "weights.safetensors": "w", "flax2torch-export.json": '{"format": "other"}'},
+    ],
+    ids=["hand-written", "weights-folder", "foreign-manifest"],
+)
+def test_export_force_never_replaces_a_folder_that_only_looks_like_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], layout: dict[str, str | None]
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, text in layout.items():
+        if text is None:
+            (out / name).mkdir()
+        else:
+            (out / name).write_text(text)
+    before = _snapshot(out)
+    assert _export(monkeypatch, str(out), "--force") == 2
+    assert "not an export folder" in capsys.readouterr().err
+    assert _snapshot(out) == before
+
+
+def test_export_never_writes_into_the_users_own_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    package = tmp_path / "mypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "model.py").write_text((ROOT / "tests" / "native_models.py").read_text())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    before = _snapshot(package)
+    args = ["export", "--flax", "mypkg.model:PoolCNN", "--input-shape", "1,8,8,3", "mypkg", "--force"]
+    assert main(args) == 2
+    assert "mypkg/model.py" in capsys.readouterr().err
+    assert _snapshot(package) == before
+
+
+class _CodeKey(str):
+    """A str whose repr is code: put into generated source, it would run on every forward."""
+
+    def __repr__(self) -> str:
+        return "__import__('pathlib').Path('pwned').write_text('x')"
+
+    def __hash__(self) -> int:
+        return str.__hash__(self)
+
+
+class _Colour(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+    def __lt__(self, other: _Colour) -> bool:  # JAX sorts dict keys
+        return self.value < other.value
+
+
+class _ShownAs(str):
+    """A str key written as another text (``str()`` gives "b")."""
+
+    def __str__(self) -> str:
+        return "b"
+
+    def __hash__(self) -> int:
+        return str.__hash__(self)
+
+
+class _KeyedOutputs(nn.Module):
+    keys: tuple[Any, ...]
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> dict[Any, jax.Array]:
+        y = nn.Dense(3)(x)
+        return {key: y * (i + 1) for i, key in enumerate(self.keys)}
+
+
+@pytest.mark.parametrize(
+    ("keys", "names"),
+    [((_CodeKey("a"), "b"), ["a", "b"]), ((_Colour.RED, _Colour.BLUE), ["_Colour.BLUE", "_Colour.RED"])],
+    ids=["str-subclass-repr-is-code", "enum-key"],
+)
+def test_output_keys_from_the_model_never_become_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keys: tuple[Any, ...], names: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    model = _KeyedOutputs(keys)
+    x = np.ones((2, 4), np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    module = bridge.to_torch(model, variables, x, check=True)
+    out = module(torch.from_numpy(x))
+    assert sorted(out) == names
+    assert all(type(k) is str for k in out)
+    source, weights = write_export(module, "Keyed", tmp_path)
+    reloaded = load_export(source, weights, "Keyed")(torch.from_numpy(x))
+    assert sorted(reloaded) == names
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_output_keys_equal_as_text_are_refused() -> None:
+    model = _KeyedOutputs((_ShownAs("a"), "b"))
+    x = np.ones((2, 4), np.float32)
+    with pytest.raises(bridge.UnsupportedModelError, match=r"several entries named \['b'\]"):
+        bridge.to_torch(model, model.init(jax.random.PRNGKey(0), x), x)
