@@ -100,6 +100,8 @@ def parameter_leaves(model: Any, variables: Any) -> list[np.ndarray]:
 def run_layer(layer: Any, variables: Any, x: Any, **changes: Any) -> Any:
     """Run one layer of the chain on its own, optionally with changed attributes (``epsilon=1e-5``)."""
     if isinstance(layer, nn.Module):
+        if isinstance(layer, nn.BatchNorm) and layer.use_running_average is None:  # given per call (Hugging Face's
+            changes = {"use_running_average": True, **changes}  # deterministic=...): the bridge compares inference
         return layer.clone(parent=None, **changes).apply(variables, x)
     if isinstance(layer, nnx.Module):
         copy = nnx.clone(layer)

@@ -480,3 +480,142 @@ def test_a_swap_inside_an_attention_without_a_rule_is_named_at_it() -> None:
     assert (first.flax_path, first.torch_name) == ("layer_0/attention", "0.attention"), str(report)
     assert first.hint is not None
     assert "k and q are swapped in the port" in first.hint, str(report)
+
+
+def test_a_weight_swapped_between_two_layers_with_their_biases_in_place_is_named() -> None:
+    x = X[:, 0]
+    model = TwoPairs()
+    rng = np.random.default_rng(12)  # biases that differ (zero-initialised ones would still pair by value)
+    params = jax.tree.map(
+        lambda a: a + rng.normal(size=a.shape).astype(np.float32), model.init(jax.random.PRNGKey(1), x)
+    )
+    variables = {"params": params["params"]}
+    port = _by_hand(variables["params"])
+    with torch.no_grad():
+        saved = port.one.weight.clone()
+        port.one.weight.copy_(port.two.weight)
+        port.two.weight.copy_(saved)
+    report = bridge.check_equivalence(model, variables, port, x)
+    first = report.first_divergence
+    assert first is not None
+    assert (first.flax_path, first.torch_name) == ("a", "one"), str(report)
+    assert first.hint is not None
+    assert "one.weight holds the values of Flax b, not those of a" in first.hint, str(report)
+
+
+class OwnConv1D(nn.Module):
+    """GPT-2's Conv1D as a Flax module of the model's own: a kernel stored (in, out), no rule claims it."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.param("kernel", nn.initializers.normal(1.0), (x.shape[-1], 4))
+        return x @ kernel + self.param("bias", nn.initializers.normal(1.0), (4,))
+
+
+class TorchConv1D(torch.nn.Module):
+    """Hugging Face's Conv1D: ``weight`` stored (in, out), unlike ``nn.Linear``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight, self.bias = torch.nn.Parameter(torch.zeros(4, 4)), torch.nn.Parameter(torch.zeros(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight + self.bias
+
+
+class ConvThenDense(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.Dense(4, name="dense")(OwnConv1D(name="proj")(x))
+
+
+def test_a_module_without_a_rule_is_repaired_by_trying_the_change_that_explains_it() -> None:
+    model = ConvThenDense()
+    variables = model.init(jax.random.PRNGKey(10), X)
+    port = bridge.load_into(torch.nn.Sequential(TorchConv1D(), torch.nn.Linear(4, 4)), model, variables, inputs=X)
+    assert bridge.check_equivalence(model, variables, port, X).ok
+    with torch.no_grad():
+        port[0].weight.copy_(port[0].weight.T.clone())
+    first = bridge.check_equivalence(model, variables, port, X).first_divergence
+    assert first is not None
+    assert first.torch_name == "0"
+    assert first.hint is not None
+    assert first.hint.startswith("torch 0.weight holds the Flax values transposed"), first.hint
+
+
+def test_a_wrong_epsilon_in_a_norm_of_the_ports_own_is_named_with_the_one_that_fits() -> None:
+    model = NormThenDense()
+    variables = model.init(jax.random.PRNGKey(6), X)
+    port = bridge.load_into(TorchNormThenDense(eps=0.1), model, variables, inputs=X)
+    first = bridge.check_equivalence(model, variables, port, X).first_divergence
+    assert first is not None
+    assert first.hint is not None
+    assert first.hint.startswith("torch norm uses eps=0.1; with eps"), first.hint
+    assert "1e-06" in first.hint  # among the epsilons that reproduce Flax's output (the others are too close to tell)
+    assert "1e-05" not in first.hint
+
+
+class PatchEncoder(nn.Module):
+    """ViT's shape: patches of an NHWC image by a strided conv, then a LayerNorm over (batch, tokens, features)."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.Conv(8, kernel_size=(2, 2), strides=(2, 2), name="patch")(x)
+        x = x.reshape(x.shape[0], -1, x.shape[-1])
+        return nn.Dense(4, name="head")(nn.LayerNorm(epsilon=1e-12, name="norm")(x))
+
+
+class TorchPatchEncoder(torch.nn.Module):
+    """The same as Hugging Face writes it: fed NCHW pixels, its tokens (batch, tokens, features) as Flax's."""
+
+    def __init__(self, eps: float = 1e-12) -> None:
+        super().__init__()
+        self.patch = torch.nn.Conv2d(3, 8, kernel_size=2, stride=2)
+        self.norm, self.head = torch.nn.LayerNorm(8, eps=eps), torch.nn.Linear(8, 4)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.patch(pixels).flatten(2).transpose(1, 2)))
+
+
+def test_a_norm_after_channels_first_pixels_is_rerun_alone_in_its_own_layout() -> None:
+    image = np.random.default_rng(11).standard_normal((2, 4, 4, 3)).astype(np.float32)
+    model = PatchEncoder()
+    variables = model.init(jax.random.PRNGKey(11), image)
+    pixels = torch.from_numpy(np.ascontiguousarray(image.transpose(0, 3, 1, 2)))
+    port = bridge.load_into(TorchPatchEncoder(eps=0.1), model, variables, inputs=image, torch_inputs=pixels)
+    report = bridge.check_equivalence(model, variables, port, image, torch_inputs=pixels)
+    first = report.first_divergence
+    assert first is not None
+    assert (first.torch_name, first.mode) == ("norm", "isolated"), str(report)
+    assert first.hint is not None
+    assert "eps=1e-12, e.g. torch.nn.LayerNorm((8,), eps=1e-12" in first.hint, first.hint
+
+
+class ConvNorm(nn.Module):
+    """A BatchNorm told to use its running statistics per call (as Hugging Face's ResNet: ``deterministic``)."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.BatchNorm(name="norm")(nn.Conv(4, (3, 3), name="conv")(x), use_running_average=True)
+
+
+class TorchConvNorm(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.norm = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4, eps=0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(x))
+
+
+def test_a_batchnorm_given_its_mode_per_call_gets_the_epsilon_hint() -> None:
+    image = np.random.default_rng(13).standard_normal((2, 5, 5, 3)).astype(np.float32)
+    model = ConvNorm()
+    variables = model.init(jax.random.PRNGKey(13), image)
+    pixels = torch.from_numpy(np.ascontiguousarray(image.transpose(0, 3, 1, 2)))
+    port = bridge.load_into(TorchConvNorm().eval(), model, variables, inputs=image, torch_inputs=pixels)
+    first = bridge.check_equivalence(model, variables, port, image, torch_inputs=pixels).first_divergence
+    assert first is not None
+    assert first.torch_name == "norm"
+    assert first.hint is not None
+    assert "construct it with eps=1e-05, e.g. torch.nn.BatchNorm2d(4, eps=1e-05" in first.hint, first.hint

@@ -290,7 +290,7 @@ NAIVE_HINTS = {
     "log_softmax": (1, "use torch.nn.LogSoftmax(dim=-1)"),
     "layernorm": (0, "construct it with eps=1e-06, e.g. torch.nn.LayerNorm((6,), eps=1e-06"),
     "rmsnorm": (0, "construct it with eps=1e-06, e.g. torch.nn.RMSNorm((6,), eps=1e-06"),
-    "groupnorm": (1, "construct it with eps=1e-06, e.g. bridge.torch_layers.FlaxGroupNorm(4, 8, eps=1e-06"),
+    "groupnorm": (1, "construct it with eps=1e-06, e.g. torch.nn.GroupNorm(4, 8, eps=1e-06"),
     "batchnorm": (1, "torch BatchNorm1d is in training mode: call .eval()"),
     "dropout": (1, "torch Dropout is in training mode: call .eval()"),
     "conv1d-same-stride2": (0, "pad explicitly with functional.pad and padding=0"),

@@ -172,7 +172,15 @@ def check_tree(
     if problems:
         call = matching.unmatched_flax[0]
         structure = Divergence(call.index, call.name, "", call.kind, "structure", problems[0])
-    first = first_divergence(rows, details, judged_pairs, flax_calls, structure, gradient_rows, channels_last)
+
+    def rerun(pair: Pair, module: torch.nn.Module) -> np.ndarray | None:  # a candidate repair, in Flax's layout
+        out = run_isolated(pair, channels_last, module)
+        expected = first_array(pair.flax.output)
+        return None if out is None or expected is None else in_flax_layout(out, np.asarray(expected), channels_last)
+
+    first = first_divergence(
+        rows, details, judged_pairs, flax_calls, structure, gradient_rows, channels_last, rerun=rerun
+    )
     # parameters nothing compares: silently unchecked is how a wrong port passes (a buffer no Flax variable
     # fills is a constant of the port's, a rotary table: its effect is judged through the outputs)
     parameter_names = {name for name, _ in port.named_parameters()}
@@ -414,20 +422,22 @@ def _narrows(call: Call) -> bool:
         return False
 
 
-def run_isolated(pair: Pair, channels_last: bool) -> np.ndarray | None:
-    """The torch module of a pair fed the Flax call's recorded inputs (None when it cannot take them)."""
-    args, kwargs = torch_arguments(pair.flax.args, pair.flax.kwargs, channels_last and not _fed_channels_first(pair))
+def run_isolated(pair: Pair, channels_last: bool, module: torch.nn.Module | None = None) -> np.ndarray | None:
+    """The torch module of a pair (or ``module`` in its place: a candidate repair) fed the Flax call's recorded
+    inputs (None when it cannot take them)."""
+    channels_last = _call_channels_last(pair, channels_last)
+    args, kwargs = torch_arguments(pair.flax.args, pair.flax.kwargs, channels_last)
     kwargs = {k: v for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
     if pair.input_permutation is not None:  # Flax's features into torch's order
         args = (in_torch_order(args[0], pair.input_permutation), *args[1:])
     try:
         with torch.no_grad():
             if pair.rule is not None:
-                out = pair.rule.torch_call(pair.torch.module, args, kwargs)
-            elif _same_tensors(args, pair.torch.args) and not kwargs and not pair.torch.kwargs:
+                out = pair.rule.torch_call(module or pair.torch.module, args, kwargs)
+            elif module is None and _same_tensors(args, pair.torch.args) and not kwargs and not pair.torch.kwargs:
                 out = pair.torch.output  # the call itself ran on these inputs (the model's own call): not again
             else:
-                out = pair.torch.module(*args)
+                out = (module or pair.torch.module)(*args)
     except Exception:  # the port's module has another signature
         return None
     leaves = output_leaves(keyed_like(out, pair.flax.output))
@@ -450,14 +460,17 @@ def _given_channels_first(flax_inputs: Any, torch_inputs: Any) -> bool:
     return bool(np.array_equal(np.moveaxis(torch_first, 1, -1), flax_first))
 
 
-def _fed_channels_first(pair: Pair) -> bool:
-    """Whether the port's call took its first input channels-first where the Flax call took it channels-last
-    (a Hugging Face vision port fed NCHW images): its isolated run is fed the same way."""
+def _call_channels_last(pair: Pair, channels_last: bool) -> bool:
+    """Whether the port's call took its first input in Flax's layout: as recorded, where its shape tells (a Hugging
+    Face vision port fed NCHW images runs its convolutions channels-first and its transformer blocks on
+    ``(batch, tokens, features)`` as Flax does); else the model's ``channels_last``."""
     flax_in = first_array(pair.flax.args)
     torch_in = next((a for a in pair.torch.args if isinstance(a, torch.Tensor)), None)
-    if flax_in is None or torch_in is None or flax_in.ndim < 3 or tuple(torch_in.shape) == flax_in.shape:
-        return False
-    return tuple(torch_in.shape) == (flax_in.shape[0], flax_in.shape[-1], *flax_in.shape[1:-1])
+    if flax_in is None or torch_in is None or flax_in.ndim < 3:
+        return channels_last
+    same = tuple(torch_in.shape) == flax_in.shape
+    first = tuple(torch_in.shape) == (flax_in.shape[0], flax_in.shape[-1], *flax_in.shape[1:-1])
+    return same if same != first else channels_last
 
 
 def _same_tensors(given: Sequence[Any], recorded: Sequence[Any]) -> bool:

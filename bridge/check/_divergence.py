@@ -3,8 +3,9 @@ explains it. One search for chains (every position a leaf, one level) and trees.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -15,11 +16,19 @@ from .._numerics import Precision, function_rounding
 from .._tensors import is_float, to_numpy
 from ..capture._capture_tree import Call
 from ..capture._chain import Step
+from ..match._match import port_tensors
 from ..match._match_tree import Pair, descendants
 from ._compare import compare
 from ._hints import HintContext, activation_variants, diagnose, diagnose_call, glue_hint
 from ._outputs import first_array, in_flax_layout, output_leaves
 from ._report import Divergence, GradientRow, LayerRow
+
+# A pair's torch module, or a changed copy of it in its place, rerun on the Flax call's input (Flax's layout).
+Rerun = Callable[[Pair, torch.nn.Module], "np.ndarray | None"]
+
+# Epsilons a normalisation of the port's own is tried with when its own fails (the usual defaults).
+_EPSILONS = (1e-5, 1e-6, 1e-8, 1e-12)
+_EPSILON_ATTRIBUTES = ("eps", "epsilon", "variance_epsilon")
 
 
 class Detail(NamedTuple):
@@ -51,6 +60,7 @@ def first_divergence(
     structure: Divergence | None,
     gradient_rows: Sequence[GradientRow],
     channels_last: bool,
+    rerun: Rerun | None = None,
 ) -> Divergence | None:
     """Where the port first goes wrong, most specific first (``rows[i]`` and ``details[i]`` are ``pairs[i]``'s,
     ``details[i]`` None where ``rows[i]`` passes: only failing rows are diagnosed,
@@ -73,7 +83,7 @@ def first_divergence(
 
     for i in leaves:
         if fails_alone(i):
-            return _diverged(i, rows[i], details[i], pairs[i], "isolated")
+            return _diverged(i, rows[i], details[i], pairs[i], "isolated", pairs, rerun)
     for i in leaves:
         hint = None if rows[i].end_to_end.ok else diagnose_call(pairs[i].flax, pairs[i].torch)
         if hint is not None:
@@ -102,7 +112,7 @@ def first_divergence(
     for i in failing_alone:
         if pairs[i].flax.index not in holds_failing_alone:
             inside = descendants(pairs[i].flax, flax_calls)
-            found = _diverged(i, rows[i], details[i], pairs[i], "isolated")
+            found = _diverged(i, rows[i], details[i], pairs[i], "isolated", pairs, rerun)
             last = max((j for j in leaves if pairs[j].flax.index in inside), default=None)
             if found.hint is None:
                 hint = _swapped_by_value(pairs[i].flax.index, pairs)
@@ -113,7 +123,7 @@ def first_divergence(
     holds_failing = {a for j, row in enumerate(rows) if not row.end_to_end.ok for a in above(pairs[j].flax)}
     for i, row in enumerate(rows):
         if not row.end_to_end.ok and pairs[i].flax.index not in holds_failing:  # else a call inside it is deeper
-            found = _diverged(i, row, details[i], pairs[i], "end to end")
+            found = _diverged(i, row, details[i], pairs[i], "end to end", pairs, rerun)
             if found.hint is None and row.isolated is not None and row.isolated.ok:
                 swapped = _swapped_by_value(pairs[i].flax.parent, pairs)
                 if swapped is not None:  # named at the block holding the two
@@ -173,6 +183,78 @@ def _swapped_by_value(block: int | None, pairs: Sequence[Pair]) -> str | None:
     return None
 
 
+def _repaired(pair: Pair, detail: Detail, rerun: Rerun) -> str | None:
+    """For a module without a rule (a Conv1D, an RMSNorm of the port's own): the one change that makes it
+    compute what the Flax module computes on the same input, verified by running a changed copy of it: a square
+    weight transposed, or another epsilon."""
+    if pair.rule is not None or pair.flax.children:
+        return None
+    module = pair.torch.module
+    slack = function_rounding(detail.y, detail.y, detail.precision.storage)
+
+    def matches(candidate: torch.nn.Module) -> bool:
+        out = rerun(pair, candidate)
+        if out is None or np.shape(out) != detail.y.shape:
+            return False
+        return compare(detail.y, np.asarray(out, np.float64), detail.tolerance + slack).ok
+
+    for name, tensor in port_tensors(module).items():
+        if tensor.ndim == 2 and tensor.shape[0] == tensor.shape[1]:
+            candidate = copy.deepcopy(module)
+            with torch.no_grad():
+                held = port_tensors(candidate)[name]
+                held.copy_(held.T.clone())
+            if matches(candidate):
+                return (
+                    f"torch {pair.torch.name}.{name} holds the Flax values transposed: transposed, {pair.torch.name} "
+                    f"computes what Flax {pair.flax.name} computes; reload it with bridge.load_into(port, model, "
+                    "variables, inputs=...)"
+                )
+    for attribute in _EPSILON_ATTRIBUTES:
+        value = getattr(module, attribute, None)
+        if not isinstance(value, float):
+            continue
+        fits = []
+        for epsilon in _EPSILONS:
+            candidate = copy.copy(module)  # shares the tensors: only the epsilon changes
+            setattr(candidate, attribute, epsilon)
+            if epsilon != value and matches(candidate):
+                fits.append(f"{epsilon:g}")
+        if len(fits) == 1:
+            return (
+                f"torch {pair.torch.name} uses {attribute}={value:g}; with {attribute}={fits[0]} it computes what "
+                f"Flax {pair.flax.name} computes: construct it with {attribute}={fits[0]}"
+            )
+        if fits:
+            return (
+                f"torch {pair.torch.name} uses {attribute}={value:g}; with {attribute} set to any of {', '.join(fits)} "
+                f"it computes what Flax {pair.flax.name} computes (these inputs cannot tell them apart): construct "
+                "it with the epsilon the Flax module uses"
+            )
+    return None
+
+
+def _holds_anothers_weights(pair: Pair, pairs: Sequence[Pair]) -> str | None:
+    """A tensor of ``pair``'s torch layer holding exactly what the rule lays out for another layer called beside
+    it and not its own (query's weight holding key's, their biases in place): the port swapped them."""
+    if pair.rule is None:
+        return None
+    tensors = port_tensors(pair.torch.module)
+    for other in pairs:
+        if other is pair or other.rule is None or other.flax.parent != pair.flax.parent:
+            continue
+        for name, array in other.arrays.items():
+            held, own = tensors.get(name), pair.arrays.get(name)
+            if held is None or own is None or tuple(held.shape) != np.shape(array) or np.array_equal(own, array):
+                continue
+            if np.array_equal(to_numpy(held), np.asarray(array)):
+                return (
+                    f"the port's {pair.torch.name}.{name} holds the values of Flax {other.flax.name}, not those of "
+                    f"{pair.flax.name}: the two layers' {name} tensors are swapped in the port (load them back)"
+                )
+    return None
+
+
 def _skipped_residual(block: Pair, detail: Detail | None, last: Pair) -> str | None:
     """A block whose torch output is an activation of its last layer's output alone (``relu(y)`` where
     Flax computes ``relu(x + y)``): the skip connection is missing."""
@@ -210,10 +292,14 @@ def _glue(previous: Pair, pair: Pair, channels_last: bool) -> str | None:
     return glue_hint(np.asarray(before[0], np.float64), flax64, torch64, between, precision)
 
 
-def _diverged(i: int, row: LayerRow, detail: Detail | None, pair: Pair, mode: str) -> Divergence:
-    hint = None
+def _diverged(
+    i: int, row: LayerRow, detail: Detail | None, pair: Pair, mode: str, pairs: Sequence[Pair], rerun: Rerun | None
+) -> Divergence:
     assert detail is not None  # a failing row's
     detail = detail.in_float64()
+    hint = _holds_anothers_weights(pair, pairs) or (_repaired(pair, detail, rerun) if rerun is not None else None)
+    if hint is not None:
+        return Divergence(i, row.flax_path, row.torch_name, row.kind, mode, hint)
     if detail.x is not None and pair.flax.variables is not None:
         step = Step(
             i, pair.flax.module, tuple(pair.flax.name.split("/")) if pair.flax.name else (), pair.flax.variables

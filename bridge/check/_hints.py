@@ -8,6 +8,7 @@ hint (trees) reads what both calls were given instead: a port may feed a correct
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -301,7 +302,7 @@ def softmax_axis(context: HintContext) -> str | None:
     return None
 
 
-@hint("LayerNorm", "RMSNorm", "GroupNorm")
+@hint("LayerNorm", "RMSNorm", "GroupNorm", "BatchNorm")
 def norm_epsilon(context: HintContext) -> str | None:
     """Normalisation epsilons differ by default (Flax 1e-6; torch LayerNorm/GroupNorm 1e-5, RMSNorm machine eps)."""
     module = context.torch_module
@@ -309,13 +310,15 @@ def norm_epsilon(context: HintContext) -> str | None:
     if isinstance(module, torch.nn.RMSNorm) and torch_eps is None:  # torch's default: the dtype's machine epsilon
         torch_eps = torch.finfo(module.weight.dtype if module.weight is not None else torch.float32).eps
     flax_eps = getattr(context.step.layer, "epsilon", None)
-    if torch_eps is None or flax_eps is None or torch_eps == flax_eps:
+    if module is None or torch_eps is None or flax_eps is None or torch_eps == flax_eps:
         return None
     if reproduces(context, apply_flax_layer(context.step, context.x, epsilon=float(torch_eps))):
+        fixed = copy.copy(module)  # the port's own module with Flax's epsilon: its class, its other options
+        fixed.eps = flax_eps
+        example = f", e.g. torch.nn.{fixed!r}" if type(module).__module__.startswith("torch.nn.") else ""
         return (
             f"torch {type(module).__name__} uses eps={torch_eps:g} where Flax {context.step.kind} uses "
-            f"epsilon={flax_eps:g}: construct it with eps={flax_eps:g}"
-            + (f", e.g. {fix}" if (fix := torch_equivalent(context.step)) else "")
+            f"epsilon={flax_eps:g}: construct it with eps={flax_eps:g}{example}"
         )
     return None
 

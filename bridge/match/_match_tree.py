@@ -240,6 +240,10 @@ def match_calls(flax_calls: Sequence[Call], torch_calls: Sequence[Call], mapping
                 else:
                     still.append((call, rule, arrays))
             waiting = still
+        free = [t for t in fitting if t.index not in taken]
+        typed = [t for t in free if any(type(t.module) in rule.torch_types for rule in rules)]
+        if len(waiting) <= len(typed) < len(free):  # more candidates than calls: the rule's own torch types (a
+            fitting = typed  # Linear for a Dense) before a class of the port's own that holds tensors of that shape
         position: dict[int, int] = {}  # then call order: each rule walks the fitting calls once
         for call, rule, arrays in waiting:
             k = position.get(id(rule), 0)
