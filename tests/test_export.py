@@ -130,7 +130,8 @@ def test_the_source_is_plain_torch_and_reloads_the_same_function() -> None:
     source = export_source(bridge.to_torch(model, model.init(jax.random.PRNGKey(0), x), x), "PoolCNN")
     imports = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
     assert all(
-        line.split()[1].split(".")[0] in {"__future__", "math", "torch", "collections", "typing"} for line in imports
+        line.split()[1].split(".")[0] in {"__future__", "contextlib", "math", "os", "torch", "collections", "typing"}
+        for line in imports
     ), imports
     compile(source, "model.py", "exec")
 

@@ -12,8 +12,10 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 import bridge
@@ -188,3 +190,83 @@ def test_output_keys_equal_as_text_are_refused() -> None:
     x = np.ones((2, 4), np.float32)
     with pytest.raises(bridge.UnsupportedModelError, match=r"several entries named \['b'\]"):
         bridge.to_torch(model, model.init(jax.random.PRNGKey(0), x), x)
+
+
+class _Named(nn.Module):
+    """Dense layers under the names given, each fed the input, summed."""
+
+    names: tuple[str, ...]
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return sum(nn.Dense(3, name=name)(x) * (i + 1) for i, name in enumerate(self.names))
+
+
+def _exported_outputs(module: torch.nn.Module, class_name: str, folder: Path, x: np.ndarray) -> np.ndarray:
+    """The export of ``module`` imported on its own, run on ``x``."""
+    source, weights = write_export(module, class_name, folder)
+    return load_export(source, weights, class_name)(torch.from_numpy(x)).detach().numpy()
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("a-b", "a b", "a_b"),  # clean to one Python name: each must keep its own weight
+        ("__hidden", "ﬁ", "fi", "class", "forward", "graph", "training", "type", "_constant_0"),
+    ],
+    ids=["same-after-cleaning", "reserved-and-unicode"],
+)
+def test_layer_names_never_share_a_weight_or_break_the_export(tmp_path: Path, names: tuple[str, ...]) -> None:
+    model = _Named(names)
+    x = np.random.default_rng(14).standard_normal((2, 4)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(14), x)
+    module = bridge.to_torch(model, variables, x, check=True)
+    assert len(module.state_dict()) == 2 * len(names)
+    expected = np.asarray(model.apply(variables, x))
+    np.testing.assert_allclose(_exported_outputs(module, "Named", tmp_path, x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("class_name", ["torch", "super", "math", "FlaxGroupNorm", "FlaxConv2d", "os", "ﬁx", "2x"])
+def test_class_names_that_would_hide_a_name_the_file_uses_still_export(tmp_path: Path, class_name: str) -> None:
+    model_class = type(class_name, (_Named,), {})
+    model = model_class(("dense",))
+    x = np.ones((2, 4), np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    module = bridge.to_torch(model, variables, x)
+    np.testing.assert_allclose(
+        _exported_outputs(module, class_name, tmp_path, x), np.asarray(model.apply(variables, x)), rtol=1e-5, atol=1e-5
+    )
+
+
+class _NoParameters(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jnp.tanh(x) * 2.0
+
+
+def test_a_model_without_parameters_exports(tmp_path: Path) -> None:
+    model = _NoParameters()
+    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+    module = bridge.to_torch(model, {}, x)
+    np.testing.assert_allclose(_exported_outputs(module, "NoParameters", tmp_path, x), np.tanh(x) * 2, rtol=1e-6)
+
+
+def test_the_exported_class_is_an_ordinary_torch_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _Named(("dense",))
+    x = np.ones((2, 4), np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    folder = tmp_path / "export"
+    folder.mkdir()
+    source, weights = write_export(bridge.to_torch(model, variables, x), "Named", folder)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # from_safetensors() looks beside the file, not in the current folder
+    namespace: dict[str, Any] = {"__file__": str(source), "__name__": "exported"}
+    exec(compile(source.read_text(), str(source), "exec"), namespace)
+    plain = namespace["Named"]()  # as nn.Linear(): real tensors, then the weights loaded the ordinary way
+    plain.load_state_dict(safetensors.torch.load_file(str(weights)))
+    shortcut = namespace["Named"].from_safetensors()
+    expected = np.asarray(model.apply(variables, x))
+    for loaded in (plain, shortcut):
+        assert not any(p.is_meta for p in loaded.parameters())
+        np.testing.assert_allclose(loaded(torch.from_numpy(x)).detach().numpy(), expected, rtol=1e-5, atol=1e-5)

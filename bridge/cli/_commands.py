@@ -519,7 +519,7 @@ def run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .._errors import NotEquivalentError
-    from ..convert._export import load_export, write_export
+    from ..convert._export import export_class_name, load_export, write_export
     from ..convert._native import native_module, verify
     from ..io._atomic import atomic_output, stage
     from ..io._preflight import require_seed
@@ -532,7 +532,7 @@ def run_export(args: argparse.Namespace) -> int:
     inputs, variables = _inputs_and_variables(args, model, args.seed)
     with contained(f"cannot convert {type(model).__name__}", "to_torch"):
         module = native_module(model, variables, inputs)  # a chain too: the export is always the traced code
-    class_name = type(model).__name__
+    class_name = export_class_name(type(model).__name__)
     destination = Path(args.destination)
     user_files = _user_files(args.flax)
     try:

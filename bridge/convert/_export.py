@@ -10,10 +10,12 @@ their SHA-256: ``--force`` replaces only a folder that is an export, unchanged s
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import inspect
 import json
 import keyword
+import unicodedata
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -38,15 +40,21 @@ def export_source(module: fx.GraphModule, class_name: str) -> str:
     Raises:
         UnsupportedModelError: for a submodule that is neither a torch layer nor one of the bridge's.
     """
-    if not _is_name(class_name):
-        class_name = "ConvertedModel"
+    class_name = export_class_name(class_name)
     own_layers = False
     lines = [
         f"class {class_name}(torch.nn.Module):",
         f'    """{class_name}, converted from Flax by flax-torch-bridge."""',
         "",
     ]
-    lines += ["    def __init__(self) -> None:", "        super().__init__()", '        with torch.device("meta"):']
+    lines += [
+        "    def __init__(self, device: str | torch.device | None = None) -> None:",
+        '        """Built as torch layers are: parameters allocated, uninitialised, on ``device`` (torch\'s default',
+        '        when None); ``from_safetensors`` builds it on the meta device and takes the file\'s tensors."""',
+        "        super().__init__()",
+        "        with contextlib.nullcontext() if device is None else torch.device(device):",
+        "            pass",
+    ]
     for name, child in module.named_modules():
         plain = type(child) is torch.nn.Module or isinstance(child, fx.GraphModule)
         if name:
@@ -67,23 +75,29 @@ def export_source(module: fx.GraphModule, class_name: str) -> str:
     lines += ["", *("    " + line for line in module.code.strip("\n").splitlines()), ""]
     lines += [
         "    @classmethod",
-        f'    def from_safetensors(cls, path: str = "{WEIGHTS}") -> "{class_name}":',
-        '        """The model with the weights saved beside this file, in inference mode."""',
+        f'    def from_safetensors(cls, path: str | os.PathLike[str] | None = None) -> "{class_name}":',
+        f'        """The model with its weights (``path``; by default ``{WEIGHTS}`` beside this file), in',
+        '        inference mode."""',
         "        from safetensors.torch import load_file",
         "",
-        "        model = cls()",
+        "        if path is None:",
+        f'            path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "{WEIGHTS}")',
+        '        model = cls(device="meta")',
         "        model.load_state_dict(load_file(path), assign=True)",
         "        return model.eval()",
     ]
     header = [
         f'"""{class_name}: a PyTorch module converted from Flax by flax-torch-bridge (plain torch, no JAX).',
         "",
-        f"    model = {class_name}.from_safetensors({WEIGHTS!r})",
+        f"    model = {class_name}.from_safetensors()  # the {WEIGHTS} beside this file",
+        f"    model = {class_name}(); model.load_state_dict(safetensors.torch.load_file(path))  # the same",
         '"""',
         "",
         "from __future__ import annotations",
         "",
+        "import contextlib",
         "import math  # noqa: F401  (the generated code may use math.inf)",
+        "import os",
         "from math import inf, nan  # noqa: F401",
         "",
         "import torch",
@@ -137,11 +151,31 @@ def _sha256(path: Path) -> str:
 
 def load_export(source: Path, weights: Path, class_name: str) -> torch.nn.Module:
     """Import an exported source file on its own and load its weights (how the checker verifies an export)."""
-    namespace = ModuleType(f"flax2torch_export_{class_name}")
+    namespace = ModuleType("flax2torch_export")
     namespace.__file__ = str(source)
     exec(compile(source.read_text(), str(source), "exec"), namespace.__dict__)
-    exported: Any = getattr(namespace, class_name if hasattr(namespace, class_name) else "ConvertedModel")
+    exported: Any = getattr(namespace, export_class_name(class_name))
     return exported.from_safetensors(str(weights))  # type: ignore[no-any-return]
+
+
+def export_class_name(name: str) -> str:
+    """The class name an export writes for a Flax model's class name: the name as Python reads it (NFKC), with
+    ``_`` added where it would hide a name the file uses (``torch``, ``math``, a builtin, a layer class copied
+    in); ``ConvertedModel`` when it is no Python name at all."""
+    name = unicodedata.normalize("NFKC", name)
+    if not _is_name(name):
+        return "ConvertedModel"
+    while name in _FILE_NAMES:
+        name += "_"
+    return name
+
+
+# Names an exported file defines or uses at module level: its imports, the layers copied in, and builtins.
+_FILE_NAMES = (
+    frozenset({"annotations", "contextlib", "math", "inf", "nan", "os", "torch", "safetensors"})
+    | frozenset(vars(torch_layers))
+    | frozenset(dir(builtins))
+)
 
 
 def _constructor(child: torch.nn.Module, name: str) -> tuple[str, bool]:

@@ -83,7 +83,7 @@ class _Builder:
         self.nodes: dict[int, fx.Node] = {}  # id(_Variable) -> its get_attr node
         self.owned: dict[tuple[str, ...], tuple[str, tuple[int, ...] | None]] = {}
         self.layer_targets: dict[str, str] = {}  # Flax path -> module target, for layers built once
-        self.constants = 0
+        self.names = TorchNames()
 
     def build(self, class_name: str) -> fx.GraphModule:
         for layer in self.trace.layers.values():
@@ -114,7 +114,7 @@ class _Builder:
     def _install_layer(self, layer: TracedLayer) -> None:
         if layer.path in self.layer_targets:
             return
-        target = _target(layer.path.split("/"))
+        target = self.names.target(layer.path.split("/"))
         _install(self.root, target, layer.torch_module)
         self.layer_targets[layer.path] = target
         for m in layer.rule.param_maps(layer.module, layer.variables):
@@ -139,7 +139,7 @@ class _Builder:
             node = self.graph.get_attr(target)
             return node if axes is None else self.emit.method("permute", node, tuple(int(a) for a in np.argsort(axes)))
         collection, *path = variable.path
-        target = _target(path)
+        target = self.names.target(path)
         tensor = to_tensor(np.asarray(variable.value))
         if collection == "params":
             _install(self.root, target, torch.nn.Parameter(tensor, requires_grad=tensor.is_floating_point()))
@@ -151,8 +151,7 @@ class _Builder:
         array = np.asarray(value)
         if array.shape == ():
             return array.item()
-        target = f"_constant_{self.constants}"
-        self.constants += 1
+        target = self.names.fresh("_constant")
         self.root.register_buffer(target, to_tensor(array))
         return self.graph.get_attr(target)
 
@@ -273,14 +272,55 @@ def _identifier(name: str) -> str:
     return f"_{cleaned}" if cleaned[0].isdigit() or keyword.iskeyword(cleaned) else cleaned
 
 
-def _target(path: Sequence[str]) -> str:
-    """A dotted torch attribute path for a Flax path (``Block_0/Dense_1`` -> ``Block_0.Dense_1``)."""
-    return ".".join(_attribute(str(part)) for part in path)
+class TorchNames:
+    """Torch attribute paths for Flax paths (``Block_0/Dense_1`` -> ``Block_0.Dense_1``), one per path: each part
+    made of ASCII letters, digits and ``_`` (no two spellings of one name after Unicode normalisation), kept apart
+    from its siblings (``a-b`` and ``a b`` never share a module or a weight: the second is ``a_b_1``), from
+    Python keywords, from what a torch module already has (``forward``, ``training``, ``type``) and from
+    leading ``__`` (which Python mangles inside a class body)."""
+
+    def __init__(self) -> None:
+        self._paths: dict[tuple[str, ...], str] = {(): ""}
+        self._taken: dict[str, set[str]] = {}
+
+    def target(self, path: Sequence[str]) -> str:
+        """The dotted torch path for a Flax path (the same one each time it is asked)."""
+        key = tuple(str(part) for part in path)
+        known = self._paths.get(key)
+        if known is not None:
+            return known
+        parent = self.target(key[:-1])
+        taken = self._taken.setdefault(parent, set())
+        base = _attribute(key[-1])
+        if base.startswith("__"):
+            base = "_" + base.lstrip("_")
+        if keyword.iskeyword(base) or base in _MODULE_ATTRIBUTES:
+            base += "_"
+        name, suffix = base, 0
+        while name in taken:
+            suffix += 1
+            name = f"{base}_{suffix}"
+        taken.add(name)
+        self._paths[key] = f"{parent}.{name}" if parent else name
+        return self._paths[key]
+
+    def fresh(self, base: str) -> str:
+        """A new top-level name of the converter's own (``_constant_3``), apart from every Flax one."""
+        taken = self._taken.setdefault("", set())
+        name = f"{base}_{len(taken)}"
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        return name
+
+
+# what a (graph) module already has: a layer of that name would hide it, or be hidden
+_MODULE_ATTRIBUTES = frozenset(dir(fx.GraphModule)) | frozenset(vars(torch.nn.Module()))
 
 
 def _attribute(name: str) -> str:
-    """``name`` with every character torch refuses in a module or parameter name made ``_``."""
-    return "".join(c if c.isalnum() or c == "_" else "_" for c in name) or "_"
+    """``name`` with every character but ASCII letters, digits and ``_`` made ``_`` (``_`` when empty)."""
+    return "".join(c if c.isascii() and (c.isalnum() or c == "_") else "_" for c in name) or "_"
 
 
 def _flax_path(eqn: Any) -> str:
