@@ -4,6 +4,7 @@ no user data is replaced, no wrong artefact is written with exit 0."""
 from __future__ import annotations
 
 import enum
+import json
 import os
 import subprocess
 import sys
@@ -270,3 +271,61 @@ def test_the_exported_class_is_an_ordinary_torch_module(tmp_path: Path, monkeypa
     for loaded in (plain, shortcut):
         assert not any(p.is_meta for p in loaded.parameters())
         np.testing.assert_allclose(loaded(torch.from_numpy(x)).detach().numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+class _ScaleOrBiasOnly(nn.Module):
+    """A norm with its scale or its bias left out: torch's module holds the other as a constant."""
+
+    kind: str
+    use_scale: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = nn.Dense(8)(x)
+        options = {"use_scale": self.use_scale, "use_bias": not self.use_scale}
+        if self.kind == "LayerNorm":
+            return nn.LayerNorm(**options)(x)
+        if self.kind == "GroupNorm":
+            return nn.GroupNorm(num_groups=2, **options)(x)
+        return nn.BatchNorm(use_running_average=True, **options)(x)
+
+
+@pytest.mark.parametrize("use_scale", [False, True], ids=["bias-only", "scale-only"])
+@pytest.mark.parametrize("kind", ["LayerNorm", "GroupNorm", "BatchNorm"])
+def test_a_norm_with_scale_or_bias_left_out_converts_and_checks(kind: str, use_scale: bool) -> None:
+    model = _ScaleOrBiasOnly(kind, use_scale)
+    x = np.random.default_rng(15).standard_normal((3, 6)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(15), x)
+    params = jax.tree.map(lambda a: a + 0.5, variables["params"])  # a bias or scale that is not its init value
+    variables = {**variables, "params": params}
+    module = bridge.to_torch(model, variables, x, check=True)  # raised NotEquivalentError: a false alarm
+    np.testing.assert_allclose(
+        module(torch.from_numpy(x)).detach().numpy(), np.asarray(model.apply(variables, x)), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_a_tied_embedding_through_the_cli_is_equivalent(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    args = ["check", "--flax", "tree_models:TiedLM", "--input-shape", "2,5", "--input-dtype", "int32"]
+    assert main([*args, "--input-range", "0,11"]) == 0, capsys.readouterr().err
+    assert "equivalence check: EQUIVALENT" in capsys.readouterr().out
+
+
+def test_json_stays_parsable_when_user_code_prints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "chatty.py").write_text(
+        "import flax.linen as nn\nprint('importing chatty')\n"
+        "class Chatty(nn.Module):\n"
+        "    @nn.compact\n"
+        "    def __call__(self, x):\n"
+        "        print('called')\n"
+        "        return nn.Dense(3)(x)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["check", "--flax", "chatty:Chatty", "--input-shape", "2,4", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["ok"] is True
+    assert "importing chatty" in captured.err

@@ -8,6 +8,7 @@ FLAX2TORCH_TRACEBACK=1 shows the traceback), 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
@@ -170,7 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._commands import COMMANDS, use_compile_cache
 
         use_compile_cache()
-        with warnings.catch_warnings(record=True) as caught, no_hard_exit():
+        args.json_out = sys.stdout  # --json: the document alone on stdout, any other output on stderr
+        json_only = getattr(args, "json", False)
+        quiet_stdout = contextlib.redirect_stdout(sys.stderr) if json_only else contextlib.nullcontext()
+        with warnings.catch_warnings(record=True) as caught, no_hard_exit(), quiet_stdout:
             warnings.simplefilter("always", NonFiniteWarning)
             warnings.simplefilter("always", LeftoverWarning)
             code = COMMANDS[args.command](args)

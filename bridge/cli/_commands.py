@@ -55,6 +55,12 @@ def use_compile_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", _CACHE_MIN_COMPILE_SECONDS)
 
 
+def _json(args: argparse.Namespace, payload: Any) -> None:
+    """Print ``--json``'s one document on the real stdout (``main`` sends everything else, user code's prints
+    included, to stderr while the command runs, so that stdout always parses)."""
+    print(json.dumps(payload), file=getattr(args, "json_out", None) or sys.stdout)
+
+
 def run_check(args: argparse.Namespace) -> int:
     """``flax2torch check``: build (or import) a model and its port, check them (over ``--seeds``), report."""
     _validate_check(args)
@@ -67,7 +73,7 @@ def run_check(args: argparse.Namespace) -> int:
     try:
         pair = _build(args, args.seed)
     except _PortMismatchError as e:
-        print(json.dumps({"ok": False, "error": str(e)}) if args.json else f"NOT EQUIVALENT: {e}")
+        _json(args, {"ok": False, "error": str(e)}) if args.json else print(f"NOT EQUIVALENT: {e}")
         return EXIT_MISMATCH
     options: dict[str, Any] = {
         "n_inputs": args.n_inputs,
@@ -88,18 +94,18 @@ def run_check(args: argparse.Namespace) -> int:
             **options,
         )
         report, ok = sweep.detailed, sweep.ok
-        print(json.dumps(sweep.to_dict()) if args.json else sweep)
+        _json(args, sweep.to_dict()) if args.json else print(sweep)
     elif args.input_shape:
         report = check_equivalence(pair.model, pair.variables, pair.torch_module, pair.inputs, **options)
         ok = report.ok
-        print(json.dumps({"seed": args.seed, **report.to_dict()}) if args.json else report)
+        _json(args, {"seed": args.seed, **report.to_dict()}) if args.json else print(report)
     else:
         report = check_equivalence(
             pair.model, pair.variables, pair.torch_module, pair.inputs, seed=args.seed, **options
         )
         ok = report.ok
         if args.json:
-            print(json.dumps({"seed": args.seed, **report.to_dict()}))
+            _json(args, {"seed": args.seed, **report.to_dict()})
         else:
             _print_seed_outputs(args, pair)
             print(report)

@@ -72,13 +72,13 @@ def _kind(dtype: Any) -> str:
     return "float" if name in ("float16", "bfloat16", "float32", "float64") else name
 
 
-def torch_signature(module: torch.nn.Module, rule: LayerRule | None = None) -> Signature:
-    """The signature of every parameter and buffer in ``module``'s subtree (the rule's torch-only ones left out)."""
-    return _signature_without(port_tensors(module), _skipped(rule))
-
-
-def _skipped(rule: LayerRule | None) -> frozenset[str]:
-    return frozenset(rule.torch_only_keys) if rule is not None else frozenset({"num_batches_tracked"})
+def _skipped(call: Call | None, rule: LayerRule | None) -> frozenset[str]:
+    """The torch tensor names a rule's torch module holds besides what the Flax call's variables fill: torch-only
+    bookkeeping (BatchNorm's ``num_batches_tracked``) and constants (a LayerNorm without scale: ``weight``, ones)."""
+    if rule is None:
+        return frozenset({"num_batches_tracked"})
+    constants = rule.torch_constants(call.module, call.variables) if call is not None else {}
+    return frozenset(rule.torch_only_keys) | frozenset(constants)
 
 
 def _signature_without(tensors: Mapping[str, Any], skip: frozenset[str]) -> Signature:
@@ -101,11 +101,10 @@ class _TorchIndex:
             self._tensors[key] = port_tensors(call.module)
         return self._tensors[key]
 
-    def signature(self, call: Call, rule: LayerRule | None) -> Signature:
-        return _signature_without(self.tensors(call), _skipped(rule))
+    def signature(self, call: Call, skip: frozenset[str]) -> Signature:
+        return _signature_without(self.tensors(call), skip)
 
-    def fitting(self, sig: Signature, rule: LayerRule | None) -> list[Call]:
-        skip = _skipped(rule)
+    def fitting(self, sig: Signature, skip: frozenset[str]) -> list[Call]:
         table = self._tables.get(skip)
         if table is None:
             table = {}
@@ -186,10 +185,11 @@ def match_calls(flax_calls: Sequence[Call], torch_calls: Sequence[Call], mapping
         for f, t in zip(chosen_flax, chosen_torch, strict=True):
             rule = _rule(f)
             arrays = rule.torch_arrays(f.module, f.variables) if rule else {}
-            if rule is not None and index.signature(t, rule) != signature(arrays):
+            held = index.signature(t, _skipped(f, rule)) if rule is not None else None
+            if held is not None and held != signature(arrays):
                 raise LayerMismatchError(
                     f"mapping pairs Flax {f.name} ({f.kind}) with torch {t.name} ({t.kind}), whose tensors "
-                    f"{list(index.signature(t, rule))} do not fit the ones it needs {list(signature(arrays))}"
+                    f"{list(held)} do not fit the ones it needs {list(signature(arrays))}"
                 )
             pairs.append(Pair(f, t, rule, arrays))
             taken.add(t.index)
@@ -207,7 +207,7 @@ def match_calls(flax_calls: Sequence[Call], torch_calls: Sequence[Call], mapping
         rules = list({id(rule): rule for _, rule, _ in flax_group}.values())
         fitting = [
             t
-            for t in index.fitting(sig, flax_group[0][1])
+            for t in index.fitting(sig, _skipped(flax_group[0][0], flax_group[0][1]))
             if t.index not in taken and any(rule.accepts_torch(t.module) for rule in rules)
         ]
         fitting = _innermost(fitting, torch_calls)
@@ -256,6 +256,10 @@ def match_calls(flax_calls: Sequence[Call], torch_calls: Sequence[Call], mapping
             ambiguous = len(waiting) > 1 and len(fitting) > 1
             pairs.append(Pair(call, fitting[k], rule, arrays, by_order=ambiguous))
             taken.add(fitting[k].index)
+    # another method of a paired module (a tied Embed's attend): the port reads the same tensors inline
+    # (h @ embedding.weight.T); compared through what follows it and the gradients, not as a layer of its own
+    paired_modules = {p.flax.name for p in pairs if p.rule is not None and p.flax.method == "__call__"}
+    unmatched = [c for c in unmatched if c.method == "__call__" or c.name not in paired_modules]
     pairs += pair_blocks(flax_calls, torch_calls, pairs)
     pairs.sort(key=lambda p: p.flax.index)
     paired_torch = {p.torch.index for p in pairs if p.rule is not None}
@@ -394,7 +398,7 @@ def _expand(leaves: list[Call], flax_calls: Sequence[Call], index: _TorchIndex) 
             result.append(call)
             continue
         sig = signature(rule.torch_arrays(call.module, call.variables))
-        if any(rule.accepts_torch(t.module) for t in index.fitting(sig, rule)):
+        if any(rule.accepts_torch(t.module) for t in index.fitting(sig, _skipped(call, rule))):
             result.append(call)
             continue
         children = [flax_calls[i] for i in sorted(descendants(call, flax_calls))]

@@ -47,6 +47,13 @@ def _affine_maps(use_scale: bool, use_bias: bool) -> tuple[ParamMap, ...]:
     return (_SCALE,) * use_scale + (_BIAS,) * use_bias
 
 
+def _affine_constants(use_scale: bool, use_bias: bool) -> dict[str, float]:
+    """What a torch norm with ``affine=True`` (weight and bias together) holds for the one Flax leaves out."""
+    if use_scale == use_bias:
+        return {}
+    return {"weight": 1.0} if use_bias else {"bias": 0.0}
+
+
 def _normalised_bound(bound: BoundInputs, scale: Any, centred: bool) -> np.ndarray:
     """Error of ``(x - mean) / sqrt(var + eps) * scale + bias`` over the last axis: the input error
     divided by the deviation (twice, for the mean's and variance's share), the roundings of the
@@ -186,13 +193,15 @@ class BatchNormRule(LayerRule):
     def make_torch(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> torch.nn.Module:
         if getattr(layer, "axis", -1) != -1:
             raise LayerMismatchError(f"axis={layer.axis}: the bridge converts BatchNorm over the last axis only")
-        if not (layer.use_scale == layer.use_bias):
-            raise LayerMismatchError("torch BatchNorm has both weight and bias or neither (affine); Flax has one")
         width, dtype = _features(variables, "mean")
+        affine = layer.use_scale or layer.use_bias  # one of them alone: the other a constant (torch_constants)
         module = torch.nn.BatchNorm1d(
-            width, eps=layer.epsilon, momentum=_flip(layer.momentum), affine=layer.use_scale, dtype=torch_dtype(dtype)
+            width, eps=layer.epsilon, momentum=_flip(layer.momentum), affine=affine, dtype=torch_dtype(dtype)
         )
         return module.eval()
+
+    def torch_constants(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> Mapping[str, float]:
+        return _affine_constants(layer.use_scale, layer.use_bias)
 
     def make_flax(self, module: torch.nn.Module) -> Any:
         assert isinstance(module, torch.nn.BatchNorm1d)
@@ -246,11 +255,11 @@ class GroupNormRule(LayerRule):
 
     def make_torch(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> torch.nn.Module:
         width, dtype = _features(variables, "scale", "bias")
-        if layer.use_scale != layer.use_bias:
-            raise LayerMismatchError("torch GroupNorm has both weight and bias or neither (affine); Flax has one")
-        return FlaxGroupNorm(
-            _groups(layer, width), width, eps=layer.epsilon, affine=layer.use_scale, dtype=torch_dtype(dtype)
-        )
+        affine = layer.use_scale or layer.use_bias  # one of them alone: the other a constant (torch_constants)
+        return FlaxGroupNorm(_groups(layer, width), width, eps=layer.epsilon, affine=affine, dtype=torch_dtype(dtype))
+
+    def torch_constants(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> Mapping[str, float]:
+        return _affine_constants(layer.use_scale, layer.use_bias)
 
     def make_flax(self, module: torch.nn.Module) -> Any:
         assert isinstance(module, FlaxGroupNorm)
