@@ -11,6 +11,17 @@ import numpy as np
 
 from ._tensors import is_float, to_tensor
 
+# where a converted module records the parameter name of each Flax input name (in its ``meta``)
+INPUT_NAMES = "flax_input_names"
+
+
+def port_keywords(port: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments as the port names them: a converted module takes an input that is no Python name
+    (``my-input``) as another (``my_input``), and records which in its ``meta``."""
+    meta = getattr(port, "meta", None)
+    names = meta.get(INPUT_NAMES, {}) if isinstance(meta, dict) else {}
+    return {names.get(k, k): v for k, v in kwargs.items()}
+
 
 def call_arguments(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """``inputs`` as ``apply``'s arguments: an array (or a nested list) is one positional argument, a tuple

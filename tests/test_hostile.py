@@ -329,3 +329,171 @@ def test_json_stays_parsable_when_user_code_prints(
     captured = capsys.readouterr()
     assert json.loads(captured.out)["ok"] is True
     assert "importing chatty" in captured.err
+
+
+def _chain() -> tuple[nn.Module, Any, np.ndarray]:
+    model = nn.Sequential([nn.Dense(4), nn.relu, nn.Dense(2)])
+    x = np.ones((2, 3), np.float32)
+    return model, model.init(jax.random.PRNGKey(0), x), x
+
+
+class _NotATorchModule:
+    pass
+
+
+@pytest.mark.parametrize(
+    ("port", "says"),
+    [
+        (None, "got NoneType"),
+        ("my_port", "got str"),
+        (lambda t: t, "got a function, not a module"),
+        (nn.Dense(2), "got a Flax module: the port is the torch side"),
+        (torch.nn.Linear, "got the class Linear: pass an instance"),
+        (_NotATorchModule(), "got _NotATorchModule"),
+    ],
+    ids=["None", "str", "function", "flax-model", "class", "object"],
+)
+@pytest.mark.parametrize("function", ["check_equivalence", "load_into"])
+def test_a_port_that_is_not_a_torch_module_is_refused_by_name(function: str, port: Any, says: str) -> None:
+    model, variables, x = _chain()
+    call = {
+        "check_equivalence": lambda: bridge.check_equivalence(model, variables, port, x),
+        "load_into": lambda: bridge.load_into(port, model, variables),
+    }[function]
+    with pytest.raises(bridge.InvalidArgumentError, match=rf"torch_module must be a torch.nn.Module, {says}"):
+        call()
+
+
+def test_bad_variables_mappings_state_dicts_and_paths_are_refused_by_name() -> None:
+    model, variables, x = _chain()
+    port = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    holed = {"params": {**variables["params"], "layers_0": {"kernel": None, "bias": None}}}
+    with pytest.raises(bridge.InvalidArgumentError, match=r"variables holds NoneType at 'params/layers_0/bias'"):
+        bridge.to_torch(model, holed, x)
+    with pytest.raises(bridge.InvalidArgumentError, match=r"mapping must be a dict of Flax paths to torch names"):
+        bridge.check_equivalence(model, variables, port, x, mapping=[("layers_0", "0")])  # type: ignore[arg-type]
+    with pytest.raises(bridge.InvalidArgumentError, match=r"state_dict must be a mapping .* got list"):
+        bridge.from_state_dict(model, [1, 2], variables)  # type: ignore[arg-type]
+    with pytest.raises(bridge.InvalidArgumentError, match=r"path must be a file path"):
+        bridge.load_checkpoint(None)  # type: ignore[arg-type]
+    wrong_rank = jax.tree.map(lambda a: a[None] if a.ndim == 2 else a, variables)
+    with pytest.raises(
+        bridge.LayerMismatchError, match=r"kernel has shape \(1, 3, 4\), where a Dense holds one of rank 2"
+    ):
+        bridge.to_torch(model, wrong_rank, x)
+
+
+def test_load_into_a_port_on_the_meta_device_refuses_rather_than_loading_nothing() -> None:
+    model, variables, _ = _chain()
+    with torch.device("meta"):
+        port = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    with pytest.raises(bridge.InvalidArgumentError, match=r"tensors on the meta device \(0.weight\)"):
+        bridge.load_into(port, model, variables)
+
+
+NNX_MODELS = """
+from flax import nnx
+
+class Net(nnx.Module):
+    def __init__(self, rngs=None):
+        rngs = rngs or nnx.Rngs(0)
+        self.fc1 = nnx.Linear(4, 8, rngs=rngs)
+        self.fc2 = nnx.Linear(8, 2, rngs=rngs)
+
+    def __call__(self, x):
+        return self.fc2(nnx.relu(self.fc1(x)))
+"""
+
+
+def test_an_nnx_model_is_accepted_by_check_and_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "nnx_models.py").write_text(NNX_MODELS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["check", "--flax", "nnx_models:Net", "--input-shape", "3,4"]) == 0, capsys.readouterr().err
+    assert "equivalence check: EQUIVALENT" in capsys.readouterr().out
+    assert main(["export", "--flax", "nnx_models:Net", "--input-shape", "3,4", str(tmp_path / "out")]) == 0
+    assert "check: EQUIVALENT" in capsys.readouterr().out
+    assert main(["check", "--flax", "nnx_models:Net", "--input-shape", "3,4", "--params", "w.msgpack"]) == 2
+    assert "is an NNX model; it holds its own variables" in capsys.readouterr().err
+
+
+def test_every_exported_file_follows_the_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = os.umask(0o027)
+    try:
+        assert _export(monkeypatch, str(tmp_path / "out")) == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "out").iterdir()}
+    assert modes == {"model.py": 0o640, "weights.safetensors": 0o640, "flax2torch-export.json": 0o640}
+
+
+DENSE_MODEL = """
+import flax.linen as nn
+
+class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3)(nn.relu(nn.Dense(5)(x)))
+"""
+
+
+@pytest.mark.parametrize(
+    ("options", "code", "says"),
+    [
+        (("--input-dtype", "int32"), 0, None),  # converted: Flax promotes integer inputs to a Dense, and so must we
+        (("--input-dtype", "bool"), 0, None),
+        (("--input-dtype", "uint8"), 0, None),
+        (("--input-dtype", "complex64"), 2, "--input-dtype complex64: inputs are drawn as floating point"),
+        (("--input-dtype", "int64", "--input-range", "0,99999999999999999999"), 2, "int64 holds"),
+    ],
+    ids=["int32", "bool", "uint8", "complex64", "range-beyond-int64"],
+)
+def test_input_dtypes_and_ranges_are_converted_or_refused_with_exit_2(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    options: tuple[str, ...],
+    code: int,
+    says: str | None,
+) -> None:
+    (tmp_path / "dense_model.py").write_text(DENSE_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["check", "--flax", "dense_model:MLP", "--input-shape", "2,4", *options]) == code
+    captured = capsys.readouterr()
+    if says is None:
+        assert "equivalence check: EQUIVALENT" in captured.out
+    else:
+        assert says in captured.err
+        assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_a_huge_input_shape_is_refused_before_anything_is_drawn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "dense_model.py").write_text(DENSE_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["check", "--flax", "dense_model:MLP", "--input-shape", "10000000,10000000"]) == 2
+    assert "the --input-shape 10000000,10000000 input needs about" in capsys.readouterr().err
+
+
+KEYWORD_MODEL = """
+import flax.linen as nn
+
+class Keywords(nn.Module):
+    @nn.compact
+    def __call__(self, **inputs):
+        return nn.Dense(3)(inputs["my-input"]) + nn.Dense(3)(inputs["other input"])
+"""
+
+
+def test_keyword_inputs_that_are_no_python_names_are_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "keyword_model.py").write_text(KEYWORD_MODEL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    shapes = ["--input-shape", "my-input=2,4", "--input-shape", "other input=2,5"]
+    assert main(["check", "--flax", "keyword_model:Keywords", *shapes]) == 0, capsys.readouterr().err
+    assert "equivalence check: EQUIVALENT" in capsys.readouterr().out

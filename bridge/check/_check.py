@@ -17,6 +17,7 @@ from .._arguments import call_arguments, torch_argument
 from .._errors import InvalidArgumentError, UnsupportedModelError
 from .._numerics import DEFAULT_RTOL_ATOL, Precision, Tolerance
 from .._tensors import is_float, to_numpy, torch_dtype
+from .._validate import require_mapping, require_port, require_variables
 from ..capture._capture import chain_calls, flax_layer_outputs, torch_chain_calls
 from ..capture._chain import Step, Variables, discover_chain
 from ..match._match_chain import match_positions
@@ -154,6 +155,9 @@ def check_equivalence(
         BridgeError: when the model is not a chain, the arguments are invalid, or the torch module
             cannot run on the inputs (the message names the position).
     """
+    require_port(torch_module, "torch_module")
+    require_variables(variables)
+    require_mapping(mapping)
     if is_tree_pair(model, variables, torch_module, inputs, torch_inputs, mapping):
         if inputs is None and torch_inputs is None:  # a chain model against another kind of port: draw rows
             try:

@@ -27,7 +27,7 @@ import torch
 from flax import nnx
 
 from .. import _flax_model as flax_model
-from .._arguments import call_arguments, torch_arguments
+from .._arguments import call_arguments, port_keywords, torch_arguments
 from .._errors import InvalidArgumentError
 from .._jaxpr import first_narrowing
 from .._numerics import Precision, Tolerance, function_rounding
@@ -87,6 +87,7 @@ def check_tree(
             raise InvalidArgumentError(f"an input of shape {tuple(value.shape)} holds no values: give at least one row")
     if torch_inputs is None:
         torch_args, torch_kwargs = torch_arguments(args, kwargs, channels_last)
+        torch_kwargs = port_keywords(port, torch_kwargs)
     else:
         torch_args, torch_kwargs = torch_arguments(*call_arguments(torch_inputs), True)
         channels_last = channels_last and not _given_channels_first((args, kwargs), (torch_args, torch_kwargs))

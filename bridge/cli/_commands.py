@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._errors import InvalidArgumentError, LayerMismatchError
+from .._flax_model import is_nnx
 
 EXIT_MATCH, EXIT_MISMATCH = 0, 1
 
@@ -253,6 +254,13 @@ def _inputs_and_variables(args: argparse.Namespace, model: Any, seed: int) -> tu
     require_memory(
         8 * sum(a.nbytes for a in (*call[0], *call[1].values())), "the inputs, 8 copies", "use smaller inputs"
     )
+    if is_nnx(model):  # it holds its own variables, made when it was built
+        if args.params is not None:
+            raise InvalidArgumentError(f"--params: {type(model).__name__} is an NNX model; it holds its own variables")
+        from flax import nnx
+
+        _require_checkable(model, {"params": nnx.to_pure_dict(nnx.state(model, nnx.Param))}, 8)
+        return inputs, None
     what = f"cannot init {type(model).__name__} on the --input-shape inputs"
     with contained(what, "model.init", " (check --input-shape)"):
         shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(seed), *call[0], **call[1]))
@@ -269,11 +277,17 @@ def _inputs_and_variables(args: argparse.Namespace, model: Any, seed: int) -> tu
 def _drawn_inputs(args: argparse.Namespace, seed: int) -> Any:
     """The ``--input-shape`` inputs: a tuple of positional arrays, or a dict when every one is named."""
     from .._tensors import is_float
+    from ..io._preflight import require_memory
 
     try:
         dtype = np.dtype(args.input_dtype)
     except TypeError as e:
         raise InvalidArgumentError(f"--input-dtype {args.input_dtype!r} is not a dtype (float32, int32, ...)") from e
+    if dtype.kind not in "fiub":
+        raise InvalidArgumentError(
+            f"--input-dtype {dtype.name}: inputs are drawn as floating point, integer or bool numbers; "
+            "give one of those (float32, int32, bool, ...)"
+        )
     low, high = 0, 2
     if args.input_range is not None:
         try:
@@ -282,6 +296,11 @@ def _drawn_inputs(args: argparse.Namespace, seed: int) -> Any:
             raise InvalidArgumentError(f"--input-range takes LOW,HIGH (integers), got {args.input_range!r}") from e
         if high <= low:
             raise InvalidArgumentError(f"--input-range {args.input_range}: HIGH must be above LOW")
+        if dtype.kind in "iu" and (low < np.iinfo(dtype).min or high - 1 > np.iinfo(dtype).max):
+            raise InvalidArgumentError(
+                f"--input-range {args.input_range}: {dtype.name} holds {np.iinfo(dtype).min} to "
+                f"{np.iinfo(dtype).max}; give a range inside it"
+            )
     rng = np.random.default_rng(seed)
     positional, named = [], {}
     for spec in args.input_shape:
@@ -292,6 +311,8 @@ def _drawn_inputs(args: argparse.Namespace, seed: int) -> Any:
             raise InvalidArgumentError(f"--input-shape {spec!r}: the shape is integers separated by commas") from e
         if not shape or min(shape) < 1:
             raise InvalidArgumentError(f"--input-shape {spec!r}: every axis must be >= 1")
+        drawn = int(np.prod(shape, dtype=object)) * 8  # drawn in 64 bits, then cast: before any allocation
+        require_memory(drawn, f"the --input-shape {spec} input", "use a smaller --input-shape")
         if is_float(dtype):
             array = rng.standard_normal(shape).astype(dtype)
         else:
@@ -373,6 +394,10 @@ def _require_checkable(model: Any, shapes: Any, copies: int) -> None:
 
 
 def _variables(model: Any, args: argparse.Namespace, seed: int) -> Any:
+    if is_nnx(model):
+        raise InvalidArgumentError(
+            f"{type(model).__name__} is an NNX model: give --input-shape (its variables are its own, not drawn)"
+        )
     variables = _init(model, args.in_features, seed)
     if args.params is None:
         return variables
@@ -382,11 +407,12 @@ def _variables(model: Any, args: argparse.Namespace, seed: int) -> Any:
 
 
 def is_model(obj: Any) -> bool:
-    """Whether ``obj`` is a Flax linen or torch module (a factory of one is not)."""
+    """Whether ``obj`` is a Flax (linen or NNX) or torch module (a factory of one is not)."""
     import flax.linen as nn
     import torch
+    from flax import nnx
 
-    return isinstance(obj, nn.Module | torch.nn.Module)
+    return isinstance(obj, nn.Module | nnx.Module | torch.nn.Module)
 
 
 def _print_seed_outputs(args: argparse.Namespace, pair: _Pair) -> None:
@@ -534,7 +560,7 @@ def run_export(args: argparse.Namespace) -> int:
     require_seed(args.seed)
     model = load_object(args.flax, "--flax")
     if not is_model(model):
-        raise InvalidArgumentError(f"--flax {args.flax}: not a Flax module")
+        raise InvalidArgumentError(f"--flax {args.flax}: not a Flax module (linen or NNX)")
     inputs, variables = _inputs_and_variables(args, model, args.seed)
     with contained(f"cannot convert {type(model).__name__}", "to_torch"):
         module = native_module(model, variables, inputs)  # a chain too: the export is always the traced code

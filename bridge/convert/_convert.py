@@ -15,6 +15,7 @@ from flax import nnx
 from .._errors import InvalidArgumentError, LayerMismatchError, UnsupportedModelError, at_layer
 from .._flax_model import is_nnx
 from .._tensors import channels_first_flatten_permutation, shared_tensor, to_numpy, to_tensor, torch_dtype
+from .._validate import require_mapping, require_port, require_variables
 from ..capture._chain import Step, Variables, discover_chain
 from ..match._match import owned_tensors, port_tensors
 from ..match._match_tree import is_tree_pair
@@ -93,6 +94,7 @@ def to_torch(
         NotEquivalentError: with ``check=True``, carrying the report.
         BridgeError: when a layer has no rule, or its variables do not fit it.
     """
+    require_variables(variables)
     if inputs is not None and not _is_chain(model, variables):
         from ._native import native_module
 
@@ -196,6 +198,10 @@ def load_into(
         LayerMismatchError: naming every position whose module is of another layer kind, or whose
             tensors are missing, left over, mis-shaped or mis-typed.
     """
+    require_port(torch_module, "torch_module")
+    require_variables(variables)
+    require_mapping(mapping)
+    _require_materialised(torch_module)
     if is_tree_pair(model, variables, torch_module, None, torch_inputs, mapping):
         from ._load_tree import load_tree
 
@@ -314,6 +320,16 @@ def flatten_permutations(planned: Sequence[PlannedStep], torch_module: torch.nn.
     return {flatten + 1: channels_first_flatten_permutation(channels, positions)}
 
 
+def _require_materialised(port: torch.nn.Module) -> None:
+    """A port with tensors on the meta device has no storage to load into: refused, never 'loaded' in silence."""
+    meta = next((name for name, t in [*port.named_parameters(), *port.named_buffers()] if t.is_meta), None)
+    if meta is not None:
+        raise InvalidArgumentError(
+            f"torch_module has tensors on the meta device ({meta}): they hold no values to load into; build it "
+            "on a device (or call torch_module.to_empty(device='cpu')) first"
+        )
+
+
 def from_state_dict(model: Any, state_dict: Mapping[str, Any], variables: Variables | None = None) -> dict[str, Any]:
     """Flax variables for ``model`` from a torch state dict (keys ``"0.weight"``...), the inverse of ``to_state_dict``.
 
@@ -329,6 +345,12 @@ def from_state_dict(model: Any, state_dict: Mapping[str, Any], variables: Variab
     Raises:
         LayerMismatchError: naming the layer and key of every missing, unexpected or mis-shaped tensor.
     """
+    if not isinstance(state_dict, Mapping):
+        raise InvalidArgumentError(
+            "state_dict must be a mapping of torch names to tensors (what module.state_dict() returns), got "
+            + type(state_dict).__name__
+        )
+    require_variables(variables)
     planned = plan(model, variables)
     result: dict[str, Any] = {}
     problems: list[str] = []
@@ -469,6 +491,11 @@ def _torch_tensors(planned: tuple[PlannedStep, ...], *, copy: bool) -> dict[str,
         _check_variable_names(step, maps)
         for m in maps:
             source = step.variables[m.collection][m.flax_name]
+            if m.to_torch_axes is not None and np.ndim(source) != len(m.to_torch_axes):
+                raise LayerMismatchError(
+                    f"{step.where}: {m.flax_name} has shape {tuple(np.shape(source))}, where a {step.kind} holds "
+                    f"one of rank {len(m.to_torch_axes)}: pass the variables model.init gives this model"
+                )
             if copy:
                 tensor = _contiguous_copy(source, m)
             else:

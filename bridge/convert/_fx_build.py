@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import fx
 
+from .._arguments import INPUT_NAMES
 from .._errors import UnsupportedModelError
 from .._jaxpr import is_relu, sub_jaxpr
 from .._tensors import is_float, to_tensor, torch_dtype
@@ -107,6 +108,9 @@ class _Builder:
         self.graph.output(_structure(self.trace.output_tree, resolved))
         self.graph.lint()
         module = fx.GraphModule(self.root, self.graph, class_name=class_name)
+        # an input whose name is no Python name (``my-input``) is a parameter of another name (``my_input``)
+        given = zip(self.trace.input_names, placeholders, strict=True)
+        module.meta[INPUT_NAMES] = {name: str(placeholder.target) for name, placeholder in given}
         return module.eval()
 
     # --- layers and variables ------------------------------------------------------------------
@@ -222,6 +226,8 @@ class _Builder:
             tensor = next(iter(module.parameters()))
         if tensor is not None and is_float(data_var.aval.dtype) and torch_dtype(data_var.aval.dtype) != tensor.dtype:
             x = self.emit.method("to", x, tensor.dtype)
+        elif tensor is not None and not is_float(data_var.aval.dtype) and not isinstance(module, _TAKES_INDICES):
+            x = self.emit.method("to", x, tensor.dtype)  # int, bool or uint8 into a Dense: Flax promotes them too
         gives: tuple[int, ...] | None = None  # what the torch layer returns, where it is not the Flax shape
         if isinstance(module, torch.nn.Linear):
             if shape[-1:] != (module.in_features,):  # a DenseGeneral over several trailing axes: flattened
@@ -237,6 +243,10 @@ class _Builder:
         if gives is not None and gives != tuple(out_aval.shape):
             node = self.emit.method("reshape", node, self.emit.shape(eqn.outvars[0]))
         return node
+
+
+# torch layers whose input is integer indices by design (every other layer computes on floats)
+_TAKES_INDICES = (torch.nn.Embedding, torch.nn.EmbeddingBag)
 
 
 def _trailing(shape: tuple[int, ...], size: int) -> int:

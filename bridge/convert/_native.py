@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import fx
 
+from .._arguments import port_keywords
 from .._errors import BridgeError, InvalidArgumentError, NotEquivalentError
 from .._flax_model import is_nnx
 from .._tensors import is_array
@@ -74,7 +75,10 @@ def verify(model: Any, variables: Mapping[str, Any] | None, module: torch.nn.Mod
     """
     from ..check._check import check_equivalence
 
-    report = check_equivalence(model, variables, module, inputs, torch_inputs=_array_inputs(inputs))
+    torch_inputs = _array_inputs(inputs)
+    if isinstance(torch_inputs, Mapping):
+        torch_inputs = port_keywords(module, torch_inputs)
+    report = check_equivalence(model, variables, module, inputs, torch_inputs=torch_inputs)
     if not report.ok:
         where = report.first_divergence
         at = f" first at {where.flax_path!r} <-> {where.torch_name!r}" if where is not None else ""

@@ -179,11 +179,23 @@ def _commit(target: Path, staging: Path, new: Path, directory: bool) -> None:
         os.replace(new, target)
         stage("replaced")
         return
+    _follow_umask(new)
     if os.path.lexists(target):
         os.rename(target, staging / "old")
         stage("aside")
     os.rename(new, target)
     stage("replaced")
+
+
+def _follow_umask(folder: Path) -> None:
+    """Give every regular file written in a new output folder what the umask leaves of 0666 (a writer that
+    goes through a private temporary, as safetensors does, leaves 0600 where ``open`` would give 0644)."""
+    mode = 0o666 & ~_umask()
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                os.chmod(path, mode)
 
 
 def _file_mode(target: Path) -> int:

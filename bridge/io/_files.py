@@ -27,6 +27,7 @@ from flax import serialization, traverse_util
 
 from .._errors import BridgeError, first_line
 from .._tensors import is_float, plain_tree, to_numpy
+from .._validate import require_path
 from ._atomic import OutputRefusedError, atomic_output
 from ._preflight import file_fits
 
@@ -79,6 +80,7 @@ def load_checkpoint(path: str | Path, target: Any = None, *, strict: bool = Fals
     Raises:
         CheckpointError: naming the file, for anything wrong with it (one line).
     """
+    require_path(path)
     file = Path(path)
     return read_checkpoint(file, checkpoint_format(file), target, strict=strict)
 
