@@ -42,6 +42,12 @@ raise SystemExit(main(sys.argv[2:]))
 """
 
 
+def _user_module(folder: Path, monkeypatch: pytest.MonkeyPatch, name: str, source: str) -> None:
+    """Write a user's module ``name.py`` into ``folder`` and make it importable, as --flax finds one."""
+    (folder / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(folder))
+
+
 def _run_editable(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     command = [sys.executable, "-c", EDITABLE_RUN, str(ROOT), *args]
@@ -408,8 +414,7 @@ class Net(nnx.Module):
 def test_an_nnx_model_is_accepted_by_check_and_export(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "nnx_models.py").write_text(NNX_MODELS)
-    monkeypatch.syspath_prepend(str(tmp_path))
+    _user_module(tmp_path, monkeypatch, "nnx_models", NNX_MODELS)
     assert main(["check", "--flax", "nnx_models:Net", "--input-shape", "3,4"]) == 0, capsys.readouterr().err
     assert "equivalence check: EQUIVALENT" in capsys.readouterr().out
     assert main(["export", "--flax", "nnx_models:Net", "--input-shape", "3,4", str(tmp_path / "out")]) == 0
@@ -459,8 +464,7 @@ def test_input_dtypes_and_ranges_are_converted_or_refused_with_exit_2(
     code: int,
     says: str | None,
 ) -> None:
-    (tmp_path / "dense_model.py").write_text(DENSE_MODEL)
-    monkeypatch.syspath_prepend(str(tmp_path))
+    _user_module(tmp_path, monkeypatch, "dense_model", DENSE_MODEL)
     assert main(["check", "--flax", "dense_model:MLP", "--input-shape", "2,4", *options]) == code
     captured = capsys.readouterr()
     if says is None:
@@ -468,15 +472,6 @@ def test_input_dtypes_and_ranges_are_converted_or_refused_with_exit_2(
     else:
         assert says in captured.err
         assert len(captured.err.strip().splitlines()) == 1
-
-
-def test_a_huge_input_shape_is_refused_before_anything_is_drawn(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    (tmp_path / "dense_model.py").write_text(DENSE_MODEL)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    assert main(["check", "--flax", "dense_model:MLP", "--input-shape", "10000000,10000000"]) == 2
-    assert "the --input-shape 10000000,10000000 input needs about" in capsys.readouterr().err
 
 
 KEYWORD_MODEL = """
@@ -492,8 +487,42 @@ class Keywords(nn.Module):
 def test_keyword_inputs_that_are_no_python_names_are_checked(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "keyword_model.py").write_text(KEYWORD_MODEL)
-    monkeypatch.syspath_prepend(str(tmp_path))
+    _user_module(tmp_path, monkeypatch, "keyword_model", KEYWORD_MODEL)
     shapes = ["--input-shape", "my-input=2,4", "--input-shape", "other input=2,5"]
     assert main(["check", "--flax", "keyword_model:Keywords", *shapes]) == 0, capsys.readouterr().err
     assert "equivalence check: EQUIVALENT" in capsys.readouterr().out
+
+
+WIDE_MODEL = """
+import flax.linen as nn
+import jax.numpy as jnp
+
+class Wide(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = jnp.broadcast_to(x[:, :, None], (x.shape[0], x.shape[1], 2_000_000)) * 2.0  # 32e9 values
+        return nn.Dense(2)(h.sum(-1))
+"""
+
+
+@pytest.mark.parametrize(
+    ("name", "source", "spec", "shape", "says"),
+    [
+        ("dense_model", DENSE_MODEL, "MLP", "10000000,10000000", "the --input-shape 10000000,10000000 input needs"),
+        ("wide_model", WIDE_MODEL, "Wide", "400,40", "Wide's intermediate values on these inputs"),  # 10 weights
+    ],
+    ids=["huge-input", "huge-activations"],
+)
+def test_work_beyond_memory_is_refused_before_anything_is_drawn_or_run(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    source: str,
+    spec: str,
+    shape: str,
+    says: str,
+) -> None:
+    _user_module(tmp_path, monkeypatch, name, source)
+    assert main(["check", "--flax", f"{name}:{spec}", "--input-shape", shape]) == 2
+    assert says in capsys.readouterr().err

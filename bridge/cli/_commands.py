@@ -262,9 +262,18 @@ def _inputs_and_variables(args: argparse.Namespace, model: Any, seed: int) -> tu
         _require_checkable(model, {"params": nnx.to_pure_dict(nnx.state(model, nnx.Param))}, 8)
         return inputs, None
     what = f"cannot init {type(model).__name__} on the --input-shape inputs"
-    with contained(what, "model.init", " (check --input-shape)"):
-        shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(seed), *call[0], **call[1]))
+    with contained(what, "model.init", " (check --input-shape)"):  # abstract: nothing allocated yet
+        traced, shapes = jax.make_jaxpr(
+            lambda: model.init(jax.random.PRNGKey(seed), *call[0], **call[1]), return_shape=True
+        )()
     _require_checkable(model, shapes, 8)
+    intermediate = _intermediate_bytes(traced.jaxpr)
+    require_memory(
+        _ACTIVATION_COPIES * intermediate,
+        f"{type(model).__name__}'s intermediate values on these inputs ({intermediate / 2**30:.1f} GiB in float64, "
+        f"{_ACTIVATION_COPIES} copies: both frameworks, the reference and the reruns)",
+        "use a smaller --input-shape",
+    )
     with contained(what, "model.init", " (check --input-shape)"):
         variables = model.init(jax.random.PRNGKey(seed), *call[0], **call[1])
     if args.params is not None:
@@ -272,6 +281,23 @@ def _inputs_and_variables(args: argparse.Namespace, model: Any, seed: int) -> tu
 
         variables = read_flax_variables(args.params, variables)
     return inputs, variables
+
+
+# copies of every intermediate value a tree check may hold at once (Flax's, torch's, the float64 reference's,
+# an isolated rerun's), counted at 8 bytes each
+_ACTIVATION_COPIES = 4
+
+
+def _intermediate_bytes(jaxpr: Any) -> int:
+    """The bytes of every value a traced run computes (its equations' outputs, 8 bytes per element): an upper
+    bound on the activations the check records, known before anything runs."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        for var in eqn.outvars:
+            shape = getattr(var.aval, "shape", None)
+            if shape is not None:
+                total += int(np.prod(shape, dtype=object)) * 8
+    return total
 
 
 def _drawn_inputs(args: argparse.Namespace, seed: int) -> Any:
