@@ -526,3 +526,22 @@ def test_work_beyond_memory_is_refused_before_anything_is_drawn_or_run(
     _user_module(tmp_path, monkeypatch, name, source)
     assert main(["check", "--flax", f"{name}:{spec}", "--input-shape", shape]) == 2
     assert says in capsys.readouterr().err
+
+
+def test_every_safetensors_written_says_it_holds_torch_tensors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flax import serialization
+    from safetensors import safe_open
+
+    import flax_impl
+
+    variables = flax_impl.SeqMLP(4, 2).init(jax.random.PRNGKey(0), np.ones(3, np.float32))  # the seed model's
+    (tmp_path / "w.msgpack").write_bytes(serialization.to_bytes(variables))
+    monkeypatch.chdir(tmp_path)
+    assert main(["convert", "w.msgpack", "w.safetensors"]) == 0
+    assert main(["golden", "g.safetensors"]) == 0
+    assert _export(monkeypatch, "out") == 0
+    for path in ("w.safetensors", "g.safetensors", "out/weights.safetensors"):
+        with safe_open(str(tmp_path / path), framework="pt") as written:
+            assert (written.metadata() or {}).get("format") == "pt", path  # Hugging Face's loaders expect it

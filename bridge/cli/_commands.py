@@ -668,6 +668,7 @@ def run_golden(args: argparse.Namespace) -> int:
     tensors["outputs/flax"] = to_tensor(np.asarray(models.model.apply(models.variables, inputs)))
     tensors["outputs/torch"] = torch_output.contiguous()
     metadata = {
+        "format": "pt",
         "jax": jax.__version__,
         "flax": flax.__version__,
         "torch": torch.__version__,

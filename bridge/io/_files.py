@@ -156,7 +156,7 @@ def _write(tree: Any, fmt: Format, temporary: Path) -> None:
     elif fmt == "safetensors":
         from safetensors.torch import save_file
 
-        save_file(tree, str(temporary))
+        save_file(tree, str(temporary), metadata={"format": "pt"})  # what Hugging Face's loaders expect
     else:
         torch.save(tree, temporary)
 
