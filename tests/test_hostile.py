@@ -219,7 +219,7 @@ def _exported_outputs(module: torch.nn.Module, class_name: str, folder: Path, x:
     "names",
     [
         ("a-b", "a b", "a_b"),  # clean to one Python name: each must keep its own weight
-        ("__hidden", "ﬁ", "fi", "class", "forward", "graph", "training", "type", "_constant_0"),
+        ("__hidden", "ﬁ", "fi", "class", "forward", "graph", "training", "type", "meta", "_constant_0"),
     ],
     ids=["same-after-cleaning", "reserved-and-unicode"],
 )

@@ -200,7 +200,10 @@ def _repaired(pair: Pair, detail: Detail, rerun: Rerun) -> str | None:
 
     for name, tensor in port_tensors(module).items():
         if tensor.ndim == 2 and tensor.shape[0] == tensor.shape[1]:
-            candidate = copy.deepcopy(module)
+            try:
+                candidate = copy.deepcopy(module)
+            except Exception:  # a module that cannot be copied: no repair to try
+                break
             with torch.no_grad():
                 held = port_tensors(candidate)[name]
                 held.copy_(held.T.clone())

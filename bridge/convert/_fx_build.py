@@ -325,7 +325,7 @@ class TorchNames:
 
 
 # what a (graph) module already has: a layer of that name would hide it, or be hidden
-_MODULE_ATTRIBUTES = frozenset(dir(fx.GraphModule)) | frozenset(vars(torch.nn.Module()))
+_MODULE_ATTRIBUTES = frozenset(dir(fx.GraphModule)) | frozenset(vars(fx.GraphModule(torch.nn.Module(), fx.Graph())))
 
 
 def _attribute(name: str) -> str:
