@@ -545,3 +545,31 @@ def test_every_safetensors_written_says_it_holds_torch_tensors(
     for path in ("w.safetensors", "g.safetensors", "out/weights.safetensors"):
         with safe_open(str(tmp_path / path), framework="pt") as written:
             assert (written.metadata() or {}).get("format") == "pt", path  # Hugging Face's loaders expect it
+
+
+class _CodeFloat(float):
+    """A float written as code wherever it is formatted."""
+
+    def __format__(self, spec: str) -> str:
+        return "__import__('pathlib').Path('pwned').write_text('x')"
+
+    __repr__ = __str__ = lambda self: self.__format__("")  # type: ignore[assignment]
+
+
+class _Normed(nn.Module):
+    epsilon: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.LayerNorm(epsilon=self.epsilon)(nn.Dense(4)(x))
+
+
+def test_a_layer_option_whose_text_is_code_is_never_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    model = _Normed(_CodeFloat(1e-6))
+    x = np.ones((2, 3), np.float32)
+    module = bridge.to_torch(model, model.init(jax.random.PRNGKey(0), x), x)
+    with pytest.raises(bridge.UnsupportedModelError, match=r"LayerNorm_0: its options .* are not plain literals"):
+        write_export(module, "Normed", tmp_path)
+    assert not (tmp_path / "pwned").exists()
+    assert not (tmp_path / "model.py").exists() or "pwned" not in (tmp_path / "model.py").read_text()

@@ -10,6 +10,7 @@ their SHA-256: ``--force`` replaces only a folder that is an export, unchanged s
 
 from __future__ import annotations
 
+import ast
 import builtins
 import hashlib
 import inspect
@@ -182,12 +183,40 @@ def _constructor(child: torch.nn.Module, name: str) -> tuple[str, bool]:
     """``(source that constructs a module like child, whether it is one of the bridge's own layers)``."""
     kind = type(child)
     if kind.__module__.startswith("torch.nn"):
-        return f"torch.nn.{kind.__name__}({child.extra_repr()})", False
+        return _literal_call(f"torch.nn.{kind.__name__}", child.extra_repr(), name), False
     if kind.__module__ == torch_layers.__name__:
-        return f"{kind.__name__}({child.extra_repr()})", True
+        return _literal_call(kind.__name__, child.extra_repr(), name), True
     raise UnsupportedModelError(
         f"{name} is a {kind.__module__}.{kind.__name__}: export writes torch layers and the bridge's own only"
     )
+
+
+def _literal_call(function: str, arguments: str, name: str) -> str:
+    """``function(arguments)``, once every argument is known to be a literal (numbers, strings, booleans, None
+    and tuples of them) under a plain keyword: a layer's options come from the user's model, and generated code
+    runs on every import, so anything else (a value whose repr is code) is refused, never written."""
+    source = f"{function}({arguments})"
+    try:
+        call = ast.parse(source, mode="eval").body
+    except SyntaxError:
+        call = None
+    if (
+        not isinstance(call, ast.Call)
+        or not all(_is_literal(node) for node in (*call.args, *(k.value for k in call.keywords)))
+        or any(k.arg is None for k in call.keywords)
+    ):
+        raise UnsupportedModelError(f"{name}: its options {arguments[:80]!r} are not plain literals; not exported")
+    return source
+
+
+def _is_literal(node: ast.AST) -> bool:
+    if isinstance(node, ast.Constant):
+        return isinstance(node.value, int | float | str | bool) or node.value is None
+    if isinstance(node, ast.Tuple | ast.List):
+        return all(_is_literal(e) for e in node.elts)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return _is_literal(node.operand)
+    return False
 
 
 def _reference(name: str) -> str:

@@ -42,8 +42,8 @@ def _tuple(value: Any, n: int, name: str) -> tuple[int, ...]:
 def flax_padding(padding: Any, n: int) -> Padding:
     """Flax's padding argument as 'SAME', 'VALID' or one ``(low, high)`` pair per spatial axis."""
     if isinstance(padding, str):
-        if padding.upper() in ("SAME", "VALID"):
-            return padding.upper()
+        if str.upper(padding) in ("SAME", "VALID"):  # an exact str: it is written into exported code
+            return "SAME" if str.upper(padding) == "SAME" else "VALID"
         raise LayerMismatchError(
             f"padding={padding!r} has no torch equivalent here; use 'SAME', 'VALID' or explicit pairs"
         )
