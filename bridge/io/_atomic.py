@@ -190,7 +190,7 @@ def _commit(target: Path, staging: Path, new: Path, directory: bool) -> None:
 def _follow_umask(folder: Path) -> None:
     """Give every regular file written in a new output folder what the umask leaves of 0666 (a writer that
     goes through a private temporary, as safetensors does, leaves 0600 where ``open`` would give 0644)."""
-    mode = 0o666 & ~_umask()
+    mode = _new_file_mode()
     for root, _, files in os.walk(folder):
         for name in files:
             path = os.path.join(root, name)
@@ -206,6 +206,11 @@ def _file_mode(target: Path) -> int:
             return stat.S_IMODE(info.st_mode)
     except OSError:
         pass
+    return _new_file_mode()
+
+
+def _new_file_mode() -> int:
+    """What the umask leaves of 0666: the mode ``open`` gives a new file."""
     return 0o666 & ~_umask()
 
 
