@@ -3,11 +3,13 @@ no user data is replaced, no wrong artefact is written with exit 0."""
 
 from __future__ import annotations
 
+import copy
 import enum
 import json
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +245,64 @@ def test_class_names_that_would_hide_a_name_the_file_uses_still_export(tmp_path:
     np.testing.assert_allclose(
         _exported_outputs(module, class_name, tmp_path, x), np.asarray(model.apply(variables, x)), rtol=1e-5, atol=1e-5
     )
+
+
+class _RawParameters(nn.Module):
+    """Parameters used between layers under names a module, its forward or its file already use."""
+
+    names: tuple[str, ...] = ("value_", "bias", "weight", "forward", "training", "float", "self", "x", "torch")
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        out = nn.Dense(4, name="value")(x)
+        for i, name in enumerate(self.names):
+            out = out * self.param(name, nn.initializers.normal(1.0), (4,)) + i
+        return out
+
+
+def test_parameters_named_as_the_code_names_things_convert_check_and_export(tmp_path: Path) -> None:
+    model = _RawParameters()
+    x = np.random.default_rng(3).standard_normal((2, 4)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(3), x)
+    module = bridge.to_torch(model, variables, x, check=True)
+    assert len(module.state_dict()) == len(model.names) + 2
+    expected = np.asarray(model.apply(variables, x))
+    np.testing.assert_allclose(_exported_outputs(module, "Raw", tmp_path, x), expected, rtol=1e-5, atol=1e-5)
+
+
+class _TakeOrFill(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array, ids: jax.Array) -> jax.Array:
+        return jnp.take(nn.Dense(3)(x), ids, axis=1, mode="fill", fill_value=np.float32(2.5))
+
+
+def test_a_numpy_scalar_in_a_primitive_is_written_as_a_python_number(tmp_path: Path) -> None:
+    model = _TakeOrFill()
+    x, ids = np.ones((2, 4), np.float32), np.array([0, 2, 7], np.int32)  # 7 is out of range: filled
+    variables = model.init(jax.random.PRNGKey(0), x, ids)
+    module = bridge.to_torch(model, variables, (x, ids))
+    assert "np." not in module.code
+    got = module(torch.from_numpy(x), torch.from_numpy(ids)).detach().numpy()
+    np.testing.assert_allclose(got, np.asarray(model.apply(variables, x, ids)), rtol=1e-6)
+    assert (got[:, 2] == 2.5).all()
+
+
+class _AddsARange(nn.Module):
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jnp.tanh(x) + jnp.arange(4.0)
+
+
+def test_an_error_in_a_converted_forward_is_an_ordinary_traceback_with_nothing_printed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    x = np.ones((2, 4), np.float32)
+    module = bridge.to_torch(_AddsARange(), {}, x)
+    for each in (module, copy.deepcopy(module)):  # a copy is built again by fx: it must stay quiet too
+        with pytest.raises(RuntimeError, match="size of tensor") as raised:
+            each(torch.ones(2, 5))
+        assert any("eval_with_key" in frame.filename for frame in traceback.extract_tb(raised.tb))
+    assert capsys.readouterr().err == ""
 
 
 class _NoParameters(nn.Module):

@@ -46,6 +46,22 @@ def build_graph_module(trace: Trace, class_name: str, twin: Trace | None = None)
     return _Builder(trace, batch_axes(trace.jaxpr, twin.jaxpr) if twin is not None else {}).build(class_name)
 
 
+class ConvertedModule(fx.GraphModule):
+    """A GraphModule called as any ``torch.nn.Module`` is: an error in its forward propagates with its
+    ordinary traceback (the generated lines are in ``linecache``), where ``fx.GraphModule`` prints its own
+    block to stderr and strips the traceback, before the CLI's one line."""
+
+    def recompile(self) -> Any:
+        code = super().recompile()
+        type(self).__call__ = _module_call  # type: ignore[method-assign]
+        return code
+
+
+def _module_call(self: torch.nn.Module, *args: Any, **kwargs: Any) -> Any:
+    # looked up at each call, so a tracer that patches ``Module.__call__`` still sees this module
+    return torch.nn.Module.__call__(self, *args, **kwargs)
+
+
 def batch_axes(first: Any, second: Any) -> dict[int, tuple[int, ...]]:
     """For each variable of jaxpr ``first`` (by id), the axes whose size differs in ``second``, the same
     program traced at another batch size; empty when the two programs differ in structure."""
@@ -107,7 +123,7 @@ class _Builder:
         resolved = [self._node(value) for value in outputs]
         self.graph.output(_structure(self.trace.output_tree, resolved))
         self.graph.lint()
-        module = fx.GraphModule(self.root, self.graph, class_name=class_name)
+        module = ConvertedModule(self.root, self.graph, class_name=class_name)
         # an input whose name is no Python name (``my-input``) is a parameter of another name (``my_input``)
         given = zip(self.trace.input_names, placeholders, strict=True)
         module.meta[INPUT_NAMES] = {name: str(placeholder.target) for name, placeholder in given}
@@ -279,7 +295,7 @@ def _install(root: torch.nn.Module, target: str, value: Any, *, buffer: bool = F
 def _identifier(name: str) -> str:
     """A Python name for an input (a placeholder of the graph)."""
     cleaned = _attribute(name)
-    return f"_{cleaned}" if cleaned[0].isdigit() or keyword.iskeyword(cleaned) else cleaned
+    return f"_{cleaned}" if cleaned[0].isdigit() or keyword.iskeyword(cleaned) or cleaned == "self" else cleaned
 
 
 class TorchNames:
@@ -304,7 +320,7 @@ class TorchNames:
         base = _attribute(key[-1])
         if base.startswith("__"):
             base = "_" + base.lstrip("_")
-        if keyword.iskeyword(base) or base in _MODULE_ATTRIBUTES:
+        if keyword.iskeyword(base) or base in _MODULE_ATTRIBUTES or base == "self":  # fx names a node as its target
             base += "_"
         name, suffix = base, 0
         while name in taken:

@@ -26,6 +26,24 @@ Translation = Callable[["Emitter", Any, list[Arg]], "Arg | list[Arg]"]
 TABLE: dict[str, Translation] = {}
 
 
+_LITERALS = (fx.Node, bool, int, float, str, type(None), slice, type(Ellipsis), torch.dtype, torch.device)
+
+
+def _literal(value: Any) -> Any:
+    """``value`` with every leaf a node or a value fx writes as a Python literal: a numpy scalar (a
+    primitive's ``fill_value``) becomes its Python number, since fx would write its ``repr`` into the code
+    (``np.float32(2.5)``, a NameError in generated code); anything else is a bug of this table."""
+    if isinstance(value, tuple | list):
+        return type(value)(_literal(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _literal(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    if not isinstance(value, _LITERALS):
+        raise TypeError(f"no literal of type {type(value).__name__} may reach generated code")
+    return value
+
+
 class Emitter:
     """Adds calls to a torch.fx graph: ``call`` for torch functions, ``method`` for tensor methods."""
 
@@ -64,11 +82,11 @@ class Emitter:
 
     def call(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> fx.Node:
         """A node calling a torch function."""
-        return self.graph.call_function(function, args, kwargs)
+        return self.graph.call_function(function, _literal(args), _literal(kwargs))
 
     def method(self, name: str, *args: Any, **kwargs: Any) -> fx.Node:
         """A node calling a tensor method on ``args[0]``."""
-        return self.graph.call_method(name, args, kwargs)
+        return self.graph.call_method(name, _literal(args), _literal(kwargs))
 
     def tensor(self, value: Arg, aval: Any, like: Arg = None) -> Arg:
         """``value`` as a tensor node: a scalar literal becomes a 0-d tensor made by ``new_full`` from
