@@ -633,3 +633,56 @@ def test_a_layer_option_whose_text_is_code_is_never_written(tmp_path: Path, monk
         write_export(module, "Normed", tmp_path)
     assert not (tmp_path / "pwned").exists()
     assert not (tmp_path / "model.py").exists() or "pwned" not in (tmp_path / "model.py").read_text()
+
+
+LOOPS = """
+import flax.linen as nn
+
+class Loops(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        while True:
+            pass
+
+def at_import():
+    raise AssertionError("never reached")
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["check", "--flax", "loops_at_import:at_import", "--input-shape", "2,3"],
+        ["check", "--flax", "loops:Loops", "--input-shape", "2,3"],
+        ["export", "OUT", "--flax", "loops:Loops", "--input-shape", "2,3"],
+    ],
+    ids=["check-import", "check-init", "export"],
+)
+def test_timeout_stops_user_code_that_never_returns_and_writes_nothing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+) -> None:
+    _user_module(tmp_path, monkeypatch, "loops", LOOPS)
+    _user_module(tmp_path, monkeypatch, "loops_at_import", "while True:\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    before = _snapshot(tmp_path)
+    assert main([*args, "--timeout", "1.5"]) == 124
+    err = capsys.readouterr().err
+    assert err.startswith(f"flax2torch {args[0]}: out of time after --timeout 1.5 s; no verdict"), err
+    assert err.count("\n") == 1
+    assert {k for k in _snapshot(tmp_path) if "__pycache__" not in k} == {k for k in before if "__pycache__" not in k}
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
+def test_a_timeout_that_is_no_positive_number_is_a_usage_error(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["check", "--timeout", value])
+    assert exited.value.code == 2
+    assert "--timeout" in capsys.readouterr().err
+
+
+def test_a_command_within_its_timeout_is_unchanged(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "--seed", "0", "--n-inputs", "4", "--timeout", "600"]) == 0
+    assert "EQUIVALENT" in capsys.readouterr().out

@@ -2,7 +2,7 @@
 
 Exit codes: 0 the models match, 1 they do not, 2 a usage error or a bad input (one line, no traceback;
 user code that exits or is interrupted while imported or built too), 3 an internal error (one line;
-FLAX2TORCH_TRACEBACK=1 shows the traceback), 130 interrupted.
+FLAX2TORCH_TRACEBACK=1 shows the traceback), 124 out of time (``--timeout``), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
-EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_USAGE, EXIT_INTERNAL, EXIT_TIMEOUT, EXIT_INTERRUPTED = 2, 3, 124, 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -131,6 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     golden.add_argument("--out", type=int, default=2)
     golden.add_argument("--n-inputs", type=_positive, default=8)
     golden.add_argument("--force", action="store_true", help="replace the file if it exists and is a .safetensors file")
+    for command in (check, convert, export, golden):
+        command.add_argument(
+            "--timeout",
+            type=_seconds,
+            metavar="SECONDS",
+            help="give up after SECONDS (exit 124, nothing written); stops Python code, the user's included, "
+            "at its next line, and a compiled computation when it returns",
+        )
     return parser
 
 
@@ -149,6 +158,43 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1e8:  # beyond that setitimer overflows; nobody waits three years
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text}")
+    return value
+
+
+class CommandTimeout(BaseException):
+    """``--timeout`` ran out (a BaseException, as KeyboardInterrupt: user code's ``except Exception`` lets it pass)."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise ``CommandTimeout`` in the main thread once ``seconds`` have passed (SIGALRM; POSIX only)."""
+    if seconds is None:
+        yield
+        return
+    from .._errors import InvalidArgumentError
+
+    if not hasattr(signal, "setitimer"):
+        raise InvalidArgumentError("--timeout needs SIGALRM, which this platform lacks; leave it out")
+
+    def expire(signum: int, frame: object) -> None:
+        raise CommandTimeout
+
+    try:
+        previous = signal.signal(signal.SIGALRM, expire)
+    except ValueError:  # main() called from a thread other than the main one
+        raise InvalidArgumentError("--timeout works only in the main thread; leave it out") from None
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``flax2torch`` with ``argv`` (default ``sys.argv[1:]``) and return its exit code."""
     args = build_parser().parse_args(argv)
@@ -158,26 +204,33 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     prefix = f"flax2torch {args.command}"
     caught: list[warnings.WarningMessage] = []
+    timeout = getattr(args, "timeout", None)
     try:
-        # python -m puts the current folder first: the libraries must not come from there
-        checkpoints = {"convert": ("source", "destination"), "check": ("params",), "export": ("params",)}.get(
-            args.command, ()
-        )
-        plot = ("matplotlib.pyplot",) if getattr(args, "plot", None) else ()
-        if plot:
-            os.environ["MPLBACKEND"] = "Agg"  # a PNG file, never a window
-        libraries_first([getattr(args, name) for name in checkpoints], plot)
-        from ..io._files import NonFiniteWarning
-        from ._commands import COMMANDS, use_compile_cache
+        with _time_limit(timeout):
+            # python -m puts the current folder first: the libraries must not come from there
+            checkpoints = {"convert": ("source", "destination"), "check": ("params",), "export": ("params",)}.get(
+                args.command, ()
+            )
+            plot = ("matplotlib.pyplot",) if getattr(args, "plot", None) else ()
+            if plot:
+                os.environ["MPLBACKEND"] = "Agg"  # a PNG file, never a window
+            libraries_first([getattr(args, name) for name in checkpoints], plot)
+            from ..io._files import NonFiniteWarning
+            from ._commands import COMMANDS, use_compile_cache
 
-        use_compile_cache()
-        args.json_out = sys.stdout  # --json: the document alone on stdout, any other output on stderr
-        json_only = getattr(args, "json", False)
-        quiet_stdout = contextlib.redirect_stdout(sys.stderr) if json_only else contextlib.nullcontext()
-        with warnings.catch_warnings(record=True) as caught, no_hard_exit(), quiet_stdout:
-            warnings.simplefilter("always", NonFiniteWarning)
-            warnings.simplefilter("always", LeftoverWarning)
-            code = COMMANDS[args.command](args)
+            use_compile_cache()
+            args.json_out = sys.stdout  # --json: the document alone on stdout, any other output on stderr
+            json_only = getattr(args, "json", False)
+            quiet_stdout = contextlib.redirect_stdout(sys.stderr) if json_only else contextlib.nullcontext()
+            with warnings.catch_warnings(record=True) as caught, no_hard_exit(), quiet_stdout:
+                warnings.simplefilter("always", NonFiniteWarning)
+                warnings.simplefilter("always", LeftoverWarning)
+                code = COMMANDS[args.command](args)
+    except CommandTimeout:
+        print(
+            f"{prefix}: out of time after --timeout {timeout:g} s; no verdict (nothing was replaced)", file=sys.stderr
+        )
+        return EXIT_TIMEOUT
     except BridgeError as e:
         _print_warnings(prefix, [w for w in caught if issubclass(w.category, LeftoverWarning)])
         print(f"{prefix}: error: {e}", file=sys.stderr)
