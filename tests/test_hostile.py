@@ -90,7 +90,7 @@ def test_export_force_replaces_an_unchanged_export_only(
     before = _snapshot(out)
     capsys.readouterr()
     assert _export(monkeypatch, str(out), "--force") == 2
-    assert "model.py changed since it was exported" in capsys.readouterr().err
+    assert "model.py changed since it was written" in capsys.readouterr().err
     assert _snapshot(out) == before
 
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import ast
 import builtins
-import hashlib
 import inspect
-import json
 import keyword
 import unicodedata
 from pathlib import Path
@@ -27,6 +25,7 @@ from torch import fx
 
 from .. import torch_layers
 from .._errors import UnsupportedModelError
+from .._manifest import unchanged_output, write_manifest
 
 SOURCE = "model.py"
 WEIGHTS = "weights.safetensors"
@@ -116,38 +115,14 @@ def write_export(module: fx.GraphModule, class_name: str, folder: Path) -> tuple
     weights = folder / WEIGHTS
     state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}
     save_file(state, str(weights), metadata={"format": "pt"})
-    written = {name: _sha256(folder / name) for name in (SOURCE, WEIGHTS)}
-    (folder / MANIFEST).write_text(json.dumps({"format": MANIFEST_FORMAT, "files": written}, indent=1) + "\n")
+    write_manifest(folder, MANIFEST, MANIFEST_FORMAT)
     return source, weights
 
 
 def unchanged_export(folder: Path) -> str | None:
     """None when ``folder`` is an export as ``write_export`` left it (its files and nothing else, each with the
     hash its manifest records); else why not, so that ``--force`` never replaces anything else."""
-    if folder.is_symlink() or not folder.is_dir():
-        return "not a folder"
-    names = {p.name for p in folder.iterdir()}
-    if names != {SOURCE, WEIGHTS, MANIFEST}:
-        return f"it holds {sorted(names)}, not an export's {sorted((SOURCE, WEIGHTS, MANIFEST))}"
-    if any((folder / name).is_symlink() or not (folder / name).is_file() for name in names):
-        return "one of its entries is not a regular file"
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        recorded = manifest["files"] if manifest.get("format") == MANIFEST_FORMAT else None
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
-        recorded = None
-    if not isinstance(recorded, dict):
-        return f"its {MANIFEST} is not one flax2torch export wrote"
-    changed = [name for name in (SOURCE, WEIGHTS) if recorded.get(name) != _sha256(folder / name)]
-    return f"{', '.join(changed)} changed since it was exported" if changed else None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return unchanged_output(folder, MANIFEST, MANIFEST_FORMAT)
 
 
 def load_export(source: Path, weights: Path, class_name: str) -> torch.nn.Module:
