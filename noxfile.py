@@ -1,4 +1,4 @@
-"""Sessions: tests, lint, typecheck (default), check (the main job), bench (opt-in).
+"""Sessions: tests, hf, lint, typecheck (default), check (the main job), bench (opt-in).
 
 Every environment installs ``torch==2.13.0`` before the project: on the development machine that
 pin takes the local CPU wheel, while the open range in pyproject.toml, resolved alone, would pull
@@ -12,7 +12,7 @@ import os
 import nox
 
 nox.needs_version = ">=2024.4.15"
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "hf", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = False
 
@@ -30,7 +30,16 @@ def install_project(session: nox.Session, extras: str = "") -> None:
 def tests(session: nox.Session) -> None:
     """Run the test suite (pytest arguments pass through: ``nox -s tests -- -k chain``)."""
     install_project(session, "test")
-    session.run("pytest", "-n", "auto", "--ignore=tests/zoo", *session.posargs)
+    session.run("pytest", "-n", "auto", "--ignore=tests/zoo", "--ignore=tests/hf", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def hf(session: nox.Session) -> None:
+    """``convert-hf`` on tiny checkpoints that transformers 4.57 itself saves (sharded), in a session of its own:
+    transformers<5 is installed here only, never a dependency of the package."""
+    install_project(session, "test")
+    session.install("transformers>=4.57,<5")
+    session.run("pytest", "-n", "auto", "tests/hf", *session.posargs)
 
 
 @nox.session(python=PYTHON, default=False)

@@ -48,7 +48,8 @@ ALLOWED = {
     "convert": {"floor", "rules", "capture", "match"},
     "check": {"floor", "rules", "capture", "match", "convert"},
     "io": {"floor", "rules", "convert"},
-    "cli": {"floor", "rules", "capture", "match", "convert", "check", "io"},
+    "hf": {"floor", "rules", "convert", "check", "io"},
+    "cli": {"floor", "rules", "capture", "match", "convert", "check", "io", "hf"},
     "floor": {"floor"},
 }
 EXCEPTIONS = {("convert/_native.py", "check")}

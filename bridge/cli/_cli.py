@@ -132,7 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     golden.add_argument("--out", type=int, default=2)
     golden.add_argument("--n-inputs", type=_positive, default=8)
     golden.add_argument("--force", action="store_true", help="replace the file if it exists and is a .safetensors file")
-    for command in (check, convert, export, golden):
+    from ._convert_hf import add_parser as add_convert_hf
+
+    convert_hf = add_convert_hf(commands)
+    for command in (check, convert, export, golden, convert_hf):
         command.add_argument(
             "--timeout",
             type=_seconds,

@@ -13,6 +13,7 @@ import numpy as np
 
 from .._errors import InvalidArgumentError, LayerMismatchError
 from .._flax_model import is_nnx
+from ._convert_hf import run_convert_hf
 
 EXIT_MATCH, EXIT_MISMATCH = 0, 1
 
@@ -685,4 +686,10 @@ def run_golden(args: argparse.Namespace) -> int:
     return EXIT_MATCH
 
 
-COMMANDS = {"check": run_check, "convert": run_convert, "export": run_export, "golden": run_golden}
+COMMANDS = {
+    "check": run_check,
+    "convert": run_convert,
+    "export": run_export,
+    "golden": run_golden,
+    "convert-hf": run_convert_hf,
+}

@@ -1,0 +1,106 @@
+"""Example inputs for checking a Hugging Face pair: the Flax module's arguments, built by name from the config.
+
+Ids are drawn from the vocabulary, the second row's mask pads its last two tokens (so the check covers the
+mask), positions count up, images are NHWC for Flax and NCHW for torch; Flax-only switches (``deterministic``)
+are Flax's alone, and torch gets only the arguments its ``forward`` takes. An argument the module requires and
+this table does not know is refused by name: the check needs inputs it can trust.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._errors import UnsupportedModelError
+
+BATCH, TOKENS = 2, 8
+_OPTIONAL = {"head_mask", "encoder_hidden_states", "encoder_attention_mask", "encoder_outputs", "past_key_values"}
+_FLAX_ONLY = {"deterministic": True, "train": False, "init_cache": False}
+
+
+def example_inputs(
+    flax_module: Any, torch_model: torch.nn.Module, config: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(flax keyword inputs, torch keyword inputs)`` holding the same data.
+
+    Raises:
+        UnsupportedModelError: the Flax module requires an argument no builder here knows.
+    """
+    rng = np.random.default_rng(0)
+    flax_inputs: dict[str, Any] = {}
+    takes = inspect.signature(torch_model.forward).parameters
+    torch_inputs: dict[str, Any] = {}
+    for name, parameter in list(inspect.signature(flax_module.__call__).parameters.items()):
+        if name in _FLAX_ONLY:
+            flax_inputs[name] = _FLAX_ONLY[name]
+            continue
+        build = _BUILDERS.get(name)
+        if build is None:
+            if parameter.default is inspect.Parameter.empty and name not in _OPTIONAL:
+                raise UnsupportedModelError(
+                    f"{type(flax_module).__name__} needs an input {name!r} that the check cannot make up; "
+                    "convert with --no-check and compare the models on inputs of your own"
+                )
+            if parameter.default is inspect.Parameter.empty:
+                flax_inputs[name] = None
+            continue
+        flax_value, torch_value = build(rng, config)
+        flax_inputs[name] = flax_value
+        if name in takes:
+            torch_inputs[name] = torch_value
+    return flax_inputs, torch_inputs
+
+
+def _vocabulary(config: Any) -> int:
+    size = getattr(config, "vocab_size", None) or getattr(getattr(config, "text_config", None), "vocab_size", None)
+    return int(size or 2)
+
+
+def _ids(rng: np.random.Generator, config: Any) -> tuple[np.ndarray, torch.Tensor]:
+    ids = rng.integers(0, _vocabulary(config), size=(BATCH, TOKENS)).astype(np.int32)
+    return ids, torch.from_numpy(ids.astype(np.int64))
+
+
+def _mask(rng: np.random.Generator, config: Any) -> tuple[np.ndarray, torch.Tensor]:
+    mask = np.ones((BATCH, TOKENS), np.int32)
+    mask[1, -2:] = 0
+    return mask, torch.from_numpy(mask.astype(np.int64))
+
+
+def _zeros(rng: np.random.Generator, config: Any) -> tuple[np.ndarray, torch.Tensor]:
+    zeros = np.zeros((BATCH, TOKENS), np.int32)
+    return zeros, torch.from_numpy(zeros.astype(np.int64))
+
+
+def _positions(rng: np.random.Generator, config: Any) -> tuple[np.ndarray, torch.Tensor]:
+    positions = np.broadcast_to(np.arange(TOKENS, dtype=np.int32), (BATCH, TOKENS)).copy()
+    return positions, torch.from_numpy(positions.astype(np.int64))
+
+
+def _pixels(rng: np.random.Generator, config: Any) -> tuple[np.ndarray, torch.Tensor]:
+    vision = getattr(config, "vision_config", config)
+    size, channels = int(getattr(vision, "image_size", 32)), int(getattr(vision, "num_channels", 3))
+    images = rng.standard_normal((BATCH, size, size, channels)).astype(np.float32)
+    return images, torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+
+
+def _audio(rng: np.random.Generator, config: Any) -> tuple[np.ndarray, torch.Tensor]:
+    values = rng.standard_normal((BATCH, 1600)).astype(np.float32)
+    return values, torch.from_numpy(values.copy())
+
+
+_BUILDERS: dict[str, Callable[[np.random.Generator, Any], tuple[np.ndarray, torch.Tensor]]] = {
+    "input_ids": _ids,
+    "decoder_input_ids": _ids,
+    "attention_mask": _mask,
+    "decoder_attention_mask": _mask,
+    "token_type_ids": _zeros,
+    "position_ids": _positions,
+    "decoder_position_ids": _positions,
+    "pixel_values": _pixels,
+    "input_values": _audio,
+}
