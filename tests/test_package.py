@@ -73,3 +73,12 @@ def test_each_stage_imports_only_the_stages_before_it() -> None:
             if imported != stage and imported not in ALLOWED[stage]:
                 found.append(("/".join(parts), imported))
     assert set(found) == EXCEPTIONS, sorted(set(found) - EXCEPTIONS)
+
+
+def test_every_package_folder_is_listed_for_installation() -> None:
+    import tomllib
+
+    root = Path(bridge.__file__).parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "bridge").rglob("__init__.py")}
+    assert found - listed == set()
