@@ -53,8 +53,11 @@ def first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-class NotEquivalentError(BridgeError):
-    """A conversion was checked and does not compute the Flax model's function: ``report`` says where."""
+class NotEquivalentError(BridgeError, AssertionError):
+    """A port or conversion was checked and does not compute the Flax model's function: ``report`` says where.
+
+    The one "not equivalent" of the API (``assert_equivalent``, ``to_torch(check=True)``, exports); an
+    ``AssertionError`` too, so a test that checks a port fails as a failed assertion, not an error."""
 
     def __init__(self, message: str, report: object = None) -> None:
         super().__init__(message)

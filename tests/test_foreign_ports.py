@@ -619,3 +619,36 @@ def test_a_batchnorm_given_its_mode_per_call_gets_the_epsilon_hint() -> None:
     assert first.torch_name == "norm"
     assert first.hint is not None
     assert "construct it with eps=1e-05, e.g. torch.nn.BatchNorm2d(4, eps=1e-05" in first.hint, first.hint
+
+
+class Embedded(nn.Module):
+    @nn.compact
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        return nn.Dense(3, name="head")(nn.Embed(10, 4, name="tokens")(ids))
+
+
+class TorchEmbedded(torch.nn.Module):
+    """Embedded as torch users write it for text: the pad id's row excluded from training (``padding_idx``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens = torch.nn.Embedding(10, 4, padding_idx=0)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tokens(ids))
+
+
+@pytest.mark.parametrize("pad_in_inputs", [True, False])
+def test_an_embedding_with_padding_idx_is_named_when_the_pad_id_is_fed(pad_in_inputs: bool) -> None:
+    model = Embedded()
+    ids = np.array([[0, 3, 5], [2, 0, 9]] if pad_in_inputs else [[1, 3, 5], [2, 4, 9]], np.int32)
+    variables = model.init(jax.random.PRNGKey(0), ids)
+    port = TorchEmbedded()
+    bridge.load_into(port, model, variables, inputs=ids)
+    report = bridge.check_equivalence(model, variables, port, ids, torch_inputs=torch.from_numpy(ids.astype(np.int64)))
+    assert report.ok is not pad_in_inputs  # the forward pass matches either way; row 0's gradient does not
+    if pad_in_inputs:
+        assert report.first_divergence is not None
+        assert report.first_divergence.kind.startswith("Embed")
+        assert "padding_idx=0" in (report.first_divergence.hint or "")

@@ -14,7 +14,7 @@ import torch
 
 from .. import _flax_model as flax_model
 from .._arguments import call_arguments, torch_argument
-from .._errors import InvalidArgumentError, UnsupportedModelError
+from .._errors import InvalidArgumentError, NotEquivalentError, UnsupportedModelError
 from .._numerics import DEFAULT_RTOL_ATOL, Precision, Tolerance
 from .._tensors import is_float, to_numpy, torch_dtype
 from .._validate import require_mapping, require_port, require_variables
@@ -350,11 +350,12 @@ def check_equivalence(
 def assert_equivalent(
     model: Any, variables: Variables | None, torch_module: torch.nn.Module, inputs: Any = None, **options: Any
 ) -> EquivalenceReport:
-    """``check_equivalence`` for tests: returns the report when equivalent, else raises ``AssertionError``
-    whose message is the report's table (first divergence and hint included)."""
+    """``check_equivalence`` for tests: returns the report when equivalent, else raises ``NotEquivalentError``
+    (an ``AssertionError``) whose message is the report's table (first divergence and hint included) and
+    whose ``report`` is the report."""
     report = check_equivalence(model, variables, torch_module, inputs, **options)
     if not report.ok:
-        raise AssertionError(f"the torch port is not equivalent to the Flax model:\n{report}")
+        raise NotEquivalentError(f"the torch port is not equivalent to the Flax model:\n{report}", report)
     return report
 
 

@@ -134,13 +134,22 @@ def first_divergence(
     bad = next((g for g in gradient_rows if not g.comparison.ok), None)
     if bad is None or not rows:
         return None
-    hint = (
-        f"outputs match but the gradient {bad.name} differs: check custom backward code "
-        "(the backward() of any torch.autograd.Function, or hooks that change gradients)"
-    )
     parameter = bad.name.split(" <-> ")[0]
     owners = [i for i, p in enumerate(pairs) if p.rule is not None and parameter.startswith(f"{p.flax.name}/")]
     i = max(owners, key=lambda j: len(pairs[j].flax.name), default=0)
+    padding = getattr(pairs[i].torch.module, "padding_idx", None) if owners else None
+    if isinstance(pairs[i].torch.module, torch.nn.Embedding) and padding is not None:
+        hint = (
+            f"outputs match but the gradient {bad.name} differs: torch {pairs[i].torch.name} is an Embedding with "
+            f"padding_idx={padding}, whose row gets no gradient, while Flax's Embed trains every row; the forward "
+            "pass is the same: construct it without padding_idx for the same training, or keep that id out of "
+            "the inputs"
+        )
+    else:
+        hint = (
+            f"outputs match but the gradient {bad.name} differs: check custom backward code "
+            "(the backward() of any torch.autograd.Function, or hooks that change gradients)"
+        )
     return Divergence(i, rows[i].flax_path, rows[i].torch_name, rows[i].kind, "gradient", hint)
 
 

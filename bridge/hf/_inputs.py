@@ -1,9 +1,10 @@
 """Example inputs for checking a Hugging Face pair: the Flax module's arguments, built by name from the config.
 
-Ids are drawn from the vocabulary, the second row's mask pads its last two tokens (so the check covers the
-mask), positions count up, images are NHWC for Flax and NCHW for torch; Flax-only switches (``deterministic``)
-are Flax's alone, and torch gets only the arguments its ``forward`` takes. An argument the module requires and
-this table does not know is refused by name: the check needs inputs it can trust.
+Ids are drawn from the vocabulary but its special tokens (torch's ``padding_idx`` row gets no gradient, Flax's
+does), the second row's encoder mask pads its last two tokens (so the check covers the mask; a decoder's mask
+is all ones), positions count up, images are NHWC for Flax and NCHW for torch; Flax-only switches
+(``deterministic``) are Flax's alone, and torch gets only the arguments its ``forward`` takes. An argument
+the module requires and this table does not know is refused by name: the check needs inputs it can trust.
 """
 
 from __future__ import annotations
@@ -61,7 +62,10 @@ def _vocabulary(config: Any) -> int:
 
 
 def _ids(rng: np.random.Generator, config: Any) -> tuple[np.ndarray, torch.Tensor]:
-    ids = rng.integers(0, _vocabulary(config), size=(BATCH, TOKENS)).astype(np.int32)
+    names = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
+    special = {getattr(config, name, None) for name in names}
+    ordinary = [i for i in range(_vocabulary(config)) if i not in special] or [0]
+    ids = rng.choice(ordinary, size=(BATCH, TOKENS)).astype(np.int32)
     return ids, torch.from_numpy(ids.astype(np.int64))
 
 
@@ -88,6 +92,18 @@ def _pixels(rng: np.random.Generator, config: Any) -> tuple[np.ndarray, torch.Te
     return images, torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
 
 
+def _features(rng: np.random.Generator, config: Any) -> tuple[np.ndarray, torch.Tensor]:
+    """Whisper's log-mel features, (batch, mel bins, 2 * source positions) in both frameworks."""
+    shape = (BATCH, int(config.num_mel_bins), 2 * int(config.max_source_positions))
+    features = rng.standard_normal(shape).astype(np.float32)
+    return features, torch.from_numpy(features.copy())
+
+
+def _ones(rng: np.random.Generator, config: Any) -> tuple[np.ndarray, torch.Tensor]:
+    ones = np.ones((BATCH, TOKENS), np.int32)
+    return ones, torch.from_numpy(ones.astype(np.int64))
+
+
 def _audio(rng: np.random.Generator, config: Any) -> tuple[np.ndarray, torch.Tensor]:
     values = rng.standard_normal((BATCH, 1600)).astype(np.float32)
     return values, torch.from_numpy(values.copy())
@@ -97,10 +113,11 @@ _BUILDERS: dict[str, Callable[[np.random.Generator, Any], tuple[np.ndarray, torc
     "input_ids": _ids,
     "decoder_input_ids": _ids,
     "attention_mask": _mask,
-    "decoder_attention_mask": _mask,
+    "decoder_attention_mask": _ones,
     "token_type_ids": _zeros,
     "position_ids": _positions,
     "decoder_position_ids": _positions,
     "pixel_values": _pixels,
     "input_values": _audio,
+    "input_features": _features,
 }

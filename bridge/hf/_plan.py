@@ -24,7 +24,7 @@ import torch
 from flax.traverse_util import flatten_dict
 
 from .._errors import UnsupportedModelError
-from ..rules import rule_or_none, torch_rule_or_none
+from ..rules import registered_rules, rule_or_none
 
 _COLLECTIONS = {"params", "batch_stats", "cache", "intermediates"}
 _BY_NAME = {"kernel": "weight", "scale": "weight", "embedding": "weight", "mean": "running_mean", "var": "running_var"}
@@ -152,12 +152,12 @@ def _resolve(wanted: str, state: Mapping[str, Any], prefix: str) -> str | None:
 def _unfilled(
     torch_model: torch.nn.Module, state: Mapping[str, Any], written: set[str], problems: list[str]
 ) -> tuple[dict[str, tuple[tuple[int, ...], torch.dtype]], dict[str, str]]:
-    """Torch tensors no Flax tensor fills: tied to a written one (same tensor object), a counter of a rule's
-    torch-only keys (zeros), or a problem."""
+    """Torch tensors no Flax tensor fills: tied to a written one (same tensor object), a buffer named as a rule's
+    torch-only key (BatchNorm's ``num_batches_tracked``: zeros), or a problem."""
     groups: dict[int, list[str]] = defaultdict(list)
     for key, tensor in state.items():
         groups[id(tensor)].append(key)
-    modules = dict(torch_model.named_modules())
+    counters = {key for rule in registered_rules() for key in rule.torch_only_keys}  # BatchNorm's, any BatchNorm
     zeros: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
     tied: dict[str, str] = {}
     for key, tensor in state.items():
@@ -167,9 +167,7 @@ def _unfilled(
         if partner is not None:
             tied[key] = partner
             continue
-        owner, _, leaf = key.rpartition(".")
-        rule = torch_rule_or_none(modules[owner]) if owner in modules else None
-        if rule is not None and leaf in rule.torch_only_keys:
+        if key.rpartition(".")[2] in counters and not isinstance(tensor, torch.nn.Parameter):
             zeros[key] = (tuple(tensor.shape), tensor.dtype)
             continue
         problems.append(f"torch {key} {tuple(tensor.shape)} is filled by no Flax tensor")
