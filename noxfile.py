@@ -1,4 +1,4 @@
-"""Sessions: tests, hf, lint, typecheck (default), check (the main job), bench (opt-in).
+"""Sessions: tests, hf, html, lint, typecheck (default), check (the main job), bench (opt-in).
 
 Every environment installs ``torch==2.13.0`` before the project: on the development machine that
 pin takes the local CPU wheel, while the open range in pyproject.toml, resolved alone, would pull
@@ -8,11 +8,12 @@ a multi-GB CUDA build. Override it elsewhere with ``TORCH_SPEC="torch==2.5.1" no
 from __future__ import annotations
 
 import os
+import shutil
 
 import nox
 
 nox.needs_version = ">=2024.4.15"
-nox.options.sessions = ["tests", "hf", "lint", "typecheck"]
+nox.options.sessions = ["tests", "hf", "html", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = False
 
@@ -30,7 +31,8 @@ def install_project(session: nox.Session, extras: str = "") -> None:
 def tests(session: nox.Session) -> None:
     """Run the test suite (pytest arguments pass through: ``nox -s tests -- -k chain``)."""
     install_project(session, "test")
-    session.run("pytest", "-n", "auto", "--ignore=tests/zoo", "--ignore=tests/hf", *session.posargs)
+    ignored = ("--ignore=tests/zoo", "--ignore=tests/hf", "--ignore=tests/browser")
+    session.run("pytest", "-n", "auto", *ignored, *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -40,6 +42,18 @@ def hf(session: nox.Session) -> None:
     install_project(session, "test")
     session.install("transformers>=4.57,<5")
     session.run("pytest", "-n", "auto", "tests/hf", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def html(session: nox.Session) -> None:
+    """The HTML report in a real browser: Debian's chromium, headless, installed here when missing (apt-get,
+    as root or through sudo); a missing browser fails this session instead of skipping its tests."""
+    if shutil.which("chromium") is None:
+        sudo = "" if os.geteuid() == 0 else "sudo "
+        install = f"{sudo}apt-get install -y -q chromium"
+        session.run("bash", "-c", f"{install} || ({sudo}apt-get update -q && {install})", external=True)
+    install_project(session, "test")
+    session.run("pytest", "tests/browser", *session.posargs, env={"FLAX2TORCH_REQUIRE_BROWSER": "1"})
 
 
 @nox.session(python=PYTHON, default=False)

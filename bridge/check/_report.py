@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from .._numerics import Tolerance
@@ -101,6 +102,24 @@ class EquivalenceReport:
 
     def __str__(self) -> str:
         return format_report(self)
+
+    def to_html(self, path: str | Path) -> None:
+        """Write the report as one self-contained HTML page (no network): the module tree coloured by err/tol,
+        the first divergence and its hint, the gradient rows and the settings. Replaces only a file that is
+        such a page already (written whole, or not at all).
+
+        Raises:
+            InvalidArgumentError: ``path`` exists and is not a report this package wrote, or cannot be written.
+        """
+        from ._html import report_html, write_html
+
+        write_html(path, report_html(self))
+
+    def _repr_html_(self) -> str:
+        """The report in a notebook (Jupyter): the page's content, without its script."""
+        from ._html import report_fragment
+
+        return report_fragment(self)
 
 
 def _comparison_dict(c: Comparison) -> dict[str, Any]:

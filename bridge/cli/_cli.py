@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     out = check.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="print the report as JSON")
     out.add_argument("--plot", metavar="FILE.png", help="plot per-layer error against tolerance (needs matplotlib)")
+    out.add_argument(
+        "--html",
+        metavar="FILE.html",
+        help="write the report as one self-contained page: the module tree coloured by err/tol, the first "
+        "divergence and its hint, the gradients (replaces only a page it wrote)",
+    )
     convert = commands.add_parser(
         "convert",
         help="convert a checkpoint between Flax (.msgpack, Orbax folder) and torch (.safetensors, .pt)",

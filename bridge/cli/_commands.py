@@ -115,6 +115,8 @@ def run_check(args: argparse.Namespace) -> int:
         from ..check._plot import plot_report
 
         plot_report(report, args.plot)
+    if args.html:
+        report.to_html(args.html)
     return EXIT_MATCH if ok else EXIT_MISMATCH
 
 
@@ -152,6 +154,9 @@ def _validate_check(args: argparse.Namespace) -> None:
         if importlib.util.find_spec("matplotlib") is None:  # refused before the verdict, not after it
             raise InvalidArgumentError("--plot needs matplotlib: pip install 'flax-torch-bridge[plot]'")
         _require_writable_folder(args.plot, "--plot")
+    if args.html:
+        _require_writable_folder(args.html, "--html")
+        _require_own_page(args.html)
     itemsize = 8 if args.dtype == "float64" else 4
     work = f"checking {args.n_inputs} inputs" + (f" for {args.seeds} seeds" if args.seeds > 1 else "")
     if args.flax is None:
@@ -624,6 +629,16 @@ def _replaceable_export(path: Any) -> None:
         raise OutputRefusedError(
             f"{path}: not an export folder as flax2torch export left it ({reason}); not replaced: remove it yourself "
             "or name another destination"
+        )
+
+
+def _require_own_page(path: str) -> None:
+    """Refuse, before the check runs, an ``--html`` path that exists and is not a page the report wrote."""
+    from ..check._html import may_write_page
+
+    if not may_write_page(path):
+        raise InvalidArgumentError(
+            f"--html {path}: exists and is not a report flax-torch-bridge wrote; remove it or name another file"
         )
 
 
