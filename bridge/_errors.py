@@ -5,6 +5,8 @@ Each message says what is wrong, where (layer position and Flax path, or file), 
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class BridgeError(Exception):
     """Base of every error raised by ``bridge``."""
@@ -59,6 +61,6 @@ class NotEquivalentError(BridgeError, AssertionError):
     The one "not equivalent" of the API (``assert_equivalent``, ``to_torch(check=True)``, exports); an
     ``AssertionError`` too, so a test that checks a port fails as a failed assertion, not an error."""
 
-    def __init__(self, message: str, report: object = None) -> None:
+    def __init__(self, message: str, report: Any = None) -> None:
         super().__init__(message)
         self.report = report

@@ -2,7 +2,8 @@
 
 ``assert_equivalent`` fails a test with the whole report as its message (``NotEquivalentError``, an
 ``AssertionError``). The ``flax_torch_check`` fixture does the same and also attaches the report to the
-test's report sections ("flax-torch-bridge report"), where ``pytest -rA``, junit XML and CI summaries find it.
+test's report sections ("flax-torch-bridge report"), where ``pytest -rA``, junit XML and CI summaries find it,
+with the path of its HTML page (written in the test's ``tmp_path``).
 JAX and torch are imported when a check runs, not when pytest starts.
 """
 
@@ -41,7 +42,9 @@ def flax_torch_check(request: pytest.FixtureRequest) -> Callable[..., Equivalenc
         try:
             return assert_equivalent(model, variables, torch_module, inputs, **options)
         except NotEquivalentError as e:
-            request.node.add_report_section("call", SECTION, str(e.report))
+            page = request.getfixturevalue("tmp_path") / "flax-torch-bridge-report.html"
+            e.report.to_html(page)
+            request.node.add_report_section("call", SECTION, f"{e.report}\nHTML report: {page}")
             raise
 
     return check

@@ -3,6 +3,7 @@ package's pytest plugin, and ``assert_equivalent``), run as written."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import flax.linen as nn
@@ -57,5 +58,7 @@ def test_the_plugin_is_registered_and_a_failed_check_attaches_its_report(pyteste
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:xdist", "-rA")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["*NotEquivalentError*", "*Captured flax-torch-bridge report call*", "*NOT EQUIVALENT*"]
+        ["*NotEquivalentError*", "*Captured flax-torch-bridge report call*", "*NOT EQUIVALENT*", "HTML report: *"]
     )
+    page = Path(result.stdout.str().split("HTML report: ")[1].split()[0])
+    assert ">NOT EQUIVALENT</h1>" in page.read_text()
