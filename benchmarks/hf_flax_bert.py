@@ -55,7 +55,7 @@ def main() -> None:
     port = BertModel(config).eval()  # Hugging Face's own PyTorch port, its own names and random weights
     torch_inputs = {k: v.long() for k, v in arrays.items()}
     start = time.perf_counter()
-    bridge.load_into(port, bert.module, {"params": bert.params}, inputs=inputs, torch_inputs=torch_inputs)
+    bridge.load_into(bert.module, {"params": bert.params}, port, inputs=inputs, torch_inputs=torch_inputs)
     report = bridge.check_equivalence(bert.module, {"params": bert.params}, port, inputs, torch_inputs=torch_inputs)
     seconds = time.perf_counter() - start
     verdict = "EQUIVALENT" if report.ok else f"NOT EQUIVALENT\n{report}"

@@ -101,7 +101,7 @@ def main() -> None:
     converted = bridge.to_torch(model, variables, x)
     seconds = time.perf_counter() - start
     print(f"to_torch of {count / 1e6:.1f}M parameters: {seconds:.2f} s (trace, translate, copy)")
-    bridge.load_into(port, model, variables, inputs=x)
+    bridge.load_into(model, variables, port, inputs=x)
     port.eval()
     ours, theirs = side_by_side(converted, port, to_tensor(x), to_tensor(x), repeats=10)
     print(
@@ -112,7 +112,7 @@ def main() -> None:
     images = np.random.default_rng(1).normal(size=(64, 28, 28, 1)).astype(np.float32)
     cnn_variables = cnn.init(jax.random.PRNGKey(0), images)
     converted_cnn = bridge.to_torch(cnn, cnn_variables, images)
-    bridge.load_into(torch_cnn, cnn, cnn_variables, inputs=images, channels_last=False)
+    bridge.load_into(cnn, cnn_variables, torch_cnn, inputs=images, channels_last=False)
     nchw = to_tensor(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     ours, theirs = side_by_side(converted_cnn, torch_cnn.eval(), to_tensor(images), nchw, repeats=30)
     print(

@@ -61,7 +61,7 @@ def main() -> None:
         for seed in seeds:
             x = np.ones((1, 3), np.float32)
             variables = model.init(jax.random.PRNGKey(seed), x)
-            port = bridge.load_into(torch_impl.SeqMLP(3, HIDDEN, OUT), model, variables)
+            port = bridge.load_into(model, variables, torch_impl.SeqMLP(3, HIDDEN, OUT))
             report = bridge.check_equivalence(model, variables, port, seed=seed, n_inputs=ROWS, grads=False)
             verdicts.append(report.ok)
         return verdicts

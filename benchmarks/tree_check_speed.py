@@ -62,7 +62,7 @@ class TorchModel(torch.nn.Module):
 x = np.random.default_rng(0).standard_normal((batch, sequence, width)).astype(np.float32)
 model = Model()
 variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
-port = bridge.load_into(TorchModel().eval(), model, variables, inputs=x)
+port = bridge.load_into(model, variables, TorchModel().eval(), inputs=x)
 grad = jax.jit(jax.grad(lambda p, x: model.apply({"params": p}, x).sum()))
 
 def baseline():

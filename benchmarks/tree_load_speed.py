@@ -7,7 +7,7 @@ its own names, nested (``stages.N.fc_in``, ...); prints, warm, the best of 3:
   looks at the model's calls must spend;
 - copying the bytes: every Flax array laid out for torch and copied into the port's tensor (the loader's
   floor, with the mapping known in advance);
-- ``bridge.load_into(port, model, variables, inputs=x)``: capture both call trees, match, check, copy;
+- ``bridge.load_into(model, variables, port, inputs=x)``: capture both call trees, match, check, copy;
 - the ratio load_into / (eval_shape + copy) (target <= 1.5x), which must not grow with the depth.
 """
 
@@ -109,7 +109,7 @@ def measure(layers: int) -> tuple[float, float, float]:
                 linear.bias.copy_(torch.from_numpy(layer["bias"]))
 
     def load() -> None:
-        bridge.load_into(port, model, variables, inputs=x)
+        bridge.load_into(model, variables, port, inputs=x)
 
     load()  # warm, and the result checked once
     first = linears[-1]

@@ -142,7 +142,7 @@ def _step_c(case: Any) -> dict[str, Any]:
 
     try:
         port = case.make_torch()
-        bridge.load_into(port, case.flax_module, case.variables, inputs=case.inputs, torch_inputs=case.torch_inputs)
+        bridge.load_into(case.flax_module, case.variables, port, inputs=case.inputs, torch_inputs=case.torch_inputs)
     except Exception as e:
         return {"cell": _short(e), "error": traceback.format_exc()[-3000:]}
     got, want = port.state_dict(), case.make_reference().state_dict()

@@ -57,3 +57,20 @@ CASES: list[tuple[str, Callable[[], Any], str]] = [
 def test_bad_inputs_raise_bridge_errors_with_the_fix(name: str, call: Callable[[], Any], message: str) -> None:
     with pytest.raises(bridge.BridgeError, match=message):
         call()
+
+
+def test_the_argument_orders_before_0_2_still_work_with_a_deprecation_warning() -> None:
+    model = nn.Sequential([nn.Dense(4), jax.nn.relu, nn.Dense(2)])
+    variables = model.init(jax.random.PRNGKey(0), np.ones((1, 3), np.float32))
+    new_port = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    old_port = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    assert bridge.load_into(model, variables, new_port) is new_port
+    with pytest.warns(DeprecationWarning, match=r"call load_into\(model, variables, torch_module\)"):
+        assert bridge.load_into(old_port, model, variables) is old_port  # type: ignore[arg-type]
+    for new, old in zip(new_port.state_dict().values(), old_port.state_dict().values(), strict=True):
+        assert torch.equal(new, old)
+    state = bridge.to_state_dict(model, variables)
+    back = bridge.from_state_dict(model, variables, state)
+    with pytest.warns(DeprecationWarning, match=r"call from_state_dict\(model, variables, state_dict\)"):
+        old_back = bridge.from_state_dict(model, state, variables)  # type: ignore[arg-type]
+    assert jax.tree_util.tree_all(jax.tree_util.tree_map(np.array_equal, back, old_back))

@@ -120,7 +120,7 @@ def test_load_into_fills_a_stock_channels_first_port_and_it_passes() -> None:
     first Linear's columns, and the checker passes it, gradients included; without the permutation
     (channels_last=True) the checker locates the Linear after the flatten."""
     model, variables, x = _build("2d")
-    port = bridge.load_into(_stock_torch_port(), model, variables, channels_last=False)
+    port = bridge.load_into(model, variables, _stock_torch_port(), channels_last=False)
     kernel = np.asarray(variables["params"]["layers_5"]["kernel"])
     expected = kernel.reshape(2 * 3, 3, 5).transpose(1, 0, 2).reshape(-1, 5).T  # DESIGN.md's formula, (H*W, C) here
     np.testing.assert_array_equal(port[5].weight.detach().numpy(), expected)
@@ -131,7 +131,7 @@ def test_load_into_fills_a_stock_channels_first_port_and_it_passes() -> None:
     assert report.ok, str(report)
     assert any("0.conv.weight" in row.name for row in report.gradients)
     assert any("5.weight" in row.name for row in report.gradients)
-    unpermuted = bridge.load_into(_stock_torch_port(), model, variables, channels_last=True)
+    unpermuted = bridge.load_into(model, variables, _stock_torch_port(), channels_last=True)
     report = bridge.check_equivalence(model, variables, unpermuted, x, channels_last=False, grads=False)
     assert report.first_divergence is not None
     assert report.first_divergence.index == 5, str(report)
@@ -156,7 +156,7 @@ def test_sweep_of_a_stock_channels_first_port_orders_each_seeds_linear_columns_a
     by its own name (conv.weight), the Linear after nn.Flatten of NCHW with its columns permuted. Every
     seed passes, and the port keeps the weights it had."""
     model, variables, x = _build("2d")
-    port = bridge.load_into(_stock_torch_port(), model, variables, channels_last=False)
+    port = bridge.load_into(model, variables, _stock_torch_port(), channels_last=False)
     before = {k: v.clone() for k, v in port.state_dict().items()}
     sweep = bridge.check_equivalence(model, variables, port, x, seeds=range(3), channels_last=False, grads=False)
     assert sweep.seed_ok == (True,) * 3, str(sweep)

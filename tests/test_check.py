@@ -180,14 +180,14 @@ def test_exact_gelu_for_flax_tanh_approximation_is_named() -> None:
     variables = init_with_random_biases(model, 8)
     port = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
     bridge.load_into(
-        torch.nn.Sequential(port[0]),
         nn.Sequential([nn.Dense(16)]),
         {"params": {"layers_0": variables["params"]["layers_0"]}},
+        torch.nn.Sequential(port[0]),
     )
     bridge.load_into(
-        torch.nn.Sequential(port[2]),
         nn.Sequential([nn.Dense(4)]),
         {"params": {"layers_0": variables["params"]["layers_2"]}},
+        torch.nn.Sequential(port[2]),
     )
     report = bridge.check_equivalence(
         model, variables, port, inputs=np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32) * 3
@@ -206,9 +206,9 @@ def test_layernorm_epsilon_is_named() -> None:
     with torch.no_grad():
         port[0].bias.copy_(torch.from_numpy(np.asarray(variables["params"]["layers_0"]["bias"])))
     bridge.load_into(
-        torch.nn.Sequential(port[1]),
         nn.Sequential([nn.Dense(4)]),
         {"params": {"layers_0": variables["params"]["layers_1"]}},
+        torch.nn.Sequential(port[1]),
     )
     x = np.random.default_rng(0).normal(size=(32, 16)).astype(np.float32) * 1e-3  # variance 1e-6: eps matters
     report = bridge.check_equivalence(model, variables, port, x, grads=False)

@@ -118,7 +118,7 @@ def test_float64_round_trip_refuses_a_silent_downcast() -> None:
 def test_load_into_loads_the_twin_and_returns_it(rng: np.random.Generator) -> None:
     model, variables = _seed_model(in_features=3, hidden=4, out=2, seed=5)
     twin = torch_impl.SeqMLP(3, 4, 2)
-    assert bridge.load_into(twin, model, variables) is twin
+    assert bridge.load_into(model, variables, twin) is twin
     x = rng.normal(size=(9, 3)).astype(np.float32)
     assert_matches_flax(model, variables, x, twin(torch.from_numpy(x)))
 
@@ -126,7 +126,7 @@ def test_load_into_loads_the_twin_and_returns_it(rng: np.random.Generator) -> No
 def test_load_into_catches_an_untransposed_square_kernel_by_values_not_shapes() -> None:
     """A square kernel fits the weight's shape untransposed: the bridge transposes, so values differ from .T."""
     model, variables = _seed_model(in_features=4, hidden=4, out=4)
-    twin = bridge.load_into(torch_impl.SeqMLP(4, 4, 4), model, variables)
+    twin = bridge.load_into(model, variables, torch_impl.SeqMLP(4, 4, 4))
     kernel = np.asarray(variables["params"]["Dense_1"]["kernel"])
     np.testing.assert_array_equal(twin[2].weight.detach().numpy(), kernel.T)
     assert not np.array_equal(kernel, kernel.T)
@@ -156,7 +156,7 @@ def test_load_into_refuses_a_mismatched_module_and_leaves_it_untouched(
     model, variables = _seed_model()
     before = {key: value.clone() for key, value in torch_module.state_dict().items()}
     with pytest.raises(bridge.LayerMismatchError, match=match):
-        bridge.load_into(torch_module, model, variables)
+        bridge.load_into(model, variables, torch_module)
     for key, value in torch_module.state_dict().items():
         assert torch.equal(value, before[key]), key
 

@@ -29,7 +29,7 @@ def build_torch_port() -> torch.nn.Sequential:
 def test_my_port_matches_flax(flax_torch_check: Any) -> None:
     model, variables = build_flax_model()
     port = build_torch_port().eval()
-    bridge.load_into(port, model, variables)
+    bridge.load_into(model, variables, port)
     flax_torch_check(model, variables, port)
 
 

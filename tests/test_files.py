@@ -68,7 +68,7 @@ def test_library_round_trip_through_every_format(tmp_path: Path) -> None:
         bridge.save_checkpoint(variables, tmp_path / name)
         loaded = bridge.load_checkpoint(tmp_path / name, variables)
         jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, jax.tree_util.tree_map(np.asarray, variables))
-    back = bridge.from_state_dict(model, bridge.load_checkpoint(tmp_path / "a.pt"), variables)
+    back = bridge.from_state_dict(model, variables, bridge.load_checkpoint(tmp_path / "a.pt"))
     jax.tree_util.tree_map(np.testing.assert_array_equal, back, jax.tree_util.tree_map(np.asarray, variables))
 
 
@@ -235,8 +235,8 @@ def test_golden_vectors_match_the_current_libraries() -> None:
     x = stored["inputs"]
     stored_variables = bridge.from_state_dict(
         model,
-        {key.removeprefix("state/"): value for key, value in stored.items() if key.startswith("state/")},
         variables,
+        {key.removeprefix("state/"): value for key, value in stored.items() if key.startswith("state/")},
     )
     reference, tolerance = output_tolerance(model, stored_variables, x)
     h = x.astype(np.float64)  # plain NumPy from the stored weights, independent of both frameworks

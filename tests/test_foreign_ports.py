@@ -61,7 +61,7 @@ def token_block() -> tuple[nn.Module, Any]:
 
 def test_load_into_fills_variables_outside_rule_backed_layers(token_block: tuple[nn.Module, Any]) -> None:
     model, variables = token_block
-    port = bridge.load_into(TorchTokenBlock(), model, variables, inputs=X)
+    port = bridge.load_into(model, variables, TorchTokenBlock(), inputs=X)
     np.testing.assert_array_equal(port.cls_token.detach().numpy(), variables["params"]["cls_token"])
     np.testing.assert_array_equal(port.position.detach().numpy(), variables["params"]["position"])
     report = bridge.check_equivalence(model, variables, port, X)
@@ -75,16 +75,16 @@ def test_a_port_parameter_nothing_compares_makes_the_check_fail(token_block: tup
     model, variables = token_block
     port = TorchTokenBlock(extra=True)
     with pytest.raises(bridge.LayerMismatchError, match=r"torch \(port\) holds tensors no Flax variable fills: extra"):
-        bridge.load_into(port, model, variables, inputs=X)
+        bridge.load_into(model, variables, port, inputs=X)
     assert not port.cls_token.detach().any()  # the refused load wrote nothing
-    loaded = bridge.load_into(TorchTokenBlock(), model, variables, inputs=X)  # a port without it loads
+    loaded = bridge.load_into(model, variables, TorchTokenBlock(), inputs=X)  # a port without it loads
     port.load_state_dict({**loaded.state_dict(), "extra": torch.zeros(5)})
     report = bridge.check_equivalence(model, variables, port, X)
     assert not report.ok
     assert any("unchecked" in p and "extra" in p for p in report.problems)
     assert report.settings["unchecked_torch"] == ["extra"]
     assert bridge.check_equivalence(model, variables, port, X, allow_unchecked=True).ok
-    buffered = bridge.load_into(TorchTokenBlock(), model, variables, inputs=X)
+    buffered = bridge.load_into(model, variables, TorchTokenBlock(), inputs=X)
     buffered.register_buffer("table", torch.ones(3))  # a constant of the port's own: judged through the outputs
     report = bridge.check_equivalence(model, variables, buffered, X)
     assert report.ok, str(report)
@@ -93,7 +93,7 @@ def test_a_port_parameter_nothing_compares_makes_the_check_fail(token_block: tup
 
 def test_a_layer_the_port_does_not_port_is_not_filled_by_shape(token_block: tuple[nn.Module, Any]) -> None:
     model, variables = token_block
-    port = bridge.load_into(TorchTokenBlock(), model, variables, inputs=X)
+    port = bridge.load_into(model, variables, TorchTokenBlock(), inputs=X)
     with torch.no_grad():
         port.cls_token.add_(1.0)
     report = bridge.check_equivalence(model, variables, port, X)
@@ -146,7 +146,7 @@ def test_same_shape_layers_called_in_another_order() -> None:
     # a fresh port: only call order tells c's twin from d's (both fed y), and it is wrong: the load keeps the
     # assignment under which the port reproduces the Flax output
     with pytest.warns(bridge.ReassignedWarning, match="Flax c -> torch three; Flax d -> torch four"):
-        port = bridge.load_into(TorchTwoPairs(), model, variables, inputs=x)
+        port = bridge.load_into(model, variables, TorchTwoPairs(), inputs=x)
     want = _by_hand(variables["params"]).state_dict()
     assert all(torch.equal(v, want[k]) for k, v in port.state_dict().items())
     assert bridge.check_equivalence(model, variables, port, x).ok
@@ -176,10 +176,10 @@ def test_a_forward_that_uses_layers_swapped_is_loaded_to_compute_the_flax_output
     model = TransformerBlock()
     variables = model.init(jax.random.PRNGKey(0), x)
     with pytest.warns(bridge.ReassignedWarning, match="query -> torch attention.k_proj"):
-        port = bridge.load_into(TorchSeparateBlock(mistake="swapped").eval(), model, variables, inputs=x)
+        port = bridge.load_into(model, variables, TorchSeparateBlock(mistake="swapped").eval(), inputs=x)
     assert bridge.check_equivalence(model, variables, port, x, grads=False).ok
     by_name = bridge.load_into(
-        TorchSeparateBlock(mistake="swapped").eval(), model, variables, inputs=x, mapping=SEPARATE_BY_NAME
+        model, variables, TorchSeparateBlock(mistake="swapped").eval(), inputs=x, mapping=SEPARATE_BY_NAME
     )
     assert not bridge.check_equivalence(model, variables, by_name, x, grads=False).ok
 
@@ -206,7 +206,7 @@ def test_a_module_called_twice_pairs_call_by_call() -> None:
     x = X[:, 0]
     model = SharedTwice()
     variables = model.init(jax.random.PRNGKey(3), x)
-    port = bridge.load_into(TorchSharedTwice(), model, variables, inputs=x)
+    port = bridge.load_into(model, variables, TorchSharedTwice(), inputs=x)
     report = bridge.check_equivalence(model, variables, port, x)
     assert report.ok, str(report)
     assert [row.isolated.ok for row in report.layers if row.kind == "Dense"] == [True, True]
@@ -261,7 +261,7 @@ def test_a_block_cut_differently_never_decides_the_verdict_alone() -> None:
     model = Stack()
     variables = model.init(jax.random.PRNGKey(4), X)
     params = jax.tree_util.tree_map(lambda a: a + 0.1, variables["params"])
-    port = bridge.load_into(TorchStack(), model, {"params": params}, inputs=X)
+    port = bridge.load_into(model, {"params": params}, TorchStack(), inputs=X)
     np.testing.assert_array_equal(port.ff.norm_weight.detach().numpy(), params["ff"]["norm"]["weight"])
     report = bridge.check_equivalence(model, {"params": params}, port, X)
     assert report.ok, str(report)
@@ -288,7 +288,7 @@ def test_a_port_fed_channels_first_pixels_is_read_channels_first() -> None:
     model = CNN()
     variables = model.init(jax.random.PRNGKey(0), x)
     nchw = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
-    port = bridge.load_into(TorchCNN().eval(), model, variables, inputs=x, torch_inputs=nchw)
+    port = bridge.load_into(model, variables, TorchCNN().eval(), inputs=x, torch_inputs=nchw)
     report = bridge.check_equivalence(model, variables, port, x, torch_inputs=nchw)  # no channels_last=False
     assert report.ok, str(report)
 
@@ -323,12 +323,12 @@ class TorchNormThenDense(torch.nn.Module):
 def test_a_mistake_in_a_module_without_a_rule_is_located_at_it() -> None:
     model = NormThenDense()
     variables = model.init(jax.random.PRNGKey(6), X)
-    port = bridge.load_into(TorchNormThenDense(eps=0.1), model, variables, inputs=X)  # the wrong epsilon
+    port = bridge.load_into(model, variables, TorchNormThenDense(eps=0.1), inputs=X)  # the wrong epsilon
     report = bridge.check_equivalence(model, variables, port, X)
     assert not report.ok
     assert report.first_divergence is not None
     assert (report.first_divergence.flax_path, report.first_divergence.torch_name) == ("norm", "norm"), str(report)
-    right = bridge.load_into(TorchNormThenDense(), model, variables, inputs=X)
+    right = bridge.load_into(model, variables, TorchNormThenDense(), inputs=X)
     assert bridge.check_equivalence(model, variables, right, X).ok
 
 
@@ -387,7 +387,7 @@ def test_a_weight_normed_conv_applied_to_run_time_weights_converts(weight_norm_n
 
 def test_a_weight_normed_conv_loads_into_torchs_parametrisation(weight_norm_net: Any) -> None:
     model, variables, x = weight_norm_net
-    port = bridge.load_into(TorchWeightNormNet(), model, variables, inputs=x)
+    port = bridge.load_into(model, variables, TorchWeightNormNet(), inputs=x)
     held = variables["params"]["pos_conv"]
     weight = port.pos_conv.parametrizations.weight
     np.testing.assert_array_equal(weight.original0.detach().numpy(), held["weight_g"])
@@ -401,7 +401,7 @@ def test_a_weight_normed_conv_loads_into_torchs_parametrisation(weight_norm_net:
 
 def test_a_weight_normed_conv_with_the_magnitudes_reversed_fails_there(weight_norm_net: Any) -> None:
     model, variables, x = weight_norm_net
-    port = bridge.load_into(TorchWeightNormNet(), model, variables, inputs=x)
+    port = bridge.load_into(model, variables, TorchWeightNormNet(), inputs=x)
     with torch.no_grad():
         g = port.pos_conv.parametrizations.weight.original0
         g.copy_(g.flip(-1))  # a plausible porting slip: the per-tap magnitudes in the wrong order
@@ -462,7 +462,7 @@ def test_a_swap_inside_an_attention_without_a_rule_is_named_at_it() -> None:
     model = NormedAttentionStack()
     variables = model.init(jax.random.PRNGKey(9), X)
     port = bridge.load_into(
-        torch.nn.Sequential(TorchNormedAttentionLayer(), TorchNormedAttentionLayer()), model, variables, inputs=X
+        model, variables, torch.nn.Sequential(TorchNormedAttentionLayer(), TorchNormedAttentionLayer()), inputs=X
     )
     report = bridge.check_equivalence(model, variables, port, X)
     assert report.ok, str(report)
@@ -532,7 +532,7 @@ class ConvThenDense(nn.Module):
 def test_a_module_without_a_rule_is_repaired_by_trying_the_change_that_explains_it() -> None:
     model = ConvThenDense()
     variables = model.init(jax.random.PRNGKey(10), X)
-    port = bridge.load_into(torch.nn.Sequential(TorchConv1D(), torch.nn.Linear(4, 4)), model, variables, inputs=X)
+    port = bridge.load_into(model, variables, torch.nn.Sequential(TorchConv1D(), torch.nn.Linear(4, 4)), inputs=X)
     assert bridge.check_equivalence(model, variables, port, X).ok
     with torch.no_grad():
         port[0].weight.copy_(port[0].weight.T.clone())
@@ -546,7 +546,7 @@ def test_a_module_without_a_rule_is_repaired_by_trying_the_change_that_explains_
 def test_a_wrong_epsilon_in_a_norm_of_the_ports_own_is_named_with_the_one_that_fits() -> None:
     model = NormThenDense()
     variables = model.init(jax.random.PRNGKey(6), X)
-    port = bridge.load_into(TorchNormThenDense(eps=0.1), model, variables, inputs=X)
+    port = bridge.load_into(model, variables, TorchNormThenDense(eps=0.1), inputs=X)
     first = bridge.check_equivalence(model, variables, port, X).first_divergence
     assert first is not None
     assert first.hint is not None
@@ -582,7 +582,7 @@ def test_a_norm_after_channels_first_pixels_is_rerun_alone_in_its_own_layout() -
     model = PatchEncoder()
     variables = model.init(jax.random.PRNGKey(11), image)
     pixels = torch.from_numpy(np.ascontiguousarray(image.transpose(0, 3, 1, 2)))
-    port = bridge.load_into(TorchPatchEncoder(eps=0.1), model, variables, inputs=image, torch_inputs=pixels)
+    port = bridge.load_into(model, variables, TorchPatchEncoder(eps=0.1), inputs=image, torch_inputs=pixels)
     report = bridge.check_equivalence(model, variables, port, image, torch_inputs=pixels)
     first = report.first_divergence
     assert first is not None
@@ -613,7 +613,7 @@ def test_a_batchnorm_given_its_mode_per_call_gets_the_epsilon_hint() -> None:
     model = ConvNorm()
     variables = model.init(jax.random.PRNGKey(13), image)
     pixels = torch.from_numpy(np.ascontiguousarray(image.transpose(0, 3, 1, 2)))
-    port = bridge.load_into(TorchConvNorm().eval(), model, variables, inputs=image, torch_inputs=pixels)
+    port = bridge.load_into(model, variables, TorchConvNorm().eval(), inputs=image, torch_inputs=pixels)
     first = bridge.check_equivalence(model, variables, port, image, torch_inputs=pixels).first_divergence
     assert first is not None
     assert first.torch_name == "norm"
@@ -645,7 +645,7 @@ def test_an_embedding_with_padding_idx_is_named_when_the_pad_id_is_fed(pad_in_in
     ids = np.array([[0, 3, 5], [2, 0, 9]] if pad_in_inputs else [[1, 3, 5], [2, 4, 9]], np.int32)
     variables = model.init(jax.random.PRNGKey(0), ids)
     port = TorchEmbedded()
-    bridge.load_into(port, model, variables, inputs=ids)
+    bridge.load_into(model, variables, port, inputs=ids)
     report = bridge.check_equivalence(model, variables, port, ids, torch_inputs=torch.from_numpy(ids.astype(np.int64)))
     assert report.ok is not pad_in_inputs  # the forward pass matches either way; row 0's gradient does not
     if pad_in_inputs:

@@ -424,7 +424,7 @@ def test_a_port_that_is_not_a_torch_module_is_refused_by_name(function: str, por
     model, variables, x = _chain()
     call = {
         "check_equivalence": lambda: bridge.check_equivalence(model, variables, port, x),
-        "load_into": lambda: bridge.load_into(port, model, variables),
+        "load_into": lambda: bridge.load_into(model, variables, port),
     }[function]
     with pytest.raises(bridge.InvalidArgumentError, match=rf"torch_module must be a torch.nn.Module, {says}"):
         call()
@@ -439,7 +439,7 @@ def test_bad_variables_mappings_state_dicts_and_paths_are_refused_by_name() -> N
     with pytest.raises(bridge.InvalidArgumentError, match=r"mapping must be a dict of Flax paths to torch names"):
         bridge.check_equivalence(model, variables, port, x, mapping=[("layers_0", "0")])  # type: ignore[arg-type]
     with pytest.raises(bridge.InvalidArgumentError, match=r"state_dict must be a mapping .* got list"):
-        bridge.from_state_dict(model, [1, 2], variables)  # type: ignore[arg-type]
+        bridge.from_state_dict(model, variables, [1, 2])  # type: ignore[arg-type]
     with pytest.raises(bridge.InvalidArgumentError, match=r"path must be a file path"):
         bridge.load_checkpoint(None)  # type: ignore[arg-type]
     wrong_rank = jax.tree.map(lambda a: a[None] if a.ndim == 2 else a, variables)
@@ -454,7 +454,7 @@ def test_load_into_a_port_on_the_meta_device_refuses_rather_than_loading_nothing
     with torch.device("meta"):
         port = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     with pytest.raises(bridge.InvalidArgumentError, match=r"tensors on the meta device \(0.weight\)"):
-        bridge.load_into(port, model, variables)
+        bridge.load_into(model, variables, port)
 
 
 NNX_MODELS = """

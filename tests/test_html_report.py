@@ -37,7 +37,7 @@ def _report(broken: bool) -> Any:
     model = _Named()
     x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float32)
     variables = model.init(jax.random.PRNGKey(0), x)
-    port = bridge.load_into(_Port(), model, variables, inputs=x)
+    port = bridge.load_into(model, variables, _Port(), inputs=x)
     if broken:
         with torch.no_grad():
             port.first.weight.mul_(1.1)

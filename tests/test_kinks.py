@@ -26,7 +26,7 @@ def padded() -> tuple[nn.Module, object, np.ndarray]:
 
 def test_a_padding_row_at_the_relu_kink_is_left_out_of_the_gradients(padded: tuple) -> None:
     model, variables, x = padded
-    port = bridge.load_into(ClampedPort(), model, variables, inputs=x)
+    port = bridge.load_into(model, variables, ClampedPort(), inputs=x)
     report = bridge.check_equivalence(model, variables, port, x)
     assert report.ok, str(report)
     assert report.settings["gradient_rows_dropped_at_kinks"] == 1
@@ -38,7 +38,7 @@ def test_a_padding_row_at_the_relu_kink_is_left_out_of_the_gradients(padded: tup
 
 def test_a_wrong_custom_backward_is_still_caught_on_the_rows_away_from_kinks(padded: tuple) -> None:
     model, variables, x = padded
-    port = bridge.load_into(ClampedPort(doubled_backward=True), model, variables, inputs=x)
+    port = bridge.load_into(model, variables, ClampedPort(doubled_backward=True), inputs=x)
     report = bridge.check_equivalence(model, variables, port, x)
     assert not report.ok
     assert report.layers

@@ -412,7 +412,7 @@ def test_layernorm_with_a_bias_and_no_scale_is_torchs_layernorm_with_a_weight_of
     hand_made = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.LayerNorm(6, eps=1e-6))
     with torch.no_grad():
         hand_made[1].weight.normal_()
-    bridge.load_into(hand_made, model, variables)
+    bridge.load_into(model, variables, hand_made)
     assert torch.equal(hand_made[1].weight, torch.ones(6))
     np.testing.assert_array_equal(
         hand_made[1].bias.detach().numpy(), np.asarray(variables["params"]["layers_1"]["bias"])

@@ -125,7 +125,7 @@ def test_load_into_and_state_dict_accept_nnx() -> None:
     model = nnx.Sequential(
         nnx.Linear(3, 4, rngs=rngs), nnx.relu, nnx.Linear(4, 4, rngs=rngs), nnx.relu, nnx.Linear(4, 2, rngs=rngs)
     )
-    twin = bridge.load_into(torch_impl.SeqMLP(3, 4, 2), model)
+    twin = bridge.load_into(model, None, torch_impl.SeqMLP(3, 4, 2))
     assert set(bridge.to_state_dict(model)) == set(twin.state_dict())
     x = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
     np.testing.assert_allclose(twin(torch.from_numpy(x)).detach().numpy(), np.asarray(model(x)), rtol=1e-5, atol=1e-6)

@@ -41,7 +41,7 @@ def _x(scale: float = 1.0) -> np.ndarray:
 
 def test_an_nnx_tree_is_loaded_by_structure_and_passes() -> None:
     model, x = _net(), _x()
-    port = bridge.load_into(TorchNNXNet().eval(), model, None, inputs=x, channels_last=False)
+    port = bridge.load_into(model, None, TorchNNXNet().eval(), inputs=x, channels_last=False)
     np.testing.assert_array_equal(port.body.up.weight.detach().numpy(), np.asarray(model.block.linear1.kernel[...]).T)
     np.testing.assert_array_equal(port.stem_bn.running_var.numpy(), np.asarray(model.bn.var[...]))
     np.testing.assert_array_equal(
@@ -105,7 +105,7 @@ def test_a_module_called_twice_gives_two_calls_and_a_subclass_one() -> None:
 
 def test_missing_residual_in_the_port_is_located_at_the_block() -> None:
     model, x = _net(), _x()
-    port = bridge.load_into(TorchNNXNet(residual=False).eval(), model, None, inputs=x, channels_last=False)
+    port = bridge.load_into(model, None, TorchNNXNet(residual=False).eval(), inputs=x, channels_last=False)
     report = bridge.check_equivalence(model, None, port, x, channels_last=False, grads=False)
     divergence = report.first_divergence
     assert divergence is not None
@@ -116,7 +116,7 @@ def test_missing_residual_in_the_port_is_located_at_the_block() -> None:
 def test_layernorm_epsilon_is_located_in_the_nnx_block() -> None:
     model = _net()
     x = _x()
-    port = bridge.load_into(TorchNNXNet(eps=1e-5).eval(), model, None, inputs=x, channels_last=False)
+    port = bridge.load_into(model, None, TorchNNXNet(eps=1e-5).eval(), inputs=x, channels_last=False)
     quiet = (np.asarray(x) * 1e-3).astype(np.float32)  # with the stem's bias, the block's input varies little
     with torch.no_grad():
         port.stem.bias.zero_()
@@ -136,9 +136,9 @@ def test_training_mode_and_variables_are_refused_for_nnx_trees() -> None:
         bridge.check_equivalence(model, None, TorchNNXNet().eval(), _x(), channels_last=False)
     model.eval()
     with pytest.raises(bridge.InvalidArgumentError, match="pass inputs="):
-        bridge.load_into(TorchNNXNet(), model, None, channels_last=False)  # a tree is run once to see its calls
+        bridge.load_into(model, None, TorchNNXNet(), channels_last=False)  # a tree is run once to see its calls
     with pytest.raises(bridge.UnsupportedModelError, match="holds its own variables"):
-        bridge.load_into(TorchNNXNet(), model, {"params": {"x": 1}}, inputs=_x(), channels_last=False)
+        bridge.load_into(model, {"params": {"x": 1}}, TorchNNXNet(), inputs=_x(), channels_last=False)
     with pytest.raises(bridge.InvalidArgumentError, match="an NNX model does not have"):
         bridge.check_equivalence(model, None, TorchNNXNet().eval(), _x(), channels_last=False, seeds=range(2))
 
@@ -159,7 +159,7 @@ def test_nnx_sequential_stays_a_chain_and_becomes_a_tree_against_another_port() 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.outp(torch.relu(self.inp(x)))
 
-    port = bridge.load_into(Port(), model, None, inputs=x)
+    port = bridge.load_into(model, None, Port(), inputs=x)
     np.testing.assert_array_equal(port.outp.bias.detach().numpy(), np.asarray(model.layers[2].bias[...]))
     tree = bridge.check_equivalence(model, None, port, x)
     assert tree.ok, str(tree)
@@ -168,7 +168,7 @@ def test_nnx_sequential_stays_a_chain_and_becomes_a_tree_against_another_port() 
 
 def test_a_wrong_weight_in_an_nnx_tree_is_named_at_its_layer() -> None:
     model, x = _net(), _x()
-    port = bridge.load_into(TorchNNXNet().eval(), model, None, inputs=x, channels_last=False)
+    port = bridge.load_into(model, None, TorchNNXNet().eval(), inputs=x, channels_last=False)
     with torch.no_grad():
         port.out.weight.mul_(1.5)
     report = bridge.check_equivalence(model, None, port, x, channels_last=False, grads=False)
@@ -195,7 +195,7 @@ def test_nnx_embed_attend_fills_a_tied_output_linear() -> None:
     tokens = np.random.default_rng(8).integers(0, 13, (3, 5)).astype(np.int32)
     port = TorchTiedLM().eval()
     with pytest.warns(TiedWeightsWarning, match=r"embed/embedding fills lm_head.weight, tok.weight \(shared"):
-        bridge.load_into(port, model, None, inputs=tokens)
+        bridge.load_into(model, None, port, inputs=tokens)
     np.testing.assert_array_equal(port.lm_head.weight.detach().numpy(), np.asarray(model.embed.embedding[...]))
     assert vars(nnx.Embed)["attend"].__qualname__ == "Embed.attend"  # restored after the capture
     report = bridge.check_equivalence(model, None, port, tokens)
@@ -207,7 +207,7 @@ def test_nnx_embed_attend_fills_a_tied_output_linear() -> None:
 def test_an_nnx_transformer_block_fills_and_passes_both_attention_ports(port_kind: type) -> None:
     model = NNXTransformerBlock(32, 4, nnx.Rngs(0))
     x = np.random.default_rng(0).standard_normal((2, 6, 32)).astype(np.float32)
-    port = bridge.load_into(port_kind().eval(), model, None, inputs=x)
+    port = bridge.load_into(model, None, port_kind().eval(), inputs=x)
     report = bridge.check_equivalence(model, None, port, x)
     assert report.ok, str(report)
     attention = {(row.flax_path, row.torch_name) for row in report.layers if row.flax_path.startswith("attn")}
@@ -226,7 +226,7 @@ def test_an_nnx_transformer_block_fills_and_passes_both_attention_ports(port_kin
 def test_attention_mistakes_in_a_port_of_an_nnx_block_are_located(mistake: str, hint: str) -> None:
     model = NNXTransformerBlock(32, 4, nnx.Rngs(0))
     x = np.random.default_rng(0).standard_normal((2, 6, 32)).astype(np.float32)
-    port = bridge.load_into(TorchSeparateBlock(mistake=mistake).eval(), model, None, inputs=x, mapping=SEPARATE_BY_NAME)
+    port = bridge.load_into(model, None, TorchSeparateBlock(mistake=mistake).eval(), inputs=x, mapping=SEPARATE_BY_NAME)
     report = bridge.check_equivalence(model, None, port, x, grads=False)
     divergence = report.first_divergence
     assert divergence is not None
@@ -240,7 +240,7 @@ def test_a_float64_check_of_nnx_attention_is_refused_where_flax_computes_its_sof
     port. The check refuses, naming the layer and the fix; explicit rtol/atol still check it."""
     model = NNXTransformerBlock(32, 4, nnx.Rngs(0))
     x = np.random.default_rng(0).standard_normal((2, 6, 32)).astype(np.float32)
-    port = bridge.load_into(TorchTransformerBlock().eval(), model, None, inputs=x)
+    port = bridge.load_into(model, None, TorchTransformerBlock().eval(), inputs=x)
     with jax.enable_x64(True):
         with pytest.raises(bridge.InvalidArgumentError, match=r"^attn converts a float64 value to float32.*'float32'"):
             bridge.check_equivalence(model, None, port, x, dtype="float64", grads=False)

@@ -136,7 +136,7 @@ def test_a_nan_pixel_in_a_tree_is_reported_at_its_first_layer_and_the_other_rows
     model = CNN()
     x = np.random.default_rng(0).standard_normal((4, 28, 28, 1)).astype(np.float32)
     variables = model.init(jax.random.PRNGKey(0), x)
-    port = bridge.load_into(TorchCNN().eval(), model, variables, inputs=x, channels_last=False)
+    port = bridge.load_into(model, variables, TorchCNN().eval(), inputs=x, channels_last=False)
     x[2, 3, 3, 0] = np.nan
     report = bridge.check_equivalence(model, variables, port, x, channels_last=False)
     assert report.ok, str(report)

@@ -71,7 +71,7 @@ class WrongBackwardReLU(torch.nn.Module):
 def test_wrapper_and_custom_names_are_loaded_and_pass_with_gradients() -> None:
     model, variables, x = small_mlp()
     port = torch.nn.Sequential(Wrapper(torch.nn.Linear(5, 8)), torch.nn.ReLU(), CustomDense(8, 3))
-    bridge.load_into(port, model, variables)
+    bridge.load_into(model, variables, port)
     np.testing.assert_array_equal(port[2].w.detach().numpy(), np.asarray(variables["params"]["layers_2"]["kernel"]).T)
     report = bridge.check_equivalence(model, variables, port, x)
     assert report.ok, str(report)
@@ -113,7 +113,7 @@ def test_load_into_lists_what_it_cannot_place() -> None:
     with pytest.raises(
         bridge.LayerMismatchError, match=r"layer 2 \(Dense.*missing in torch: 2.weight.*2.first, 2.second"
     ):
-        bridge.load_into(port, model, variables)
+        bridge.load_into(model, variables, port)
 
 
 def test_a_wrong_custom_backward_is_caught_in_the_gradients() -> None:
@@ -194,7 +194,7 @@ def test_tree_gradients_reach_parameters_under_their_own_names(relu: torch.nn.Mo
     x = np.random.default_rng(3).standard_normal((16, 5)).astype(np.float32)
     model = ResidualMLP()
     variables = model.init(jax.random.PRNGKey(0), x)
-    port = bridge.load_into(TorchResidualMLP(relu), model, variables, inputs=x)
+    port = bridge.load_into(model, variables, TorchResidualMLP(relu), inputs=x)
     report = bridge.check_equivalence(model, variables, port, x)
     names = [row.name for row in report.gradients]
     assert names == [

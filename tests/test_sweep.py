@@ -24,7 +24,7 @@ def _loop_verdicts(model: Any, make_port: Any, seeds: range, **options: Any) -> 
     for seed in seeds:
         x = np.ones((1, 3), np.float32)
         variables = model.init(jax.random.PRNGKey(seed), x)
-        port = bridge.load_into(make_port(), model, variables)
+        port = bridge.load_into(model, variables, make_port())
         verdicts.append(bridge.check_equivalence(model, variables, port, seed=seed, grads=False, **options).ok)
     return verdicts
 

@@ -34,7 +34,7 @@ def _mask(padding: bool) -> np.ndarray:
 def test_a_correctly_inverted_mask_passes(masked: Any, padding: bool) -> None:
     model, variables, x = masked
     inputs = (x, _mask(padding))
-    port = bridge.load_into(TorchMaskedAttention(padding=padding).eval(), model, variables, inputs=inputs)
+    port = bridge.load_into(model, variables, TorchMaskedAttention(padding=padding).eval(), inputs=inputs)
     report = bridge.check_equivalence(model, variables, port, inputs)
     assert report.ok, str(report)
 
@@ -43,7 +43,7 @@ def test_a_correctly_inverted_mask_passes(masked: Any, padding: bool) -> None:
 def test_a_flax_mask_passed_straight_to_torch_is_named_at_the_attention(masked: Any, padding: bool) -> None:
     model, variables, x = masked
     inputs = (x, _mask(padding))
-    port = bridge.load_into(TorchMaskedAttention(padding=padding, invert=False).eval(), model, variables, inputs=inputs)
+    port = bridge.load_into(model, variables, TorchMaskedAttention(padding=padding, invert=False).eval(), inputs=inputs)
     report = bridge.check_equivalence(model, variables, port, inputs, grads=False)
     assert not report.ok
     divergence = report.first_divergence
@@ -56,7 +56,7 @@ def test_a_flax_mask_passed_straight_to_torch_is_named_at_the_attention(masked: 
 
 def test_a_mask_that_differs_otherwise_gets_no_inversion_hint(masked: Any) -> None:
     model, variables, x = masked
-    port = bridge.load_into(TorchMaskedAttention().eval(), model, variables, inputs=(x, _mask(True)))
+    port = bridge.load_into(model, variables, TorchMaskedAttention().eval(), inputs=(x, _mask(True)))
     other = _mask(True).copy()
     other[0, 0] = False  # the port masks one position more than Flax: not an inverted mask
     report = bridge.check_equivalence(model, variables, port, (x, _mask(True)), torch_inputs=(x, other), grads=False)
@@ -80,7 +80,7 @@ def resnet() -> tuple[ResNet, Any, np.ndarray]:
 
 def test_batchnorm_statistics_left_at_torch_defaults_are_named(resnet: Any) -> None:
     model, variables, x = resnet
-    port = bridge.load_into(TorchResNet().eval(), model, variables, inputs=x, channels_last=False)
+    port = bridge.load_into(model, variables, TorchResNet().eval(), inputs=x, channels_last=False)
     port.layers[1].bn_a.reset_running_stats()  # weight and bias loaded, the statistics not
     report = bridge.check_equivalence(model, variables, port, x, channels_last=False, grads=False)
     divergence = report.first_divergence
@@ -98,7 +98,7 @@ def test_batchnorm_statistics_left_at_torch_defaults_are_named(resnet: Any) -> N
 
 def test_batchnorm_with_statistics_loaded_but_a_wrong_scale_gets_no_statistics_hint(resnet: Any) -> None:
     model, variables, x = resnet
-    port = bridge.load_into(TorchResNet().eval(), model, variables, inputs=x, channels_last=False)
+    port = bridge.load_into(model, variables, TorchResNet().eval(), inputs=x, channels_last=False)
     with torch.no_grad():
         port.layers[1].bn_a.weight.mul_(2)
     report = bridge.check_equivalence(model, variables, port, x, channels_last=False, grads=False)
@@ -121,7 +121,7 @@ def test_tied_embeddings_fill_the_output_linear_and_are_reported(tied: Any, tie:
     model, variables, tokens = tied
     port = TorchTiedLM(tie=tie).eval()
     with pytest.warns(TiedWeightsWarning) as seen:
-        bridge.load_into(port, model, variables, inputs=tokens)
+        bridge.load_into(model, variables, port, inputs=tokens)
     message = " ".join(str(w.message) for w in seen)
     assert "Embed_0/embedding" in message
     assert "tok.weight" in message
@@ -142,7 +142,7 @@ def test_tied_embeddings_fill_the_output_linear_and_are_reported(tied: Any, tie:
 def test_an_output_linear_that_is_not_the_embedding_is_named(tied: Any) -> None:
     model, variables, tokens = tied
     with pytest.warns(TiedWeightsWarning, match="copies"):
-        port = bridge.load_into(TorchTiedLM(tie=False).eval(), model, variables, inputs=tokens)
+        port = bridge.load_into(model, variables, TorchTiedLM(tie=False).eval(), inputs=tokens)
     with torch.no_grad():
         port.lm_head.weight.mul_(-1)
     report = bridge.check_equivalence(model, variables, port, tokens, grads=False)

@@ -33,9 +33,9 @@ def test_equal_signatures_pair_by_the_values_a_loaded_port_holds() -> None:
     model = TwoBranches()
     variables = model.init(jax.random.PRNGKey(0), a, b)
     # call order pairs them swapped; the branches are fed different inputs, which re-pairs them in the load
-    by_inputs = bridge.load_into(TorchTwoBranches(), model, variables, inputs=(a, b))
+    by_inputs = bridge.load_into(model, variables, TorchTwoBranches(), inputs=(a, b))
     assert bridge.check_equivalence(model, variables, by_inputs, (a, b), grads=False).ok
-    port = bridge.load_into(TorchTwoBranches(), model, variables, inputs=(a, b), mapping={"Dense_0": "left"})
+    port = bridge.load_into(model, variables, TorchTwoBranches(), inputs=(a, b), mapping={"Dense_0": "left"})
     np.testing.assert_array_equal(port.right.bias.detach().numpy(), np.asarray(variables["params"]["Dense_1"]["bias"]))
     report = bridge.check_equivalence(model, variables, port, (a, b))  # no mapping: the values decide
     assert report.ok, str(report)

@@ -57,7 +57,7 @@ def block() -> tuple[nn.Module, Any, np.ndarray]:
 
 def test_mnist_cnn_port_with_its_own_names_is_loaded_and_passes(mnist: Any) -> None:
     model, variables, x = mnist
-    port = bridge.load_into(TorchCNN().eval(), model, variables, inputs=x, channels_last=False)
+    port = bridge.load_into(model, variables, TorchCNN().eval(), inputs=x, channels_last=False)
     kernel = np.asarray(variables["params"]["Dense_0"]["kernel"])
     expected = kernel.reshape(7, 7, 64, 256).transpose(2, 0, 1, 3).reshape(-1, 256).T  # DESIGN.md's formula
     np.testing.assert_array_equal(port.fc1.weight.detach().numpy(), expected)
@@ -74,7 +74,7 @@ def test_mnist_cnn_port_with_its_own_names_is_loaded_and_passes(mnist: Any) -> N
 
 def test_mnist_linear_without_the_flatten_permutation_is_located(mnist: Any) -> None:
     model, variables, x = mnist
-    port = bridge.load_into(TorchCNN().eval(), model, variables, inputs=x, channels_last=False)
+    port = bridge.load_into(model, variables, TorchCNN().eval(), inputs=x, channels_last=False)
     with torch.no_grad():
         port.fc1.weight.copy_(torch.from_numpy(np.array(variables["params"]["Dense_0"]["kernel"]).T))
     report = bridge.check_equivalence(model, variables, port, x, channels_last=False, grads=False)
@@ -88,7 +88,7 @@ def test_mnist_linear_without_the_flatten_permutation_is_located(mnist: Any) -> 
 
 def test_resnet_block_with_batchnorm_and_skip_passes(resnet: Any) -> None:
     model, variables, x = resnet
-    port = bridge.load_into(TorchResNet().eval(), model, variables, inputs=x, channels_last=False)
+    port = bridge.load_into(model, variables, TorchResNet().eval(), inputs=x, channels_last=False)
     np.testing.assert_array_equal(
         port.layers[1].bn_b.running_var.numpy(), variables["batch_stats"]["ResBlock_1"]["BatchNorm_1"]["var"]
     )
@@ -98,7 +98,7 @@ def test_resnet_block_with_batchnorm_and_skip_passes(resnet: Any) -> None:
 
 def test_resnet_missing_residual_is_located_at_its_block(resnet: Any) -> None:
     model, variables, x = resnet
-    port = bridge.load_into(TorchResNet(residual=False).eval(), model, variables, inputs=x, channels_last=False)
+    port = bridge.load_into(model, variables, TorchResNet(residual=False).eval(), inputs=x, channels_last=False)
     report = bridge.check_equivalence(model, variables, port, x, channels_last=False, grads=False)
     divergence = report.first_divergence
     assert divergence is not None
@@ -108,7 +108,7 @@ def test_resnet_missing_residual_is_located_at_its_block(resnet: Any) -> None:
 
 def test_transformer_block_on_multiheadattention_passes(block: Any) -> None:
     model, variables, x = block
-    port = bridge.load_into(TorchTransformerBlock().eval(), model, variables, inputs=x)
+    port = bridge.load_into(model, variables, TorchTransformerBlock().eval(), inputs=x)
     attention = variables["params"]["MultiHeadDotProductAttention_0"]
     packed = np.concatenate([np.asarray(attention[n]["kernel"]).reshape(32, 32).T for n in ("query", "key", "value")])
     np.testing.assert_array_equal(port.attn.in_proj_weight.detach().numpy(), packed)  # DESIGN.md's packing
@@ -122,7 +122,7 @@ def test_explicit_rtol_atol_judge_every_call_the_output_and_the_gradients_of_a_t
     off by 1e-3 fails the derived tolerances and passes atol=1e-2; a correct port fails rtol=1e-9, atol=0
     (below float32's rounding) in its calls, its output and its gradients."""
     model, variables, x = block
-    port = bridge.load_into(TorchTransformerBlock().eval(), model, variables, inputs=x)
+    port = bridge.load_into(model, variables, TorchTransformerBlock().eval(), inputs=x)
     exact = bridge.check_equivalence(model, variables, port, x, rtol=1e-9, atol=0.0)
     assert exact.settings["tolerance"] == "rtol=1e-09, atol=0"
     assert not any(row.end_to_end.ok for row in exact.layers if row.end_to_end.max_abs > 0)
@@ -137,7 +137,7 @@ def test_explicit_rtol_atol_judge_every_call_the_output_and_the_gradients_of_a_t
 
 def test_transformer_block_with_separate_qkv_linears_passes(block: Any) -> None:
     model, variables, x = block
-    port = bridge.load_into(TorchSeparateBlock().eval(), model, variables, inputs=x)
+    port = bridge.load_into(model, variables, TorchSeparateBlock().eval(), inputs=x)
     report = bridge.check_equivalence(model, variables, port, x)
     assert report.ok, str(report)
     names = {(row.flax_path, row.torch_name) for row in report.layers}
@@ -156,7 +156,7 @@ def test_transformer_block_with_separate_qkv_linears_passes(block: Any) -> None:
 def test_planted_attention_mistakes_are_located(block: Any, mistake: str, where: tuple[str, str], hint: str) -> None:
     model, variables, x = block
     port = TorchSeparateBlock(mistake=mistake).eval()
-    port = bridge.load_into(port, model, variables, inputs=x, mapping=SEPARATE_BY_NAME)
+    port = bridge.load_into(model, variables, port, inputs=x, mapping=SEPARATE_BY_NAME)
     report = bridge.check_equivalence(model, variables, port, x, grads=False)
     divergence = report.first_divergence
     assert divergence is not None
@@ -166,7 +166,7 @@ def test_planted_attention_mistakes_are_located(block: Any, mistake: str, where:
 
 def test_exact_gelu_in_the_port_is_named_between_the_two_layers(block: Any) -> None:
     model, variables, x = block
-    port = bridge.load_into(TorchTransformerBlock(exact_gelu=True).eval(), model, variables, inputs=x)
+    port = bridge.load_into(model, variables, TorchTransformerBlock(exact_gelu=True).eval(), inputs=x)
     report = bridge.check_equivalence(model, variables, port, x, grads=False)
     divergence = report.first_divergence
     assert divergence is not None
@@ -177,7 +177,7 @@ def test_exact_gelu_in_the_port_is_named_between_the_two_layers(block: Any) -> N
 def test_layernorm_epsilon_is_located_with_its_fix(block: Any) -> None:
     model, variables, x = block
     quiet = (x * 1e-3).astype(np.float32)  # a low-variance input: epsilon decides
-    port = bridge.load_into(TorchTransformerBlock(eps=1e-5).eval(), model, variables, inputs=quiet)
+    port = bridge.load_into(model, variables, TorchTransformerBlock(eps=1e-5).eval(), inputs=quiet)
     report = bridge.check_equivalence(model, variables, port, quiet, grads=False)
     divergence = report.first_divergence
     assert divergence is not None
@@ -187,7 +187,7 @@ def test_layernorm_epsilon_is_located_with_its_fix(block: Any) -> None:
 
 def test_an_untransposed_square_kernel_is_named(block: Any) -> None:
     model, variables, x = block
-    port = bridge.load_into(TorchSeparateBlock().eval(), model, variables, inputs=x)
+    port = bridge.load_into(model, variables, TorchSeparateBlock().eval(), inputs=x)
     with torch.no_grad():
         port.attention.o_proj.weight.copy_(port.attention.o_proj.weight.t().clone())
     report = bridge.check_equivalence(model, variables, port, x, grads=False)
@@ -200,7 +200,7 @@ def test_an_untransposed_square_kernel_is_named(block: Any) -> None:
 def test_mapping_overrides_and_bad_mappings_are_refused(mnist: Any) -> None:
     model, variables, x = mnist
     port = bridge.load_into(
-        TorchCNN().eval(), model, variables, inputs=x, channels_last=False, mapping={"Dense_*": "fc*"}
+        model, variables, TorchCNN().eval(), inputs=x, channels_last=False, mapping={"Dense_*": "fc*"}
     )
     report = bridge.check_equivalence(model, variables, port, x, channels_last=False, mapping={"Conv_1": "conv2"})
     assert report.ok, str(report)
@@ -218,7 +218,7 @@ def test_a_port_missing_a_layer_lists_it(mnist: Any) -> None:
             self.fc1 = torch.nn.Linear(7 * 7 * 64, 10)
 
     with pytest.raises(bridge.LayerMismatchError, match=r"Flax Dense_0 \(Dense\) has no torch counterpart"):
-        bridge.load_into(Shorter().eval(), model, variables, inputs=x, channels_last=False)
+        bridge.load_into(model, variables, Shorter().eval(), inputs=x, channels_last=False)
 
 
 class TwoInputs(nn.Module):
@@ -248,7 +248,7 @@ def test_several_inputs_integer_tokens_and_dict_outputs() -> None:
     features = rng.standard_normal((4, 5)).astype(np.float32)
     model = TwoInputs()
     variables = model.init(jax.random.PRNGKey(0), tokens, features)
-    port = bridge.load_into(TorchTwoInputs().eval(), model, variables, inputs=(tokens, features))
+    port = bridge.load_into(model, variables, TorchTwoInputs().eval(), inputs=(tokens, features))
     report = bridge.check_equivalence(model, variables, port, (tokens, features))
     assert report.ok, str(report)
     assert report.output.size == 4 * 3 + 4 * 8  # both leaves compared, by position
@@ -314,7 +314,7 @@ def test_calibrating_only_where_the_bounds_fail_gives_the_verdicts_of_calibratin
     model, variables, x = block
     kind = TorchTransformerBlock(exact_gelu=True) if mistake == "gelu" else TorchSeparateBlock(mistake=mistake)
     by_name = SEPARATE_BY_NAME if isinstance(kind, TorchSeparateBlock) else None
-    port = bridge.load_into(kind.eval(), model, variables, inputs=x, mapping=by_name)
+    port = bridge.load_into(model, variables, kind.eval(), inputs=x, mapping=by_name)
     lazy = bridge.check_equivalence(model, variables, port, x)
     monkeypatch.setattr(_gradients, "CALIBRATE_LAZILY", False)
     everywhere = bridge.check_equivalence(model, variables, port, x)
@@ -332,7 +332,7 @@ def test_a_tree_is_checked_in_float64_where_a_1e_12_change_shows(block: Any) -> 
     1e-12 is located at the attention (invisible in float32, where the same port passes), and the port and
     variables given stay float32."""
     model, variables, x = block
-    port = bridge.load_into(TorchTransformerBlock().eval(), model, variables, inputs=x)
+    port = bridge.load_into(model, variables, TorchTransformerBlock().eval(), inputs=x)
     with jax.enable_x64(True):
         report = bridge.check_equivalence(model, variables, port, x, dtype="float64")
         assert report.ok, str(report)
@@ -351,7 +351,7 @@ def test_a_tree_is_checked_in_float64_where_a_1e_12_change_shows(block: Any) -> 
     ), str(off)
     assert bridge.check_equivalence(model, variables, port, x, grads=False).ok  # float32 cannot see 1e-12
     with jax.enable_x64(True), pytest.raises(bridge.LayerMismatchError, match=r"port\.to\(torch\.float64\) first"):
-        bridge.load_into(TorchTransformerBlock().eval(), model, variables, inputs=x.astype(np.float64))
+        bridge.load_into(model, variables, TorchTransformerBlock().eval(), inputs=x.astype(np.float64))
 
 
 def test_a_channels_first_cnn_is_checked_in_bfloat16_and_its_flatten_order_still_found(mnist: Any) -> None:
@@ -360,7 +360,7 @@ def test_a_channels_first_cnn_is_checked_in_bfloat16_and_its_flatten_order_still
     located at its Linear. (Gradients are left out: in bfloat16 their margin here, 0.8 of the tolerance at
     worst over four seeds, depends on the convolution kernels of the machine.)"""
     model, variables, x = mnist
-    port = bridge.load_into(TorchCNN().eval(), model, variables, inputs=x, channels_last=False)
+    port = bridge.load_into(model, variables, TorchCNN().eval(), inputs=x, channels_last=False)
     report = bridge.check_equivalence(model, variables, port, x, channels_last=False, dtype="bfloat16", grads=False)
     assert report.ok, str(report)
     assert report.settings["dtype"] == "bfloat16"
@@ -389,7 +389,7 @@ def test_dtype_is_refused_for_a_tree_whose_layer_computes_in_its_own() -> None:
     x = np.ones((2, 3), np.float32)
     model = Fixed()
     variables = model.init(jax.random.PRNGKey(0), x)
-    port = bridge.load_into(Port(), model, variables, inputs=x)
+    port = bridge.load_into(model, variables, Port(), inputs=x)
     with pytest.raises(bridge.InvalidArgumentError, match=r"^head computes in float32 \(its dtype=\).*dtype='float32'"):
         bridge.check_equivalence(model, variables, port, x, dtype="bfloat16")
 
@@ -399,7 +399,7 @@ def test_seeds_sweep_a_tree_each_seed_as_its_own_check(block: Any) -> None:
     port by structure and checked as one check of that seed would be (the detailed seed's rows are those of
     that check); a planted mistake fails every seed and is located; the port is left as it was."""
     model, variables, x = block
-    port = bridge.load_into(TorchSeparateBlock().eval(), model, variables, inputs=x)
+    port = bridge.load_into(model, variables, TorchSeparateBlock().eval(), inputs=x)
     before = {k: v.clone() for k, v in port.state_dict().items()}
     sweep = bridge.check_equivalence(model, variables, port, x, seeds=[5, 7, 9])
     assert sweep.ok, str(sweep)
@@ -408,7 +408,7 @@ def test_seeds_sweep_a_tree_each_seed_as_its_own_check(block: Any) -> None:
     assert all(torch.equal(before[k], v) for k, v in port.state_dict().items())
     own = model.init(jax.random.PRNGKey(5), x)
     single = bridge.check_equivalence(
-        model, own, bridge.load_into(TorchSeparateBlock().eval(), model, own, inputs=x), x
+        model, own, bridge.load_into(model, own, TorchSeparateBlock().eval(), inputs=x), x
     )
     assert sweep.detailed_seed == 5
     assert [r.flax_path for r in sweep.detailed.layers] == [r.flax_path for r in single.layers]
@@ -418,7 +418,7 @@ def test_seeds_sweep_a_tree_each_seed_as_its_own_check(block: Any) -> None:
         rtol=1e-3,
     )
     assert len(sweep.detailed.gradients) == len(single.gradients) > 0
-    wrong = bridge.load_into(TorchSeparateBlock(mistake="scale").eval(), model, variables, inputs=x)
+    wrong = bridge.load_into(model, variables, TorchSeparateBlock(mistake="scale").eval(), inputs=x)
     failed = bridge.check_equivalence(model, variables, wrong, x, seeds=range(2), grads=False)
     assert failed.failed_seeds == (0, 1)
     divergence = failed.detailed.first_divergence
@@ -432,7 +432,7 @@ def test_a_tree_sweep_details_the_first_failing_seed() -> None:
     x = np.random.default_rng(0).standard_normal((8, 4)).astype(np.float32)
     model = ReluMLP()
     variables = model.init(jax.random.PRNGKey(0), x)
-    port = bridge.load_into(ClampedPort(wrong_when_negative=True), model, variables, inputs=x)
+    port = bridge.load_into(model, variables, ClampedPort(wrong_when_negative=True), inputs=x)
     signs = [float(model.init(jax.random.PRNGKey(s), x)["params"]["Dense_1"]["kernel"][0, 0]) < 0 for s in range(4)]
     assert signs == [False, True, False, True]
     sweep = bridge.check_equivalence(model, variables, port, x, seeds=range(4))

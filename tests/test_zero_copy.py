@@ -59,7 +59,7 @@ def test_copied_weights_are_ordinary_contiguous_tensors(tmp_path: Path) -> None:
         assert tensor.is_contiguous(), name
     save_file(copied.state_dict(), str(tmp_path / "w.safetensors"))
     assert load_file(str(tmp_path / "w.safetensors")).keys() == copied.state_dict().keys()
-    port = bridge.load_into(torch_impl.SeqMLP(16, 32, 8), model, variables)
+    port = bridge.load_into(model, variables, torch_impl.SeqMLP(16, 32, 8))
     x = torch.from_numpy(np.random.default_rng(1).normal(size=(10, 16)).astype(np.float32))
     with torch.no_grad():
         assert torch.equal(copied(x), port(x))

@@ -219,8 +219,8 @@ def _repaired(pair: Pair, detail: Detail, rerun: Rerun) -> str | None:
             if matches(candidate):
                 return (
                     f"torch {pair.torch.name}.{name} holds the Flax values transposed: transposed, {pair.torch.name} "
-                    f"computes what Flax {pair.flax.name} computes; reload it with bridge.load_into(port, model, "
-                    "variables, inputs=...)"
+                    f"computes what Flax {pair.flax.name} computes; reload it with bridge.load_into(model, "
+                    "variables, port, inputs=...)"
                 )
     for attribute in _EPSILON_ATTRIBUTES:
         value = getattr(module, attribute, None)

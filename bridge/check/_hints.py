@@ -117,7 +117,7 @@ def dense_layout(context: HintContext) -> str | None:
         return (
             "the Linear weight holds the Dense kernel untransposed: a square kernel loads without a shape error; "
             "torch weight is (out, in), Flax kernel is (in, out): load kernel.T, e.g. "
-            "bridge.load_into(port, model, variables)"
+            "bridge.load_into(model, variables, port)"
         )
     if bias is not None and module.bias is None and reproduces(context, context.x @ kernel):
         return "the torch Linear has no bias but the Flax Dense does: use Linear(..., bias=True) and load the bias"
@@ -144,7 +144,7 @@ def unpermuted_after_flatten(context: HintContext) -> str | None:
         "and this Linear's "
         "weight columns are in Flax's order: permute them, weight = kernel.reshape("
         f"{positions}, {_channels(permutation)}, -1).transpose(1, 0, 2).reshape({len(permutation)}, -1).T, "
-        "or call bridge.load_into(port, model, variables, channels_last=False)"
+        "or call bridge.load_into(model, variables, port, channels_last=False)"
     )
 
 
@@ -176,7 +176,7 @@ def batchnorm_statistics_missing(context: HintContext) -> str | None:
         return None
     return (
         f"torch {type(module).__name__} still holds its initial running statistics (mean 0, variance 1) but Flax's "
-        f"batch_stats differ: load them ({'; '.join(missing)}), e.g. bridge.load_into(port, model, variables, "
+        f"batch_stats differ: load them ({'; '.join(missing)}), e.g. bridge.load_into(model, variables, port, "
         "inputs=...), which fills BatchNorm statistics from batch_stats"
     )
 
@@ -204,8 +204,8 @@ def parameters_differ(context: HintContext) -> str | None:
         if expected.ndim == 2 and np.array_equal(found, expected.T):
             return (
                 f"torch {name} holds the Flax values untransposed: a square matrix loads without a shape error; "
-                "torch's layout is (out, in), Flax's (in, out): reload it with bridge.load_into(port, model, "
-                "variables, inputs=...)"
+                "torch's layout is (out, in), Flax's (in, out): reload it with bridge.load_into(model, "
+                "variables, port, inputs=...)"
             )
         relative = np.abs(found - expected).max() / (np.abs(expected).max() or 1.0)
         maps = [m for m in rule.param_maps(context.step.layer, context.step.variables) if m.torch_name == name]
@@ -216,7 +216,7 @@ def parameters_differ(context: HintContext) -> str | None:
         )
         return (
             f"torch {name} differs from {source} by up to {relative:.1e} of its scale: "
-            "reload it with bridge.load_into(port, model, variables)"
+            "reload it with bridge.load_into(model, variables, port)"
         )
     return None
 

@@ -71,7 +71,7 @@ def sweep_seeds(
     _check_fits(template, first)
     channels_last = options["channels_last"]
     # raises, naming the layer, when it cannot fit
-    fitted = load_into(copy.deepcopy(torch_module), model, first, channels_last=channels_last)
+    fitted = load_into(model, first, copy.deepcopy(torch_module), channels_last=channels_last)
     stacked, port = native, torch_module
     if dtype is not None:
         _, stacked, port = _cast(model, native, torch_module, dtype)
@@ -127,7 +127,7 @@ def sweep_seeds(
     detailed_seed = seed_list[detailed_index]
     own = _one_seed(native, detailed_index)
     detailed = check_one(
-        model, own, load_into(fitted, model, own, channels_last=channels_last), inputs, seed=detailed_seed, **options
+        model, own, load_into(model, own, fitted, channels_last=channels_last), inputs, seed=detailed_seed, **options
     )
     seed_ok[detailed_index] &= detailed.ok
     return SeedSweepReport(

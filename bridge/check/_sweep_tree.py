@@ -60,7 +60,7 @@ def sweep_tree_seeds(
     detailed_index, detailed = 0, None
     for index in range(len(seed_list)):  # only the verdicts are kept, and the report of the seed to detail
         variables = _one_seed(every_seed, index)
-        load_into(fitted, model, variables, inputs=inputs, **where)  # raises, naming the call, when it cannot fit
+        load_into(model, variables, fitted, inputs=inputs, **where)  # raises, naming the call, when it cannot fit
         report = check_one(model, variables, fitted, inputs, grads=False, **where, **options)
         seed_ok.append(report.ok)
         worst.append(_worst_ratio(report))
@@ -69,7 +69,7 @@ def sweep_tree_seeds(
     assert detailed is not None  # seeds is never empty
     if grads:  # the detailed seed again, its gradients compared too
         variables = _one_seed(every_seed, detailed_index)
-        load_into(fitted, model, variables, inputs=inputs, **where)
+        load_into(model, variables, fitted, inputs=inputs, **where)
         detailed = check_one(model, variables, fitted, inputs, grads=True, **where, **options)
         seed_ok[detailed_index] = detailed.ok
     return SeedSweepReport(

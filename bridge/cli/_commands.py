@@ -220,7 +220,7 @@ def _build(args: argparse.Namespace, seed: int) -> _Pair:
     port = load_object(args.torch, "--torch")
     if not args.keep_torch_weights:
         try:
-            load_into(port, model, variables)
+            load_into(model, variables, port)
         except LayerMismatchError as e:
             raise _PortMismatchError(f"the Flax weights do not fit the port: {e}") from e
     return _Pair(model, variables, port.eval(), None)
@@ -242,7 +242,7 @@ def _build_tree(args: argparse.Namespace, model: Any, seed: int) -> _Pair:
     port = load_object(args.torch, "--torch")
     if not args.keep_torch_weights:
         try:
-            load_into(port, model, variables, inputs=inputs, channels_last=not args.channels_first, mapping=mapping)
+            load_into(model, variables, port, inputs=inputs, channels_last=not args.channels_first, mapping=mapping)
         except LayerMismatchError as e:
             raise _PortMismatchError(f"the Flax weights do not fit the port: {e}") from e
     return _Pair(model, variables, port.eval(), inputs, mapping)
@@ -550,7 +550,7 @@ def _convert_into(
         written = _read_back(load_checkpoint, args.source) if args.check else None
     else:
         written = load_checkpoint(args.source, strict=args.strict)
-        write_checkpoint(from_state_dict(model, written, target), fmt, temporary, label)
+        write_checkpoint(from_state_dict(model, target, written), fmt, temporary, label)
         variables = _read_back(read_checkpoint, temporary, fmt, target, label=label)
     if not args.check:
         return None

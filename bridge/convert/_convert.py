@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -33,6 +34,11 @@ class PlannedStep(NamedTuple):
 def plan(model: Any, variables: Variables | None = None) -> tuple[PlannedStep, ...]:
     """Discover the chain of ``model`` and pick a rule for each step (raises before converting anything)."""
     return tuple(PlannedStep(step, rule_for_flax(step.layer, step.where)) for step in discover_chain(model, variables))
+
+
+def _is_state_dict(value: Any) -> bool:
+    """A flat mapping of tensors or arrays (what ``state_dict()`` returns), not a tree of Flax variables."""
+    return isinstance(value, Mapping) and bool(value) and all(hasattr(v, "shape") for v in value.values())
 
 
 def to_state_dict(model: Any, variables: Variables | None = None) -> dict[str, torch.Tensor]:
@@ -158,9 +164,9 @@ def channels_first_positions(steps: Sequence[Step]) -> int:
 
 
 def load_into(
-    torch_module: torch.nn.Module,
     model: Any,
     variables: Variables | None = None,
+    torch_module: torch.nn.Module | None = None,
     *,
     inputs: Any = None,
     torch_inputs: Any = None,
@@ -185,6 +191,9 @@ def load_into(
     embedding weight, with a ``TiedWeightsWarning`` that says which.
 
     Arguments:
+        model, variables, torch_module: in the order of every other function (``check_equivalence``,
+            ``to_torch``); the order before 0.2, ``load_into(torch_module, model, variables)``, still works
+            with a ``DeprecationWarning`` for one release.
         inputs, torch_inputs, mapping: as in ``check_equivalence`` (needed for trees only).
         channels_last: False for a channels-first port: when its flatten is ``nn.Flatten`` of
             ``(N, C, H, W)`` (torch's order, found by running it on a probe), the Linear after it gets the
@@ -198,7 +207,16 @@ def load_into(
         LayerMismatchError: naming every position whose module is of another layer kind, or whose
             tensors are missing, left over, mis-shaped or mis-typed.
     """
+    if isinstance(model, torch.nn.Module):  # the order before 0.2: (torch_module, model, variables)
+        warnings.warn(
+            "load_into(torch_module, model, variables) is deprecated: call load_into(model, variables, "
+            "torch_module), the order of check_equivalence and to_torch",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        model, variables, torch_module = variables, torch_module, model  # type: ignore[assignment]
     require_port(torch_module, "torch_module")
+    assert isinstance(torch_module, torch.nn.Module)  # require_port refused anything else
     require_variables(variables)
     require_mapping(mapping)
     _require_materialised(torch_module)
@@ -330,14 +348,15 @@ def _require_materialised(port: torch.nn.Module) -> None:
         )
 
 
-def from_state_dict(model: Any, state_dict: Mapping[str, Any], variables: Variables | None = None) -> dict[str, Any]:
+def from_state_dict(model: Any, variables: Any = None, state_dict: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Flax variables for ``model`` from a torch state dict (keys ``"0.weight"``...), the inverse of ``to_state_dict``.
 
     Arguments:
         model: the Flax model the weights belong to.
-        state_dict: tensors (or arrays) laid out for torch.
         variables: variables of the model giving its tree (``model.init``, or ``jax.eval_shape`` of it
-            to avoid allocating); None for NNX.
+            to avoid allocating); None for NNX. ``to_state_dict(model, variables)``'s order; the order before
+            0.2, ``from_state_dict(model, state_dict, variables)``, still works with a ``DeprecationWarning``.
+        state_dict: tensors (or arrays) laid out for torch.
 
     Returns:
         Nested dicts of NumPy arrays in the model's tree (``{"params": {"Dense_0": {"kernel": ...}}}``).
@@ -345,6 +364,14 @@ def from_state_dict(model: Any, state_dict: Mapping[str, Any], variables: Variab
     Raises:
         LayerMismatchError: naming the layer and key of every missing, unexpected or mis-shaped tensor.
     """
+    if _is_state_dict(variables) and not _is_state_dict(state_dict):  # the order before 0.2
+        warnings.warn(
+            "from_state_dict(model, state_dict, variables) is deprecated: call from_state_dict(model, variables, "
+            "state_dict), the order of to_state_dict",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        variables, state_dict = state_dict, variables
     if not isinstance(state_dict, Mapping):
         raise InvalidArgumentError(
             "state_dict must be a mapping of torch names to tensors (what module.state_dict() returns), got "

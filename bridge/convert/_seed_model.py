@@ -39,7 +39,7 @@ def seed_models(seed: Any, x: Any, hidden: Any, out: Any) -> SeedModels:
     model, variables = flax_impl.init_variables(args)
     dtype = jax.tree_util.tree_leaves(variables)[0].dtype  # the twin holds the weights in Flax's dtype
     twin = torch_impl.SeqMLP(args.x.shape[-1], args.hidden, args.out, dtype=torch_dtype(dtype))
-    load_into(twin, model, variables)
+    load_into(model, variables, twin)
     return SeedModels(model, variables, twin.eval(), jnp.asarray(args.x))
 
 

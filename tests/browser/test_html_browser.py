@@ -42,7 +42,7 @@ def failing_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]
     x = np.random.default_rng(1).standard_normal((2, 8, 8, 2)).astype(np.float32)
     model = ResNet()
     variables = model.init(jax.random.PRNGKey(0), x)
-    port = bridge.load_into(TorchResNet(residual=False).eval(), model, variables, inputs=x, channels_last=False)
+    port = bridge.load_into(model, variables, TorchResNet(residual=False).eval(), inputs=x, channels_last=False)
     report = bridge.check_equivalence(model, variables, port, x, channels_last=False)
     path = tmp_path_factory.mktemp("html") / "report.html"
     report.to_html(path)
@@ -83,7 +83,7 @@ def test_a_passing_report_has_no_divergence_box(tmp_path: Path) -> None:
     x = np.random.default_rng(1).standard_normal((2, 8, 8, 2)).astype(np.float32)
     model = ResNet()
     variables = model.init(jax.random.PRNGKey(0), x)
-    port = bridge.load_into(TorchResNet().eval(), model, variables, inputs=x, channels_last=False)
+    port = bridge.load_into(model, variables, TorchResNet().eval(), inputs=x, channels_last=False)
     path = tmp_path / "ok.html"
     bridge.check_equivalence(model, variables, port, x, channels_last=False, grads=False).to_html(path)
     dom = _chromium("--dump-dom", path.as_uri()).stdout

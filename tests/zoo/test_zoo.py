@@ -37,7 +37,7 @@ def test_load_into_is_right_or_refuses(case: hf_zoo.ZooCase) -> None:
     port = case.make_torch()
     untouched = {k: v.clone() for k, v in port.state_dict().items()}
     try:
-        bridge.load_into(port, case.flax_module, case.variables, inputs=case.inputs, torch_inputs=case.torch_inputs)
+        bridge.load_into(case.flax_module, case.variables, port, inputs=case.inputs, torch_inputs=case.torch_inputs)
     except bridge.LayerMismatchError:
         changed = [k for k, v in port.state_dict().items() if not torch.equal(v, untouched[k])]
         assert not changed, f"a refused load changed {changed[:5]}"
