@@ -41,6 +41,7 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "rules": (".rules", None),
     "run_torch": (".convert._seed_model", "run_torch"),
     "save_checkpoint": (".io._files", "save_checkpoint"),
+    "show_progress": ("._progress", "show_progress"),
     "to_flax": (".convert._convert", "to_flax"),
     "to_nnx": (".convert._convert", "to_nnx"),
     "to_state_dict": (".convert._convert", "to_state_dict"),
@@ -79,6 +80,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors (tests/test_p
     from ._errors import UnknownLayerError as UnknownLayerError
     from ._errors import UnsupportedModelError as UnsupportedModelError
     from ._numerics import DEFAULT_RTOL_ATOL as DEFAULT_RTOL_ATOL
+    from ._progress import show_progress as show_progress
     from .check._check import assert_equivalent as assert_equivalent
     from .check._check import check_equivalence as check_equivalence
     from .check._compare import Comparison as Comparison

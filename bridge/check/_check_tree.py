@@ -27,6 +27,7 @@ import torch
 from flax import nnx
 
 from .. import _flax_model as flax_model
+from .. import _progress as progress
 from .._arguments import call_arguments, port_keywords, torch_arguments
 from .._errors import InvalidArgumentError
 from .._jaxpr import first_narrowing
@@ -91,6 +92,7 @@ def check_tree(
     else:
         torch_args, torch_kwargs = torch_arguments(*call_arguments(torch_inputs), True)
         channels_last = channels_last and not _given_channels_first((args, kwargs), (torch_args, torch_kwargs))
+    progress.step("running the Flax model, recording its calls")
     flax_out, flax_calls = capture_flax(model, variables, args, kwargs)
     if dtype is not None:
         _refuse_own_compute_dtypes(model, flax_calls, dtype)
@@ -105,14 +107,17 @@ def check_tree(
         outputs = runs.wide_outputs()
         return outputs if outputs is not None and len(outputs) == len(flax_calls) else []
 
+    progress.step(f"running the port, recording its calls ({len(flax_calls)} Flax calls)")
     with torch.no_grad():
         torch_out, torch_calls = capture_torch(port, torch_args, torch_kwargs)
+    progress.step(f"matching {len(flax_calls)} Flax calls with {len(torch_calls)} torch calls")
     matching = match_calls(flax_calls, torch_calls, mapping)
     find_input_permutations(matching.pairs)
     loose = match_loose(matching, flax_model.all_variables(model, variables), port, by_value=True)
     pair_own_calls(matching, loose, flax_calls, torch_calls)
     rows, details, calibrated = [], [], 0
     for number, pair in enumerate(matching.pairs):
+        progress.step(f"comparing call {number + 1} of {len(matching.pairs)}: {pair.flax.name or '(model)'}")
         isolated_out = run_isolated(pair, channels_last)
         row, detail = _compare_pair(number, pair, isolated_out, None, other, channels_last, tolerance)
         if tolerance is None and (not row.ok or not _gradients.CALIBRATE_LAZILY):  # again, calibrated: only wider
@@ -134,6 +139,7 @@ def check_tree(
     gradient_rows: tuple[GradientRow, ...] = ()
     dropped: dict[str, int] = {}
     if grads and not problems:
+        progress.step("comparing the gradients")
         # rows with NaN or Inf anywhere in the Flax forward pass have undefined gradients: judged without them
         values = (*output_leaves((args, kwargs)), *(leaf for call in flax_calls for leaf in output_leaves(call.output)))
         finite = finite_rows(values, batch_rows(output_leaves(args)))
@@ -179,6 +185,7 @@ def check_tree(
         expected = first_array(pair.flax.output)
         return None if out is None or expected is None else in_flax_layout(out, np.asarray(expected), channels_last)
 
+    progress.step("locating the first divergence")
     first = first_divergence(
         rows, details, judged_pairs, flax_calls, structure, gradient_rows, channels_last, rerun=rerun
     )

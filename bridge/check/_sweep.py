@@ -24,6 +24,7 @@ import torch
 from torch.utils import _pytree as torch_tree
 
 from .. import _flax_model as flax_model
+from .. import _progress as progress
 from .._arguments import torch_argument
 from .._errors import InvalidArgumentError, LayerMismatchError, first_line
 from .._numerics import Precision, Tolerance
@@ -66,6 +67,7 @@ def sweep_seeds(
     dtype = options["dtype"]
     xs = np.stack([_inputs(inputs, steps, rules, seed, options["n_inputs"], dtype) for seed in seed_list])
 
+    progress.step(f"initialising {len(seed_list)} seeds in one compiled call")
     native = init_seeds(model, seed_list, xs)
     first = _one_seed(native, 0)
     _check_fits(template, first)

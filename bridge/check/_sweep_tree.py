@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .. import _flax_model as flax_model
+from .. import _progress as progress
 from .._arguments import call_arguments
 from .._errors import InvalidArgumentError, first_line
 from ..convert._convert import load_into
@@ -60,14 +61,16 @@ def sweep_tree_seeds(
     detailed_index, detailed = 0, None
     for index in range(len(seed_list)):  # only the verdicts are kept, and the report of the seed to detail
         variables = _one_seed(every_seed, index)
-        load_into(model, variables, fitted, inputs=inputs, **where)  # raises, naming the call, when it cannot fit
-        report = check_one(model, variables, fitted, inputs, grads=False, **where, **options)
+        with progress.prefixed(f"seed {index + 1} of {len(seed_list)}: "):
+            load_into(model, variables, fitted, inputs=inputs, **where)  # raises, naming the call, when it cannot fit
+            report = check_one(model, variables, fitted, inputs, grads=False, **where, **options)
         seed_ok.append(report.ok)
         worst.append(_worst_ratio(report))
         if detailed is None or (not report.ok and seed_ok[detailed_index]):  # the first failing, else the first
             detailed_index, detailed = index, report
     assert detailed is not None  # seeds is never empty
     if grads:  # the detailed seed again, its gradients compared too
+        progress.step(f"seed {seed_list[detailed_index]} again, with its gradients")
         variables = _one_seed(every_seed, detailed_index)
         load_into(model, variables, fitted, inputs=inputs, **where)
         detailed = check_one(model, variables, fitted, inputs, grads=True, **where, **options)

@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert_hf = add_convert_hf(commands)
     for command in (check, convert, export, golden, convert_hf):
+        command.add_argument("--quiet", action="store_true", help="no progress line on a terminal")
         command.add_argument(
             "--timeout",
             type=_seconds,
@@ -204,6 +205,27 @@ def _time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+@contextlib.contextmanager
+def _progress_line(args: argparse.Namespace) -> Iterator[None]:
+    """On a terminal, one transient status line on stderr saying what the command is doing (``rich``); nothing
+    with ``--json`` or ``--quiet``, or when stderr is a file or a pipe."""
+    if getattr(args, "json", False) or args.quiet or not sys.stderr.isatty():
+        yield
+        return
+    from rich.console import Console
+    from rich.live import Live
+    from rich.spinner import Spinner
+
+    from .._progress import show_progress
+
+    prefix = f"flax2torch {args.command}: "
+    spinner = Spinner("dots", prefix + "starting")
+    # stdout stays stdout (a report piped to a file must not move to the terminal's stderr)
+    live = Live(spinner, console=Console(file=sys.stderr), transient=True, redirect_stdout=False, redirect_stderr=False)
+    with live, show_progress(lambda line: spinner.update(text=prefix + line)):
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``flax2torch`` with ``argv`` (default ``sys.argv[1:]``) and return its exit code."""
     args = build_parser().parse_args(argv)
@@ -231,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.json_out = sys.stdout  # --json: the document alone on stdout, any other output on stderr
             json_only = getattr(args, "json", False)
             quiet_stdout = contextlib.redirect_stdout(sys.stderr) if json_only else contextlib.nullcontext()
-            with warnings.catch_warnings(record=True) as caught, no_hard_exit(), quiet_stdout:
+            with warnings.catch_warnings(record=True) as caught, no_hard_exit(), quiet_stdout, _progress_line(args):
                 warnings.simplefilter("always", NonFiniteWarning)
                 warnings.simplefilter("always", LeftoverWarning)
                 code = COMMANDS[args.command](args)

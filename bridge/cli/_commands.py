@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .. import _progress as progress
 from .._errors import InvalidArgumentError, LayerMismatchError
 from .._flax_model import is_nnx
 from ._convert_hf import run_convert_hf
@@ -556,6 +557,7 @@ def _convert_into(
         return None
     from ..check._check import check_equivalence
 
+    progress.step("checking the written checkpoint against the Flax model")
     assert written is not None  # read whenever the check runs
     port = torch_module_for(model, variables, written)
     report = check_equivalence(model, variables, port, seed=args.seed, n_inputs=8, grads=False)
@@ -594,6 +596,7 @@ def run_export(args: argparse.Namespace) -> int:
     if not is_model(model):
         raise InvalidArgumentError(f"--flax {args.flax}: not a Flax module (linen or NNX)")
     inputs, variables = _inputs_and_variables(args, model, args.seed)
+    progress.step(f"tracing {type(model).__name__} into torch code")
     with contained(f"cannot convert {type(model).__name__}", "to_torch"):
         module = native_module(model, variables, inputs)  # a chain too: the export is always the traced code
     class_name = export_class_name(type(model).__name__)
@@ -604,9 +607,11 @@ def run_export(args: argparse.Namespace) -> int:
             destination, force=args.force, directory=True, may_replace=_replaceable_export, protect=user_files
         ) as folder:
             folder.mkdir()
+            progress.step("writing model.py and weights.safetensors")
             source, weights = write_export(module, class_name, folder)
             stage("written")
             if args.check:
+                progress.step("importing the written file on its own and checking it against Flax")
                 verify(model, variables, load_export(source, weights, class_name), inputs)
     except NotEquivalentError as e:
         print(f"{e}\n{args.destination} was not written")

@@ -4,7 +4,6 @@ transformers' PyTorch class loads, checked against the Flax model before OUT_DIR
 from __future__ import annotations
 
 import argparse
-import sys
 
 EXIT_MATCH, EXIT_MISMATCH = 0, 1
 
@@ -25,7 +24,6 @@ def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true", help="replace OUT_DIR if it is an earlier convert-hf output")
     parser.add_argument("--strict", action="store_true", help="refuse NaN/Inf weights instead of warning")
     parser.add_argument("--no-check", dest="check", action="store_false", help="skip loading and comparing")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines on a terminal")
     return parser
 
 
@@ -34,10 +32,6 @@ def run_convert_hf(args: argparse.Namespace) -> int:
     from .._errors import NotEquivalentError
     from ..hf import convert_hf_checkpoint
 
-    def progress(line: str) -> None:
-        print(f"flax2torch convert-hf: {line}", file=sys.stderr, flush=True)
-
-    show = not args.quiet and sys.stderr.isatty()
     try:
         result = convert_hf_checkpoint(
             args.source,
@@ -46,7 +40,6 @@ def run_convert_hf(args: argparse.Namespace) -> int:
             force=args.force,
             architecture=args.architecture,
             strict=args.strict,
-            progress=progress if show else None,
         )
     except NotEquivalentError as e:
         print(e)

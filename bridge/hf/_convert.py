@@ -15,7 +15,7 @@ import contextlib
 import json
 import shutil
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from .. import _progress as progress
 from .._errors import InvalidArgumentError, NotEquivalentError, UnsupportedModelError
 from .._manifest import unchanged_output, write_manifest
 from ..check._check import check_equivalence
@@ -38,7 +39,6 @@ MANIFEST = "flax2torch-convert-hf.json"
 MANIFEST_FORMAT = "flax2torch-convert-hf/1"
 TORCH_INDEX = "model.safetensors.index.json"
 _SIDE_SUFFIXES = {".json", ".txt", ".model", ".md", ".jinja", ".tiktoken", ".vocab", ".spm", ".bpe"}
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,6 @@ def convert_hf_checkpoint(
     force: bool = False,
     architecture: str | None = None,
     strict: bool = False,
-    progress: Progress | None = None,
 ) -> HFConversion:
     """Convert the Flax checkpoint folder ``source`` into a PyTorch folder ``destination``.
 
@@ -72,7 +71,8 @@ def convert_hf_checkpoint(
             on example inputs; the destination appears only when they are equivalent.
         architecture: the PyTorch class name (``"BertForMaskedLM"``) when ``config.json`` names none.
         strict: refuse NaN/Inf weights instead of warning.
-        progress: called with a line per phase and per shard (the CLI prints them on a terminal).
+
+    Progress (a line per phase and per shard) goes to ``bridge.show_progress``'s sink, if one listens.
 
     Raises:
         CheckpointError: a damaged or hostile folder, or one that disagrees with its config.
@@ -81,11 +81,10 @@ def convert_hf_checkpoint(
         OutputExistsError / OutputRefusedError: the destination exists (without ``force``, or is not an earlier
             conversion, unchanged).
     """
-    say = progress or (lambda line: None)
     checkpoint = open_checkpoint(source)
     transformers = _transformers()
     with _quiet(transformers):
-        return _convert(transformers, checkpoint, Path(destination), check, force, architecture, strict, say)
+        return _convert(transformers, checkpoint, Path(destination), check, force, architecture, strict)
 
 
 def _convert(
@@ -96,12 +95,11 @@ def _convert(
     force: bool,
     architecture: str | None,
     strict: bool,
-    say: Progress,
 ) -> HFConversion:
     config = _config(transformers, checkpoint.folder)
     name = _architecture(config, architecture, checkpoint.folder)
     flax_class, torch_class = _classes(transformers, name)
-    say(f"planning {name}: {len(checkpoint.shards)} shard(s), {checkpoint.size / 2**20:.1f} MiB")
+    progress.step(f"planning {name}: {len(checkpoint.shards)} shard(s), {checkpoint.size / 2**20:.1f} MiB")
     layers, expected, keyed = flax_layout(flax_class(config, _do_init=False))
     with torch.device("meta"):
         plan = plan_conversion(layers, expected, keyed, torch_class(config))
@@ -111,11 +109,9 @@ def _convert(
         destination, force=force, directory=True, may_replace=_earlier_conversion, protect=[checkpoint.folder]
     ) as staging:
         staging.mkdir()
-        shards, total = _write_shards(checkpoint, plan, expected, staging, strict, say)
+        shards, total = _write_shards(checkpoint, plan, expected, staging, strict)
         _copy_side_files(checkpoint.folder, staging)
-        report = (
-            _check(transformers, flax_class, torch_class, checkpoint.folder, staging, keyed, say) if check else None
-        )
+        report = _check(transformers, flax_class, torch_class, checkpoint.folder, staging, keyed) if check else None
         write_manifest(staging, MANIFEST, MANIFEST_FORMAT)
     return HFConversion(destination, name, shards, len(plan.tensors), total, plan.tied, tuple(plan.by_name()), report)
 
@@ -196,7 +192,6 @@ def _write_shards(
     expected: dict[str, Any],
     staging: Path,
     strict: bool,
-    say: Progress,
 ) -> tuple[tuple[str, ...], int]:
     """One safetensors shard per Flax shard, tensor by tensor; the index when there are several."""
     count = len(checkpoint.shards)
@@ -209,7 +204,7 @@ def _write_shards(
     seen: set[str] = set()
     total = 0
     for k, (shard, name) in enumerate(zip(checkpoint.shards, names, strict=True)):
-        say(f"shard {k + 1}/{count}: {shard.name} -> {name}")
+        progress.step(f"shard {k + 1}/{count}: {shard.name} -> {name}")
         tensors: dict[str, torch.Tensor] = {}
         for path, array in leaves(shard):
             key = "/".join(path)
@@ -259,10 +254,10 @@ def _copy_side_files(source: Path, staging: Path) -> None:
 
 
 def _check(
-    transformers: Any, flax_class: Any, torch_class: Any, source: Path, staging: Path, keyed: bool, say: Progress
+    transformers: Any, flax_class: Any, torch_class: Any, source: Path, staging: Path, keyed: bool
 ) -> EquivalenceReport:
     """Load both folders with transformers and compare the models on example inputs."""
-    say("checking: loading both models")
+    progress.step("checking: loading both models")
     flax_model = flax_class.from_pretrained(str(source), local_files_only=True)
     loaded, info = torch_class.from_pretrained(str(staging), local_files_only=True, output_loading_info=True)
     wrong = {k: v for k, v in info.items() if v}
@@ -273,7 +268,7 @@ def _check(
     port = loaded.eval().float()
     variables = flax_model.params if keyed else {"params": flax_model.params}
     inputs, torch_inputs = example_inputs(flax_model.module, port, flax_model.config)
-    say("checking: comparing every call")
+    progress.step("checking: comparing every call")
     report = check_equivalence(flax_model.module, variables, port, inputs, torch_inputs=torch_inputs)
     if not report.ok:
         raise NotEquivalentError(

@@ -14,6 +14,7 @@ from typing import Any, BinaryIO
 import msgpack
 import numpy as np
 
+from .. import _progress as progress
 from .._tensors import to_numpy
 from ..convert._convert import plan
 from ..rules import ParamMap
@@ -126,6 +127,7 @@ def _write_tree(out: BinaryIO, tree: dict[str, Any], reader: Any, source: Path, 
             _write_tree(out, node, reader, source, strict)
             continue
         key, m = node
+        progress.step(f"streaming {key}")
         array = np.ascontiguousarray(m.torch_to_flax(to_numpy(reader.get_tensor(key))))
         if array.nbytes >= _MAX_ARRAY_BYTES:
             raise CheckpointError(f"{source}: {key} is {array.nbytes} bytes; tensors of 1 GiB or more are not streamed")

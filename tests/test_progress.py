@@ -1,0 +1,103 @@
+"""Progress: a transient status line on a terminal's stderr for long operations, never in --json output, never
+when stderr is a file; library users get the same lines through ``bridge.show_progress``."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import pytest
+
+import bridge
+from bridge.cli._cli import main
+from tests.tree_models import ResNet, TorchResNet
+
+ROOT = Path(__file__).resolve().parent.parent
+CHECK = ["check", "--flax", "native_models:PoolCNN", "--input-shape", "2,12,12,3", "--n-inputs", "2"]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def _on_terminal(monkeypatch: pytest.MonkeyPatch) -> _Terminal:
+    """stderr as a terminal; called in the test body (capsys re-installs its own capture when the call begins)."""
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    screen = _Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    return screen
+
+
+def test_a_check_on_a_terminal_shows_its_phases(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    terminal = _on_terminal(monkeypatch)
+    assert main(CHECK) == 0
+    shown = terminal.getvalue()
+    assert "flax2torch check: " in shown
+    assert "EQUIVALENT" in capsys.readouterr().out  # the report itself is on stdout, as without a terminal
+
+
+@pytest.mark.parametrize("flag", ["--json", "--quiet"])
+def test_json_and_quiet_show_no_progress(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    terminal = _on_terminal(monkeypatch)
+    assert main([*CHECK, flag]) == 0
+    assert "flax2torch check: " not in terminal.getvalue()
+    out = capsys.readouterr().out
+    if flag == "--json":
+        assert json.loads(out)["ok"] is True
+
+
+def test_no_progress_when_stderr_is_not_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    file = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", file)
+    assert main(CHECK) == 0
+    assert file.getvalue() == ""
+
+
+def _resnet() -> tuple[Any, Any, np.ndarray]:
+    x = np.random.default_rng(1).standard_normal((2, 8, 8, 2)).astype(np.float32)
+    model = ResNet()
+    return model, model.init(jax.random.PRNGKey(0), x), x
+
+
+def test_show_progress_gives_a_tree_checks_phases_in_order() -> None:
+    model, variables, x = _resnet()
+    port = bridge.load_into(model, variables, TorchResNet().eval(), inputs=x, channels_last=False)
+    lines: list[str] = []
+    with bridge.show_progress(lines.append):
+        assert bridge.check_equivalence(model, variables, port, x, channels_last=False).ok
+    phases = [
+        "running the Flax model",
+        "running the port",
+        "matching",
+        "comparing call 1 of",
+        "comparing the gradients",
+    ]
+    firsts = [next(i for i, line in enumerate(lines) if line.startswith(p)) for p in phases]
+    assert firsts == sorted(firsts)
+    assert sum(line.startswith("comparing call") for line in lines) == len(
+        bridge.check_equivalence(model, variables, port, x, channels_last=False, grads=False).layers
+    )
+    lines.clear()
+    bridge.check_equivalence(model, variables, port, x, channels_last=False)
+    assert lines == []  # no sink outside the block: nothing is collected
+
+
+def test_a_tree_sweep_names_the_seed_of_each_line() -> None:
+    model, variables, x = _resnet()
+    port = bridge.load_into(model, variables, TorchResNet().eval(), inputs=x, channels_last=False)
+    lines: list[str] = []
+    with bridge.show_progress(lines.append):
+        bridge.check_equivalence(model, variables, port, x, channels_last=False, seeds=range(2), grads=False)
+    assert any(line.startswith("seed 1 of 2: comparing call") for line in lines)
+    assert any(line.startswith("seed 2 of 2: comparing call") for line in lines)
