@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -101,3 +102,22 @@ def test_a_tree_sweep_names_the_seed_of_each_line() -> None:
         bridge.check_equivalence(model, variables, port, x, channels_last=False, seeds=range(2), grads=False)
     assert any(line.startswith("seed 1 of 2: comparing call") for line in lines)
     assert any(line.startswith("seed 2 of 2: comparing call") for line in lines)
+
+
+def test_the_report_is_drawn_with_rich_on_a_terminal_and_plain_elsewhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    screen = _Terminal()
+    monkeypatch.setattr(sys, "stdout", screen)
+    monkeypatch.setenv("COLUMNS", "200")  # a terminal wide enough for the table
+    assert main([*CHECK, "--quiet"]) == 0
+    drawn = screen.getvalue()
+    assert "\x1b[" in drawn  # coloured
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn)
+    for expected in ("flax-torch-bridge equivalence check: EQUIVALENT", "Conv_0", "Dense_0", "output"):
+        assert expected in plain
+    for narrow_or_not_a_terminal in (_Terminal(), io.StringIO()):
+        monkeypatch.setenv("COLUMNS", "60")  # too narrow: the plain text, not columns cut short
+        monkeypatch.setattr(sys, "stdout", narrow_or_not_a_terminal)
+        assert main([*CHECK, "--quiet"]) == 0
+        assert "\x1b[" not in narrow_or_not_a_terminal.getvalue()
+        assert narrow_or_not_a_terminal.getvalue().startswith("flax-torch-bridge equivalence check: EQUIVALENT\n")

@@ -101,7 +101,7 @@ def run_check(args: argparse.Namespace) -> int:
     elif args.input_shape:
         report = check_equivalence(pair.model, pair.variables, pair.torch_module, pair.inputs, **options)
         ok = report.ok
-        _json(args, {"seed": args.seed, **report.to_dict()}) if args.json else print(report)
+        _json(args, {"seed": args.seed, **report.to_dict()}) if args.json else _print_report(report)
     else:
         report = check_equivalence(
             pair.model, pair.variables, pair.torch_module, pair.inputs, seed=args.seed, **options
@@ -111,7 +111,7 @@ def run_check(args: argparse.Namespace) -> int:
             _json(args, {"seed": args.seed, **report.to_dict()})
         else:
             _print_seed_outputs(args, pair)
-            print(report)
+            _print_report(report)
     if args.plot:
         from ..check._plot import plot_report
 
@@ -119,6 +119,19 @@ def run_check(args: argparse.Namespace) -> int:
     if args.html:
         report.to_html(args.html)
     return EXIT_MATCH if ok else EXIT_MISMATCH
+
+
+def _print_report(report: Any) -> None:
+    """The report's table: drawn with rich on a terminal wide enough for it, the plain text of ``str(report)``
+    anywhere else (files, pipes, logs, a narrow terminal)."""
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        from ..check._rich import print_rich_report
+
+        if print_rich_report(report, Console(file=sys.stdout)):
+            return
+    print(report)
 
 
 def _validate_check(args: argparse.Namespace) -> None:
