@@ -121,3 +121,22 @@ def test_the_report_is_drawn_with_rich_on_a_terminal_and_plain_elsewhere(monkeyp
         assert main([*CHECK, "--quiet"]) == 0
         assert "\x1b[" not in narrow_or_not_a_terminal.getvalue()
         assert narrow_or_not_a_terminal.getvalue().startswith("flax-torch-bridge equivalence check: EQUIVALENT\n")
+
+
+def test_show_progress_gives_a_chain_checks_phases() -> None:
+    import flax.linen as nn
+    import torch
+
+    model = nn.Sequential([nn.Dense(4), jax.nn.relu, nn.Dense(2)])
+    variables = model.init(jax.random.PRNGKey(0), np.ones((1, 3), np.float32))
+    port = bridge.to_torch(model, variables)
+    assert isinstance(port, torch.nn.Sequential)
+    lines: list[str] = []
+    with bridge.show_progress(lines.append):
+        assert bridge.check_equivalence(model, variables, port).ok
+    assert [line.split(" (")[0] for line in lines] == [
+        "running the Flax chain",
+        "running the torch chain",
+        "comparing 3 positions end to end and isolated",
+        "comparing the gradients",
+    ]

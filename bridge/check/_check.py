@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .. import _flax_model as flax_model
+from .. import _progress as progress
 from .._arguments import call_arguments, torch_argument
 from .._errors import InvalidArgumentError, NotEquivalentError, UnsupportedModelError
 from .._numerics import DEFAULT_RTOL_ATOL, Precision, Tolerance
@@ -232,7 +233,9 @@ def check_equivalence(
     x = _inputs(inputs, steps, rules, seed, n_inputs, dtype)
     tolerance = _explicit_tolerance(rtol, atol, x.dtype)
 
+    progress.step(f"running the Flax chain ({len(steps)} positions)")
     flax_outputs = [np.asarray(y) for y in flax_layer_outputs(model, variables, jnp.asarray(x))]
+    progress.step("running the torch chain")
     torch_x = torch_argument(x, channels_last)
     with torch.no_grad():
         torch_final, torch_calls = torch_chain_calls(torch_module, torch_x)
@@ -248,6 +251,7 @@ def check_equivalence(
     paired = {p.flax.index: p for p in matching.pairs}
     # a position feeding a layer that reads a flatten's features in torch's order gives them in that order
     out_permutations = [p.input_permutation for p in matching.pairs[1:]] + [None]
+    progress.step(f"comparing {len(steps)} positions end to end and isolated")
     for step, rule, call in zip(
         steps, rules, [*(p.flax for p in matching.pairs), *matching.unmatched_flax], strict=True
     ):
@@ -297,6 +301,7 @@ def check_equivalence(
                 wrt_inputs=differentiable,
                 other=other_dtype(x.dtype if differentiable else np.float32),
             )
+            progress.step("comparing the gradients")
             gradient_rows, _ = compare_gradients(
                 runs,
                 torch_module,
