@@ -17,11 +17,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MEASURE = (
-    "import resource, subprocess, sys; "
-    "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-)
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.checkpoint_rss import peak_kib  # noqa: E402
+
 SAVE = """
 import sys, warnings
 warnings.simplefilter("ignore")
@@ -34,10 +33,7 @@ t.FlaxGPT2Model(config, seed=0).save_pretrained(sys.argv[1], max_shard_size=shar
 
 def peak_mib(*command: str) -> float:
     """Peak RSS (MiB) of ``command`` run as a child of a fresh interpreter."""
-    out = subprocess.run(
-        [sys.executable, "-c", MEASURE, *command], check=True, capture_output=True, text=True, cwd=ROOT
-    )
-    return int(out.stdout.split()[-1]) / 1024
+    return peak_kib(*command) / 1024
 
 
 def main() -> None:

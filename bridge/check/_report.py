@@ -150,6 +150,15 @@ def _ratio(c: Comparison | None) -> str:
 
 def format_report(report: EquivalenceReport) -> str:
     """An aligned text table: one line per position, the output and gradients, the divergence highlighted."""
+    header, rows = report_cells(report)
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in (header, *rows)]
+    return "\n".join([*report_heading(report), *lines, *report_notes(report)])
+
+
+def report_cells(report: EquivalenceReport) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """The table's header and rows as text (one row per call, the output, the gradients): what both the plain
+    text and the terminal's drawing show; a row's first cell is ``ok``, ``!!``, or ``>>`` at the divergence."""
     header = (
         "",
         "pos",
@@ -224,13 +233,23 @@ def format_report(report: EquivalenceReport) -> str:
                 "",
             )
         )
-    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in (header, *rows)]
+    return header, rows
+
+
+def report_heading(report: EquivalenceReport) -> list[str]:
+    """The verdict line and the settings line above the table."""
     s = report.settings
-    lines.insert(0, f"flax-torch-bridge equivalence check: {'EQUIVALENT' if report.ok else 'NOT EQUIVALENT'}")
-    lines.insert(
-        1, f"dtype {s.get('dtype')}, tolerance {s.get('tolerance')}, inputs {s.get('inputs')}; err/tol <= 1 passes"
-    )
+    return [
+        f"flax-torch-bridge equivalence check: {'EQUIVALENT' if report.ok else 'NOT EQUIVALENT'}",
+        f"dtype {s.get('dtype')}, tolerance {s.get('tolerance')}, inputs {s.get('inputs')}; err/tol <= 1 passes",
+    ]
+
+
+def report_notes(report: EquivalenceReport) -> list[str]:
+    """The lines under the table: problems, blocks not judged, NaN/Inf, rows left out, the divergence and hint."""
+    s = report.settings
+    first = report.first_divergence
+    lines: list[str] = []
     lines.extend(f"problem: {p}" for p in report.problems)
     not_judged = s.get("composites_not_judged") or []
     if not_judged:
@@ -255,7 +274,7 @@ def format_report(report: EquivalenceReport) -> str:
         torch_side = f"torch '{first.torch_name}'" if first.torch_name else "no torch layer"
         lines.append(f">> first divergence: position {first.index} ({where} <-> {torch_side}), {first.mode}")
         lines.append(f"   hint: {first.hint or 'no known porting mistake explains it; compare the layer by hand'}")
-    return "\n".join(lines)
+    return lines
 
 
 @dataclass(frozen=True)
