@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import torch
 from safetensors.torch import save_file
 
 from .. import _progress as progress
-from .._errors import InvalidArgumentError, NotEquivalentError, UnsupportedModelError
+from .._errors import InvalidArgumentError, NotEquivalentError, UnsupportedModelError, first_line
 from .._manifest import unchanged_output, write_manifest
 from ..check._check import check_equivalence
 from ..check._report import EquivalenceReport
@@ -100,7 +101,13 @@ def _convert(
     name = _architecture(config, architecture, checkpoint.folder)
     flax_class, torch_class = _classes(transformers, name)
     progress.step(f"planning {name}: {len(checkpoint.shards)} shard(s), {checkpoint.size / 2**20:.1f} MiB")
-    layers, expected, keyed = flax_layout(flax_class(config, _do_init=False))
+    try:
+        layers, expected, keyed = flax_layout(flax_class(config, _do_init=False))
+    except Exception as e:  # transformers' own Flax code, under a jax it may predate (T5's jnp.clip(a_max=))
+        raise UnsupportedModelError(
+            f"transformers' Flax{name} cannot be traced with jax {jax.__version__}: {type(e).__name__}: "
+            f"{first_line(e)[:200]}; the bridge needs the Flax class to run (try the jax its transformers supports)"
+        ) from None
     with torch.device("meta"):
         plan = plan_conversion(layers, expected, keyed, torch_class(config))
     if checkpoint.index is not None and set(checkpoint.index) != set(expected):

@@ -174,3 +174,22 @@ def test_force_replaces_an_unchanged_conversion_only(tmp_path: Path, capsys: pyt
     assert "not a folder convert-hf wrote, unchanged" in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "mine"
     assert sorted(os.listdir(tmp_path)) == ["flax", "torch"]  # no staging folder left
+
+
+def test_a_flax_class_that_fails_under_this_jax_is_named_not_an_internal_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import bridge.hf._convert as convert
+
+    source, out = tmp_path / "flax", tmp_path / "torch"
+    _save_in_three_shards("gpt2", source)
+
+    def fails(model: Any) -> Any:  # as transformers' Flax T5 fails under jax 0.10 (jnp.clip(a_max=...))
+        raise TypeError("clip() got an unexpected keyword argument 'a_max'")
+
+    monkeypatch.setattr(convert, "flax_layout", fails)
+    assert main(["convert-hf", str(source), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "transformers' FlaxGPT2LMHeadModel cannot be traced with jax" in err
+    assert "a_max" in err
+    assert not out.exists()
