@@ -13,10 +13,10 @@ from typing import Any
 import jax
 import numpy as np
 import pytest
+from tree_models import ResNet, TorchResNet
 
 import bridge
 from bridge.cli._cli import main
-from tests.tree_models import ResNet, TorchResNet
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECK = ["check", "--flax", "native_models:PoolCNN", "--input-shape", "2,12,12,3", "--n-inputs", "2"]

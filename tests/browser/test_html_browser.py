@@ -15,9 +15,9 @@ from typing import Any
 import jax
 import numpy as np
 import pytest
+from tree_models import ResNet, TorchResNet
 
 import bridge
-from tests.tree_models import ResNet, TorchResNet
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
