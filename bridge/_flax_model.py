@@ -91,12 +91,6 @@ def own_compute_dtype_error(where: str, layer: Any, target: Any, model: Any) -> 
     )
 
 
-def parameter_leaves(model: Any, variables: Any) -> list[np.ndarray]:
-    """Every parameter and statistic array of the model (not NNX's RNG state)."""
-    tree = nnx.state(model, nnx.Param, nnx.BatchStat) if is_nnx(model) else variables
-    return [np.asarray(a) for a in jax.tree_util.tree_leaves(tree)]
-
-
 def run_layer(layer: Any, variables: Any, x: Any, **changes: Any) -> Any:
     """Run one layer of the chain on its own, optionally with changed attributes (``epsilon=1e-5``)."""
     if isinstance(layer, nn.Module):

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import bridge
 
 
@@ -82,3 +84,20 @@ def test_every_package_folder_is_listed_for_installation() -> None:
     listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(root).parts) for p in (root / "bridge").rglob("__init__.py")}
     assert found - listed == set()
+
+
+def test_the_primitive_and_hint_registries_refuse_a_second_registration() -> None:
+    from bridge.check._hints import _HINTS, hint
+    from bridge.convert._primitives import TABLE, translates
+
+    table, hints = dict(TABLE), list(_HINTS)
+    with pytest.raises(bridge.RuleRegistrationError, match="'add' has a translation already"):
+        translates("add")(lambda emit, eqn, args: args[0])
+    assert table == TABLE
+
+    def dense_layout(context: object) -> None:  # the name of a registered hint
+        return None
+
+    with pytest.raises(bridge.RuleRegistrationError, match="dense_layout is registered already"):
+        hint("Dense")(dense_layout)
+    assert hints == _HINTS

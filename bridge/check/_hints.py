@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+from .._errors import RuleRegistrationError
 from .._flax_model import run_layer
 from .._numerics import Precision, function_rounding
 from .._tensors import to_numpy
@@ -56,6 +57,8 @@ def hint(*kinds: str) -> Callable[[Hint], Hint]:
     """Decorator: register a hint for the given Flax layer kinds (none: for every kind)."""
 
     def decorate(function: Hint) -> Hint:
+        if any(registered.__name__ == function.__name__ for _, registered in _HINTS):
+            raise RuleRegistrationError(f"a hint named {function.__name__} is registered already")
         _HINTS.append((frozenset(kinds) or None, function))
         return function
 

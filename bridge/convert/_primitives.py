@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import fx
 
+from .._errors import RuleRegistrationError
 from .._tensors import torch_dtype
 
 Arg = Any  # an fx.Node, or a Python scalar (a scalar literal of the jaxpr)
@@ -114,10 +115,17 @@ def translates(*names: str) -> Callable[[Translation], Translation]:
 
     def register(function: Translation) -> Translation:
         for name in names:
-            TABLE[name] = function
+            _register(name, function)
         return function
 
     return register
+
+
+def _register(name: str, function: Translation) -> None:
+    """One translation per primitive: a second one for a name is a bug, refused at import."""
+    if name in TABLE:
+        raise RuleRegistrationError(f"primitive {name!r} has a translation already ({TABLE[name].__qualname__})")
+    TABLE[name] = function
 
 
 def _dtype(aval: Any) -> torch.dtype:
@@ -156,7 +164,7 @@ def _unary(name: str) -> Translation:
 
 
 for _name in _UNARY:
-    TABLE[_name] = _unary(_name)
+    _register(_name, _unary(_name))
 
 
 @translates("cbrt")
@@ -199,7 +207,7 @@ def _binary(name: str) -> Translation:
 
 _COMMUTATIVE = frozenset({"add", "add_any", "mul", "eq", "ne"})
 for _name in _BINARY:
-    TABLE[_name] = _binary(_name)
+    _register(_name, _binary(_name))
 
 
 @translates("div")

@@ -18,41 +18,28 @@ from .. import _progress as progress
 from .._tensors import to_numpy
 from ..convert._convert import plan
 from ..rules import ParamMap
-from ._atomic import atomic_output
 from ._files import (
     SAFETENSORS_DTYPES,
     CheckpointError,
     check_safetensors_dtypes,
     check_tensor,
     regular_file_size,
-    replaceable,
 )
 
 _NDARRAY_EXT = 1  # flax.serialization's extension code for ndarrays
 _MAX_ARRAY_BYTES = 2**30  # Flax chunks larger arrays; this writer does not
 
 
-def stream_safetensors_to_msgpack(
-    source: str | Path, destination: str | Path, model: Any, target: Any, *, force: bool = False, strict: bool = False
-) -> None:
-    """Write the Flax variables of ``model`` held by a torch-keyed ``.safetensors`` file as ``.msgpack``.
+def write_stream(source: str | Path, temporary: Path, model: Any, target: Any, *, strict: bool = False) -> None:
+    """Write the Flax variables of ``model`` held by a torch-keyed ``.safetensors`` file as ``.msgpack`` into
+    ``temporary`` (a path from ``atomic_output``, which replaces the destination only after the checks).
 
     Arguments:
         target: the model's variables or their shapes (``jax.eval_shape(model.init, ...)``): the tree to write.
 
     Raises:
         CheckpointError: for a missing, empty or damaged file, keys or shapes that do not fit the model
-            (checked before anything is written), NaN/Inf with ``strict``; the destination is then untouched.
-    """
-    with atomic_output(destination, force=force, may_replace=replaceable("msgpack")) as temporary:
-        write_stream(source, temporary, model, target, strict=strict)
-
-
-def write_stream(source: str | Path, temporary: Path, model: Any, target: Any, *, strict: bool = False) -> None:
-    """``stream_safetensors_to_msgpack`` into ``temporary`` (a path from ``atomic_output``), not replacing anything.
-
-    Raises:
-        CheckpointError: as ``stream_safetensors_to_msgpack``; the layout is checked before anything is written.
+            (checked before anything is written), NaN/Inf with ``strict``.
     """
     from safetensors import SafetensorError, safe_open
 

@@ -193,3 +193,22 @@ def test_a_flax_class_that_fails_under_this_jax_is_named_not_an_internal_error(
     assert "transformers' FlaxGPT2LMHeadModel cannot be traced with jax" in err
     assert "a_max" in err
     assert not out.exists()
+
+
+def test_a_transformers_py_in_the_current_folder_never_runs(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    source = tmp_path / "flax"
+    _save_in_three_shards("gpt2", source)
+    (tmp_path / "transformers.py").write_text(
+        "import pathlib\npathlib.Path('ran').write_text('x')\nraise SystemExit(9)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    run = subprocess.run(
+        [sys.executable, "-m", "bridge", "convert-hf", "flax", "torch", "--no-check"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert not (tmp_path / "ran").exists()
+    assert (tmp_path / "torch" / "model.safetensors.index.json").is_file()
