@@ -19,15 +19,13 @@ import ml_dtypes
 import msgpack
 import numpy as np
 
-from ..io._files import CheckpointError, regular_file_size
+from ..io._files import MAX_DEPTH, SUPPORTED_DTYPES, CheckpointError, regular_file_size
 
 WEIGHTS = "flax_model.msgpack"
 INDEX = "flax_model.msgpack.index.json"
 CONFIG = "config.json"
 _ARRAY, _SCALAR = 1, 3  # flax.serialization's msgpack extension codes
 _CHUNKED = "__msgpack_chunked_array__"  # how flax stores an array over 1 GiB: {shape: {...}, chunks: {...}}
-_MAX_DEPTH = 100
-_DTYPES = {"float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"}
 
 
 @dataclass(frozen=True)
@@ -112,8 +110,8 @@ def _walk(
     unpacker: msgpack.Unpacker, shard: Path, path: tuple[str, ...], entries: int
 ) -> Iterator[tuple[tuple[str, ...], np.ndarray]]:
     """The arrays of a map whose header (``entries`` pairs) has been read, depth first."""
-    if len(path) > _MAX_DEPTH:
-        raise CheckpointError(f"{shard}: nested over {_MAX_DEPTH} levels deep at {'/'.join(path[:5])}/...")
+    if len(path) > MAX_DEPTH:
+        raise CheckpointError(f"{shard}: nested over {MAX_DEPTH} levels deep at {'/'.join(path[:5])}/...")
     for i in range(entries):
         key = unpacker.unpack()
         if not isinstance(key, str):
@@ -163,7 +161,7 @@ def _ext(shard: Path) -> Callable[[int, bytes], np.ndarray]:
             dims = tuple(int(n) for n in shape)
         except (ValueError, TypeError, AttributeError, UnicodeDecodeError, msgpack.UnpackException):
             raise CheckpointError(f"{shard}: an array's header is damaged") from None
-        if dtype_name not in _DTYPES:
+        if dtype_name not in SUPPORTED_DTYPES:
             raise CheckpointError(f"{shard}: an array has dtype {dtype_name!r}, which the bridge does not convert")
         dtype = np.dtype(ml_dtypes.bfloat16) if dtype_name == "bfloat16" else np.dtype(dtype_name)
         if any(n < 0 for n in dims) or math.prod(dims) * dtype.itemsize != len(buffer):

@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 import torch
 from safetensors.torch import save_file
 
 from .. import _progress as progress
 from .._errors import InvalidArgumentError, NotEquivalentError, UnsupportedModelError, first_line
 from .._manifest import unchanged_output, write_manifest
+from .._tensors import shared_tensor
 from ..check._check import check_equivalence
 from ..check._report import EquivalenceReport
 from ..io._atomic import OutputRefusedError, atomic_output
@@ -227,7 +227,7 @@ def _write_shards(
                 )
             check_tensor(shard, key, array, strict=strict)
             seen.add(key)
-            tensors[placed.torch_key] = _tensor(permuted(array, placed.axes))
+            tensors[placed.torch_key] = shared_tensor(permuted(array, placed.axes), key)  # a new array: shared
             del array
         if k == count - 1:
             tensors.update({key: torch.zeros(shape, dtype=dtype) for key, (shape, dtype) in plan.zeros.items()})
@@ -242,13 +242,6 @@ def _write_shards(
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (staging / TORCH_INDEX).write_text(json.dumps(index, indent=2) + "\n")
     return names, total
-
-
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    """A torch tensor sharing ``array``'s memory (bfloat16 through a uint16 view: numpy has no such dtype)."""
-    if array.dtype.name == "bfloat16":
-        return torch.from_numpy(array.view(np.uint16)).view(torch.bfloat16)
-    return torch.from_numpy(array)
 
 
 def _copy_side_files(source: Path, staging: Path) -> None:

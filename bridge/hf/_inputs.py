@@ -61,28 +61,30 @@ def _vocabulary(config: Any) -> int:
     return int(size or 2)
 
 
+def _ints(values: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    """Integer inputs as each framework takes them: int32 for Flax, int64 for torch."""
+    return values.astype(np.int32), torch.from_numpy(values.astype(np.int64))
+
+
 def _ids(rng: np.random.Generator, config: Any) -> tuple[np.ndarray, torch.Tensor]:
     names = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
     special = {getattr(config, name, None) for name in names}
     ordinary = [i for i in range(_vocabulary(config)) if i not in special] or [0]
-    ids = rng.choice(ordinary, size=(BATCH, TOKENS)).astype(np.int32)
-    return ids, torch.from_numpy(ids.astype(np.int64))
+    return _ints(rng.choice(ordinary, size=(BATCH, TOKENS)))
 
 
 def _mask(rng: np.random.Generator, config: Any) -> tuple[np.ndarray, torch.Tensor]:
     mask = np.ones((BATCH, TOKENS), np.int32)
     mask[1, -2:] = 0
-    return mask, torch.from_numpy(mask.astype(np.int64))
+    return _ints(mask)
 
 
 def _zeros(rng: np.random.Generator, config: Any) -> tuple[np.ndarray, torch.Tensor]:
-    zeros = np.zeros((BATCH, TOKENS), np.int32)
-    return zeros, torch.from_numpy(zeros.astype(np.int64))
+    return _ints(np.zeros((BATCH, TOKENS)))
 
 
 def _positions(rng: np.random.Generator, config: Any) -> tuple[np.ndarray, torch.Tensor]:
-    positions = np.broadcast_to(np.arange(TOKENS, dtype=np.int32), (BATCH, TOKENS)).copy()
-    return positions, torch.from_numpy(positions.astype(np.int64))
+    return _ints(np.broadcast_to(np.arange(TOKENS), (BATCH, TOKENS)))
 
 
 def _pixels(rng: np.random.Generator, config: Any) -> tuple[np.ndarray, torch.Tensor]:
@@ -100,8 +102,7 @@ def _features(rng: np.random.Generator, config: Any) -> tuple[np.ndarray, torch.
 
 
 def _ones(rng: np.random.Generator, config: Any) -> tuple[np.ndarray, torch.Tensor]:
-    ones = np.ones((BATCH, TOKENS), np.int32)
-    return ones, torch.from_numpy(ones.astype(np.int64))
+    return _ints(np.ones((BATCH, TOKENS)))
 
 
 def _audio(rng: np.random.Generator, config: Any) -> tuple[np.ndarray, torch.Tensor]:

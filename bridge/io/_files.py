@@ -33,10 +33,10 @@ from ._preflight import file_fits
 
 Format = Literal["msgpack", "orbax", "safetensors", "torch"]
 FLAX_FORMATS: tuple[Format, ...] = ("msgpack", "orbax")
-_SUPPORTED_DTYPES = {"float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"}
+SUPPORTED_DTYPES = {"float16", "bfloat16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool"}
 _MAX_MESSAGE = 200  # characters of a library's own error message quoted in ours
 _MAX_FOLDER_ENTRIES = 100_000
-_MAX_DEPTH = 100  # dict nesting of Flax variables (a model nested deeper than this is not plausible)
+MAX_DEPTH = 100  # dict nesting of Flax variables (a model nested deeper than this is not plausible)
 
 
 class CheckpointError(BridgeError):
@@ -272,8 +272,8 @@ def _read_msgpack(file: Path, data: bytes, target: Any) -> Any:
     if not isinstance(state, dict):
         raise CheckpointError(f"{file}: holds a {type(state).__name__}, not Flax variables")
     depth = _depth(state)
-    if depth > _MAX_DEPTH:
-        raise CheckpointError(f"{file}: nested {depth} levels deep; Flax variables are nested at most {_MAX_DEPTH}")
+    if depth > MAX_DEPTH:
+        raise CheckpointError(f"{file}: nested {depth} levels deep; Flax variables are nested at most {MAX_DEPTH}")
     return _fit(file, state, target)
 
 
@@ -283,7 +283,7 @@ def _depth(tree: Any) -> int:
     while stack:
         node, level = stack.pop()
         deepest = max(deepest, level)
-        if level <= _MAX_DEPTH:
+        if level <= MAX_DEPTH:
             stack.extend((child, level + 1) for child in node.values() if isinstance(child, dict))
     return deepest
 
@@ -437,7 +437,7 @@ def _check_torch_tensors(label: Path, state: Mapping[str, torch.Tensor]) -> None
         if tensor.is_quantized:
             raise CheckpointError(f"{label}: {key} is quantised ({tensor.dtype}); save it dequantised (float)")
         name = str(tensor.dtype).removeprefix("torch.")
-        if name not in _SUPPORTED_DTYPES:
+        if name not in SUPPORTED_DTYPES:
             raise CheckpointError(f"{label}: {key} has dtype {name}, which the bridge does not convert")
 
 
@@ -456,7 +456,7 @@ def check_tensor(file: Path, key: str, array: np.ndarray, *, strict: bool, warn:
     Raises:
         CheckpointError: naming the file and the tensor.
     """
-    if array.dtype.name not in _SUPPORTED_DTYPES:
+    if array.dtype.name not in SUPPORTED_DTYPES:
         raise CheckpointError(f"{file}: {key} has dtype {array.dtype.name}, which the bridge does not convert")
     if not is_float(array.dtype) or np.isfinite(array).all():
         return False
