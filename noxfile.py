@@ -1,4 +1,5 @@
-"""Sessions: tests, hf, html, lint, typecheck (default), check (the main job), bench (opt-in).
+"""Sessions: tests (the fast lane), hf, html, lint, typecheck (default); tests-all (every test: CI), check (the
+main job), bench, zoo, mutants (opt-in).
 
 Every environment installs ``torch==2.13.0`` before the project: on the development machine that
 pin takes the local CPU wheel, while the open range in pyproject.toml, resolved alone, would pull
@@ -27,12 +28,23 @@ def install_project(session: nox.Session, extras: str = "") -> None:
     session.install("-e", f".[{extras}]" if extras else ".")
 
 
+# tests/zoo, tests/hf and tests/browser need transformers or a browser: sessions of their own
+_OWN_SESSIONS = ("--ignore=tests/zoo", "--ignore=tests/hf", "--ignore=tests/browser")
+
+
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Run the test suite (pytest arguments pass through: ``nox -s tests -- -k chain``)."""
+    """The fast lane: every test not marked ``slow`` (a few minutes on 2 cores; arguments pass through to pytest:
+    ``nox -s tests -- -k chain``)."""
     install_project(session, "test")
-    ignored = ("--ignore=tests/zoo", "--ignore=tests/hf", "--ignore=tests/browser")
-    session.run("pytest", "-n", "auto", *ignored, *session.posargs)
+    session.run("pytest", "-n", "auto", "-m", "not slow", *_OWN_SESSIONS, *session.posargs)
+
+
+@nox.session(name="tests-all", python=PYTHON, default=False)
+def tests_all(session: nox.Session) -> None:
+    """Every test of the default install, the ``slow`` ones included (what CI runs, with hf and html)."""
+    install_project(session, "test")
+    session.run("pytest", "-n", "auto", *_OWN_SESSIONS, *session.posargs)
 
 
 @nox.session(python=PYTHON)

@@ -58,7 +58,7 @@ def main() -> None:
                 peak_kib(
                     sys.executable,
                     "-c",
-                    "import bridge.cli._commands, bridge.io._stream, jax, flax, torch, safetensors",
+                    "import bridge.cli._commands, bridge.io, jax, flax, torch, safetensors",
                 )
             )
             out = Path(folder) / f"tiny{attempt}.msgpack"

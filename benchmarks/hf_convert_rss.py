@@ -54,7 +54,7 @@ def main() -> None:
                 values.append(peak_mib(sys.executable, *command))
             peaks[name] = statistics.median(values)
             print(f"{name}: peak RSS median {peaks[name]:.0f} MiB ({', '.join(f'{v:.0f}' for v in values)})")
-        imports = ("-c", "import jax, torch, transformers, safetensors, bridge.hf, bridge.cli._cli")
+        imports = ("-c", "import jax, torch, transformers, safetensors, bridge.hf, bridge.cli")
         bare = statistics.median(peak_mib(sys.executable, *imports) for _ in range(3))
         print(f"the libraries alone (imported, nothing run): peak RSS median {bare:.0f} MiB")
         excess = peaks[f"{len(shards)} shards"] - peaks["baseline (2 layers, 1 file)"]

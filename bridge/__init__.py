@@ -12,40 +12,40 @@ from typing import TYPE_CHECKING, Any
 # public name -> (module, attribute in it; None: the module itself)
 _EXPORTS: dict[str, tuple[str, str | None]] = {
     "BridgeError": ("._errors", "BridgeError"),
-    "CheckpointError": (".io._files", "CheckpointError"),
-    "Comparison": (".check._compare", "Comparison"),
+    "CheckpointError": ("._errors", "CheckpointError"),
+    "Comparison": (".check", "Comparison"),
     "DEFAULT_RTOL_ATOL": ("._numerics", "DEFAULT_RTOL_ATOL"),
-    "Divergence": (".check._report", "Divergence"),
-    "EquivalenceReport": (".check._report", "EquivalenceReport"),
-    "SeedSweepReport": (".check._report", "SeedSweepReport"),
+    "Divergence": (".check", "Divergence"),
+    "EquivalenceReport": (".check", "EquivalenceReport"),
+    "SeedSweepReport": (".check", "SeedSweepReport"),
     "TiedWeightsWarning": ("._errors", "TiedWeightsWarning"),
     "ReassignedWarning": ("._errors", "ReassignedWarning"),
-    "GradientRow": (".check._report", "GradientRow"),
+    "GradientRow": (".check", "GradientRow"),
     "InvalidArgumentError": ("._errors", "InvalidArgumentError"),
     "LayerMismatchError": ("._errors", "LayerMismatchError"),
-    "LayerRow": (".check._report", "LayerRow"),
+    "LayerRow": (".check", "LayerRow"),
     "LayerRule": (".rules", "LayerRule"),
-    "NonFiniteWarning": (".io._files", "NonFiniteWarning"),
+    "NonFiniteWarning": ("._errors", "NonFiniteWarning"),
     "NotEquivalentError": ("._errors", "NotEquivalentError"),
     "ParamMap": (".rules", "ParamMap"),
     "RuleRegistrationError": ("._errors", "RuleRegistrationError"),
     "UnknownLayerError": ("._errors", "UnknownLayerError"),
     "UnsupportedModelError": ("._errors", "UnsupportedModelError"),
-    "assert_equivalent": (".check._check", "assert_equivalent"),
-    "check_equivalence": (".check._check", "check_equivalence"),
+    "assert_equivalent": (".check", "assert_equivalent"),
+    "check_equivalence": (".check", "check_equivalence"),
     "flatten": (".rules.conv", "flatten"),
-    "from_state_dict": (".convert._convert", "from_state_dict"),
-    "load_checkpoint": (".io._files", "load_checkpoint"),
-    "load_into": (".convert._convert", "load_into"),
+    "from_state_dict": (".convert", "from_state_dict"),
+    "load_checkpoint": (".io", "load_checkpoint"),
+    "load_into": (".convert", "load_into"),
     "register_rule": (".rules", "register"),
     "rules": (".rules", None),
-    "run_torch": (".convert._seed_model", "run_torch"),
-    "save_checkpoint": (".io._files", "save_checkpoint"),
+    "run_torch": (".convert", "run_torch"),
+    "save_checkpoint": (".io", "save_checkpoint"),
     "show_progress": ("._progress", "show_progress"),
-    "to_flax": (".convert._convert", "to_flax"),
-    "to_nnx": (".convert._convert", "to_nnx"),
-    "to_state_dict": (".convert._convert", "to_state_dict"),
-    "to_torch": (".convert._convert", "to_torch"),
+    "to_flax": (".convert", "to_flax"),
+    "to_nnx": (".convert", "to_nnx"),
+    "to_state_dict": (".convert", "to_state_dict"),
+    "to_torch": (".check", "to_torch"),
     "torch_layers": (".torch_layers", None),
 }
 
@@ -71,8 +71,10 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors (tests/test_p
     from . import rules as rules
     from . import torch_layers as torch_layers
     from ._errors import BridgeError as BridgeError
+    from ._errors import CheckpointError as CheckpointError
     from ._errors import InvalidArgumentError as InvalidArgumentError
     from ._errors import LayerMismatchError as LayerMismatchError
+    from ._errors import NonFiniteWarning as NonFiniteWarning
     from ._errors import NotEquivalentError as NotEquivalentError
     from ._errors import ReassignedWarning as ReassignedWarning
     from ._errors import RuleRegistrationError as RuleRegistrationError
@@ -81,25 +83,23 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors (tests/test_p
     from ._errors import UnsupportedModelError as UnsupportedModelError
     from ._numerics import DEFAULT_RTOL_ATOL as DEFAULT_RTOL_ATOL
     from ._progress import show_progress as show_progress
-    from .check._check import assert_equivalent as assert_equivalent
-    from .check._check import check_equivalence as check_equivalence
-    from .check._compare import Comparison as Comparison
-    from .check._report import Divergence as Divergence
-    from .check._report import EquivalenceReport as EquivalenceReport
-    from .check._report import GradientRow as GradientRow
-    from .check._report import LayerRow as LayerRow
-    from .check._report import SeedSweepReport as SeedSweepReport
-    from .convert._convert import from_state_dict as from_state_dict
-    from .convert._convert import load_into as load_into
-    from .convert._convert import to_flax as to_flax
-    from .convert._convert import to_nnx as to_nnx
-    from .convert._convert import to_state_dict as to_state_dict
-    from .convert._convert import to_torch as to_torch
-    from .convert._seed_model import run_torch as run_torch
-    from .io._files import CheckpointError as CheckpointError
-    from .io._files import NonFiniteWarning as NonFiniteWarning
-    from .io._files import load_checkpoint as load_checkpoint
-    from .io._files import save_checkpoint as save_checkpoint
+    from .check import Comparison as Comparison
+    from .check import Divergence as Divergence
+    from .check import EquivalenceReport as EquivalenceReport
+    from .check import GradientRow as GradientRow
+    from .check import LayerRow as LayerRow
+    from .check import SeedSweepReport as SeedSweepReport
+    from .check import assert_equivalent as assert_equivalent
+    from .check import check_equivalence as check_equivalence
+    from .check import to_torch as to_torch
+    from .convert import from_state_dict as from_state_dict
+    from .convert import load_into as load_into
+    from .convert import run_torch as run_torch
+    from .convert import to_flax as to_flax
+    from .convert import to_nnx as to_nnx
+    from .convert import to_state_dict as to_state_dict
+    from .io import load_checkpoint as load_checkpoint
+    from .io import save_checkpoint as save_checkpoint
     from .rules import LayerRule as LayerRule
     from .rules import ParamMap as ParamMap
     from .rules import register as register_rule  # noqa: F401 (re-exported under its public name)

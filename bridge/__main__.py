@@ -1,5 +1,5 @@
 """``python -m bridge``: the ``flax2torch`` command line."""
 
-from .cli._cli import entry_point
+from .cli import entry_point
 
 entry_point()

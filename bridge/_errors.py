@@ -64,3 +64,31 @@ class NotEquivalentError(BridgeError, AssertionError):
     def __init__(self, message: str, report: Any = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class InsufficientMemoryError(BridgeError):
+    """The work asked for would not fit in the memory available (the message gives both figures)."""
+
+
+class OutputExistsError(BridgeError):
+    """The destination exists and overwriting it was not asked for."""
+
+
+class OutputRefusedError(BridgeError):
+    """The destination may not be replaced, even with ``force``: not a checkpoint, or a folder in use."""
+
+
+class DestinationError(BridgeError):
+    """The destination cannot be written: its folder is missing or read-only, or its name is too long."""
+
+
+class LeftoverWarning(UserWarning):
+    """Temporaries of an interrupted write were removed (or a folder destination put back)."""
+
+
+class CheckpointError(BridgeError):
+    """A checkpoint is missing, empty, truncated, of the wrong format, unsafe, or does not fit the model."""
+
+
+class NonFiniteWarning(UserWarning):
+    """A checkpoint holds NaN or Inf values (an error instead with ``strict=True``)."""

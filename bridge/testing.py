@@ -17,7 +17,7 @@ import pytest
 if TYPE_CHECKING:
     import torch
 
-    from .check._report import EquivalenceReport
+    from .check import EquivalenceReport
 
 SECTION = "flax-torch-bridge report"
 
@@ -27,7 +27,7 @@ def assert_equivalent(
 ) -> EquivalenceReport:
     """``bridge.check_equivalence``, returning the report when equivalent, else raising ``NotEquivalentError``
     (an ``AssertionError``) whose message is the report."""
-    from .check._check import assert_equivalent as check
+    from .check import assert_equivalent as check
 
     return check(model, variables, torch_module, inputs, **options)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from typing import Any
 
 import flax.linen as nn
@@ -50,3 +52,16 @@ def init(model: nn.Module, in_features: int, seed: int = 0) -> Any:
 def rng() -> np.random.Generator:
     """A NumPy generator with a fixed seed, so that every run draws the same inputs."""
     return np.random.default_rng(20261125)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_flax2torch(*args: str, cwd: Any = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m bridge ARGS`` in a real process (for what only a process shows: exit statuses of user code
+    that exits, imports from the current folder, start-up cost); everything else runs ``bridge.cli.main``
+    in-process. The project is found through ``PYTHONPATH`` wherever ``cwd`` is."""
+    environment = {**os.environ, **(env or {})}
+    environment["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, environment.get("PYTHONPATH")) if p)
+    command = [sys.executable, "-m", "bridge", *args]
+    return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=300)

@@ -35,7 +35,7 @@ def assert_matches_flax(model: Any, variables: Any, x: np.ndarray, candidate: An
     checker's derived tolerance of Flax's output: never a fixed rtol or bit-equality, which depend on the
     machine's kernels (FMA, blocking, threads)."""
     from bridge._tensors import to_numpy
-    from bridge.check._check import output_tolerance
+    from bridge.check import output_tolerance
     from bridge.check._compare import compare
 
     values = to_numpy(candidate) if hasattr(candidate, "detach") else np.asarray(candidate)

@@ -13,7 +13,7 @@ from conftest import SetupMLP, init, sequential_mlp
 
 import bridge
 import flax_impl
-from bridge.capture._chain import discover_chain
+from bridge.capture import discover_chain
 
 
 @pytest.mark.parametrize(

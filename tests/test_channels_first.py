@@ -47,6 +47,7 @@ def _channels_first(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_channels_first_model_takes_nchw_and_gives_the_flax_output(name: str) -> None:
     model, variables, x = _build(name)
@@ -144,6 +145,7 @@ def test_a_channels_first_port_checked_as_channels_last_fails_to_run() -> None:
         bridge.check_equivalence(model, variables, port, x)
 
 
+@pytest.mark.slow
 def test_sweep_of_a_channels_first_port() -> None:
     model, variables, x = _build("2d")
     port = bridge.to_torch(model, variables, channels_last=False)
@@ -151,6 +153,7 @@ def test_sweep_of_a_channels_first_port() -> None:
     assert sweep.seed_ok == (True,) * 4
 
 
+@pytest.mark.slow
 def test_sweep_of_a_stock_channels_first_port_orders_each_seeds_linear_columns_as_its_flatten() -> None:
     """Each seed's weights reach a stock port as load_into would put them: the conv inside the user's wrapper
     by its own name (conv.weight), the Linear after nn.Flatten of NCHW with its columns permuted. Every

@@ -27,6 +27,7 @@ def _ported(widths: tuple[int, ...], seed: int = 0) -> tuple[nn.Module, Any, tor
 # ---------------------------------------------------------------- correct ports pass
 
 
+@pytest.mark.slow
 @given(
     widths=st.lists(st.integers(1, 96), min_size=2, max_size=5).map(tuple),
     seed=st.integers(0, 2**16),
@@ -40,6 +41,7 @@ def test_no_false_alarm_on_correct_float32_ports(widths: tuple[int, ...], seed: 
     assert report.first_divergence is None
 
 
+@pytest.mark.slow
 @given(widths=st.lists(st.integers(1, 64), min_size=2, max_size=4).map(tuple), seed=st.integers(0, 2**16))
 @settings(max_examples=10)
 def test_no_false_alarm_on_correct_bfloat16_ports(widths: tuple[int, ...], seed: int) -> None:

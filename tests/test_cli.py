@@ -9,14 +9,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_flax2torch
 
-from bridge.cli._cli import main
+from bridge.cli import main
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "bridge", *args], capture_output=True, text=True, timeout=300)
+    return run_flax2torch(*args)
 
 
+@pytest.mark.slow
 def test_check_with_no_arguments_runs_the_seed_problem() -> None:
     result = _run("check")
     assert result.returncode == 0, result.stderr
@@ -36,6 +38,7 @@ def test_check_options_change_the_model(capsys: pytest.CaptureFixture[str]) -> N
     assert len(out.split("flax : [")[1].split("]")[0].split()) == 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -83,11 +86,10 @@ def ports_dir(tmp_path: Path) -> Path:
 
 
 def _run_in(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bridge", *args], capture_output=True, text=True, timeout=300, cwd=directory
-    )
+    return run_flax2torch(*args, cwd=directory)
 
 
+@pytest.mark.slow
 def test_json_report_is_machine_readable() -> None:
     result = _run("check", "--json", "--no-grads")
     assert result.returncode == 0, result.stderr
@@ -98,12 +100,14 @@ def test_json_report_is_machine_readable() -> None:
     assert document["gradients"] == []
 
 
+@pytest.mark.slow
 def test_several_seeds_end_with_a_summary_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "--seeds", "3", "--seed", "5", "--hidden", "16", "--no-grads"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1].startswith("3/3 seeds equivalent; largest err/tol ")
 
 
+@pytest.mark.slow
 def test_user_model_and_good_port_pass(ports_dir: Path) -> None:
     result = _run_in(
         ports_dir, "check", "--flax", "myports:flax_model", "--torch", "myports:good_port", "--in-features", "5"
@@ -112,6 +116,7 @@ def test_user_model_and_good_port_pass(ports_dir: Path) -> None:
     assert "equivalence check: EQUIVALENT" in result.stdout
 
 
+@pytest.mark.slow
 def test_user_port_with_a_bug_exits_1_and_names_it(ports_dir: Path) -> None:
     result = _run_in(
         ports_dir, "check", "--flax", "myports:flax_model", "--torch", "myports:tanh_port", "--in-features", "5"
@@ -122,6 +127,7 @@ def test_user_port_with_a_bug_exits_1_and_names_it(ports_dir: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_user_port_with_its_own_weights_is_checked_as_it_is(ports_dir: Path) -> None:
     """--keep-torch-weights: the port's own (torch-initialised) weights differ from Flax's, at position 0."""
     args = ("check", "--flax", "myports:flax_model", "--torch", "myports:good_port", "--in-features", "5")
@@ -131,18 +137,21 @@ def test_user_port_with_its_own_weights_is_checked_as_it_is(ports_dir: Path) -> 
     assert "hint: torch weight differs from Flax params/kernel (laid out for torch)" in result.stdout
 
 
+@pytest.mark.slow
 def test_user_model_without_a_port_is_converted_and_checked_in_bfloat16(ports_dir: Path) -> None:
     result = _run_in(ports_dir, "check", "--flax", "myports:flax_model", "--in-features", "5", "--dtype", "bfloat16")
     assert result.returncode == 0, result.stderr
     assert "dtype bfloat16" in result.stdout
 
 
+@pytest.mark.slow
 def test_float64_enables_64_bit_jax(capsys: pytest.CaptureFixture[str]) -> None:
     result = _run("check", "--dtype", "float64", "--no-grads")
     assert result.returncode == 0, result.stderr
     assert "dtype float64" in result.stdout
 
 
+@pytest.mark.slow
 def test_saved_params_are_used(ports_dir: Path) -> None:
     import jax
     import numpy as np
@@ -185,6 +194,7 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["errors.png"]  # no temporary file left
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -215,6 +225,7 @@ def test_user_model_errors_exit_2_with_one_line(ports_dir: Path, args: list[str]
     assert lines[0].startswith(message)
 
 
+@pytest.mark.slow
 def test_compiled_programs_are_kept_between_runs_unless_turned_off(tmp_path: Path) -> None:
     cache = tmp_path / "xla"
     env = {**os.environ, "FLAX2TORCH_COMPILE_CACHE": str(cache)}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_flax2torch
 
 MODULE = """
 import functools
@@ -33,11 +34,10 @@ def project(tmp_path: Path) -> Path:
 
 
 def _run(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bridge", *args], capture_output=True, text=True, timeout=300, cwd=directory
-    )
+    return run_flax2torch(*args, cwd=directory)
 
 
+@pytest.mark.slow
 def test_explicit_tolerances_replace_the_derived_ones(tmp_path: Path) -> None:
     result = _run(tmp_path, "check", "--json", "--no-grads", "--rtol", "0.01", "--n-inputs", "5")
     assert result.returncode == 0, result.stderr
@@ -49,6 +49,7 @@ def test_explicit_tolerances_replace_the_derived_ones(tmp_path: Path) -> None:
     assert "--atol must be a finite number >= 0" in refused.stderr
 
 
+@pytest.mark.slow
 def test_dtype_casts_both_sides(tmp_path: Path) -> None:
     result = _run(tmp_path, "check", "--json", "--dtype", "bfloat16", "--hidden", "16")
     assert result.returncode == 0, result.stderr
@@ -57,6 +58,7 @@ def test_dtype_casts_both_sides(tmp_path: Path) -> None:
     assert document["ok"] is True
 
 
+@pytest.mark.slow
 def test_seeds_name_the_failing_ones(project: Path) -> None:
     args = ("check", "--flax", "usermodels:flax_model", "--torch", "usermodels:wide_tanh_port", "--in-features", "5")
     result = _run(project, *args, "--seeds", "12", "--n-inputs", "2", "--no-grads", "--json")
@@ -72,6 +74,7 @@ def test_seeds_name_the_failing_ones(project: Path) -> None:
     assert _run(project, *args, "--seed", str(passing), "--n-inputs", "2", "--no-grads").returncode == 0
 
 
+@pytest.mark.slow
 def test_golden_writes_variables_inputs_and_both_outputs(tmp_path: Path) -> None:
     from safetensors import safe_open
 
@@ -108,6 +111,7 @@ def test_convert_with_a_user_model(project: Path) -> None:
         )
 
 
+@pytest.mark.slow
 def test_seeds_in_bfloat16(tmp_path: Path) -> None:
     """The vectorised sweep reads bfloat16 tensors back through the bridge's own conversion."""
     result = _run(tmp_path, "check", "--seeds", "3", "--dtype", "bfloat16", "--hidden", "8", "--no-grads")

@@ -21,6 +21,7 @@ def _normwise_relative(flax_out: np.ndarray, torch_out: np.ndarray) -> float:
     return 0.0 if diff == 0.0 else diff / scale
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed_block", range(4), ids=lambda b: f"seeds{b * 60}-{b * 60 + 59}")
 def test_seed_problem_agrees_within_1e_6_relative_for_240_seeds(seed_block: int) -> None:
     rng = np.random.default_rng(seed_block)
@@ -34,6 +35,7 @@ def test_seed_problem_agrees_within_1e_6_relative_for_240_seeds(seed_block: int)
             assert error <= 1e-6, f"seed {seed}: normwise relative error {error:.3e} > 1e-6"
 
 
+@pytest.mark.slow
 @given(
     seed=st.integers(0, 2**32 - 1),
     in_features=st.integers(1, 48),

@@ -16,7 +16,7 @@ from safetensors.numpy import load_file, save_file
 
 import bridge
 from bridge._tensors import to_tensor
-from bridge.cli._cli import main
+from bridge.cli import main
 from bridge.convert._export import export_source, load_export, write_export
 
 TESTS = Path(__file__).parent
@@ -53,6 +53,7 @@ def _run_exported(folder: Path, class_name: str, inputs: dict[str, np.ndarray], 
     return load_file(str(tmp_path / "out.safetensors"))["y"]
 
 
+@pytest.mark.slow
 def test_cli_export_runs_without_jax(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -73,6 +74,7 @@ def test_cli_export_runs_without_jax(
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
+@pytest.mark.slow
 def test_exported_token_model_takes_integer_inputs(tmp_path: Path) -> None:
     model = TokenModel()
     tokens = np.random.default_rng(0).integers(0, 50, size=(3, 7)).astype(np.int32)

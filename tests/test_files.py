@@ -38,6 +38,7 @@ def _convert(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("middle", ["torch.safetensors", "torch.pt"])
 def test_msgpack_round_trip_through_a_torch_file_is_byte_identical(msgpack_file: Path, middle: str) -> None:
     directory = msgpack_file.parent
@@ -49,6 +50,7 @@ def test_msgpack_round_trip_through_a_torch_file_is_byte_identical(msgpack_file:
     assert (directory / "back.msgpack").read_bytes() == msgpack_file.read_bytes()
 
 
+@pytest.mark.slow
 def test_state_dict_in_the_torch_file_is_the_transposed_kernel(msgpack_file: Path) -> None:
     assert _convert(msgpack_file.parent, msgpack_file.name, "w.safetensors").returncode == 0
     state = bridge.load_checkpoint(msgpack_file.parent / "w.safetensors")
@@ -72,6 +74,7 @@ def test_library_round_trip_through_every_format(tmp_path: Path) -> None:
     jax.tree_util.tree_map(np.testing.assert_array_equal, back, jax.tree_util.tree_map(np.asarray, variables))
 
 
+@pytest.mark.slow
 def test_a_pickle_that_would_run_code_is_refused_and_never_runs(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
 
@@ -92,6 +95,7 @@ def test_a_pickle_that_would_run_code_is_refused_and_never_runs(tmp_path: Path) 
         assert not (tmp_path / "out.msgpack").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "content", "message"),
     [
@@ -112,6 +116,7 @@ def test_damaged_files_give_one_line_and_exit_2(tmp_path: Path, name: str, conte
     assert not (tmp_path / other).exists()
 
 
+@pytest.mark.slow
 def test_truncated_and_missing_files(msgpack_file: Path) -> None:
     directory = msgpack_file.parent
     assert _convert(directory, msgpack_file.name, "w.safetensors").returncode == 0
@@ -133,6 +138,7 @@ def test_truncated_and_missing_files(msgpack_file: Path) -> None:
         assert not (directory / target).exists()
 
 
+@pytest.mark.slow
 def test_a_shape_mismatch_names_the_first_differing_path_with_both_shapes(msgpack_file: Path) -> None:
     result = _convert(msgpack_file.parent, msgpack_file.name, "x.pt", "--hidden", "5")
     assert result.returncode == 2
@@ -148,6 +154,7 @@ def test_a_shape_mismatch_names_the_first_differing_path_with_both_shapes(msgpac
     )
 
 
+@pytest.mark.slow
 def test_an_existing_destination_is_kept_unless_forced_and_untouched_by_a_failure(msgpack_file: Path) -> None:
     directory = msgpack_file.parent
     destination = directory / "keep.pt"
@@ -175,6 +182,7 @@ def test_an_existing_destination_is_kept_unless_forced_and_untouched_by_a_failur
     }
 
 
+@pytest.mark.slow
 def test_nan_weights_warn_or_fail_with_strict(tmp_path: Path) -> None:
     _, variables = _seed_variables()
     variables = jax.tree_util.tree_map(np.array, variables)
@@ -216,7 +224,7 @@ def test_golden_vectors_match_the_current_libraries() -> None:
     the stored ones, and a plain float64 recomputation must agree within the checker's derived tolerance."""
     from safetensors import safe_open
 
-    from bridge.check._check import output_tolerance
+    from bridge.check import output_tolerance
     from bridge.check._compare import compare
 
     path = Path(__file__).parent / "golden" / "seed_model.safetensors"

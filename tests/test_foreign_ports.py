@@ -167,6 +167,7 @@ def test_default_loss_has_a_gradient_through_a_final_layernorm() -> None:
     )
 
 
+@pytest.mark.slow
 def test_a_forward_that_uses_layers_swapped_is_loaded_to_compute_the_flax_output() -> None:
     """SeparateAttention(mistake="swapped") computes q and k in order, then uses them swapped: the load gives
     query's weights to k_proj (the port then computes Flax's function) and says so; by names, the check finds it."""
@@ -281,6 +282,7 @@ def test_outputs_broadcast_by_one_side_compare_as_the_same_values() -> None:
     assert torch.equal(laid_out[1], shared[0])
 
 
+@pytest.mark.slow
 def test_a_port_fed_channels_first_pixels_is_read_channels_first() -> None:
     from tree_models import CNN, TorchCNN
 

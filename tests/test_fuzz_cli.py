@@ -24,11 +24,12 @@ import jax
 import numpy as np
 import pytest
 import torch
+from conftest import run_flax2torch
 from flax import serialization
 
 import bridge
 import flax_impl
-from bridge.cli._cli import main
+from bridge.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 CASE_SECONDS = 30  # far above any case here (well under a second each): reaching it means a hang
@@ -335,14 +336,14 @@ def test_a_failed_conversion_with_force_leaves_the_old_destination(
 def test_not_equivalent_after_conversion_leaves_the_old_destination(
     workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import bridge.check._check
+    import bridge.check
 
     def broken(*args: Any, **kwargs: Any) -> Any:  # as a conversion bug would make it
         return types.SimpleNamespace(ok=False, first_divergence=None, layers=[])
 
     torch.save({"old": torch.ones(1)}, workdir / "old.pt")
     precious = (workdir / "old.pt").read_bytes()
-    monkeypatch.setattr(bridge.check._check, "check_equivalence", broken)
+    monkeypatch.setattr(bridge.check, "check_equivalence", broken)
     with _deadline(CASE_SECONDS):
         code = main(["convert", "w.msgpack", "old.pt", "--force"])
     out = capsys.readouterr().out
@@ -372,11 +373,10 @@ def test_permission_denied_is_not_called_missing(
 
 
 def _run(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "bridge", *args]
-    return subprocess.run(command, cwd=directory, env=env, capture_output=True, text=True, timeout=300)
+    return run_flax2torch(*args, cwd=directory)
 
 
+@pytest.mark.slow
 def test_user_code_cannot_fake_a_verdict_or_shadow_a_library(tmp_path: Path) -> None:
     """In a real process: os._exit(0) while importing --flax is exit 2 with one line; a safetensors.py and
     an orbax/ package in the current folder are never imported instead of the libraries."""

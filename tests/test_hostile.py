@@ -22,8 +22,8 @@ import safetensors.torch
 import torch
 
 import bridge
-from bridge.cli._cli import main
-from bridge.convert._export import load_export, write_export
+from bridge.cli import main
+from bridge.convert import load_export, write_export
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,7 +39,7 @@ class Editable(importlib.abc.MetaPathFinder):
         return None
 sys.path[:] = [p for p in sys.path if p != ROOT]
 sys.meta_path.append(Editable())
-from bridge.cli._cli import main
+from bridge.cli import main
 raise SystemExit(main(sys.argv[2:]))
 """
 
@@ -56,6 +56,7 @@ def _run_editable(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [("check", "--seed", "0", "--n-inputs", "4"), ("golden", "g.safetensors")])
 def test_the_projects_own_packages_in_the_current_folder_never_run(tmp_path: Path, command: tuple[str, ...]) -> None:
     for name in ("flax_impl", "torch_impl", "psutil"):
@@ -79,6 +80,7 @@ def _snapshot(folder: Path) -> dict[str, bytes | None]:
     return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
 
 
+@pytest.mark.slow
 def test_export_force_replaces_an_unchanged_export_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -105,7 +105,7 @@ def test_to_html_replaces_its_own_page_only(tmp_path: Path) -> None:
 def test_check_html_writes_the_page_and_refuses_a_foreign_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from bridge.cli._cli import main
+    from bridge.cli import main
 
     page = tmp_path / "report.html"
     assert main(["check", "--seed", "0", "--n-inputs", "4", "--html", str(page)]) == 0

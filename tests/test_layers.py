@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import bridge
-from bridge.capture._chain import discover_chain
+from bridge.capture import discover_chain
 
 
 class Case(NamedTuple):
@@ -207,6 +207,7 @@ def _build(case: Case, dtype: Any = np.float32) -> tuple[nn.Sequential, Any, np.
     return model, jax.tree_util.tree_map_with_path(perturb, variables), x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_converted_model_passes_the_checker_in_float32(case: Case) -> None:
     model, variables, x = _build(case)
@@ -215,6 +216,7 @@ def test_converted_model_passes_the_checker_in_float32(case: Case) -> None:
     assert report.ok, str(report)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_converted_model_passes_the_checker_in_float64(case: Case) -> None:
     with jax.enable_x64(True):
@@ -225,6 +227,7 @@ def test_converted_model_passes_the_checker_in_float64(case: Case) -> None:
     assert report.ok, str(report)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_round_trip_is_bit_exact(case: Case) -> None:
     model, variables, x = _build(case)
@@ -245,6 +248,7 @@ def test_round_trip_is_bit_exact(case: Case) -> None:
     assert bridge.check_equivalence(back_model, back_variables, port, x).ok
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_torch_to_nnx_keeps_every_weight_and_passes_the_checker(case: Case) -> None:
     model, variables, x = _build(case)

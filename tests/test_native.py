@@ -23,7 +23,7 @@ from tree_models import CNN, ResNet, TransformerBlock
 
 import bridge
 from bridge._tensors import to_numpy, to_tensor
-from bridge.convert._export import load_export, write_export
+from bridge.convert import load_export, write_export
 from flax_impl import SeqMLP
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -63,6 +63,7 @@ def _cast(tree: Any, dtype: Any) -> Any:
 MODELS = ["cnn", "pool-cnn", "resnet", "transformer", "token"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("name", MODELS)
 def test_every_model_converts_and_passes_the_checker(name: str, dtype: str) -> None:
@@ -102,6 +103,7 @@ def test_the_code_of_a_transformer_block_reads_as_torch() -> None:
         assert expected in code
 
 
+@pytest.mark.slow
 def test_gradients_reach_every_parameter_and_match_jax() -> None:
     model, variables, x = _model("transformer")
     module = bridge.to_torch(model, variables, x)
@@ -186,6 +188,7 @@ def test_a_primitive_with_no_translation_is_named_with_its_flax_module() -> None
         bridge.to_torch(model, model.init(jax.random.PRNGKey(0), x), x)
 
 
+@pytest.mark.slow
 def test_check_true_refuses_a_wrong_translation(monkeypatch: pytest.MonkeyPatch) -> None:
     from bridge.convert import _primitives
 
@@ -199,6 +202,7 @@ def test_check_true_refuses_a_wrong_translation(monkeypatch: pytest.MonkeyPatch)
     assert not caught.value.report.ok
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cnn", "transformer", "token"])
 def test_torch_export_with_a_dynamic_batch(name: str) -> None:
     model, variables, x = _model(name)

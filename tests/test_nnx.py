@@ -10,7 +10,7 @@ from flax import nnx
 
 import bridge
 import torch_impl
-from bridge.capture._chain import discover_chain
+from bridge.capture import discover_chain
 
 
 def _mlp() -> nnx.Sequential:

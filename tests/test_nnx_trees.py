@@ -22,7 +22,7 @@ from tree_models import (
 
 import bridge
 from bridge._errors import TiedWeightsWarning
-from bridge.capture._capture_tree import capture_flax
+from bridge.capture import capture_flax
 
 
 def _net() -> NNXNet:
@@ -52,7 +52,8 @@ def test_an_nnx_tree_is_loaded_by_structure_and_passes() -> None:
     names = {(row.flax_path, row.torch_name) for row in report.layers}
     assert {("block/linear1", "body.up"), ("block/norm", "body.ln"), ("bn", "stem_bn"), ("block", "body")} <= names
     assert any(row.name == "block/linear1/kernel <-> body.up.weight" for row in report.gradients)
-    assert len(report.gradients) == 12  # every parameter of conv, bn, norm, linear1, linear2, head
+    assert len(report.gradients) == 13  # the input's, and every parameter of conv, bn, norm, linear1, linear2, head
+    assert report.gradients[0].name == "input"
 
 
 def test_calls_are_recorded_in_execution_order_with_their_paths_and_the_classes_restored() -> None:
@@ -217,9 +218,10 @@ def test_an_nnx_transformer_block_fills_and_passes_both_attention_ports(port_kin
         else {("attn", "attention"), ("attn/query", "attention.q_proj")}
     )
     assert expected <= attention, attention
-    assert len(report.gradients) == sum(1 for _ in port.parameters())
+    assert len(report.gradients) == 1 + sum(1 for _ in port.parameters())  # the input's, then every parameter's
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("mistake", "hint"), [("swapped", "torch swaps query and key"), ("scale", "scales the scores by 1/d (d = 8)")]
 )

@@ -143,4 +143,5 @@ def test_a_nan_pixel_in_a_tree_is_reported_at_its_first_layer_and_the_other_rows
     assert report.settings["gradient_rows_dropped_nonfinite"] == 1
     assert report.nonfinite == {"flax": 1, "torch": 1}  # Conv_0 <-> conv1, the first layer
     assert all(row.isolated is None or row.isolated.ok for row in report.layers)  # Dense_0 reads torch's order
-    assert len(report.gradients) == 8
+    assert len(report.gradients) == 9  # the input's and the 8 parameters'
+    assert report.gradients[0].name == "input"

@@ -186,6 +186,7 @@ def _primitives(jaxpr: Any) -> set[str]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("primitive", "fn", "inputs"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 def test_translation_gives_jaxs_values(primitive: str, fn: Callable[..., Any], inputs: tuple[Any, ...]) -> None:
     assert primitive in _primitives(jax.make_jaxpr(fn)(*inputs).jaxpr), f"the case does not bind {primitive}"

@@ -16,7 +16,7 @@ import pytest
 from tree_models import ResNet, TorchResNet
 
 import bridge
-from bridge.cli._cli import main
+from bridge.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECK = ["check", "--flax", "native_models:PoolCNN", "--input-shape", "2,12,12,3", "--n-inputs", "2"]
@@ -94,6 +94,7 @@ def test_show_progress_gives_a_tree_checks_phases_in_order() -> None:
     assert lines == []  # no sink outside the block: nothing is collected
 
 
+@pytest.mark.slow
 def test_a_tree_sweep_names_the_seed_of_each_line() -> None:
     model, variables, x = _resnet()
     port = bridge.load_into(model, variables, TorchResNet().eval(), inputs=x, channels_last=False)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 import torch
 from models import assert_matches_flax
 
@@ -31,6 +32,7 @@ def _floats(line: str) -> np.ndarray:
     return np.array([float(v) for v in line.split("[", 1)[1].rstrip("]").split()], np.float32)
 
 
+@pytest.mark.slow
 def test_quickstart_output_is_what_check_prints() -> None:
     shown = _block_after("converts it, runs both and prints:")
     result = subprocess.run([sys.executable, "-m", "bridge", "check"], capture_output=True, text=True, timeout=300)

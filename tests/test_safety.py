@@ -19,6 +19,7 @@ from flax import serialization
 
 import bridge
 import flax_impl
+from bridge.io import replaceable
 from bridge.io._atomic import (
     STAGES,
     LeftoverWarning,
@@ -28,7 +29,6 @@ from bridge.io._atomic import (
     clean_leftovers,
     staging_prefix,
 )
-from bridge.io._files import replaceable
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -244,6 +244,7 @@ def _old_or_new(target: Path, directory: bool) -> str:
     return data[:3].decode()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("directory", [False, True], ids=["file", "folder"])
 @pytest.mark.parametrize("when", STAGES)
 def test_kill_at_any_stage_leaves_old_or_new_and_the_next_run_cleans(
@@ -294,6 +295,7 @@ def _seed_files(directory: Path) -> None:
     bridge.save_checkpoint(other, directory / "old.orbax")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("source", "suffix", "when"),
     [

@@ -84,6 +84,7 @@ def test_vectorised_init_is_bit_for_bit_each_seeds_own_init(seeds: list[int]) ->
             np.testing.assert_array_equal(mine[i], np.asarray(theirs), err_msg=f"seed {seed}")
 
 
+@pytest.mark.slow
 def test_sweep_of_a_cnn_and_a_normalised_mlp_matches_the_loop() -> None:
     """Layers whose bounds are computed seed by seed (Conv, LayerNorm, BatchNorm) and torch modules run under vmap."""
     cnn = nn.Sequential([nn.Conv(3, (3, 3), strides=2, padding="SAME"), jax.nn.relu, bridge.flatten, nn.Dense(2)])

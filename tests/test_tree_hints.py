@@ -30,6 +30,7 @@ def _mask(padding: bool) -> np.ndarray:
     return (rows + cols) % 3 != 0  # every query attends some keys and skips others
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("padding", [True, False], ids=["key_padding_mask", "attn_mask"])
 def test_a_correctly_inverted_mask_passes(masked: Any, padding: bool) -> None:
     model, variables, x = masked
@@ -39,6 +40,7 @@ def test_a_correctly_inverted_mask_passes(masked: Any, padding: bool) -> None:
     assert report.ok, str(report)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("padding", [True, False], ids=["key_padding_mask", "attn_mask"])
 def test_a_flax_mask_passed_straight_to_torch_is_named_at_the_attention(masked: Any, padding: bool) -> None:
     model, variables, x = masked

@@ -45,7 +45,7 @@ def test_equal_signatures_pair_by_the_values_a_loaded_port_holds() -> None:
 def test_value_lookup_confirms_a_sampled_match_on_every_value() -> None:
     """Ties are looked up by a digest of a few values of each tensor, then confirmed on all of them: a module
     whose weight differs from the Flax values in one value the digest does not read is not taken for it."""
-    from bridge.capture._capture_tree import Call
+    from bridge.capture import Call
     from bridge.match._match_tree import _TorchIndex
 
     weight = np.random.default_rng(0).standard_normal((40, 50)).astype(np.float32)

@@ -106,6 +106,7 @@ def test_resnet_missing_residual_is_located_at_its_block(resnet: Any) -> None:
     assert "the residual connection is missing" in str(divergence.hint)
 
 
+@pytest.mark.slow
 def test_transformer_block_on_multiheadattention_passes(block: Any) -> None:
     model, variables, x = block
     port = bridge.load_into(model, variables, TorchTransformerBlock().eval(), inputs=x)
@@ -117,6 +118,7 @@ def test_transformer_block_on_multiheadattention_passes(block: Any) -> None:
     assert any("<-> attn.in_proj_weight" in row.name for row in report.gradients)
 
 
+@pytest.mark.slow
 def test_explicit_rtol_atol_judge_every_call_the_output_and_the_gradients_of_a_tree(block: Any) -> None:
     """rtol/atol replace the derived tolerances of a tree as of a chain: a port whose attention output bias is
     off by 1e-3 fails the derived tolerances and passes atol=1e-2; a correct port fails rtol=1e-9, atol=0
@@ -256,6 +258,7 @@ def test_several_inputs_integer_tokens_and_dict_outputs() -> None:
     assert by_name.ok, str(by_name)
 
 
+@pytest.mark.slow
 def test_command_line_checks_a_cnn_port_with_its_own_inputs_and_mapping(tmp_path: Any) -> None:
     """flax2torch check --flax M:A --torch M:A --input-shape ... --channels-first [--mapping FILE]."""
     import json
@@ -305,6 +308,7 @@ def test_mnist_cnn_written_as_a_sequential_converts_with_its_pooling() -> None:
     assert bridge.check_equivalence(model, variables, first, x, channels_last=False).ok
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mistake", [None, "swapped", "scale", "no-residual", "gelu"])
 def test_calibrating_only_where_the_bounds_fail_gives_the_verdicts_of_calibrating_everything(
     block: Any, mistake: str | None, monkeypatch: pytest.MonkeyPatch
@@ -327,6 +331,7 @@ def test_calibrating_only_where_the_bounds_fail_gives_the_verdicts_of_calibratin
         assert lazy.settings["calibrated"] > 0
 
 
+@pytest.mark.slow
 def test_a_tree_is_checked_in_float64_where_a_1e_12_change_shows(block: Any) -> None:
     """dtype="float64" casts copies of both sides of a tree: a correct port passes, its output bias off by
     1e-12 is located at the attention (invisible in float32, where the same port passes), and the port and
@@ -426,6 +431,7 @@ def test_seeds_sweep_a_tree_each_seed_as_its_own_check(block: Any) -> None:
     assert (divergence.flax_path, divergence.torch_name) == ("MultiHeadDotProductAttention_0", "attention")
 
 
+@pytest.mark.slow
 def test_a_tree_sweep_details_the_first_failing_seed() -> None:
     """A port wrong only for initialisations whose fc1.weight[0, 0] is negative (seeds 1 and 3 of 0..3, by
     JAX's counter-based PRNG on every machine): those seeds fail, and seed 1 gets the full report."""

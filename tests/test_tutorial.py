@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -19,6 +21,7 @@ def _tutorial() -> str:
     return text[start : text.index("\n## ", start + 1)]
 
 
+@pytest.mark.slow
 def test_the_tutorial_runs_as_written_and_prints_what_it_shows(tmp_path: Path) -> None:
     section = _tutorial()
     blocks = re.findall(r"```(\w*)\n(.*?)```", section, flags=re.S)

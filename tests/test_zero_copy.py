@@ -32,7 +32,7 @@ def test_copy_false_shares_memory_with_the_flax_kernels() -> None:
 def test_copy_false_outputs_match_the_copied_model() -> None:
     """Views and contiguous weights run different kernels (their last bits may differ): both are checked
     equivalent, and agree with each other within the derived tolerance of the output."""
-    from bridge.check._check import output_tolerance
+    from bridge.check import output_tolerance
     from bridge.check._compare import compare
 
     model, variables = _model_and_variables()

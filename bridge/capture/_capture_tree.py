@@ -22,7 +22,7 @@ from flax import nnx
 
 from .._errors import InvalidArgumentError, LayerMismatchError, UnsupportedModelError, first_line
 from .._flax_model import in_nested_apply
-from ..rules._registry import captured_methods, rule_for_call
+from ..rules import captured_methods, rule_for_call
 
 
 @dataclass

@@ -2,37 +2,50 @@
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar, overload
 
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 import torch
 
-from .. import _flax_model as flax_model
 from .. import _progress as progress
-from .._arguments import call_arguments, torch_argument
-from .._errors import InvalidArgumentError, NotEquivalentError, UnsupportedModelError
-from .._numerics import DEFAULT_RTOL_ATOL, Precision, Tolerance
-from .._tensors import is_float, to_numpy, torch_dtype
+from .._arguments import torch_argument
+from .._errors import NotEquivalentError, UnsupportedModelError
+from .._numerics import Precision
+from .._tensors import is_float, to_numpy
 from .._validate import require_mapping, require_port, require_variables
-from ..capture._capture import chain_calls, flax_layer_outputs, torch_chain_calls
-from ..capture._chain import Step, Variables, discover_chain
-from ..match._match_chain import match_positions
-from ..match._match_tree import Pair, find_input_permutations, is_tree_pair
-from ..rules import BoundInputs, LayerRule
-from ..rules._registry import rule_or_none
+from ..capture import Step, Variables, chain_calls, discover_chain, flax_layer_outputs, torch_chain_calls
+from ..match import Pair, find_input_permutations, is_tree_pair, match_positions
+from ..rules import LayerRule, rule_or_none
 from ._check_tree import check_tree, pair_row, run_isolated
 from ._compare import compare
 from ._divergence import Detail, first_divergence
-from ._flax_runs import FlaxRuns, as_dtype, other_dtype
+from ._flax_runs import FlaxRuns, other_dtype
 from ._gradients import compare_gradients
-from ._outputs import in_flax_layout, output_leaves, projected_sum
-from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow, SeedSweepReport, describe_tolerance
+from ._outputs import in_flax_layout, projected_sum
+from ._prepare import (
+    CheckOptions,
+    cast_compute_dtype,
+    cast_inputs,
+    cast_pair,
+    chain_inputs,
+    explicit_tolerance,
+    layer_bounds,
+    refuse_training_mode,
+)
+from ._report import (
+    Divergence,
+    EquivalenceReport,
+    GradientRow,
+    LayerRow,
+    SeedSweepReport,
+    describe_inputs,
+    describe_tolerance,
+)
 from ._rows import finite_rows, first_nonfinite, rows_near_kink
+from ._sweep import sweep_seeds
 
 Loss = Callable[[Any], Any]
 _Port = TypeVar("_Port", bound=torch.nn.Module)
@@ -159,79 +172,54 @@ def check_equivalence(
     require_port(torch_module, "torch_module")
     require_variables(variables)
     require_mapping(mapping)
-    if is_tree_pair(model, variables, torch_module, inputs, torch_inputs, mapping):
-        if inputs is None and torch_inputs is None:  # a chain model against another kind of port: draw rows
-            try:
-                steps = discover_chain(model, variables)
-            except UnsupportedModelError:
-                steps = ()
-            if steps:
-                inputs = _inputs(None, steps, [rule_or_none(s.layer) for s in steps], seed, n_inputs, None)
-        if seeds is not None:
-            from ._sweep_tree import sweep_tree_seeds
-
-            return sweep_tree_seeds(
-                model,
-                variables,
-                torch_module,
-                seeds,
-                inputs,
-                check_equivalence,
-                torch_inputs=torch_inputs,
-                channels_last=channels_last,
-                mapping=mapping,
-                grads=grads,
-                dtype=dtype,
-                rtol=rtol,
-                atol=atol,
-                loss=loss,
-            )
-        if dtype is not None:
-            model, variables, torch_module = _cast(model, variables, torch_module, dtype)
-            inputs, torch_inputs = _cast_inputs((inputs, torch_inputs), dtype)
-        return check_tree(
-            model,
-            variables if variables is not None else {},
-            torch_module,
-            inputs,
-            torch_inputs=torch_inputs,
-            channels_last=channels_last,
-            mapping=mapping,
-            grads=grads,
-            loss=loss,
-            tolerance=_explicit_tolerance(rtol, atol, _floating_dtype(inputs)),
-            dtype=dtype,
-            allow_unchecked=allow_unchecked,
-        )
-    assert isinstance(torch_module, torch.nn.Sequential)  # every other port is a tree
+    options = CheckOptions(
+        seed, n_inputs, dtype, rtol, atol, grads, loss, channels_last, torch_inputs, mapping, allow_unchecked
+    )
+    tree = is_tree_pair(model, variables, torch_module, inputs, torch_inputs, mapping)
+    drawn = tree and inputs is None and torch_inputs is None
+    if drawn:  # a chain model against another kind of port: rows drawn as for a chain
+        inputs = _chain_rows(model, variables, options)
     if seeds is not None:
-        from ._sweep import sweep_seeds
-
-        return sweep_seeds(
-            model,
-            variables,
-            torch_module,
-            seeds,
-            inputs,
-            check_equivalence,
-            n_inputs=n_inputs,
-            dtype=dtype,
-            rtol=rtol,
-            atol=atol,
-            grads=grads,
-            loss=loss,
-            channels_last=channels_last,
-        )
+        return sweep_seeds(model, variables, torch_module, seeds, inputs, check_equivalence, options, chain=not tree)
+    if not tree:
+        assert isinstance(torch_module, torch.nn.Sequential)  # every other port is a tree
+        return _check_chain(model, variables, torch_module, inputs, options)
     if dtype is not None:
-        model, variables, cast_port = _cast(model, variables, torch_module, dtype)
+        model, variables, torch_module = cast_pair(model, variables, torch_module, dtype)
+        inputs, torch_inputs = cast_inputs((inputs, torch_inputs), dtype)
+        options = options._replace(torch_inputs=torch_inputs)
+    report = check_tree(model, variables if variables is not None else {}, torch_module, inputs, options)
+    if drawn and inputs is not None:  # said so, as a chain's report says
+        settings = {**report.settings, "inputs": describe_inputs([np.shape(inputs)], seed)}
+        report = dataclasses.replace(report, settings=settings)
+    return report
+
+
+def _chain_rows(model: Any, variables: Variables | None, options: CheckOptions) -> np.ndarray | None:
+    """Rows drawn for a chain model's first layer (None when the model is not a chain: it needs inputs)."""
+    try:
+        steps = discover_chain(model, variables)
+    except UnsupportedModelError:
+        return None
+    rules = [rule_or_none(s.layer) for s in steps]
+    return chain_inputs(None, steps, rules, options.seed, options.n_inputs, None) if steps else None
+
+
+def _check_chain(
+    model: Any, variables: Variables | None, torch_module: torch.nn.Sequential, inputs: Any, options: CheckOptions
+) -> EquivalenceReport:
+    """A chain against a ``torch.nn.Sequential``, position by position, tolerances propagated by the rules."""
+    seed, dtype, channels_last = options.seed, options.dtype, options.channels_last
+    if dtype is not None:
+        model, variables, cast_port = cast_pair(model, variables, torch_module, dtype)
         torch_module = cast_port  # a Sequential still (mypy keeps the declared type through the tuple)
     steps = discover_chain(model, variables)
     if dtype is not None:
-        model, steps = _cast_compute_dtype(model, variables, steps, dtype)
-    _refuse_training_mode(steps)
+        model, steps = cast_compute_dtype(model, variables, steps, dtype)
+    refuse_training_mode(steps)
     rules = [rule_or_none(step.layer) for step in steps]
-    x = _inputs(inputs, steps, rules, seed, n_inputs, dtype)
-    tolerance = _explicit_tolerance(rtol, atol, x.dtype)
+    x = chain_inputs(inputs, steps, rules, seed, options.n_inputs, dtype)
+    tolerance = explicit_tolerance(options.rtol, options.atol, x.dtype)
 
     progress.step(f"running the Flax chain ({len(steps)} positions)")
     flax_outputs = [np.asarray(y) for y in flax_layer_outputs(model, variables, jnp.asarray(x))]
@@ -256,7 +244,7 @@ def check_equivalence(
         steps, rules, [*(p.flax for p in matching.pairs), *matching.unmatched_flax], strict=True
     ):
         x_in, y = call.args[0], call.output
-        bound_e2e, bound_iso, precision = _bounds(step, rule, x_in, y, tol_in, tolerance)
+        bound_e2e, bound_iso, precision = layer_bounds(step, rule, x_in, y, tol_in, tolerance)
         pair = paired.get(step.index)
         if pair is None:  # past the end of a shorter torch chain: nothing to compare against
             missing = compare(y, np.empty(0), bound_e2e)
@@ -280,7 +268,7 @@ def check_equivalence(
 
     gradient_rows: tuple[GradientRow, ...] = ()
     dropped = dropped_nonfinite = 0
-    if grads and not problems:
+    if options.grads and not problems:
         single_sample = x.ndim < 2 and is_float(x.dtype)  # nothing to leave out
         smooth = np.ones(len(x), bool) if single_sample else _rows_away_from_kinks(positions)
         finite = finite_rows((a for p in positions for a in (p.x, p.y)), 1 if single_sample else len(x))
@@ -297,7 +285,7 @@ def check_equivalence(
                 variables,
                 (jnp.asarray(judged),),
                 {},
-                loss or projected_sum,
+                options.loss or projected_sum,
                 wrt_inputs=differentiable,
                 other=other_dtype(x.dtype if differentiable else np.float32),
             )
@@ -338,8 +326,8 @@ def check_equivalence(
         settings={
             "dtype": np.dtype(x.dtype).name,
             "tolerance": describe_tolerance(tolerance),
-            "inputs": f"shape {tuple(x.shape)}" + (f", normal(seed={seed})" if inputs is None else ", given"),
-            "grads": bool(grads),
+            "inputs": describe_inputs([x.shape], seed if inputs is None else None),
+            "grads": bool(options.grads),
             "gradient_rows_dropped_at_kinks": dropped,
             # NaN/Inf in a row's forward pass leave its gradients undefined (JAX's relu passes 0 at NaN,
             # torch's NaN): such rows are not judged, their outputs are (NaN against NaN is equal)
@@ -391,156 +379,6 @@ def _rows_away_from_kinks(positions: Sequence[_Position]) -> np.ndarray:
         for kink in p.rule.kinks:
             smooth &= ~rows_near_kink(x64, kink, np.broadcast_to(tolerance, x64.shape), rows)
     return smooth
-
-
-def _refuse_training_mode(steps: Sequence[Step]) -> None:
-    """NNX Dropout and BatchNorm default to training mode: random outputs, and statistics that running
-    the model would overwrite. Linen layers in that mode cannot run without extra arguments at all."""
-    for step in steps:
-        if (
-            getattr(step.layer, "deterministic", None) is False
-            or getattr(step.layer, "use_running_average", None) is False
-        ):
-            raise InvalidArgumentError(
-                f"{step.where} is in training mode (NNX Dropout and BatchNorm are by default): "
-                "call model.eval() before checking, and compare against the torch model in eval mode"
-            )
-
-
-def _floating_dtype(inputs: Any) -> Any:
-    """The dtype of the first floating input (float32 when none is: token ids), which sets rtol/atol's defaults."""
-    leaves = [] if inputs is None else output_leaves(call_arguments(inputs))
-    return next((a.dtype for a in leaves if is_float(a.dtype)), np.float32)
-
-
-def _explicit_tolerance(rtol: float | None, atol: float | None, dtype: Any) -> Tolerance | None:
-    if rtol is None and atol is None:
-        return None
-    name = np.dtype(dtype).name
-    default_rtol, default_atol = DEFAULT_RTOL_ATOL.get(name, DEFAULT_RTOL_ATOL["float32"])
-    chosen = Tolerance(default_rtol if rtol is None else float(rtol), default_atol if atol is None else float(atol))
-    if not (chosen.rtol >= 0 and chosen.atol >= 0):
-        raise InvalidArgumentError(f"rtol and atol must be >= 0, got rtol={chosen.rtol}, atol={chosen.atol}")
-    return chosen
-
-
-_GENERIC_RULE = LayerRule()  # its error_bound: slope <= 1 and one rounding, for layers with no rule
-
-
-def output_tolerance(model: Any, variables: Variables | None, inputs: Any) -> tuple[np.ndarray, np.ndarray]:
-    """The Flax chain's output on ``inputs`` and how far a correct port's output may lie from it there:
-    the tolerance ``check_equivalence`` derives end to end, for comparing stored (golden) outputs.
-
-    Returns:
-        ``(output, tolerance)``: float64 arrays of the output's shape.
-    """
-    steps = discover_chain(model, variables)
-    x = np.asarray(inputs)
-    outputs = [np.asarray(y) for y in flax_layer_outputs(model, variables, jnp.asarray(x))]
-    tol_in = np.zeros(x.shape)
-    for step, x_in, y in zip(steps, [x, *outputs[:-1]], outputs, strict=True):
-        tol_in = _bounds(step, rule_or_none(step.layer), x_in, y, tol_in, None)[0]
-    return np.asarray(outputs[-1], np.float64), tol_in
-
-
-def _bounds(
-    step: Step, rule: LayerRule | None, x_in: np.ndarray, y: np.ndarray, tol_in: np.ndarray, tolerance: Tolerance | None
-) -> tuple[np.ndarray, np.ndarray, Precision]:
-    """One position's output tolerances, end to end (its input off by ``tol_in``) and isolated, and its precision."""
-    x64, y64 = np.asarray(x_in, np.float64), np.asarray(y, np.float64)
-    precision = Precision.of(y.dtype if is_float(y.dtype) else np.float32)
-    bound_e2e = _bound(rule, step, BoundInputs(x64, y64, tol_in, precision), tolerance)
-    bound_iso = _bound(rule, step, BoundInputs(x64, y64, np.zeros_like(x64), precision), tolerance)
-    return bound_e2e, bound_iso, precision
-
-
-def _bound(rule: LayerRule | None, step: Step, inputs: BoundInputs, tolerance: Tolerance | None) -> np.ndarray:
-    """The per-element tolerance of one layer's output: explicit, or derived by the layer's rule."""
-    if tolerance is not None:
-        return tolerance.of(inputs.y)
-    if inputs.tol_in.shape != inputs.x.shape:  # the layer changes shape: its input error cannot be mapped
-        inputs = inputs._replace(tol_in=np.zeros(inputs.x.shape))
-    with np.errstate(invalid="ignore", over="ignore"):
-        bound = (rule or _GENERIC_RULE).error_bound(step.layer, step.variables, inputs)
-    return np.broadcast_to(np.asarray(bound, np.float64), inputs.y.shape)
-
-
-def _inputs(
-    inputs: Any, steps: Sequence[Step], rules: Sequence[LayerRule | None], seed: int, n_inputs: int, dtype: Any
-) -> np.ndarray:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= int(seed) < 2**32:
-        raise InvalidArgumentError(f"seed must be an integer in [0, 2**32), got {seed!r}")
-    if inputs is not None:
-        x = np.asarray(inputs)
-        if x.ndim == 0:
-            raise InvalidArgumentError("inputs must have rank >= 1 (features on the last axis), got a scalar")
-        if x.size == 0:
-            raise InvalidArgumentError(f"inputs of shape {tuple(x.shape)} hold no values: give at least one row")
-    else:
-        if not isinstance(n_inputs, int) or n_inputs < 1:
-            raise InvalidArgumentError(f"n_inputs must be an integer >= 1, got {n_inputs!r}")
-        first, rule = steps[0], rules[0]
-        drawn = rule.random_input(first.layer, first.variables, np.random.default_rng(seed), n_inputs) if rule else None
-        if drawn is None:
-            raise InvalidArgumentError(
-                f"{first.where} does not fix the input shape: pass inputs= (an array shaped like the model's input)"
-            )
-        x = drawn
-    if dtype is not None and is_float(x.dtype):
-        x = x.astype(jnp.dtype(dtype))
-    return x
-
-
-def _cast(model: Any, variables: Any, torch_module: _Port, dtype: Any) -> tuple[Any, Any, _Port]:
-    """Copies of both sides in ``dtype`` (the caller's model, variables and module stay as they were)."""
-    try:
-        target = jnp.dtype(dtype)
-    except TypeError as e:
-        raise InvalidArgumentError(f"dtype {dtype!r} is not a dtype (use float32, float64 or bfloat16)") from e
-    if not jnp.issubdtype(target, jnp.floating):
-        raise InvalidArgumentError(f"dtype {target.name} is not a floating dtype: use float32, float64 or bfloat16")
-    if target == jnp.float64 and not jax.config.read("jax_enable_x64"):
-        raise InvalidArgumentError(
-            "dtype float64 needs 64-bit JAX: jax.config.update('jax_enable_x64', True) before building the model"
-        )
-    model, variables = flax_model.cast(model, variables, target)
-    return model, variables, copy.deepcopy(torch_module).to(torch_dtype(target))
-
-
-def _cast_inputs(inputs: Any, dtype: Any) -> Any:
-    """Every floating array among ``inputs`` (arrays, tensors, nested tuples and dicts) in ``dtype``."""
-
-    def cast(value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            return value.to(torch_dtype(dtype)) if value.is_floating_point() else value
-        return as_dtype(value, jnp.dtype(dtype))
-
-    return jax.tree_util.tree_map(cast, inputs, is_leaf=lambda v: isinstance(v, torch.Tensor))
-
-
-def _cast_compute_dtype(
-    model: Any, variables: Any, steps: tuple[Step, ...], dtype: Any
-) -> tuple[Any, tuple[Step, ...]]:
-    """Layers that compute in a dtype of their own (``nn.Dense(dtype=jnp.float16)``) compute in ``dtype``
-    too: cloned so in an ``nn.Sequential`` model, refused with the fix where the model builds them itself.
-
-    Raises:
-        InvalidArgumentError: naming the first layer whose compute dtype cannot be changed.
-    """
-    target = jnp.dtype(dtype)
-    stale = [s for s in steps if getattr(s.layer, "dtype", None) is not None and jnp.dtype(s.layer.dtype) != target]
-    if not stale:
-        return model, steps
-    if isinstance(model, nn.Sequential):
-        layers = [
-            layer.clone(dtype=target)
-            if isinstance(layer, nn.Module) and getattr(layer, "dtype", None) is not None
-            else layer
-            for layer in model.layers
-        ]
-        model = model.clone(layers=layers)
-        return model, discover_chain(model, variables)
-    raise flax_model.own_compute_dtype_error(stale[0].where, stale[0].layer, target, model)
 
 
 def _structure_divergence(positions: Sequence[_Position], structure: tuple[int, str] | None) -> Divergence | None:

@@ -32,14 +32,15 @@ from .._arguments import call_arguments, port_keywords, torch_arguments
 from .._errors import InvalidArgumentError
 from .._jaxpr import first_narrowing
 from .._numerics import Precision, Tolerance, function_rounding
-from .._tensors import is_float
-from ..capture._capture_tree import Call, capture_flax, capture_torch
-from ..match._loose import match_loose, pair_own_calls
-from ..match._match_tree import (
+from .._tensors import is_array, is_float
+from ..capture import Call, capture_flax, capture_torch
+from ..match import (
     Pair,
     describe_ties,
     find_input_permutations,
     match_calls,
+    match_loose,
+    pair_own_calls,
     tied_variables,
     unpaired_flax,
 )
@@ -50,33 +51,25 @@ from ._divergence import Detail, first_divergence
 from ._flax_runs import FlaxRuns, as_dtype, error_scale, other_dtype
 from ._gradients import calibration_against, compare_gradients
 from ._outputs import first_array, in_flax_layout, in_torch_order, keyed_like, output_leaves, projected_sum
-from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow, describe_tolerance
+from ._prepare import CheckOptions, explicit_tolerance, floating_dtype
+from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow, describe_inputs, describe_tolerance
 from ._rows import batch_rows, finite_rows, first_nonfinite, rows_near_kink, take_rows
 
 Loss = Callable[[Any], Any]
 
 
 def check_tree(
-    model: nn.Module,
-    variables: Mapping[str, Any],
-    port: torch.nn.Module,
-    inputs: Any,
-    *,
-    torch_inputs: Any = None,
-    channels_last: bool = True,
-    mapping: Mapping[str, str] | None = None,
-    grads: bool = True,
-    loss: Loss | None = None,
-    tolerance: Tolerance | None = None,
-    dtype: Any = None,
-    allow_unchecked: bool = False,
+    model: nn.Module, variables: Mapping[str, Any], port: torch.nn.Module, inputs: Any, options: CheckOptions
 ) -> EquivalenceReport:
-    """``check_equivalence`` for a model that is not one chain (see ``bridge.check_equivalence``);
-    ``tolerance``: explicit ``rtol``/``atol`` for every call, the output and the gradients instead of the
-    derived tolerances (no calibration); ``dtype``: the dtype both sides were cast to, which a call computing
-    in a dtype of its own (``nn.Dense(dtype=jnp.float32)``) would silently ignore: such a call is refused;
-    ``allow_unchecked``: port parameters that no Flax variable fills do not make the verdict NOT EQUIVALENT
-    (they are still listed)."""
+    """``check_equivalence`` for a model that is not one chain (see ``bridge.check_equivalence``). Explicit
+    ``rtol``/``atol`` judge every call, the output and the gradients instead of the derived tolerances (no
+    calibration); ``dtype`` is the dtype both sides were cast to, which a call computing in a dtype of its own
+    (``nn.Dense(dtype=jnp.float32)``) would silently ignore: such a call is refused; with ``allow_unchecked``,
+    port parameters that no Flax variable fills do not make the verdict NOT EQUIVALENT (they are still
+    listed)."""
+    torch_inputs, channels_last, mapping = options.torch_inputs, options.channels_last, options.mapping
+    grads, loss, dtype = options.grads, options.loss, options.dtype
+    tolerance = explicit_tolerance(options.rtol, options.atol, floating_dtype(inputs))
     if inputs is None:
         raise InvalidArgumentError(
             f"{type(model).__name__} is not one nn.Sequential chain: pass inputs= (an array, a tuple of "
@@ -99,7 +92,9 @@ def check_tree(
     computes_in = _dtype_name(flax_out)
     precision = Precision.of(computes_in)
     other = other_dtype(computes_in)  # the calibration's reference: float64 (float32 for float64)
-    runs = FlaxRuns(model, variables, args, kwargs, loss or projected_sum, other=other)
+    # one floating array fed to both sides alike: its gradient is compared too, as a chain's input is
+    wrt_inputs = torch_inputs is None and _one_floating_argument(args, kwargs)
+    runs = FlaxRuns(model, variables, args, kwargs, loss or projected_sum, wrt_inputs=wrt_inputs, other=other)
     if tolerance is None and np.dtype(computes_in).itemsize == 8:
         _refuse_narrowing(model, runs, flax_calls)
 
@@ -151,7 +146,9 @@ def check_tree(
             judged, on_torch, out = runs, (torch_args, torch_kwargs), flax_out
             if not keep.all():
                 kept_args, kept_kwargs = take_rows((args, kwargs), keep)
-                judged = FlaxRuns(model, variables, kept_args, kept_kwargs, loss or projected_sum, other=other)
+                judged = FlaxRuns(
+                    model, variables, kept_args, kept_kwargs, loss or projected_sum, wrt_inputs=wrt_inputs, other=other
+                )
                 on_torch, out = take_rows(on_torch, keep), take_rows(flax_out, keep)
             found, count = compare_gradients(
                 judged,
@@ -193,7 +190,7 @@ def check_tree(
     # fills is a constant of the port's, a rotary table: its effect is judged through the outputs)
     parameter_names = {name for name, _ in port.named_parameters()}
     unchecked = [name for name in loose.unfilled_torch if name in parameter_names]
-    if unchecked and not allow_unchecked:
+    if unchecked and not options.allow_unchecked:
         problems.append(
             f"{len(unchecked)} port parameters are compared with no Flax variable (unchecked): "
             + ", ".join(unchecked[:8])
@@ -217,12 +214,12 @@ def check_tree(
         },
         settings={
             "dtype": computes_in,
-            "tolerance": describe_tolerance(tolerance, "derived per call (rule bounds; float64 calibration elsewhere)"),
+            "tolerance": describe_tolerance(tolerance),
             # Comparisons judged with the float64 calibration added: those that did not pass the rounding bounds
             # alone, and every gradient once the float64 pass has run (the calibration only widens a tolerance,
             # so a comparison passing without it passes with it: the verdicts are those of always calibrating)
             "calibrated": calibrated,
-            "inputs": "given",
+            "inputs": describe_inputs([np.shape(a) for a in output_leaves((args, kwargs))]),
             "grads": bool(grads),
             "gradient_rows_dropped_nonfinite": dropped.get("nonfinite", 0),
             # rows near a kink (relu's input within its tolerance of 0), left out where the gradients failed with
@@ -517,4 +514,12 @@ def _compare_outputs(
     sizes_agree = all(r.size == c.size for r, c in zip(references, candidates, strict=True))
     if not sizes_agree:
         return compare(np.concatenate(references), np.zeros(0), np.zeros(0))
-    return compare(np.concatenate(references), np.concatenate(candidates), np.concatenate(tolerances))
+    shape = np.shape(flax_leaves[0]) if len(flax_leaves) == 1 else (-1,)  # one output keeps its shape (as a chain's)
+    reference, candidate, tol = (np.concatenate(a).reshape(shape) for a in (references, candidates, tolerances))
+    return compare(reference, candidate, tol)
+
+
+def _one_floating_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether the model takes exactly one array, a floating one, as its first positional argument."""
+    arrays = [a for a in (*args, *kwargs.values()) if is_array(a)]
+    return len(arrays) == 1 and bool(args) and arrays[0] is args[0] and is_float(np.asarray(args[0]).dtype)

@@ -14,12 +14,10 @@ import torch
 
 from .._numerics import Precision, function_rounding
 from .._tensors import is_float, to_numpy
-from ..capture._capture_tree import Call
-from ..capture._chain import Step
-from ..match._match import port_tensors
-from ..match._match_tree import Pair, descendants
+from ..capture import Call
+from ..match import Pair, descendants, port_tensors
 from ._compare import compare
-from ._hints import HintContext, activation_variants, diagnose, diagnose_call, glue_hint
+from ._hints import activation_variants, diagnose, diagnose_call, glue_hint, hint_context
 from ._outputs import first_array, in_flax_layout, output_leaves
 from ._report import Divergence, GradientRow, LayerRow
 
@@ -131,7 +129,9 @@ def first_divergence(
                     return Divergence(k, rows[k].flax_path, rows[k].torch_name, rows[k].kind, "end to end", swapped)
                 found = dataclasses.replace(found, hint=_before(i, rows, pairs, flax_calls))
             return found
-    bad = next((g for g in gradient_rows if not g.comparison.ok), None)
+    failing = [g for g in gradient_rows if not g.comparison.ok]
+    # a parameter's gradient names the layer that owns it; the input's only where no parameter's fails
+    bad = next((g for g in failing if g.name != "input"), failing[0] if failing else None)
     if bad is None or not rows:
         return None
     parameter = bad.name.split(" <-> ")[0]
@@ -313,11 +313,8 @@ def _diverged(
     if hint is not None:
         return Divergence(i, row.flax_path, row.torch_name, row.kind, mode, hint)
     if detail.x is not None and pair.flax.variables is not None:
-        step = Step(
-            i, pair.flax.module, tuple(pair.flax.name.split("/")) if pair.flax.name else (), pair.flax.variables
-        )
-        context = HintContext(
-            step,
+        context = hint_context(
+            pair.flax,
             pair.torch.module,
             detail.x,
             detail.y,

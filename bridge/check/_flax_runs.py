@@ -23,7 +23,7 @@ from .._errors import LayerMismatchError, first_line
 from .._jaxpr import Kink, first_narrowing, kinks
 from .._numerics import Precision, unit_roundoff
 from .._tensors import is_array, is_float, plain_tree
-from ..capture._capture_tree import capture_flax, capture_nnx
+from ..capture import capture_flax, capture_nnx
 
 Loss = Callable[[Any], Any]
 

@@ -1,5 +1,5 @@
-"""Gradients of a loss on both sides, w.r.t. every matched parameter (and the input, for chains), mapped by the
-layer rules: one comparison for chains and trees alike.
+"""Gradients of a loss on both sides, w.r.t. every matched parameter (and the input, where the model takes one
+floating array), mapped by the layer rules: one comparison for chains and trees alike.
 
 Their tolerance has two parts: the analytic bound of ``gradient_tolerance`` with a floor for sums that cancel,
 and a calibration that measures how sensitive the Flax gradient is to rounding (large through normalisations,
@@ -22,9 +22,7 @@ import torch
 
 from .._numerics import Precision, Tolerance, finite_rms, gradient_tolerance
 from .._tensors import is_float, to_numpy
-from ..match._loose import LoosePair
-from ..match._match import tensor_holders
-from ..match._match_tree import Pair, tied_variables
+from ..match import LoosePair, Pair, tensor_holders, tied_variables
 from ._compare import compare
 from ._flax_runs import FlaxRuns, error_scale
 from ._outputs import in_flax_layout, keyed_like

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from .._tensors import is_float
-from ..capture._leaves import array_leaves as array_leaves
-from ..capture._leaves import keyed_like as keyed_like
-from ..capture._leaves import output_leaves as output_leaves
+from ..capture import array_leaves as array_leaves
+from ..capture import keyed_like as keyed_like
+from ..capture import output_leaves as output_leaves
 
 
 def in_flax_layout(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -337,6 +338,14 @@ class SeedSweepReport:
         return detail + self.summary()
 
 
-def describe_tolerance(tolerance: Tolerance | None, derived: str = "derived per layer") -> str:
-    """How a report's settings name the tolerance: how it is derived, or the explicit rtol/atol."""
-    return derived if tolerance is None else f"rtol={tolerance.rtol:g}, atol={tolerance.atol:g}"
+def describe_tolerance(tolerance: Tolerance | None) -> str:
+    """How a report's settings name the tolerance, chains and trees alike: derived from each call's rounding
+    error (its rule's bound, or a float64 run where no rule applies), or the explicit rtol/atol."""
+    return "derived per call" if tolerance is None else f"rtol={tolerance.rtol:g}, atol={tolerance.atol:g}"
+
+
+def describe_inputs(shapes: Sequence[tuple[int, ...]], drawn_from: int | None = None) -> str:
+    """How a report's settings name the inputs, chains and trees alike: their shapes, and where they come from."""
+    listed = ", ".join(str(tuple(s)) for s in shapes)
+    where = "given" if drawn_from is None else f"normal(seed={drawn_from})"
+    return f"shape{'s' if len(shapes) > 1 else ''} {listed}, {where}" if shapes else where

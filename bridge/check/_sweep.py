@@ -1,11 +1,14 @@
-"""``check_equivalence(..., seeds=...)``: many seeds initialised, converted and compared at once.
+"""``check_equivalence(..., seeds=...)``: many seeds initialised in one compiled call, then compared.
 
-The Flax side is one ``jax.jit(jax.vmap(...))`` of ``model.init`` and of the layer-by-layer run over
-the seeds' keys; the torch side runs the port with ``torch.func.functional_call`` under
-``torch.func.vmap`` over the seeds' converted weights (stacked, leading axis = seed); the tolerances
-come from the same rules as a single check, computed for every seed in one call where the rule
-allows (``LayerRule.stacked_bounds``). Each seed's verdict is that of ``check_equivalence(...,
-seed=s, grads=False)``; one seed gets the full report (gradients included when asked).
+A chain against a ``torch.nn.Sequential`` takes the fast path: the Flax side is one
+``jax.jit(jax.vmap(...))`` of ``model.init`` and of the layer-by-layer run over the seeds' keys; the torch
+side runs the port with ``torch.func.functional_call`` under ``torch.func.vmap`` over the seeds' converted
+weights (stacked, leading axis = seed); the tolerances come from the same rules as a single check, computed
+for every seed in one call where the rule allows (``LayerRule.stacked_bounds``). Any other port is a module
+whose calls only the structural matching pairs with Flax's: each seed's variables are loaded into a copy of
+it and checked one after another. Either way each seed's verdict is that of ``check_equivalence(...,
+grads=False)`` on that seed, and one seed (the first failing, else the first) gets the full report
+(gradients included when asked).
 """
 
 from __future__ import annotations
@@ -25,18 +28,17 @@ from torch.utils import _pytree as torch_tree
 
 from .. import _flax_model as flax_model
 from .. import _progress as progress
-from .._arguments import torch_argument
+from .._arguments import call_arguments, torch_argument
 from .._errors import InvalidArgumentError, LayerMismatchError, first_line
 from .._numerics import Precision, Tolerance
 from .._tensors import is_float, to_numpy, to_tensor
-from ..capture._capture import flax_layer_outputs
-from ..capture._chain import Step, Variables, discover_chain
-from ..convert._convert import PlannedStep, flatten_permutations, load_into
-from ..match._match import owned_tensors
-from ..match._match_tree import flatten_permutation
+from ..capture import Step, Variables, discover_chain, flax_layer_outputs
+from ..convert import PlannedStep, flatten_permutations, load_into
+from ..match import flatten_permutation, owned_tensors
 from ..rules import BoundInputs, LayerRule, rule_for_flax
 from ._compare import SeedComparison, compare_per_seed
 from ._outputs import in_flax_layout, in_torch_order
+from ._prepare import CheckOptions, cast_pair, chain_inputs, explicit_tolerance, layer_bound, refuse_training_mode
 from ._report import EquivalenceReport, SeedSweepReport, describe_tolerance
 
 Params = list[dict[str, torch.Tensor]]
@@ -45,38 +47,55 @@ Params = list[dict[str, torch.Tensor]]
 def sweep_seeds(
     model: Any,
     template: Variables | None,
-    torch_module: torch.nn.Sequential,
+    port: torch.nn.Module,
     seeds: Iterable[Any],
     inputs: Any,
     check_one: Callable[..., EquivalenceReport],
-    **options: Any,
+    options: CheckOptions,
+    *,
+    chain: bool,
 ) -> SeedSweepReport:
-    """The sweep behind ``check_equivalence(..., seeds=...)``; ``check_one`` is the single-seed check
-    (for the detailed report) and ``options`` its keyword options (``n_inputs``, ``dtype``, ...)."""
-    from ._check import _bound, _cast, _explicit_tolerance, _inputs, _refuse_training_mode
-
+    """The sweep behind ``check_equivalence(..., seeds=...)``: ``check_one`` is the single-seed check (for the
+    detailed report) and ``options`` its options; ``chain``: the fast path applies. The port itself
+    is left as it is."""
     seed_list = _valid_seeds(seeds)
     if flax_model.is_nnx(model):
         raise InvalidArgumentError(
             "seeds= draws each seed's weights with model.init, which an NNX model does not have: "
             "check an NNX model without seeds="
         )
+    if chain:
+        assert isinstance(port, torch.nn.Sequential)
+        return _sweep_chain(model, template, port, seed_list, inputs, check_one, options)
+    return _sweep_one_by_one(model, template, port, seed_list, inputs, check_one, options)
+
+
+def _sweep_chain(
+    model: Any,
+    template: Variables | None,
+    torch_module: torch.nn.Sequential,
+    seed_list: list[int],
+    inputs: Any,
+    check_one: Callable[..., EquivalenceReport],
+    options: CheckOptions,
+) -> SeedSweepReport:
+    """The fast path: a chain's seeds, vectorised on both sides."""
     steps = discover_chain(model, template)
-    _refuse_training_mode(steps)
+    refuse_training_mode(steps)
     rules = [rule_for_flax(step.layer, step.where) for step in steps]
-    dtype = options["dtype"]
-    xs = np.stack([_inputs(inputs, steps, rules, seed, options["n_inputs"], dtype) for seed in seed_list])
+    dtype = options.dtype
+    xs = np.stack([chain_inputs(inputs, steps, rules, seed, options.n_inputs, dtype) for seed in seed_list])
 
     progress.step(f"initialising {len(seed_list)} seeds in one compiled call")
     native = init_seeds(model, seed_list, xs)
     first = _one_seed(native, 0)
     _check_fits(template, first)
-    channels_last = options["channels_last"]
+    channels_last = options.channels_last
     # raises, naming the layer, when it cannot fit
     fitted = load_into(model, first, copy.deepcopy(torch_module), channels_last=channels_last)
     stacked, port = native, torch_module
     if dtype is not None:
-        _, stacked, port = _cast(model, native, torch_module, dtype)
+        _, stacked, port = cast_pair(model, native, torch_module, dtype)
     stacked_steps = discover_chain(model, stacked)
 
     flax_outputs = [
@@ -107,7 +126,7 @@ def sweep_seeds(
         for t, y, p in zip(isolated, flax_outputs, permutations, strict=True)
     ]
 
-    tolerance = _explicit_tolerance(options["rtol"], options["atol"], xs.dtype)
+    tolerance = explicit_tolerance(options.rtol, options.atol, xs.dtype)
     tol_in = np.zeros(xs.shape)
     verdicts: list[SeedComparison] = []
     for step, rule, x_in, y, torch_y, torch_iso in zip(
@@ -115,9 +134,9 @@ def sweep_seeds(
     ):
         x64, y64 = np.asarray(x_in, np.float64), np.asarray(y, np.float64)
         precision = Precision.of(y.dtype if is_float(y.dtype) else np.float32)
-        bound_e2e = _stacked_bound(_bound, rule, step, BoundInputs(x64, y64, tol_in, precision, True), tolerance)
+        bound_e2e = _stacked_bound(layer_bound, rule, step, BoundInputs(x64, y64, tol_in, precision, True), tolerance)
         bound_iso = _stacked_bound(
-            _bound, rule, step, BoundInputs(x64, y64, np.zeros_like(x64), precision, True), tolerance
+            layer_bound, rule, step, BoundInputs(x64, y64, np.zeros_like(x64), precision, True), tolerance
         )
         verdicts.append(compare_per_seed(y64, torch_y, bound_e2e))
         verdicts.append(compare_per_seed(y64, np.empty(0) if torch_iso is None else torch_iso, bound_iso))
@@ -129,7 +148,11 @@ def sweep_seeds(
     detailed_seed = seed_list[detailed_index]
     own = _one_seed(native, detailed_index)
     detailed = check_one(
-        model, own, load_into(model, own, fitted, channels_last=channels_last), inputs, seed=detailed_seed, **options
+        model,
+        own,
+        load_into(model, own, fitted, channels_last=channels_last),
+        inputs,
+        **options._replace(seed=detailed_seed)._asdict(),
     )
     seed_ok[detailed_index] &= detailed.ok
     return SeedSweepReport(
@@ -144,9 +167,83 @@ def sweep_seeds(
             "tolerance": describe_tolerance(tolerance),
             "inputs": f"shape {tuple(xs.shape[1:])} per seed" + (", given" if inputs is not None else ", normal(seed)"),
             "compared per seed": "every layer's output, end to end and isolated",
-            "grads": f"seed {detailed_seed} only" if options["grads"] else False,
+            "grads": f"seed {detailed_seed} only" if options.grads else False,
         },
     )
+
+
+def _sweep_one_by_one(
+    model: Any,
+    template: Any,
+    port: torch.nn.Module,
+    seed_list: list[int],
+    inputs: Any,
+    check_one: Callable[..., EquivalenceReport],
+    options: CheckOptions,
+) -> SeedSweepReport:
+    """Any other port: each seed's variables loaded into a copy of it and checked one after another."""
+    if inputs is None:
+        raise InvalidArgumentError(
+            f"{type(model).__name__} is not one nn.Sequential chain: pass inputs= for model.init and the checks"
+        )
+    every_seed = _init_shared(model, seed_list, inputs)
+    _check_fits(template, _one_seed(every_seed, 0))
+    fitted = copy.deepcopy(port)
+    where = {"torch_inputs": options.torch_inputs, "channels_last": options.channels_last, "mapping": options.mapping}
+    seed_ok: list[bool] = []
+    worst: list[float] = []
+    detailed_index, detailed = 0, None
+    for index in range(len(seed_list)):  # only the verdicts are kept, and the report of the seed to detail
+        variables = _one_seed(every_seed, index)
+        with progress.prefixed(f"seed {index + 1} of {len(seed_list)}: "):
+            load_into(model, variables, fitted, inputs=inputs, **where)  # raises, naming the call, when it cannot fit
+            report = check_one(model, variables, fitted, inputs, **options._replace(grads=False)._asdict())
+        seed_ok.append(report.ok)
+        worst.append(_worst_ratio(report))
+        if detailed is None or (not report.ok and seed_ok[detailed_index]):  # the first failing, else the first
+            detailed_index, detailed = index, report
+    assert detailed is not None  # seeds is never empty
+    if options.grads:  # the detailed seed again, its gradients compared too
+        progress.step(f"seed {seed_list[detailed_index]} again, with its gradients")
+        variables = _one_seed(every_seed, detailed_index)
+        load_into(model, variables, fitted, inputs=inputs, **where)
+        detailed = check_one(model, variables, fitted, inputs, **options._asdict())
+        seed_ok[detailed_index] = detailed.ok
+    return SeedSweepReport(
+        seeds=tuple(seed_list),
+        seed_ok=tuple(seed_ok),
+        worst_ratio=tuple(worst),
+        detailed_seed=seed_list[detailed_index],
+        detailed=detailed,
+        settings={
+            "seeds": len(seed_list),
+            "dtype": detailed.settings["dtype"],
+            "tolerance": detailed.settings["tolerance"],
+            "inputs": "given, the same for every seed",
+            "compared per seed": "every matched call's output, end to end and isolated, and the model's output",
+            "grads": f"seed {seed_list[detailed_index]} only" if options.grads else False,
+        },
+    )
+
+
+def _init_shared(model: Any, seeds: list[int], inputs: Any) -> Any:
+    """Every seed's ``model.init(PRNGKey(seed), *inputs)`` in one compiled call: NumPy leaves stacked over
+    seeds, bit for bit those of the per-seed calls."""
+    args, kwargs = call_arguments(inputs)
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, jnp.uint32))
+    try:  # the inputs are closed over: settings among them (train=False) stay Python values
+        stacked = jax.jit(jax.vmap(lambda key: model.init(key, *args, **kwargs)))(keys)
+    except Exception as e:  # the user's model code may raise anything
+        raise InvalidArgumentError(
+            f"cannot init {type(model).__name__} on the given inputs for seeds=: {first_line(e)}"
+        ) from e
+    return jax.tree_util.tree_map(np.asarray, stacked)
+
+
+def _worst_ratio(report: EquivalenceReport) -> float:
+    """The largest error / tolerance of a report's calls (end to end and isolated) and output."""
+    comparisons = [report.output, *(c for row in report.layers for c in (row.end_to_end, row.isolated) if c)]
+    return float(max(c.worst_ratio for c in comparisons))
 
 
 def init_seeds(model: Any, seeds: Sequence[int], xs: np.ndarray) -> Any:

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
-EXIT_USAGE, EXIT_INTERNAL, EXIT_TIMEOUT, EXIT_INTERRUPTED = 2, 3, 124, 130
+from ._exit import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_TIMEOUT, EXIT_USAGE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -229,8 +229,7 @@ def _progress_line(args: argparse.Namespace) -> Iterator[None]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``flax2torch`` with ``argv`` (default ``sys.argv[1:]``) and return its exit code."""
     args = build_parser().parse_args(argv)
-    from .._errors import BridgeError, first_line
-    from ..io._atomic import LeftoverWarning  # light modules; the heavy imports (jax, torch) come below
+    from .._errors import BridgeError, LeftoverWarning, first_line
     from ._user_code import UserExitError, libraries_first, no_hard_exit
 
     prefix = f"flax2torch {args.command}"
@@ -246,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if plot:
                 os.environ["MPLBACKEND"] = "Agg"  # a PNG file, never a window
             libraries_first([getattr(args, name) for name in checkpoints], plot)
-            from ..io._files import NonFiniteWarning
+            from .._errors import NonFiniteWarning
             from ._commands import COMMANDS, use_compile_cache
 
             use_compile_cache()
@@ -287,8 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _print_warnings(prefix: str, caught: list[warnings.WarningMessage]) -> None:
-    from ..io._atomic import LeftoverWarning
-    from ..io._files import NonFiniteWarning
+    from .._errors import LeftoverWarning, NonFiniteWarning
 
     for warning in caught:
         if issubclass(warning.category, NonFiniteWarning):

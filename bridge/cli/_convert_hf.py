@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-EXIT_MATCH, EXIT_MISMATCH = 0, 1
+from ._exit import EXIT_MATCH, EXIT_MISMATCH
 
 
 def add_parser(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]

@@ -57,7 +57,8 @@ def libraries_first(checkpoints: Sequence[str | None] = (), optional: Sequence[s
 
 
 def _is_orbax(path: str) -> bool:
-    from ..io._files import CheckpointError, checkpoint_format
+    from .._errors import CheckpointError
+    from ..io import checkpoint_format
 
     try:
         return checkpoint_format(path) == "orbax"
@@ -73,8 +74,6 @@ def load_object(spec: str, option: str) -> Any:
         InvalidArgumentError: naming the option, for a bad spec, an import that fails or exits, or a
             factory that fails or exits.
     """
-    from ._commands import is_model
-
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise InvalidArgumentError(f"{option} takes MODULE:ATTR (e.g. mypkg.models:MLP), got {spec!r}")
@@ -137,3 +136,12 @@ def no_hard_exit() -> Iterator[None]:
         yield
     finally:
         os._exit = real
+
+
+def is_model(obj: Any) -> bool:
+    """Whether ``obj`` is a Flax (linen or NNX) or torch module (a factory of one is not)."""
+    import flax.linen as nn
+    import torch
+    from flax import nnx
+
+    return isinstance(obj, nn.Module | nnx.Module | torch.nn.Module)

@@ -17,11 +17,9 @@ from .._errors import InvalidArgumentError, LayerMismatchError, UnsupportedModel
 from .._flax_model import is_nnx
 from .._tensors import channels_first_flatten_permutation, shared_tensor, to_numpy, to_tensor, torch_dtype
 from .._validate import require_mapping, require_port, require_variables
-from ..capture._chain import Step, Variables, discover_chain
-from ..match._match import owned_tensors, port_tensors
-from ..match._match_tree import is_tree_pair
-from ..rules import LayerRule, ParamMap, rule_for_flax, rule_for_torch
-from ..rules._registry import torch_rule_or_none
+from ..capture import Step, Variables, discover_chain
+from ..match import is_tree_pair, owned_tensors, port_tensors
+from ..rules import LayerRule, ParamMap, rule_for_flax, rule_for_torch, torch_rule_or_none
 
 
 class PlannedStep(NamedTuple):
@@ -64,7 +62,6 @@ def to_torch(
     *,
     copy: bool = True,
     channels_last: bool = True,
-    check: bool = False,
 ) -> torch.nn.Module:
     """A torch module computing what ``model`` computes with ``variables``.
 
@@ -92,12 +89,10 @@ def to_torch(
             changes the JAX array, which JAX assumes immutable; a donated or deleted JAX buffer
             invalidates it. A read-only NumPy buffer cannot be shared (refused). Dtypes never change.
             A GraphModule always holds copies.
-        check: run ``check_equivalence`` on the result (on ``inputs``) and raise if it is not equivalent.
 
     Raises:
         UnsupportedModelError: for a model that is not a chain when ``inputs`` are not given, or a JAX
             operation with no torch translation (the message names it and the Flax module).
-        NotEquivalentError: with ``check=True``, carrying the report.
         BridgeError: when a layer has no rule, or its variables do not fit it.
     """
     require_variables(variables)
@@ -106,7 +101,7 @@ def to_torch(
 
         if variables is None and not is_nnx(model):
             raise InvalidArgumentError("to_torch of a linen model needs its variables (what model.init returns)")
-        return native_module(model, variables, inputs, check=check)
+        return native_module(model, variables, inputs)
     try:
         planned = plan(model, variables)
     except UnsupportedModelError as e:
@@ -115,12 +110,7 @@ def to_torch(
                 f"{e}; to convert any other model, pass example inputs: to_torch(model, variables, x)"
             ) from e
         raise
-    module = _build_torch(planned, _torch_tensors(planned, copy=copy), channels_last=channels_last)
-    if check:
-        from ._native import verify
-
-        verify(model, variables or {}, module, inputs)
-    return module
+    return _build_torch(planned, _torch_tensors(planned, copy=copy), channels_last=channels_last)
 
 
 def _is_chain(model: Any, variables: Variables | None) -> bool:

@@ -23,9 +23,9 @@ import torch
 from safetensors.torch import save_file
 from torch import fx
 
-from .. import torch_layers
 from .._errors import UnsupportedModelError
 from .._manifest import unchanged_output, write_manifest
+from ..rules import torch_layers
 
 SOURCE = "model.py"
 WEIGHTS = "weights.safetensors"

@@ -24,10 +24,8 @@ from flax import nnx
 from .._errors import BridgeError, LayerMismatchError, UnsupportedModelError, first_line
 from .._flax_model import in_nested_apply
 from .._tensors import is_array, to_tensor
-from ..capture._capture_tree import nnx_paths, nnx_variables
-from ..capture._chain import variables_at
-from ..rules import LayerRule
-from ..rules._registry import rule_or_none
+from ..capture import nnx_paths, nnx_variables, variables_at
+from ..rules import LayerRule, rule_or_none
 
 LAYER_PREFIX = "layer:"
 SCOPE_PREFIX = "flax:"

@@ -16,17 +16,19 @@ import torch
 from .._arguments import call_arguments, torch_arguments
 from .._errors import InvalidArgumentError, LayerMismatchError, ReassignedWarning, TiedWeightsWarning
 from .._tensors import is_float, to_numpy, to_tensor, torch_dtype
-from ..capture._capture_tree import Call, capture_flax, capture_torch
-from ..capture._leaves import keyed_like, output_leaves
-from ..match._loose import LoosePair, LooseVariables, match_loose
-from ..match._match import port_tensors, tensor_holders
-from ..match._match_tree import (
+from ..capture import Call, capture_flax, capture_torch, keyed_like, output_leaves
+from ..match import (
+    LoosePair,
+    LooseVariables,
     Matching,
     Pair,
     describe_ties,
     find_input_permutations,
     match_calls,
+    match_loose,
+    port_tensors,
     signature,
+    tensor_holders,
     tied_variables,
     unpaired_flax,
 )

@@ -1,4 +1,4 @@
-"""Any Flax model -> a native torch module: trace (``_jaxpr_trace``), translate (``_fx_build``), check.
+"""Any Flax model -> a native torch module: trace (``_jaxpr_trace``), then translate (``_fx_build``).
 
 The result is a ``torch.fx.GraphModule``: real torch layers where the Flax layers have rules, plain torch
 calls between them, parameters at the Flax paths. It takes the Flax model's inputs in Flax's layout.
@@ -11,26 +11,21 @@ from typing import Any
 
 import flax.linen as nn
 import numpy as np
-import torch
 from torch import fx
 
-from .._arguments import port_keywords
-from .._errors import BridgeError, InvalidArgumentError, NotEquivalentError
+from .._errors import BridgeError, InvalidArgumentError
 from .._flax_model import is_nnx
 from .._tensors import is_array
 from ._fx_build import build_graph_module
 from ._jaxpr_trace import trace_model
 
 
-def native_module(
-    model: Any, variables: Mapping[str, Any] | None, inputs: Any, *, check: bool = False
-) -> fx.GraphModule:
+def native_module(model: Any, variables: Mapping[str, Any] | None, inputs: Any) -> fx.GraphModule:
     """A torch module computing ``model.apply(variables, inputs)`` (inputs: an array, a tuple of positional
     arguments or a dict of keyword arguments; arrays are its inputs, other values are fixed).
 
     Raises:
         UnsupportedModelError: naming the JAX primitive and Flax module that have no translation.
-        NotEquivalentError: with ``check=True``, when the checker finds the result not equivalent.
     """
     from .._arguments import call_arguments
 
@@ -43,8 +38,6 @@ def native_module(
     args, kwargs = call_arguments(inputs)
     trace = trace_model(model, variables, args, kwargs)
     module = build_graph_module(trace, type(model).__name__, _twin(model, variables, args, kwargs))
-    if check:
-        verify(model, variables, module, inputs)
     return module
 
 
@@ -65,33 +58,3 @@ def _twin(model: Any, variables: Mapping[str, Any] | None, args: tuple[Any, ...]
         return trace_model(model, variables, tuple(grown(a) for a in args), {k: grown(v) for k, v in kwargs.items()})
     except BridgeError:  # the model needs this batch size: the module keeps it
         return None
-
-
-def verify(model: Any, variables: Mapping[str, Any] | None, module: torch.nn.Module, inputs: Any) -> None:
-    """Run the equivalence checker on a converted module (outputs per call and gradients).
-
-    Raises:
-        NotEquivalentError: carrying the report, when it is not equivalent.
-    """
-    from ..check._check import check_equivalence
-
-    torch_inputs = _array_inputs(inputs)
-    if isinstance(torch_inputs, Mapping):
-        torch_inputs = port_keywords(module, torch_inputs)
-    report = check_equivalence(model, variables, module, inputs, torch_inputs=torch_inputs)
-    if not report.ok:
-        where = report.first_divergence
-        at = f" first at {where.flax_path!r} <-> {where.torch_name!r}" if where is not None else ""
-        raise NotEquivalentError(f"the converted module is not equivalent to the Flax model{at}:\n{report}", report)
-
-
-def _array_inputs(inputs: Any) -> Any:
-    """What the converted module takes of ``inputs``: its arrays only (other values were fixed at trace
-    time, ``deterministic=True``); None where that is all of them (the checker converts ``inputs``)."""
-    if isinstance(inputs, Mapping):
-        arrays: Any = {k: v for k, v in inputs.items() if is_array(v)}
-    elif isinstance(inputs, tuple):
-        arrays = tuple(v for v in inputs if is_array(v))
-    else:
-        return None
-    return arrays if len(arrays) != len(inputs) else None

@@ -19,7 +19,8 @@ import ml_dtypes
 import msgpack
 import numpy as np
 
-from ..io._files import MAX_DEPTH, SUPPORTED_DTYPES, CheckpointError, regular_file_size
+from .._errors import CheckpointError
+from ..io import MAX_DEPTH, SUPPORTED_DTYPES, regular_file_size
 
 WEIGHTS = "flax_model.msgpack"
 INDEX = "flax_model.msgpack.index.json"

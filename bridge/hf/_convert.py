@@ -25,13 +25,18 @@ import torch
 from safetensors.torch import save_file
 
 from .. import _progress as progress
-from .._errors import InvalidArgumentError, NotEquivalentError, UnsupportedModelError, first_line
+from .._errors import (
+    CheckpointError,
+    InvalidArgumentError,
+    NotEquivalentError,
+    OutputRefusedError,
+    UnsupportedModelError,
+    first_line,
+)
 from .._manifest import unchanged_output, write_manifest
 from .._tensors import shared_tensor
-from ..check._check import check_equivalence
-from ..check._report import EquivalenceReport
-from ..io._atomic import OutputRefusedError, atomic_output
-from ..io._files import CheckpointError, check_tensor
+from ..check import EquivalenceReport, check_equivalence
+from ..io import atomic_output, check_tensor
 from ._checkpoint import CONFIG, INDEX, WEIGHTS, FlaxCheckpoint, leaves, open_checkpoint
 from ._inputs import example_inputs
 from ._plan import ConversionPlan, flax_layout, permuted, plan_conversion

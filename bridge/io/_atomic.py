@@ -27,29 +27,13 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from .._errors import BridgeError
+from .._errors import DestinationError, LeftoverWarning, OutputExistsError, OutputRefusedError
 
 #: names of the moments a test may kill the process at (``FLAX2TORCH_TEST_KILL_AT``)
 STAGES = ("staged", "written", "verified", "aside", "replaced")
 _KILL_VARIABLE = "FLAX2TORCH_TEST_KILL_AT"
 _MAX_NAME_BYTES = 255
 _PREFIX_NAME_BYTES = 100  # longer destination names are shortened (plus a hash) in the staging name
-
-
-class OutputExistsError(BridgeError):
-    """The destination exists and overwriting it was not asked for."""
-
-
-class OutputRefusedError(BridgeError):
-    """The destination may not be replaced, even with ``force``: not a checkpoint, or a folder in use."""
-
-
-class DestinationError(BridgeError):
-    """The destination cannot be written: its folder is missing or read-only, or its name is too long."""
-
-
-class LeftoverWarning(UserWarning):
-    """Temporaries of an interrupted write were removed (or a folder destination put back)."""
 
 
 def stage(name: str) -> None:

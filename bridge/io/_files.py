@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from flax import serialization, traverse_util
 
-from .._errors import BridgeError, first_line
+from .._errors import CheckpointError, NonFiniteWarning, OutputRefusedError, first_line
 from .._tensors import is_float, plain_tree, to_numpy
 from .._validate import require_path
-from ._atomic import OutputRefusedError, atomic_output
+from ._atomic import atomic_output
 from ._preflight import file_fits
 
 Format = Literal["msgpack", "orbax", "safetensors", "torch"]
@@ -37,14 +37,6 @@ SUPPORTED_DTYPES = {"float16", "bfloat16", "float32", "float64", "int8", "int16"
 _MAX_MESSAGE = 200  # characters of a library's own error message quoted in ours
 _MAX_FOLDER_ENTRIES = 100_000
 MAX_DEPTH = 100  # dict nesting of Flax variables (a model nested deeper than this is not plausible)
-
-
-class CheckpointError(BridgeError):
-    """A checkpoint is missing, empty, truncated, of the wrong format, unsafe, or does not fit the model."""
-
-
-class NonFiniteWarning(UserWarning):
-    """A checkpoint holds NaN or Inf values (an error instead with ``strict=True``)."""
 
 
 def checkpoint_format(path: str | Path) -> Format:

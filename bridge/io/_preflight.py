@@ -9,17 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .._errors import BridgeError, InvalidArgumentError
+from .._errors import InsufficientMemoryError, InvalidArgumentError
 
 SEED_MAX = 2**32 - 1  # jax.random.PRNGKey and NumPy generators take seeds in 0..2**32-1
 # one weight of the seed MLP at most: larger ones are refused rather than risk an abort inside XLA (32-bit
 # indices; which sizes abort was not measured here, and such widths do not fit a check on these machines anyway)
 MAX_ELEMENTS = 2**31 - 1
 _GIB = 2**30
-
-
-class InsufficientMemoryError(BridgeError):
-    """The work asked for would not fit in the memory available (the message gives both figures)."""
 
 
 def available_memory() -> int | None:

@@ -15,12 +15,12 @@ import msgpack
 import numpy as np
 
 from .. import _progress as progress
+from .._errors import CheckpointError
 from .._tensors import to_numpy
-from ..convert._convert import plan
+from ..convert import plan
 from ..rules import ParamMap
 from ._files import (
     SAFETENSORS_DTYPES,
-    CheckpointError,
     check_safetensors_dtypes,
     check_tensor,
     regular_file_size,

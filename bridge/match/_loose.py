@@ -20,7 +20,7 @@ import torch
 from flax import traverse_util
 
 from .._tensors import to_numpy
-from ..capture._capture_tree import Call
+from ..capture import Call
 from ._match import port_tensors
 from ._match_tree import Matching, Pair, pair_blocks
 

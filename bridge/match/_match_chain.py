@@ -7,8 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..capture._capture_tree import Call
-from ..capture._chain import Step
+from ..capture import Call, Step
 from ..rules import LayerRule
 from ._match_tree import Matching, Pair
 

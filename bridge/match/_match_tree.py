@@ -28,10 +28,8 @@ from flax import nnx
 from .._errors import LayerMismatchError, UnsupportedModelError
 from .._flax_model import is_nnx
 from .._tensors import channels_first_flatten_permutation, is_float, to_numpy
-from ..capture._capture_tree import Call
-from ..capture._chain import discover_chain
-from ..rules import LayerRule
-from ..rules._registry import rule_for_call
+from ..capture import Call, discover_chain
+from ..rules import LayerRule, rule_for_call
 from ._match import port_tensors
 
 Signature = tuple[tuple[tuple[int, ...], str], ...]

@@ -18,6 +18,7 @@ from flax import nnx
 
 from .._errors import RuleRegistrationError, UnknownLayerError, UnsupportedModelError
 from .._numerics import Precision, function_rounding
+from ._hints import Hint
 
 
 class ParamMap(NamedTuple):
@@ -65,6 +66,8 @@ class LayerRule:
     stacked_bounds: ClassVar[bool] = False
     # Whether the layer is elementwise, so that its torch module works in any layout (channels-first too).
     elementwise: ClassVar[bool] = False
+    # The known porting mistakes of this kind, tried in order on a call of it that diverges (``_hints``).
+    hints: ClassVar[tuple[Hint, ...]] = ()
 
     def param_maps(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> tuple[ParamMap, ...]:
         """The variables of this Flax layer and their torch names (none for parameter-free layers)."""

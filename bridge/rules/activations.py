@@ -19,7 +19,20 @@ import torch
 
 from .._errors import LayerMismatchError
 from .._numerics import function_rounding
+from ._hints import HintContext
 from ._registry import BoundInputs, LayerRule, register
+
+
+def softmax_axis(context: HintContext) -> str | None:
+    """torch's softmax without ``dim`` picks dim 0 on 3-D inputs; Flax normalises the last axis."""
+    if context.kind not in ("softmax", "log_softmax"):
+        return None
+    function = jax.nn.softmax if context.kind == "softmax" else jax.nn.log_softmax
+    for axis in range(context.x.ndim - 1):
+        if context.reproduces(function(jnp.asarray(context.x), axis=axis)):
+            module = "Softmax" if context.kind == "softmax" else "LogSoftmax"
+            return f"torch normalises over dim {axis}, Flax over the last axis: use torch.nn.{module}(dim=-1)"
+    return None
 
 
 class Argument(NamedTuple):
@@ -87,6 +100,7 @@ class ActivationRule(LayerRule):
 
     activation: Activation
     stacked_bounds = True
+    hints = (softmax_axis,)
 
     def make_torch(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> torch.nn.Module:
         values = self.keywords(layer)

@@ -11,15 +11,17 @@ calls inside the Flax attention instead (the tree matcher descends when no packe
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
+import jax
 import numpy as np
 import torch
 from flax import nnx
 
 from .._errors import LayerMismatchError
+from ._hints import HintContext
 from ._registry import LayerRule, register
 
 
@@ -32,6 +34,48 @@ def _as_matrix(kernel: np.ndarray, inputs: int) -> np.ndarray:
 def _input_axes(layer: Any) -> int:
     axis = layer.axis
     return len(axis) if isinstance(axis, tuple | list) else 1
+
+
+def _attention_variant(change: str, head_dim: int, base: Callable[..., jax.Array]) -> Callable[..., jax.Array]:
+    """The layer's own attention function ``base`` with one mistake of a port made in it."""
+
+    def attention(query: jax.Array, key: jax.Array, value: jax.Array, **options: Any) -> jax.Array:
+        if change == "swapped":
+            query, key = key, query
+        elif change == "scale 1/d":
+            query = query / np.sqrt(head_dim)
+        elif change == "no scale":
+            query = query * np.sqrt(head_dim)
+        return base(query, key, value, **options)
+
+    return attention
+
+
+def attention_mistakes(context: HintContext) -> str | None:
+    """Swapped query and key, or a softmax scale other than 1/sqrt(head_dim)."""
+    params = context.variables.get("params", {})
+    kernel = params.get("query", {}).get("kernel")
+    if kernel is None or context.torch_out is None:
+        return None
+    head_dim = int(np.shape(kernel)[-1])
+    messages = {
+        "swapped": "torch swaps query and key (scores = k @ q^T): compute softmax(q @ k^T / sqrt(d)) @ v",
+        "scale 1/d": f"torch scales the scores by 1/d (d = {head_dim}) where Flax scales by 1/sqrt(d): "
+        f"divide q @ k^T by sqrt({head_dim}) = {np.sqrt(head_dim):.4g}",
+        "no scale": f"torch does not scale the scores; Flax divides q @ k^T by sqrt(d) = {np.sqrt(head_dim):.4g}: "
+        "do the same (torch.nn.functional.scaled_dot_product_attention does)",
+    }
+    for change, message in messages.items():
+        variant = _attention_variant(
+            change, head_dim, getattr(context.layer, "attention_fn", None) or nn.dot_product_attention
+        )
+        try:
+            mistaken = context.rerun(context.x, attention_fn=variant)
+        except Exception:  # an attention module that does not take attention_fn
+            return None
+        if context.reproduces(mistaken):
+            return message
+    return None
 
 
 @register
@@ -83,6 +127,7 @@ class MultiHeadAttentionRule(LayerRule):
     ``torch.nn.MultiheadAttention``."""
 
     kind = "MultiHeadDotProductAttention"
+    hints = (attention_mistakes,)
     flax_keys = (nn.MultiHeadDotProductAttention, nnx.MultiHeadAttention)
     torch_types = (torch.nn.MultiheadAttention,)
 

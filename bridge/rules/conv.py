@@ -20,8 +20,9 @@ from flax import nnx
 from .._errors import LayerMismatchError
 from .._numerics import affine_error_bound
 from .._tensors import numpy_dtype, torch_dtype
-from ..torch_layers import ChannelsFirstFlatten, FlaxConv1d, FlaxConv2d, Padding
+from ._hints import HintContext
 from ._registry import BoundInputs, LayerRule, ParamMap, register
+from .torch_layers import ChannelsFirstFlatten, FlaxConv1d, FlaxConv2d, Padding
 
 _BIAS = ParamMap("params", "bias", "bias")
 
@@ -55,11 +56,30 @@ def flax_padding(padding: Any, n: int) -> Padding:
     return pairs
 
 
+def symmetric_padding(context: HintContext) -> str | None:
+    """torch's ``padding=k // 2`` pads both sides alike; XLA's 'SAME' pads ``total // 2`` low and the rest high."""
+    layer = context.layer
+    if context.torch_module is None or getattr(layer, "padding", None) not in ("SAME", "same"):
+        return None
+    kernel_size = np.shape(context.variables["params"]["kernel"])[:-2]
+    dilation = layer.kernel_dilation or 1
+    dilations = (dilation,) * len(kernel_size) if isinstance(dilation, int) else tuple(dilation)
+    symmetric = [((k - 1) * d // 2, (k - 1) * d // 2) for k, d in zip(kernel_size, dilations, strict=True)]
+    if context.reproduces(context.rerun(context.x, padding=symmetric)):
+        return (
+            f"torch pads symmetrically ({symmetric[0][0]} on each side) where Flax 'SAME' with stride "
+            f"{layer.strides} pads total // 2 low and the rest high: pad explicitly with functional.pad and "
+            "padding=0 (bridge.torch_layers.FlaxConv2d does)"
+        )
+    return None
+
+
 @register
 class ConvRule(LayerRule):
     """Convolutions with stride, kernel dilation and feature groups; input dilation and masks are refused."""
 
     kind = "Conv"
+    hints = (symmetric_padding,)
     flax_keys = (nn.Conv, nnx.Conv)
     torch_types = (FlaxConv1d, FlaxConv2d)
 

@@ -7,6 +7,7 @@ carry the Flax values over explicitly, so a converted model never relies on torc
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,8 +19,9 @@ from flax import nnx
 from .._errors import LayerMismatchError
 from .._numerics import function_rounding
 from .._tensors import numpy_dtype, torch_dtype
-from ..torch_layers import FlaxGroupNorm
+from ._hints import HintContext
 from ._registry import BoundInputs, LayerRule, ParamMap, register
+from .torch_layers import FlaxGroupNorm
 
 _SCALE = ParamMap("params", "scale", "weight")
 _BIAS = ParamMap("params", "bias", "bias")
@@ -73,11 +75,59 @@ def _normalised_bound(bound: BoundInputs, scale: Any, centred: bool) -> np.ndarr
     return passed + statistics + function_rounding(bound.x, bound.y, bound.precision.storage)
 
 
+def batchnorm_statistics_missing(context: HintContext) -> str | None:
+    """A torch BatchNorm whose running statistics are still torch's initial ones (mean 0, variance 1) where
+    Flax's ``batch_stats`` hold others: the statistics were never loaded (only the parameters were)."""
+    module = context.torch_module
+    stats = context.variables.get("batch_stats", {})
+    if not isinstance(module, torch.nn.modules.batchnorm._BatchNorm) or module.running_mean is None or not stats:
+        return None
+    running_var = module.running_var
+    assert running_var is not None
+    path = "/".join(("batch_stats", *context.flax_path))
+    missing = []
+    for torch_name, tensor, flax_name, initial in (
+        ("running_mean", module.running_mean, "mean", 0.0),
+        ("running_var", running_var, "var", 1.0),
+    ):
+        flax = np.asarray(stats.get(flax_name, initial), np.float64)
+        if bool(torch.all(tensor == initial)) and not np.all(flax == initial):
+            missing.append(f"{torch_name} <- {path}/{flax_name}")
+    if not missing:
+        return None
+    return (
+        f"torch {type(module).__name__} still holds its initial running statistics (mean 0, variance 1) but Flax's "
+        f"batch_stats differ: load them ({'; '.join(missing)}), e.g. bridge.load_into(model, variables, port, "
+        "inputs=...), which fills BatchNorm statistics from batch_stats"
+    )
+
+
+def norm_epsilon(context: HintContext) -> str | None:
+    """Normalisation epsilons differ by default (Flax 1e-6; torch LayerNorm/GroupNorm 1e-5, RMSNorm machine eps)."""
+    module = context.torch_module
+    torch_eps = getattr(module, "eps", None)
+    if isinstance(module, torch.nn.RMSNorm) and torch_eps is None:  # torch's default: the dtype's machine epsilon
+        torch_eps = torch.finfo(module.weight.dtype if module.weight is not None else torch.float32).eps
+    flax_eps = getattr(context.layer, "epsilon", None)
+    if module is None or torch_eps is None or flax_eps is None or torch_eps == flax_eps:
+        return None
+    if context.reproduces(context.rerun(context.x, epsilon=float(torch_eps))):
+        fixed = copy.copy(module)  # the port's own module with Flax's epsilon: its class, its other options
+        fixed.eps = flax_eps
+        example = f", e.g. torch.nn.{fixed!r}" if type(module).__module__.startswith("torch.nn.") else ""
+        return (
+            f"torch {type(module).__name__} uses eps={torch_eps:g} where Flax {context.kind} uses "
+            f"epsilon={flax_eps:g}: construct it with eps={flax_eps:g}{example}"
+        )
+    return None
+
+
 @register
 class LayerNormRule(LayerRule):
     """``nn.LayerNorm`` / ``nnx.LayerNorm`` <-> ``torch.nn.LayerNorm``: ``scale`` is ``weight``, epsilon kept."""
 
     kind = "LayerNorm"
+    hints = (norm_epsilon,)
     flax_keys = (nn.LayerNorm, nnx.LayerNorm)
     torch_types = (torch.nn.LayerNorm,)
 
@@ -126,6 +176,7 @@ class RMSNormRule(LayerRule):
     """``nn.RMSNorm`` / ``nnx.RMSNorm`` <-> ``torch.nn.RMSNorm`` (whose default eps is machine epsilon, not 1e-6)."""
 
     kind = "RMSNorm"
+    hints = (norm_epsilon,)
     flax_keys = (nn.RMSNorm, nnx.RMSNorm)
     torch_types = (torch.nn.RMSNorm,)
 
@@ -180,6 +231,10 @@ class BatchNormRule(LayerRule):
     """
 
     kind = "BatchNorm"
+    hints = (
+        batchnorm_statistics_missing,
+        norm_epsilon,
+    )
     flax_keys = (nn.BatchNorm, nnx.BatchNorm)
     torch_types = (torch.nn.BatchNorm1d,)
     torch_only_keys = ("num_batches_tracked",)
@@ -244,6 +299,7 @@ class GroupNormRule(LayerRule):
     """
 
     kind = "GroupNorm"
+    hints = (norm_epsilon,)
     flax_keys = (nn.GroupNorm, nnx.GroupNorm)
     torch_types = (FlaxGroupNorm,)
 

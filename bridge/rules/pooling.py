@@ -16,9 +16,9 @@ import torch
 
 from .._errors import LayerMismatchError
 from .._numerics import C_DOT, function_rounding
-from ..torch_layers import FlaxAvgPool, FlaxMaxPool, FlaxPool
 from ._registry import BoundInputs, LayerRule, register
 from .conv import flax_padding
+from .torch_layers import FlaxAvgPool, FlaxMaxPool, FlaxPool
 
 
 class _PoolRule(LayerRule):

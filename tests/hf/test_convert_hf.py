@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from bridge.cli._cli import main
+from bridge.cli import main
 
 transformers = pytest.importorskip("transformers")
 

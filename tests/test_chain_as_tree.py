@@ -1,0 +1,112 @@
+"""One verdict, one report: a model that is both a chain and a tree (an ``nn.Sequential`` against a torch
+``Sequential``, checked position by position, and the same port wrapped in a module, checked as call trees)
+gets the same verdict, the same first divergence and rows in the same format from both paths."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import numpy as np
+import pytest
+import torch
+from conftest import sequential_mlp
+
+import bridge
+
+
+class Wrapped(torch.nn.Module):
+    """The port as torch users often hold it: a Sequential inside a module (so it is checked as a tree)."""
+
+    def __init__(self, net: torch.nn.Sequential) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _scale_weight(port: torch.nn.Sequential) -> None:
+    with torch.no_grad():
+        port[2].weight.mul_(1.01)
+
+
+def _shift_bias(port: torch.nn.Sequential) -> None:
+    with torch.no_grad():
+        port[4].bias.add_(1e-3)
+
+
+def _transpose_square_kernel(port: torch.nn.Sequential) -> None:
+    with torch.no_grad():
+        port[2].weight.copy_(port[2].weight.T.clone())
+
+
+MISTAKES: dict[str, Callable[[torch.nn.Sequential], None] | None] = {
+    "correct": None,
+    "scaled weight": _scale_weight,
+    "shifted bias": _shift_bias,
+    "untransposed square kernel": _transpose_square_kernel,
+}
+
+
+def _flax_half(name: str) -> str:
+    return name.split(" <-> ")[0]
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES), ids=list(MISTAKES))
+def test_a_chain_and_its_wrapped_port_get_the_same_verdict_and_report(mistake: str) -> None:
+    model = sequential_mlp(8, 3)
+    x = np.random.default_rng(1).normal(size=(16, 5)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    port = bridge.to_torch(model, variables)
+    plant = MISTAKES[mistake]
+    if plant is not None:
+        plant(port)
+
+    as_chain = bridge.check_equivalence(model, variables, port, x)
+    as_tree = bridge.check_equivalence(model, variables, Wrapped(port), x)
+
+    assert "matched" not in as_chain.settings
+    assert "matched" in as_tree.settings
+    assert as_chain.ok is as_tree.ok is (plant is None)
+    for key in ("dtype", "tolerance", "inputs", "grads"):
+        assert as_chain.settings[key] == as_tree.settings[key], key
+    assert str(as_chain).splitlines()[:2] == str(as_tree).splitlines()[:2]  # verdict and settings lines
+    # the Dense layers: the same comparison (same tolerance rule, same numbers) and verdict on both paths
+    chain_dense = [r for r in as_chain.layers if r.kind == "Dense"]
+    tree_dense = [r for r in as_tree.layers if r.kind == "Dense"]
+    assert (
+        [r.flax_path for r in chain_dense] == [r.flax_path for r in tree_dense] == ["layers_0", "layers_2", "layers_4"]
+    )
+    for c, t in zip(chain_dense, tree_dense, strict=True):
+        assert c.isolated is not None
+        assert t.isolated is not None
+        assert c.isolated.ok is t.isolated.ok, c.flax_path
+        assert c.isolated.max_abs == t.isolated.max_abs, c.flax_path
+    assert as_chain.output.shape == as_tree.output.shape
+    assert as_chain.output.ok is as_tree.output.ok
+    # the same gradients, input first, each with the same verdict
+    assert [_flax_half(g.name) for g in as_chain.gradients] == [_flax_half(g.name) for g in as_tree.gradients]
+    assert [g.comparison.ok for g in as_chain.gradients] == [g.comparison.ok for g in as_tree.gradients]
+    assert as_chain.gradients[0].name == as_tree.gradients[0].name == "input"
+    if plant is None:
+        assert as_chain.first_divergence is None
+        assert as_tree.first_divergence is None
+    else:
+        first_chain, first_tree = as_chain.first_divergence, as_tree.first_divergence
+        assert first_chain is not None
+        assert first_tree is not None
+        assert (first_chain.flax_path, first_chain.kind) == (first_tree.flax_path, first_tree.kind)
+        assert first_tree.torch_name == "net." + first_chain.torch_name
+        assert first_chain.hint == first_tree.hint
+
+
+def test_inputs_drawn_for_a_chain_are_described_alike_on_both_paths() -> None:
+    model = sequential_mlp(8, 3)
+    variables = model.init(jax.random.PRNGKey(0), np.ones((1, 5), np.float32))
+    port = bridge.to_torch(model, variables)
+    as_chain = bridge.check_equivalence(model, variables, port, seed=3, n_inputs=7)
+    as_tree = bridge.check_equivalence(model, variables, Wrapped(port), seed=3, n_inputs=7)
+    assert as_chain.settings["inputs"] == as_tree.settings["inputs"] == "shape (7, 5), normal(seed=3)"
+    assert as_chain.ok
+    assert as_tree.ok
