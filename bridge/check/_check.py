@@ -17,7 +17,7 @@ from .._numerics import Precision
 from .._tensors import is_float, to_numpy
 from .._validate import require_mapping, require_port, require_variables
 from ..capture import Step, Variables, chain_calls, discover_chain, flax_layer_outputs, torch_chain_calls
-from ..match import Pair, find_input_permutations, is_tree_pair, match_positions
+from ..match import Pair, chain_steps, find_input_permutations, match_positions
 from ..rules import LayerRule, rule_or_none
 from ._check_tree import check_tree, pair_row, run_isolated
 from ._compare import compare
@@ -175,15 +175,16 @@ def check_equivalence(
     options = CheckOptions(
         seed, n_inputs, dtype, rtol, atol, grads, loss, channels_last, torch_inputs, mapping, allow_unchecked
     )
-    tree = is_tree_pair(model, variables, torch_module, inputs, torch_inputs, mapping)
+    steps = chain_steps(model, variables, torch_module, inputs, torch_inputs, mapping)
+    tree = steps is None
     drawn = tree and inputs is None and torch_inputs is None
     if drawn:  # a chain model against another kind of port: rows drawn as for a chain
         inputs = _chain_rows(model, variables, options)
     if seeds is not None:
         return sweep_seeds(model, variables, torch_module, seeds, inputs, check_equivalence, options, chain=not tree)
-    if not tree:
+    if steps is not None:
         assert isinstance(torch_module, torch.nn.Sequential)  # every other port is a tree
-        return _check_chain(model, variables, torch_module, inputs, options)
+        return _check_chain(model, variables, torch_module, inputs, options, steps)
     if dtype is not None:
         model, variables, torch_module = cast_pair(model, variables, torch_module, dtype)
         inputs, torch_inputs = cast_inputs((inputs, torch_inputs), dtype)
@@ -206,16 +207,20 @@ def _chain_rows(model: Any, variables: Variables | None, options: CheckOptions) 
 
 
 def _check_chain(
-    model: Any, variables: Variables | None, torch_module: torch.nn.Sequential, inputs: Any, options: CheckOptions
+    model: Any,
+    variables: Variables | None,
+    torch_module: torch.nn.Sequential,
+    inputs: Any,
+    options: CheckOptions,
+    steps: tuple[Step, ...],
 ) -> EquivalenceReport:
-    """A chain against a ``torch.nn.Sequential``, position by position, tolerances propagated by the rules."""
+    """A chain (its ``steps``) against a ``torch.nn.Sequential``, position by position, tolerances propagated
+    by the rules."""
     seed, dtype, channels_last = options.seed, options.dtype, options.channels_last
     if dtype is not None:
         model, variables, cast_port = cast_pair(model, variables, torch_module, dtype)
         torch_module = cast_port  # a Sequential still (mypy keeps the declared type through the tuple)
-    steps = discover_chain(model, variables)
-    if dtype is not None:
-        model, steps = cast_compute_dtype(model, variables, steps, dtype)
+        model, steps = cast_compute_dtype(model, variables, discover_chain(model, variables), dtype)
     refuse_training_mode(steps)
     rules = [rule_or_none(step.layer) for step in steps]
     x = chain_inputs(inputs, steps, rules, seed, options.n_inputs, dtype)

@@ -95,7 +95,8 @@ def _print_report(report: Any) -> None:
 
 def _validate_check(args: argparse.Namespace) -> None:
     """Refuse, before anything is built, options that do not apply and work that cannot fit."""
-    from ..io import mlp_check_bytes, require_memory, require_seed, require_widths
+    from ..io import require_memory, require_seed
+    from ._pair import mlp_check_bytes, require_widths
 
     if args.flax is None:
         for option, value in (("--torch", args.torch), ("--params", args.params)):

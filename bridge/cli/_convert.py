@@ -21,7 +21,8 @@ def run_convert(args: argparse.Namespace) -> int:
     temporary beside DST; DST is replaced only when both the conversion and the check succeed."""
     from pathlib import Path
 
-    from ..io import FLAX_FORMATS, atomic_output, checkpoint_format, replaceable, require_seed, require_widths, stage
+    from ..io import FLAX_FORMATS, atomic_output, checkpoint_format, replaceable, require_seed, stage
+    from ._pair import require_widths
 
     source_format, destination_format = checkpoint_format(args.source), checkpoint_format(args.destination)
     if (source_format in FLAX_FORMATS) == (destination_format in FLAX_FORMATS):

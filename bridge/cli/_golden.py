@@ -18,7 +18,8 @@ def run_golden(args: argparse.Namespace) -> int:
 
     from .._tensors import to_numpy, to_tensor
     from ..convert import seed_models, to_state_dict
-    from ..io import atomic_output, mlp_check_bytes, replaceable, require_memory, require_seed, require_widths
+    from ..io import atomic_output, replaceable, require_memory, require_seed
+    from ._pair import mlp_check_bytes, require_widths
 
     if not args.destination.lower().endswith(".safetensors"):
         raise InvalidArgumentError(f"{args.destination}: golden writes a .safetensors file; name it OUT.safetensors")

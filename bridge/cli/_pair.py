@@ -14,6 +14,34 @@ import numpy as np
 from .._errors import InvalidArgumentError, LayerMismatchError
 from .._flax_model import is_nnx
 
+# one weight of the seed MLP at most: larger ones are refused rather than risk an abort inside XLA (32-bit
+# indices; which sizes abort was not measured here, and such widths do not fit a check on these machines anyway)
+MAX_ELEMENTS = 2**31 - 1
+
+
+def require_widths(in_features: int, hidden: int, out: int) -> None:
+    """The seed MLP's widths: each >= 1 (messages as ``flax_impl``'s), and no weight past ``MAX_ELEMENTS``."""
+    if in_features < 1:
+        raise InvalidArgumentError(f"x must have at least one feature: --in-features is {in_features}")
+    for name, value in (("hidden", hidden), ("out", out)):
+        if value < 1:
+            raise InvalidArgumentError(f"{name} must be >= 1, got {value}")
+    for rows, columns in ((in_features, hidden), (hidden, hidden), (hidden, out)):
+        if rows * columns > MAX_ELEMENTS:
+            raise InvalidArgumentError(
+                f"a {rows} x {columns} weight has {rows * columns} elements, more than the {MAX_ELEMENTS} "
+                "the seed MLP supports; use smaller --in-features/--hidden/--out"
+            )
+
+
+def mlp_check_bytes(n_inputs: int, in_features: int, hidden: int, out: int, seeds: int = 1, itemsize: int = 4) -> int:
+    """Memory of checking the seed MLP: parameters and activations on both sides, both comparisons,
+    gradients and float64 copies for the error bounds (a factor of 8 over one copy of each)."""
+    params = in_features * hidden + hidden * hidden + hidden * out + 2 * hidden + out
+    activations = n_inputs * (in_features + 4 * hidden + 2 * out)
+    inputs = n_inputs * in_features * 8  # drawn in float64, then cast
+    return 8 * itemsize * seeds * (params + activations) + inputs
+
 
 class Pair(NamedTuple):
     """One check to run: the Flax model and variables, the torch port, the inputs (None: random), and

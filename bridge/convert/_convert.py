@@ -18,7 +18,7 @@ from .._flax_model import is_nnx
 from .._tensors import channels_first_flatten_permutation, shared_tensor, to_numpy, to_tensor, torch_dtype
 from .._validate import require_mapping, require_port, require_variables
 from ..capture import Step, Variables, discover_chain
-from ..match import is_tree_pair, owned_tensors, port_tensors
+from ..match import chain_steps, owned_tensors, port_tensors
 from ..rules import LayerRule, ParamMap, rule_for_flax, rule_for_torch, torch_rule_or_none
 
 
@@ -29,9 +29,13 @@ class PlannedStep(NamedTuple):
     rule: LayerRule
 
 
-def plan(model: Any, variables: Variables | None = None) -> tuple[PlannedStep, ...]:
-    """Discover the chain of ``model`` and pick a rule for each step (raises before converting anything)."""
-    return tuple(PlannedStep(step, rule_for_flax(step.layer, step.where)) for step in discover_chain(model, variables))
+def plan(
+    model: Any, variables: Variables | None = None, steps: tuple[Step, ...] | None = None
+) -> tuple[PlannedStep, ...]:
+    """Discover the chain of ``model`` (unless its ``steps`` are given) and pick a rule for each step (raises
+    before converting anything)."""
+    found = discover_chain(model, variables) if steps is None else steps
+    return tuple(PlannedStep(step, rule_for_flax(step.layer, step.where)) for step in found)
 
 
 def _is_state_dict(value: Any) -> bool:
@@ -96,14 +100,15 @@ def to_torch(
         BridgeError: when a layer has no rule, or its variables do not fit it.
     """
     require_variables(variables)
-    if inputs is not None and not _is_chain(model, variables):
+    steps = _chain_or_none(model, variables) if inputs is not None else None
+    if inputs is not None and steps is None:
         from ._native import native_module
 
         if variables is None and not is_nnx(model):
             raise InvalidArgumentError("to_torch of a linen model needs its variables (what model.init returns)")
         return native_module(model, variables, inputs)
     try:
-        planned = plan(model, variables)
+        planned = plan(model, variables, steps)
     except UnsupportedModelError as e:
         if inputs is None and not is_nnx(model):
             raise UnsupportedModelError(
@@ -113,12 +118,12 @@ def to_torch(
     return _build_torch(planned, _torch_tensors(planned, copy=copy), channels_last=channels_last)
 
 
-def _is_chain(model: Any, variables: Variables | None) -> bool:
+def _chain_or_none(model: Any, variables: Variables | None) -> tuple[Step, ...] | None:
+    """The chain's steps, or None for a model that is not one chain."""
     try:
-        discover_chain(model, variables)
+        return discover_chain(model, variables)
     except UnsupportedModelError:
-        return False
-    return True
+        return None
 
 
 def torch_module_for(
@@ -210,7 +215,8 @@ def load_into(
     require_variables(variables)
     require_mapping(mapping)
     _require_materialised(torch_module)
-    if is_tree_pair(model, variables, torch_module, None, torch_inputs, mapping):
+    steps = chain_steps(model, variables, torch_module, None, torch_inputs, mapping)
+    if steps is None:
         from ._load_tree import load_tree
 
         return load_tree(
@@ -222,7 +228,7 @@ def load_into(
             channels_last=channels_last,
             mapping=mapping,
         )
-    planned = plan(model, variables)
+    planned = plan(model, variables, steps)
     if not isinstance(torch_module, torch.nn.Sequential):
         raise LayerMismatchError(f"expected a torch.nn.Sequential, got {type(torch_module).__name__}")
     if len(torch_module) != len(planned):

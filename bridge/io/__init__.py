@@ -18,8 +18,6 @@ from ._files import regular_file_size as regular_file_size
 from ._files import replaceable as replaceable
 from ._files import save_checkpoint as save_checkpoint
 from ._files import write_checkpoint as write_checkpoint
-from ._preflight import mlp_check_bytes as mlp_check_bytes
 from ._preflight import require_memory as require_memory
 from ._preflight import require_seed as require_seed
-from ._preflight import require_widths as require_widths
 from ._stream import write_stream as write_stream

@@ -14,11 +14,11 @@ from ._match import tensor_holders as tensor_holders
 from ._match_chain import match_positions as match_positions
 from ._match_tree import Matching as Matching
 from ._match_tree import Pair as Pair
+from ._match_tree import chain_steps as chain_steps
 from ._match_tree import descendants as descendants
 from ._match_tree import describe_ties as describe_ties
 from ._match_tree import find_input_permutations as find_input_permutations
 from ._match_tree import flatten_permutation as flatten_permutation
-from ._match_tree import is_tree_pair as is_tree_pair
 from ._match_tree import match_calls as match_calls
 from ._match_tree import signature as signature
 from ._match_tree import tied_variables as tied_variables

@@ -28,7 +28,7 @@ from flax import nnx
 from .._errors import LayerMismatchError, UnsupportedModelError
 from .._flax_model import is_nnx
 from .._tensors import channels_first_flatten_permutation, is_float, to_numpy
-from ..capture import Call, discover_chain
+from ..capture import Call, Step, discover_chain
 from ..rules import LayerRule, rule_for_call
 from ._match import port_tensors
 
@@ -277,24 +277,23 @@ def unpaired_flax(call: Call, calls: Sequence[Call]) -> str:
     return f"Flax {parent} calls a {call.kind} without a path of its own that no torch module takes the place of"
 
 
-def is_tree_pair(
+def chain_steps(
     model: Any, variables: Any, port: torch.nn.Module, inputs: Any, torch_inputs: Any, mapping: Any
-) -> bool:
-    """Whether a pair is checked and loaded as call trees rather than chain positions: a port that is not an
-    ``nn.Sequential``, a model that is not one chain, several inputs (a tuple or a dict), or options only
-    trees take (``torch_inputs``, ``mapping``). An NNX model is a chain when it is an ``nnx.Sequential``
-    against an ``nn.Sequential`` port (as before), a tree otherwise."""
+) -> tuple[Step, ...] | None:
+    """The chain's steps when a pair is checked and loaded as chain positions, found once for the caller to
+    use; None when it is checked and loaded as call trees: a port that is not an ``nn.Sequential``, a model
+    that is not one chain, several inputs (a tuple or a dict), or options only trees take (``torch_inputs``,
+    ``mapping``). An NNX model is a chain when it is an ``nnx.Sequential`` against an ``nn.Sequential`` port."""
     if not isinstance(port, torch.nn.Sequential) or torch_inputs is not None or mapping is not None:
-        return True
+        return None
     if isinstance(inputs, tuple | Mapping):  # several arguments (a list is one array, as NumPy reads it)
-        return True
+        return None
     if is_nnx(model):
-        return not isinstance(model, nnx.Sequential)
+        return discover_chain(model, variables) if isinstance(model, nnx.Sequential) else None
     try:
-        discover_chain(model, variables)
+        return discover_chain(model, variables)
     except UnsupportedModelError:
-        return True
-    return False
+        return None
 
 
 def tied_variables(pairs: Sequence[Pair]) -> dict[str, dict[str, torch.Tensor]]:
