@@ -173,7 +173,17 @@ def check_equivalence(
     require_variables(variables)
     require_mapping(mapping)
     options = CheckOptions(
-        seed, n_inputs, dtype, rtol, atol, grads, loss, channels_last, torch_inputs, mapping, allow_unchecked
+        seed=seed,
+        n_inputs=n_inputs,
+        dtype=dtype,
+        rtol=rtol,
+        atol=atol,
+        grads=grads,
+        loss=loss,
+        channels_last=channels_last,
+        torch_inputs=torch_inputs,
+        mapping=mapping,
+        allow_unchecked=allow_unchecked,
     )
     steps = chain_steps(model, variables, torch_module, inputs, torch_inputs, mapping)
     tree = steps is None
