@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,7 +45,11 @@ def is_float(dtype: Any) -> bool:
 
 def torch_dtype(dtype: Any) -> torch.dtype:
     """The torch dtype with the same name as a NumPy/JAX dtype (``float32`` -> ``torch.float32``)."""
-    name = np.dtype(dtype).name
+    return _torch_dtype_named(np.dtype(dtype).name)
+
+
+@functools.cache
+def _torch_dtype_named(name: str) -> torch.dtype:
     result = getattr(torch, name, None)
     if not isinstance(result, torch.dtype):
         raise TypeError(f"torch has no dtype {name}")

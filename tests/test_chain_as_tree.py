@@ -110,3 +110,24 @@ def test_inputs_drawn_for_a_chain_are_described_alike_on_both_paths() -> None:
     assert as_chain.settings["inputs"] == as_tree.settings["inputs"] == "shape (7, 5), normal(seed=3)"
     assert as_chain.ok
     assert as_tree.ok
+
+
+def _state(port: torch.nn.Module, prefix: str = "") -> dict[str, np.ndarray]:
+    return {key.removeprefix(prefix): value.detach().numpy() for key, value in port.state_dict().items()}
+
+
+def test_a_chain_and_its_wrapped_port_load_alike() -> None:
+    """One loader: a chain's positions (paired without running) and the wrapped port's matched calls (found by
+    running both) take the same tensors, the converter's."""
+    model = sequential_mlp(8, 3)
+    x = np.random.default_rng(1).normal(size=(4, 5)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    other = model.init(jax.random.PRNGKey(1), x)
+    chain_port, tree_port = bridge.to_torch(model, other), bridge.to_torch(model, other)
+    bridge.load_into(model, variables, chain_port)
+    bridge.load_into(model, variables, Wrapped(tree_port), inputs=x)
+    expected = {key: value.numpy() for key, value in bridge.to_state_dict(model, variables).items()}
+    for loaded in (_state(chain_port), _state(tree_port)):
+        assert loaded.keys() == expected.keys()
+        for key, value in expected.items():
+            np.testing.assert_array_equal(loaded[key], value, err_msg=key)

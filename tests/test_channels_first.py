@@ -198,3 +198,28 @@ def test_a_channels_first_output_reaches_the_loss_and_the_input_gradient_in_flax
     rows = {row.name: row for row in report.gradients}
     assert rows["input"].comparison.ok
     assert rows["input"].comparison.candidate_shape == x.shape  # NCHW moved back to Flax's NHWC
+
+
+def test_a_wrapped_stock_port_loads_as_the_chain_does() -> None:
+    """One loader, two ways to find the flatten's order: a chain's by probing its nn.Flatten before any value
+    is copied, a tree's from the loaded port's recorded values; both permute the Linear's columns alike."""
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, net: torch.nn.Sequential) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x)
+
+    model, variables, x = _build("2d")
+    as_chain = bridge.load_into(model, variables, _stock_torch_port(), channels_last=False)
+    as_tree = bridge.load_into(model, variables, Wrapped(_stock_torch_port()), inputs=x, channels_last=False)
+    chain_state = as_chain.state_dict()
+    tree_state = {key.removeprefix("net."): value for key, value in as_tree.state_dict().items()}
+    assert chain_state.keys() == tree_state.keys()
+    for key, value in chain_state.items():
+        assert torch.equal(value, tree_state[key]), key
+    assert not torch.equal(  # the permutation was applied (the plain transposed kernel differs)
+        chain_state["5.weight"], torch.from_numpy(np.asarray(variables["params"]["layers_5"]["kernel"]).T.copy())
+    )

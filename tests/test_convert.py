@@ -135,17 +135,17 @@ def test_load_into_catches_an_untransposed_square_kernel_by_values_not_shapes() 
 @pytest.mark.parametrize(
     ("torch_module", "match"),
     [
-        (torch_impl.SeqMLP(3, 5, 2), r"layer 0 \(Dense at 'Dense_0'\): 0.bias has shape \(5,\) in torch, Flax gives \(4,\)"),
+        (torch_impl.SeqMLP(3, 5, 2), r"Flax Dense_0 -> torch 0: bias has shape \(5,\) in torch, Flax gives \(4,\)"),
         (torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU()), "the Flax chain has 5 layers .* torch Sequential has 2"),
         (
             torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)),
-            r"layer 1 \(relu\): expected torch ReLU, found Tanh",
+            r"Flax relu -> torch 1: expected torch ReLU, found Tanh",
         ),
         (
             torch.nn.Sequential(torch.nn.Linear(3, 4, bias=False), torch.nn.ReLU(), torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)),
-            r"layer 0 \(Dense at 'Dense_0'\): missing in torch: 0.bias",
+            r"Flax Dense_0 -> torch 0: torch has no bias \(its tensors: weight\)",
         ),
-        (torch_impl.SeqMLP(3, 4, 2, dtype=torch.float64), r"0.weight is torch.float64 in torch, Flax gives float32"),
+        (torch_impl.SeqMLP(3, 4, 2, dtype=torch.float64), r"Flax Dense_0 -> torch 0: weight is torch.float64 in torch, Flax gives float32"),
         (torch.nn.Linear(3, 4), r"cannot load into the torch module: Flax Dense_1 \(Dense\) has no torch counterpart"),
     ],
     ids=["shape", "length", "kind", "missing-bias", "dtype", "not-sequential"],

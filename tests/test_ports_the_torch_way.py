@@ -111,7 +111,9 @@ def test_load_into_lists_what_it_cannot_place() -> None:
 
     port = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), TwoWeights())
     with pytest.raises(
-        bridge.LayerMismatchError, match=r"layer 2 \(Dense.*missing in torch: 2.weight.*2.first, 2.second"
+        bridge.LayerMismatchError,
+        match=r"Flax layers_2 -> torch 2: torch has no weight.*Flax layers_2 -> torch 2: torch tensors no Flax variable "
+        r"fills: first, second",
     ):
         bridge.load_into(model, variables, port)
 

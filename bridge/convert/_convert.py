@@ -15,11 +15,11 @@ from flax import nnx
 
 from .._errors import InvalidArgumentError, LayerMismatchError, UnsupportedModelError, at_layer
 from .._flax_model import is_nnx
-from .._tensors import channels_first_flatten_permutation, shared_tensor, to_numpy, to_tensor, torch_dtype
-from .._validate import require_mapping, require_port, require_variables
+from .._tensors import channels_first_flatten_permutation, shared_tensor, to_numpy, to_tensor
+from .._validate import require_variables
 from ..capture import Step, Variables, discover_chain
-from ..match import chain_steps, owned_tensors, port_tensors
-from ..rules import LayerRule, ParamMap, rule_for_flax, rule_for_torch, torch_rule_or_none
+from ..match import port_tensors
+from ..rules import LayerRule, ParamMap, rule_for_flax, rule_for_torch
 
 
 class PlannedStep(NamedTuple):
@@ -158,141 +158,7 @@ def channels_first_positions(steps: Sequence[Step]) -> int:
     return next((step.index + 1 for step in steps if step.kind == "flatten"), len(steps))
 
 
-def load_into(
-    model: Any,
-    variables: Variables | None = None,
-    torch_module: torch.nn.Module | None = None,
-    *,
-    inputs: Any = None,
-    torch_inputs: Any = None,
-    channels_last: bool = True,
-    mapping: Mapping[str, str] | None = None,
-) -> torch.nn.Module:
-    """Copy ``model``'s variables into an existing torch port, after checking that every one fits.
-
-    Position i of the ``nn.Sequential`` port takes chain position i's variables, each found in the
-    module that owns it (``bridge.match._match``): the rule's torch module itself, a wrapper around it
-    (``0.inner.weight``), or a module of its own whose tensors are matched by shape (``w``, ``b``).
-    A stock ``torch.nn.Conv2d`` takes a Conv's kernel as ``(out, in, kh, kw)``. Nothing is copied
-    unless everything fits, so a failed call leaves ``torch_module`` as it was.
-
-    Any other pair (a model that is not one chain, a port that is not an ``nn.Sequential``, or with
-    ``mapping``/``torch_inputs``) is filled by structure: both models run once on ``inputs``, their calls
-    are matched as ``check_equivalence`` matches them, and every port parameter and buffer must be
-    filled from exactly one Flax variable (tied tensors must get equal values); the Linear after a
-    ``torch.flatten`` of NCHW gets its columns permuted, found from the recorded values. An NNX model
-    (``variables`` None) that is not an ``nnx.Sequential`` is filled the same way, by attribute paths. An
-    output Linear tied to an embedding (``nn.Embed.attend``) is filled whether it shares or copies the
-    embedding weight, with a ``TiedWeightsWarning`` that says which.
-
-    Arguments:
-        model, variables, torch_module: in the order of every other function (``check_equivalence``,
-            ``to_torch``); the order before 0.2, ``load_into(torch_module, model, variables)``, still works
-            with a ``DeprecationWarning`` for one release.
-        inputs, torch_inputs, mapping: as in ``check_equivalence`` (needed for trees only).
-        channels_last: False for a channels-first port: when its flatten is ``nn.Flatten`` of
-            ``(N, C, H, W)`` (torch's order, found by running it on a probe), the Linear after it gets the
-            Dense kernel's rows permuted into that order
-            (``K.reshape(H*W, C, out).transpose(1, 0, 2).reshape(-1, out).T``).
-
-    Returns:
-        ``torch_module`` itself, loaded.
-
-    Raises:
-        LayerMismatchError: naming every position whose module is of another layer kind, or whose
-            tensors are missing, left over, mis-shaped or mis-typed.
-    """
-    if isinstance(model, torch.nn.Module):  # the order before 0.2: (torch_module, model, variables)
-        warnings.warn(
-            "load_into(torch_module, model, variables) is deprecated: call load_into(model, variables, "
-            "torch_module), the order of check_equivalence and to_torch",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        model, variables, torch_module = variables, torch_module, model  # type: ignore[assignment]
-    require_port(torch_module, "torch_module")
-    assert isinstance(torch_module, torch.nn.Module)  # require_port refused anything else
-    require_variables(variables)
-    require_mapping(mapping)
-    _require_materialised(torch_module)
-    steps = chain_steps(model, variables, torch_module, None, torch_inputs, mapping)
-    if steps is None:
-        from ._load_tree import load_tree
-
-        return load_tree(
-            torch_module,
-            model,
-            variables if variables is not None else {},
-            inputs if inputs is not None else _example_inputs(model, variables),
-            torch_inputs=torch_inputs,
-            channels_last=channels_last,
-            mapping=mapping,
-        )
-    planned = plan(model, variables, steps)
-    if not isinstance(torch_module, torch.nn.Sequential):
-        raise LayerMismatchError(f"expected a torch.nn.Sequential, got {type(torch_module).__name__}")
-    if len(torch_module) != len(planned):
-        kinds = ", ".join(step.kind for step, _ in planned)
-        raise LayerMismatchError(
-            f"the Flax chain has {len(planned)} layers ({kinds}) but the torch Sequential has {len(torch_module)}"
-        )
-    for (step, rule), module in zip(planned, torch_module, strict=True):
-        known = torch_rule_or_none(module)
-        if known is not None and known is not rule:  # a module of another registered kind; wrappers may pass
-            expected = " or ".join(t.__name__ for t in rule.torch_types)
-            raise LayerMismatchError(f"{step.where}: expected torch {expected}, found {type(module).__name__}")
-    arrays = _torch_arrays(planned)
-    permutations = {} if channels_last else flatten_permutations(planned, torch_module)
-    problems: list[str] = []
-    copies: list[tuple[torch.Tensor, np.ndarray]] = []
-    for (step, rule), module in zip(planned, torch_module, strict=True):
-        owned = owned_tensors(rule, step.layer, step.variables, module, by_value=False)
-        claimed = {o.torch_name for o in owned if o.tensor is not None}
-        for o in owned:
-            key = f"{step.index}.{o.param_map.torch_name}"
-            want = arrays[key]
-            if step.index in permutations and want.ndim == 2 and want.shape[1] == len(permutations[step.index]):
-                want = np.empty_like(want)
-                want[:, permutations[step.index]] = arrays[key]  # Flax feature j is torch column perm[j]
-            if o.tensor is None:
-                problems.append(f"{step.where}: missing in torch: {key} (no tensor of shape {tuple(want.shape)})")
-            elif tuple(want.shape) != tuple(o.tensor.shape):
-                problems.append(
-                    f"{step.where}: {step.index}.{o.torch_name} has shape {tuple(o.tensor.shape)} in torch, "
-                    f"Flax gives {tuple(want.shape)}"
-                )
-            elif torch_dtype(want.dtype) != o.tensor.dtype:
-                problems.append(
-                    f"{step.where}: {step.index}.{o.torch_name} is {o.tensor.dtype} in torch, Flax gives {want.dtype}; "
-                    "cast one side explicitly (the bridge never casts silently)"
-                )
-            else:
-                copies.append((o.tensor, want))
-        constants = rule.torch_constants(step.layer, step.variables)
-        left = sorted(
-            f"{step.index}.{name}"
-            for name in port_tensors(module)
-            if name not in claimed and name.rsplit(".", 1)[-1] not in (*rule.torch_only_keys, *constants)
-        )
-        missing_constants = sorted(set(constants) - {name.rsplit(".", 1)[-1] for name in port_tensors(module)})
-        if missing_constants:
-            problems.append(f"{step.where}: missing in torch: {', '.join(missing_constants)} (held at a constant)")
-        if left:
-            problems.append(f"{step.where}: unexpected in torch (not in Flax): {', '.join(left)}")
-    if problems:
-        raise LayerMismatchError("cannot load into the torch module: " + "; ".join(problems))
-    with torch.no_grad():
-        for tensor, array in copies:
-            tensor.copy_(to_tensor(array))
-    for (step, rule), module in zip(planned, torch_module, strict=True):
-        constants = rule.torch_constants(step.layer, step.variables)
-        if constants:
-            prefix = next((name for name, sub in module.named_modules() if type(sub) in rule.torch_types), None)
-            _fill_constants(module.get_submodule(prefix) if prefix is not None else module, constants)
-    return torch_module
-
-
-def _example_inputs(model: Any, variables: Any) -> Any:
+def example_inputs(model: Any, variables: Any) -> Any:
     """Two random input rows for a chain whose first layer fixes the input shape (None otherwise)."""
     try:
         first = discover_chain(model, variables)[0]
@@ -332,16 +198,6 @@ def flatten_permutations(planned: Sequence[PlannedStep], torch_module: torch.nn.
     if not torch.equal(flattened, probe.reshape(1, -1)) or channels == 1 or positions == 1:
         return {}  # Flax's order already (ChannelsFirstFlatten), or nothing to permute
     return {flatten + 1: channels_first_flatten_permutation(channels, positions)}
-
-
-def _require_materialised(port: torch.nn.Module) -> None:
-    """A port with tensors on the meta device has no storage to load into: refused, never 'loaded' in silence."""
-    meta = next((name for name, t in [*port.named_parameters(), *port.named_buffers()] if t.is_meta), None)
-    if meta is not None:
-        raise InvalidArgumentError(
-            f"torch_module has tensors on the meta device ({meta}): they hold no values to load into; build it "
-            "on a device (or call torch_module.to_empty(device='cpu')) first"
-        )
 
 
 def from_state_dict(model: Any, variables: Any = None, state_dict: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -511,7 +367,7 @@ def _torch_tensors(planned: tuple[PlannedStep, ...], *, copy: bool) -> dict[str,
     tensors: dict[str, torch.Tensor] = {}
     for step, rule in planned:
         maps = rule.param_maps(step.layer, step.variables)
-        _check_variable_names(step, maps)
+        check_variable_names(step, maps)
         for m in maps:
             source = step.variables[m.collection][m.flax_name]
             if m.to_torch_axes is not None and np.ndim(source) != len(m.to_torch_axes):
@@ -543,7 +399,7 @@ def _torch_arrays(planned: tuple[PlannedStep, ...]) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     for step, rule in planned:
         maps = rule.param_maps(step.layer, step.variables)
-        _check_variable_names(step, maps)
+        check_variable_names(step, maps)
         for m in maps:
             arrays[f"{step.index}.{m.torch_name}"] = m.flax_to_torch(
                 np.asarray(step.variables[m.collection][m.flax_name])
@@ -551,7 +407,8 @@ def _torch_arrays(planned: tuple[PlannedStep, ...]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _check_variable_names(step: Step, maps: tuple[ParamMap, ...]) -> None:
+def check_variable_names(step: Step, maps: tuple[ParamMap, ...]) -> None:
+    """Refuse a step whose variables are not exactly the ones its rule converts, naming what is missing or extra."""
     expected = {f"{m.collection}/{m.flax_name}" for m in maps}
     found = {f"{collection}/{name}" for collection, names in step.variables.items() for name in names}
     problems = _key_problems(expected=expected, found=found, expected_side="rule", found_side="variables")

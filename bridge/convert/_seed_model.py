@@ -14,7 +14,7 @@ import torch_impl
 
 from .._errors import InvalidArgumentError
 from .._tensors import to_tensor, torch_dtype
-from ._convert import load_into
+from ._load import load_into
 
 
 class SeedModels(NamedTuple):

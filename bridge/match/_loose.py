@@ -75,7 +75,8 @@ def match_loose(
     loaded already, so equal values may decide between tensors of one shape."""
     leaves = [p for p in matching.pairs if p.rule is not None]
     # a rule-backed layer left unmatched is reported as such: its variables are its rule's, never loose
-    owned = [p.flax.name for p in leaves] + [c.name for c in matching.unmatched_flax]
+    owned = {p.flax.name for p in leaves if p.flax.name or p.flax.variables}  # a chain's relu owns nothing
+    owned |= {c.name for c in matching.unmatched_flax if c.name or c.variables}
     held = {id(t) for p in leaves for t in port_tensors(p.torch.module).values()}
     loose_torch: dict[str, torch.Tensor] = {}
     for name, tensor in port_tensors(port).items():
@@ -83,9 +84,7 @@ def match_loose(
             loose_torch.setdefault(name, tensor)
     flat = traverse_util.flatten_dict(_plain(variables), sep="/")
     loose_flax = {
-        path: np.asarray(value)
-        for path, value in sorted(flat.items())
-        if not any(_inside(_module_path(path), name) for name in owned)
+        path: np.asarray(value) for path, value in sorted(flat.items()) if not _inside_any(_module_path(path), owned)
     }
     taken: set[str] = set()
     pairs: list[LoosePair] = []
@@ -155,6 +154,13 @@ def _module_path(path: str) -> str:
 
 def _inside(module_path: str, call_name: str) -> bool:
     return call_name == "" or module_path == call_name or module_path.startswith(call_name + "/")
+
+
+def _inside_any(module_path: str, call_names: set[str]) -> bool:
+    """Whether ``module_path`` is one of ``call_names`` or lies below one (``""``, the model, holds everything):
+    its prefixes looked up, so that a model of n layers costs n lookups, not n * n comparisons."""
+    parts = module_path.split("/") if module_path else []
+    return any("/".join(parts[:end]) in call_names for end in range(len(parts) + 1))
 
 
 def _owner(module_path: str, pairs: Sequence[Pair]) -> str:

@@ -43,12 +43,14 @@ def owned_tensors(
     module: torch.nn.Module,
     *,
     by_value: bool,
+    tensors: Mapping[str, torch.Tensor] | None = None,
 ) -> list[Owned]:
     """The port tensor holding each of the layer's Flax variables (see the module docstring).
 
     ``by_value``: also match a tensor whose values equal the variable's (a port already loaded).
+    ``tensors``: ``port_tensors(module)`` where the caller has them already.
     """
-    tensors = port_tensors(module)
+    tensors = port_tensors(module) if tensors is None else tensors
     claimed: set[str] = set()
     result: list[Owned] = []
     maps = rule.param_maps(layer, variables)
@@ -92,14 +94,16 @@ def tensor_holders(
     names: Iterable[str],
     *,
     by_value: bool,
+    tensors: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, tuple[str, torch.Tensor]]:
     """The port tensor holding each of the rule's torch tensors ``names`` (what ``rule.torch_arrays`` lays
     out): ``(its name in module, tensor)`` found as ``owned_tensors`` finds it, else under the rule's own name
-    (packed tensors such as attention's ``in_proj_weight``); a name no tensor holds is left out."""
-    tensors = port_tensors(module)
+    (packed tensors such as attention's ``in_proj_weight``); a name no tensor holds is left out. ``tensors``:
+    ``port_tensors(module)`` where the caller has them already."""
+    tensors = port_tensors(module) if tensors is None else tensors
     held = {
         owned.param_map.torch_name: (owned.torch_name, owned.tensor)
-        for owned in owned_tensors(rule, layer, variables, module, by_value=by_value)
+        for owned in owned_tensors(rule, layer, variables, module, by_value=by_value, tensors=tensors)
         if owned.tensor is not None
     }
     for name in names:

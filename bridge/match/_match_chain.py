@@ -47,7 +47,7 @@ def _structure_problem(
     first_bad = next(
         (i for i, (rule, call) in enumerate(pairs) if not fits(rule, call)), min(len(rules), len(torch_calls))
     )
-    if len(torch_calls) > len(flax_calls) and all(
+    if len(torch_calls) == len(flax_calls) + 1 and all(
         fits(r, c) for r, c in zip(rules[first_bad:], torch_calls[first_bad + 1 :], strict=False)
     ):
         return (
@@ -55,7 +55,7 @@ def _structure_problem(
             f"torch has an extra {torch_calls[first_bad].kind} at position {first_bad} "
             "(a doubled or inserted layer): remove it",
         )
-    if len(torch_calls) < len(flax_calls) and all(
+    if len(torch_calls) + 1 == len(flax_calls) and all(
         fits(r, c) for r, c in zip(rules[first_bad + 1 :], torch_calls[first_bad:], strict=False)
     ):
         where = Step(first_bad, flax_calls[first_bad].module, _path(flax_calls[first_bad]), {}).where

@@ -301,8 +301,11 @@ def tied_variables(pairs: Sequence[Pair]) -> dict[str, dict[str, torch.Tensor]]:
     weight and, through ``Embed.attend``, the output Linear's; a Flax module called twice fills both of the
     port's modules): Flax path -> {qualified torch name: tensor}. One tensor under two names is shared."""
     fills: dict[str, dict[str, torch.Tensor]] = {}
+    calls_of: dict[str, int] = {}
     for pair in pairs:
-        if pair.rule is None:
+        calls_of[pair.flax.name] = calls_of.get(pair.flax.name, 0) + 1
+    for pair in pairs:
+        if pair.rule is None or calls_of[pair.flax.name] < 2:  # one pair per Flax module: it fills one name each
             continue
         tensors = port_tensors(pair.torch.module)
         for m in pair.rule.param_maps(pair.flax.module, pair.flax.variables):

@@ -1,5 +1,7 @@
-"""``load_into`` for any port: the Flax variables moved into the torch tensors that the structural matching
-pairs them with, strictly (every port parameter and buffer filled from exactly one Flax variable)."""
+"""``load_into``: the Flax variables moved into the torch tensors the matching pairs them with, strictly (every
+port parameter and buffer filled from exactly one Flax variable), one way for every pair. Only how the pairs
+are found differs: a chain against an ``nn.Sequential`` by position, without running either side (the fast
+path); any other pair by running both once and matching their call trees."""
 
 from __future__ import annotations
 
@@ -13,48 +15,163 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import _flax_model as flax_model
 from .._arguments import call_arguments, torch_arguments
 from .._errors import InvalidArgumentError, LayerMismatchError, ReassignedWarning, TiedWeightsWarning
 from .._tensors import is_float, to_numpy, to_tensor, torch_dtype
-from ..capture import Call, capture_flax, capture_torch, keyed_like, output_leaves
+from .._validate import require_mapping, require_port, require_variables
+from ..capture import Call, Step, Variables, capture_flax, capture_torch, keyed_like, output_leaves
 from ..match import (
     LoosePair,
     LooseVariables,
     Matching,
     Pair,
+    chain_steps,
     describe_ties,
     find_input_permutations,
     match_calls,
     match_loose,
+    match_positions,
     port_tensors,
     signature,
     tensor_holders,
     tied_variables,
     unpaired_flax,
 )
+from ._convert import check_variable_names, example_inputs, flatten_permutations, plan
 
 
-def load_tree(
-    port: torch.nn.Module,
+def load_into(
     model: Any,
-    variables: Mapping[str, Any],
-    inputs: Any,
+    variables: Variables | None = None,
+    torch_module: torch.nn.Module | None = None,
     *,
+    inputs: Any = None,
     torch_inputs: Any = None,
     channels_last: bool = True,
     mapping: Mapping[str, str] | None = None,
 ) -> torch.nn.Module:
-    """Fill ``port`` from ``model``'s variables through the call-tree matching (see ``bridge.load_into``).
+    """Copy ``model``'s variables into an existing torch port, after checking that every one fits.
+
+    The pairs of Flax layers and port modules are found first. A chain (an ``nn.Sequential`` model, or
+    one returning one, or an ``nnx.Sequential``) against a ``torch.nn.Sequential`` pairs position i with
+    child i, without running anything. Any other pair (a model that is not one chain, a port that is not
+    an ``nn.Sequential``, or with ``mapping``/``torch_inputs``) is paired by structure: both models run
+    once on ``inputs``, and their calls are matched as ``check_equivalence`` matches them. Then, the same
+    way for both: each Flax variable is found in the module its pair gives (``bridge.match._match``: the
+    rule's torch module itself, a wrapper around it, ``0.inner.weight``, or a module of its own whose
+    tensors are matched by shape, ``w``, ``b``); variables outside rule-backed layers are paired with
+    the port tensors of their shape; every port parameter and buffer must be filled from exactly one Flax
+    variable (tied tensors must get equal values). Nothing is copied unless everything fits, so a failed
+    call leaves ``torch_module`` as it was. A stock ``torch.nn.Conv2d`` takes a Conv's kernel as
+    ``(out, in, kh, kw)``; the Linear after a ``torch.flatten`` of NCHW gets its columns permuted. An NNX
+    model is filled the same way, by attribute paths. An output Linear tied to an embedding
+    (``nn.Embed.attend``) is filled whether it shares or copies the embedding weight, with a
+    ``TiedWeightsWarning`` that says which.
+
+    Arguments:
+        model, variables, torch_module: in the order of every other function (``check_equivalence``,
+            ``to_torch``); the order before 0.2, ``load_into(torch_module, model, variables)``, still works
+            with a ``DeprecationWarning`` for one release.
+        inputs, torch_inputs, mapping: as in ``check_equivalence`` (needed for trees only; a chain model
+            against another kind of port is run on two rows drawn for its first layer).
+        channels_last: False for a channels-first port: when its flatten is ``nn.Flatten`` of
+            ``(N, C, H, W)`` (torch's order), the Linear after it gets the Dense kernel's rows permuted into
+            that order (``K.reshape(H*W, C, out).transpose(1, 0, 2).reshape(-1, out).T``): found by probing
+            a chain's flatten, from the recorded values in a tree.
+
+    Returns:
+        ``torch_module`` itself, loaded.
 
     Warns:
         TiedWeightsWarning: naming each Flax variable that fills several port tensors (tied embeddings),
             and whether the port shares one tensor or holds copies.
+        ReassignedWarning: where same-shape layers fed one input were paired against call order because
+            only that assignment reproduces the Flax output.
 
     Raises:
-        InvalidArgumentError: without ``inputs`` (both models are run once to see their calls).
-        LayerMismatchError: listing every Flax layer with no counterpart, every port tensor left over, and
-            every shape or dtype that differs; nothing is copied then.
+        InvalidArgumentError: for a tree without ``inputs``, or a port whose tensors are on the meta device.
+        LayerMismatchError: listing every Flax layer with no counterpart, every port module of another layer
+            kind, every port tensor left over, and every shape or dtype that differs; nothing is copied then.
     """
+    if isinstance(model, torch.nn.Module):  # the order before 0.2: (torch_module, model, variables)
+        warnings.warn(
+            "load_into(torch_module, model, variables) is deprecated: call load_into(model, variables, "
+            "torch_module), the order of check_equivalence and to_torch",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        model, variables, torch_module = variables, torch_module, model  # type: ignore[assignment]
+    require_port(torch_module, "torch_module")
+    assert isinstance(torch_module, torch.nn.Module)  # require_port refused anything else
+    require_variables(variables)
+    require_mapping(mapping)
+    _require_materialised(torch_module)
+    port = torch_module
+    steps = chain_steps(model, variables, port, None, torch_inputs, mapping)
+    if steps is not None:
+        assert isinstance(port, torch.nn.Sequential)  # chain_steps pairs chains with Sequentials only
+        matching, structure = _chain_matching(model, variables, steps, port, channels_last)
+        flax_calls = [*(p.flax for p in matching.pairs), *matching.unmatched_flax]
+        torch_calls = [*(p.torch for p in matching.pairs), *matching.unmatched_torch]
+        run = None
+    else:
+        inputs = inputs if inputs is not None else example_inputs(model, variables)
+        flax_out, flax_calls, torch_args, torch_kwargs, torch_calls, matching = _tree_matching(
+            model, variables, port, inputs, torch_inputs, channels_last, mapping
+        )
+        structure = None
+        run = (flax_out, (torch_args, torch_kwargs))
+    # a chain has no loose variables: every one belongs to a position (discover_chain), every port tensor to a child
+    loose = (
+        LooseVariables((), (), ())
+        if steps is not None
+        else match_loose(matching, flax_model.all_variables(model, variables), port, by_value=False)
+    )
+    copies = _planned_copies(matching, loose, flax_calls, structure)
+    _copy(copies)
+    loose = _settle_layouts(loose, flax_calls, torch_calls)
+    ties = describe_ties(tied_variables(matching.pairs))
+    if ties:
+        warnings.warn(
+            "load_into filled tied weights from one Flax variable each: " + "; ".join(ties),
+            TiedWeightsWarning,
+            stacklevel=2,
+        )
+    if run is not None:  # a tree: the orders only the loaded port's values tell
+        flax_out, torch_call = run
+        _permute_flattened_inputs(port, torch_call, matching, loose, flax_calls)
+        _reconcile(port, flax_out, torch_call, matching, loose, flax_calls)
+    return port
+
+
+def _chain_matching(
+    model: Any, variables: Variables | None, steps: tuple[Step, ...], port: torch.nn.Sequential, channels_last: bool
+) -> tuple[Matching, str | None]:
+    """A chain's positions paired with the port's children (``match_positions``), nothing run: the rules
+    lay out each position's variables, a probe of a channels-first port's flatten gives the permutation of the
+    Linear after it. Also the structure problem where the lengths differ (None when they agree)."""
+    planned = plan(model, variables, steps)  # every position has a rule (else UnknownLayerError, naming it)
+    for step, rule in planned:
+        check_variable_names(step, rule.param_maps(step.layer, step.variables))
+    flax_calls = [Call(s.index, "/".join(s.flax_path), s.kind, s.layer, None, variables=s.variables) for s in steps]
+    torch_calls = [Call(i, str(i), type(child).__name__, child, None) for i, child in enumerate(port)]
+    permutations = {} if channels_last or len(port) != len(steps) else flatten_permutations(planned, port)
+    matching, structure = match_positions(flax_calls, torch_calls, [rule for _, rule in planned], permutations)
+    return matching, None if structure is None else structure[1]
+
+
+def _tree_matching(
+    model: Any,
+    variables: Variables | None,
+    port: torch.nn.Module,
+    inputs: Any,
+    torch_inputs: Any,
+    channels_last: bool,
+    mapping: Mapping[str, str] | None,
+) -> tuple[Any, list[Call], tuple[Any, ...], dict[str, Any], list[Call], Matching]:
+    """Both models run once on ``inputs``, their calls matched by structure (``match_calls``):
+    ``(Flax output, Flax calls, the port's positional and keyword arguments, its calls, matching)``."""
     if inputs is None:
         raise InvalidArgumentError(
             f"{type(model).__name__} is not one nn.Sequential chain: pass inputs= (example inputs for its apply) "
@@ -66,69 +183,72 @@ def load_tree(
         if torch_inputs is None
         else torch_arguments(*call_arguments(torch_inputs), True)
     )
-    flax_out, flax_calls = capture_flax(model, variables, args, kwargs)
+    flax_out, flax_calls = capture_flax(model, variables if variables is not None else {}, args, kwargs)
     with torch.no_grad():
         _, torch_calls = capture_torch(port, torch_args, torch_kwargs)
-    matching = match_calls(flax_calls, torch_calls, mapping)
-    loose = match_loose(matching, variables, port, by_value=False)
-    copies = _planned_copies(matching, loose, flax_calls)
-    _copy(copies)
-    loose = _settle_layouts(loose, flax_calls, torch_calls)
-    ties = describe_ties(tied_variables(matching.pairs))
-    if ties:
-        warnings.warn(
-            "load_into filled tied weights from one Flax variable each: " + "; ".join(ties),
-            TiedWeightsWarning,
-            stacklevel=3,
-        )
-    for _ in range(len(matching.pairs)):  # a Linear after torch.flatten of NCHW: its columns in torch's order
+    return flax_out, flax_calls, torch_args, torch_kwargs, torch_calls, match_calls(flax_calls, torch_calls, mapping)
+
+
+def _permute_flattened_inputs(
+    port: torch.nn.Module,
+    torch_call: tuple[tuple[Any, ...], dict[str, Any]],
+    matching: Matching,
+    loose: LooseVariables,
+    flax_calls: list[Call],
+) -> None:
+    """A Linear after ``torch.flatten`` of NCHW reads its input features in torch's order: found from the
+    loaded port's recorded inputs (``find_input_permutations``) and loaded again with its columns in that
+    order, until no further layer needs it (each permuted layer changes what the next one is fed)."""
+    for _ in range(len(matching.pairs)):
         with torch.no_grad():
-            _, torch_calls = capture_torch(port, torch_args, torch_kwargs)
+            _, torch_calls = capture_torch(port, *torch_call)
         rerun = [p for p in matching.pairs if p.rule is not None and p.input_permutation is None]
         for pair in rerun:
             pair.torch = torch_calls[pair.torch.index]
         find_input_permutations(rerun)
-        permuted = [p for p in rerun if p.input_permutation is not None]
-        if not permuted:
+        if not any(p.input_permutation is not None for p in rerun):
             break
-        for pair in permuted:
-            assert pair.rule is not None
-            holders = tensor_holders(
-                pair.rule, pair.flax.module, pair.flax.variables, pair.torch.module, pair.arrays, by_value=True
-            )
-            for name, array in pair.arrays.items():
-                if array.ndim == 2 and array.shape[1] == len(pair.input_permutation):  # type: ignore[arg-type]
-                    reordered = np.empty_like(array)
-                    reordered[:, pair.input_permutation] = array
-                    _copy([(holders[name][1], reordered)])
-    _reconcile(port, flax_out, (torch_args, torch_kwargs), matching, loose, flax_calls)
-    return port
+        _copy(_planned_copies(matching, loose, flax_calls, None))
 
 
 def _planned_copies(
-    matching: Matching, loose: LooseVariables, flax_calls: list[Call]
+    matching: Matching, loose: LooseVariables, flax_calls: list[Call], structure: str | None
 ) -> list[tuple[torch.Tensor, np.ndarray]]:
     """Every (port tensor, Flax array laid out for torch) to copy, after checking all of them: the matched
-    layers' tensors, then the variables outside them (``match_loose``); every Flax variable must reach one
-    port tensor and every port tensor must be filled, else nothing is copied and each is named."""
+    layers' tensors (a Linear's columns in the order of its ``input_permutation``), then the variables outside
+    them (``match_loose``); every Flax variable must reach one port tensor and every port tensor must be
+    filled, else nothing is copied and each is named. A ``structure`` problem (a chain and a Sequential of
+    other lengths) is raised alone: the positions after it are not counterparts."""
+    if structure is not None:
+        raise LayerMismatchError(f"cannot load into the torch module: {structure}")
     problems = [unpaired_flax(c, flax_calls) for c in matching.unmatched_flax]
     copies: list[tuple[torch.Tensor, np.ndarray]] = []
     filled: dict[int, tuple[str, np.ndarray]] = {}
     for pair in matching.pairs:
         if pair.rule is None:
             continue
+        where = f"Flax {pair.flax.name or pair.flax.kind} -> torch {pair.torch.name or '(port)'}"
+        if not pair.rule.accepts_torch(pair.torch.module):  # a module of another registered layer kind
+            expected = " or ".join(t.__name__ for t in pair.rule.torch_types)
+            problems.append(f"{where}: expected torch {expected}, found {pair.torch.kind}")
+            continue
         tensors = port_tensors(pair.torch.module)
         constants = pair.rule.torch_constants(pair.flax.module, pair.flax.variables)
-        where = f"Flax {pair.flax.name} -> torch {pair.torch.name}"
         holders = tensor_holders(
-            pair.rule, pair.flax.module, pair.flax.variables, pair.torch.module, pair.arrays, by_value=False
+            pair.rule,
+            pair.flax.module,
+            pair.flax.variables,
+            pair.torch.module,
+            pair.arrays,
+            by_value=False,
+            tensors=tensors,
         )
-        for name, array in pair.arrays.items():
+        for name, array in _in_input_order(pair).items():
             _, tensor = holders.get(name, ("", None))
             if tensor is None:
                 problems.append(f"{where}: torch has no {name} (its tensors: {', '.join(sorted(tensors))})")
             elif tuple(tensor.shape) != array.shape:
-                problems.append(f"{where}: {name} is {tuple(tensor.shape)} in torch, Flax gives {array.shape}")
+                problems.append(f"{where}: {name} has shape {tuple(tensor.shape)} in torch, Flax gives {array.shape}")
             elif tensor.dtype != torch_dtype(array.dtype):
                 problems.append(
                     f"{where}: {name} is {tensor.dtype} in torch, Flax gives {array.dtype}; cast one side explicitly"
@@ -175,6 +295,22 @@ def _planned_copies(
     if problems:
         raise LayerMismatchError("cannot load into the torch module: " + "; ".join(problems))
     return copies
+
+
+def _in_input_order(pair: Pair) -> dict[str, np.ndarray]:
+    """The pair's arrays, a Linear's columns moved to where its port reads each Flax feature
+    (``pair.input_permutation``: Flax feature j is torch column ``permutation[j]``)."""
+    permutation = pair.input_permutation
+    if permutation is None:
+        return pair.arrays
+    arrays = {}
+    for name, array in pair.arrays.items():
+        if array.ndim == 2 and array.shape[1] == len(permutation):
+            reordered = np.empty_like(array)
+            reordered[:, permutation] = array
+            array = reordered
+        arrays[name] = array
+    return arrays
 
 
 def _settle_layouts(loose: LooseVariables, flax_calls: list[Call], torch_calls: list[Call]) -> LooseVariables:
@@ -239,7 +375,7 @@ def _reconcile(
             _, torch_calls = capture_torch(port, *torch_inputs)
         if not _repair_by_inputs(guessed, torch_calls):
             break
-        _copy(_planned_copies(matching, loose, flax_calls))
+        _copy(_planned_copies(matching, loose, flax_calls, None))
     if _reproduces(port, flax_out, torch_inputs):
         return
     with torch.no_grad():
@@ -249,7 +385,7 @@ def _reconcile(
         for order in itertools.islice(itertools.permutations(partners), 1, _MAX_PERMUTATIONS):
             for pair, partner in zip(group, order, strict=True):
                 pair.torch = partner
-            _copy(_planned_copies(matching, loose, flax_calls))
+            _copy(_planned_copies(matching, loose, flax_calls, None))
             if _reproduces(port, flax_out, torch_inputs):
                 moved = "; ".join(f"Flax {p.flax.name} -> torch {p.torch.name}" for p in group)
                 warnings.warn(
@@ -262,7 +398,7 @@ def _reconcile(
                 return
         for pair, partner in zip(group, partners, strict=True):  # none reproduces it: call order, as it was
             pair.torch = partner
-        _copy(_planned_copies(matching, loose, flax_calls))
+        _copy(_planned_copies(matching, loose, flax_calls, None))
 
 
 # Assignments tried among layers fed the same input (4 layers: every one).
@@ -345,6 +481,16 @@ def _reproduces(port: torch.nn.Module, flax_out: Any, torch_inputs: tuple[tuple[
     if any(f.size != t.size for f, t in zip(flax_leaves, torch_leaves, strict=True)):
         return True
     return all(_close(f, t.reshape(f.shape)) for f, t in zip(flax_leaves, torch_leaves, strict=True))
+
+
+def _require_materialised(port: torch.nn.Module) -> None:
+    """A port with tensors on the meta device has no storage to load into: refused, never 'loaded' in silence."""
+    meta = next((name for name, t in [*port.named_parameters(), *port.named_buffers()] if t.is_meta), None)
+    if meta is not None:
+        raise InvalidArgumentError(
+            f"torch_module has tensors on the meta device ({meta}): they hold no values to load into; build it "
+            "on a device (or call torch_module.to_empty(device='cpu')) first"
+        )
 
 
 def _copy(copies: list[tuple[torch.Tensor, np.ndarray]]) -> None:
