@@ -1,7 +1,7 @@
 """Kinks: where a relu's input lies at (or within rounding of) 0, a correct port may take the other
 branch or another convention (``clamp(min=0)`` passes the gradient at 0, ``relu`` does not), so its gradients
-may differ there. Such input rows are left out of the gradient comparison (a tree: once it fails with them;
-a chain: up front, at its relu positions), and a real gradient mistake is still caught on the other rows."""
+may differ there. Such input rows are left out of the gradient comparison once it fails with them (chains and trees
+alike), and a real gradient mistake is still caught on the other rows."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 from tree_models import ClampedPort, ReluMLP
 
 import bridge
@@ -62,15 +63,45 @@ def test_kinks_are_found_inside_jitted_and_custom_derivative_calls() -> None:
     assert kinks(lambda v: jnp.tanh(v) * 2.0 + jnp.exp(v), x) == []  # smooth functions meet none
 
 
-def test_a_chain_leaves_out_the_row_whose_relu_input_lies_within_its_tolerance_of_zero() -> None:
-    """A chain knows its relu positions: the row whose first Dense output has an element within rounding
-    of 0 (its bias set to cancel that row's product) is left out of the gradients, the others are judged."""
+class _Clamp(torch.nn.Module):
+    """relu as ``clamp(min=0)``: the same outputs, but the gradient at 0 passes (relu's is 0)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=0)
+
+
+def test_a_chain_leaves_out_a_row_at_a_kink_only_once_its_gradients_fail_with_it() -> None:
+    """Chains and trees alike: a row whose relu input is 0 (a zero row, zero biases) is judged while the
+    gradients pass with it (the converter's own port), and left out only when they fail with it (a port
+    whose relu passes the gradient at 0); a real mistake is still caught on the other rows."""
     model = nn.Sequential([nn.Dense(4), nn.relu, nn.Dense(2)])
     x = np.random.default_rng(1).standard_normal((6, 3)).astype(np.float32)
-    variables = jax.tree_util.tree_map(np.array, model.init(jax.random.PRNGKey(0), x))
-    dense = variables["params"]["layers_0"]
-    product = x[2].astype(np.float64) @ dense["kernel"][:, 0].astype(np.float64)
-    dense["bias"][0] = np.float32(-product)  # row 2's first pre-activation: 0 up to float32 rounding
-    report = bridge.check_equivalence(model, variables, bridge.to_torch(model, variables), x)
+    x[2] = 0.0
+    variables = model.init(jax.random.PRNGKey(0), x)
+    exact = bridge.to_torch(model, variables)
+    report = bridge.check_equivalence(model, variables, exact, x)
+    assert report.ok, str(report)
+    assert report.settings["gradient_rows_dropped_at_kinks"] == 0
+    clamped = torch.nn.Sequential(exact[0], _Clamp(), exact[2])
+    report = bridge.check_equivalence(model, variables, clamped, x)
     assert report.ok, str(report)
     assert report.settings["gradient_rows_dropped_at_kinks"] == 1
+    assert "1 near a kink" in str(report)
+    doubled = torch.nn.Sequential(exact[0], _Clamp(), _DoubledBackward(exact[2]))
+    report = bridge.check_equivalence(model, variables, doubled, x)
+    assert not report.ok
+    assert all(row.ok for row in report.layers)
+    assert report.settings["gradient_rows_dropped_at_kinks"] == 1
+    assert not all(g.comparison.ok for g in report.gradients)
+
+
+class _DoubledBackward(torch.nn.Module):
+    """A Linear whose forward is right and whose backward doubles every gradient (a wrong custom backward)."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.linear(x)
+        return 2 * y - y.detach()

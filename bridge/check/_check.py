@@ -18,12 +18,12 @@ from .._tensors import is_float, to_numpy
 from .._validate import require_mapping, require_port, require_variables
 from ..capture import Step, Variables, chain_calls, discover_chain, flax_layer_outputs, torch_chain_calls
 from ..match import Pair, chain_steps, find_input_permutations, match_positions
-from ..rules import LayerRule, rule_or_none
+from ..rules import rule_or_none
 from ._check_tree import check_tree, pair_row, run_isolated
 from ._compare import compare
 from ._divergence import Detail, first_divergence
 from ._flax_runs import FlaxRuns, other_dtype
-from ._gradients import compare_gradients
+from ._gradients import JudgedGradients, judge_gradients
 from ._outputs import in_flax_layout, projected_sum
 from ._prepare import (
     CheckOptions,
@@ -38,13 +38,12 @@ from ._prepare import (
 from ._report import (
     Divergence,
     EquivalenceReport,
-    GradientRow,
     LayerRow,
     SeedSweepReport,
     describe_inputs,
     describe_tolerance,
 )
-from ._rows import finite_rows, first_nonfinite, rows_near_kink
+from ._rows import first_nonfinite
 from ._sweep import sweep_seeds
 
 Loss = Callable[[Any], Any]
@@ -274,48 +273,38 @@ def _check_chain(
             row, detail = pair_row(step.index, pair, call.name, torch_y, isolated_y, (bound_iso, bound_e2e))
             rows.append(row)
             details.append(detail)
-        positions.append(_Position(step, rule, pair, x_in, y, tol_in, bound_e2e))
+        positions.append(_Position(step, pair, bound_e2e))
         tol_in = bound_e2e
     flax_final = np.asarray(flax_outputs[-1], np.float64)
     output = compare(
         flax_final, in_flax_layout(to_numpy(torch_final), flax_final, channels_last), positions[-1].bound_e2e
     )
 
-    gradient_rows: tuple[GradientRow, ...] = ()
-    dropped = dropped_nonfinite = 0
+    judged = JudgedGradients((), 0, 0, 0)
     if options.grads and not problems:
-        single_sample = x.ndim < 2 and is_float(x.dtype)  # nothing to leave out
-        smooth = np.ones(len(x), bool) if single_sample else _rows_away_from_kinks(positions)
-        finite = finite_rows((a for p in positions for a in (p.x, p.y)), 1 if single_sample else len(x))
-        dropped = int(np.count_nonzero(~smooth & finite))
-        dropped_nonfinite = int(np.count_nonzero(~finite))
-        smooth &= finite
-        if single_sample and not finite.all():
-            smooth = np.zeros(1, bool)
-        if smooth.any():
-            judged = x if single_sample else x[smooth]
-            differentiable = is_float(x.dtype)
-            runs = FlaxRuns(
-                model,
-                variables,
-                (jnp.asarray(judged),),
-                {},
-                options.loss or projected_sum,
-                wrt_inputs=differentiable,
-                other=other_dtype(x.dtype if differentiable else np.float32),
-            )
-            progress.step("comparing the gradients")
-            gradient_rows, _ = compare_gradients(
-                runs,
-                torch_module,
-                (torch_argument(judged, channels_last),),
-                {},
-                matching.pairs,
-                flax_outputs[-1] if single_sample else flax_outputs[-1][smooth],
-                precision=Precision.of(x.dtype if differentiable else np.float32),
-                tolerance=tolerance,
-                channels_last=channels_last,
-            )
+        differentiable = is_float(x.dtype)
+        runs = FlaxRuns(
+            model,
+            variables,
+            (jnp.asarray(x),),
+            {},
+            options.loss or projected_sum,
+            wrt_inputs=differentiable,
+            other=other_dtype(x.dtype if differentiable else np.float32),
+        )
+        progress.step("comparing the gradients")
+        judged = judge_gradients(
+            runs,
+            torch_module,
+            ((torch_argument(x, channels_last),), {}),
+            matching.pairs,
+            flax_outputs[-1],
+            (x, *flax_outputs),
+            precision=Precision.of(x.dtype if differentiable else np.float32),
+            tolerance=tolerance,
+            channels_last=channels_last,
+        )
+    gradient_rows = judged.rows
 
     first = first_divergence(
         tuple(rows),
@@ -343,10 +332,10 @@ def _check_chain(
             "tolerance": describe_tolerance(tolerance),
             "inputs": describe_inputs([x.shape], seed if inputs is None else None),
             "grads": bool(options.grads),
-            "gradient_rows_dropped_at_kinks": dropped,
+            "gradient_rows_dropped_at_kinks": judged.dropped_at_kinks,
             # NaN/Inf in a row's forward pass leave its gradients undefined (JAX's relu passes 0 at NaN,
             # torch's NaN): such rows are not judged, their outputs are (NaN against NaN is equal)
-            "gradient_rows_dropped_nonfinite": dropped_nonfinite,
+            "gradient_rows_dropped_nonfinite": judged.dropped_nonfinite,
             "nonfinite_outputs": {
                 "flax": int(np.count_nonzero(~np.isfinite(flax_final))),
                 "torch": int(np.count_nonzero(~np.isfinite(np.asarray(to_numpy(torch_final), np.float64)))),
@@ -368,32 +357,12 @@ def assert_equivalent(
 
 
 class _Position(NamedTuple):
-    """What the gradient rows and the structure problem need of one chain position: its Flax layer and the
-    pair of calls (None without a torch layer), the Flax input and output, and the tolerances of its input and
-    output end to end."""
+    """What the output and the structure problem need of one chain position: its Flax layer, the pair of
+    calls (None without a torch layer) and the tolerance of its output end to end."""
 
     step: Step
-    rule: LayerRule | None
     pair: Pair | None
-    x: np.ndarray
-    y: np.ndarray
-    bound_in: np.ndarray
     bound_e2e: np.ndarray
-
-
-def _rows_away_from_kinks(positions: Sequence[_Position]) -> np.ndarray:
-    """Input rows (first axis) where no layer input lies within its tolerance of a kink (relu at 0):
-    there the two sides may take different branches, and their gradients legitimately differ."""
-    rows = len(positions[0].x)
-    smooth = np.ones(rows, bool)
-    for p in positions:
-        if p.rule is None or not p.rule.kinks:
-            continue
-        x64 = np.asarray(p.x, np.float64)
-        tolerance = np.where(p.bound_in > 0, p.bound_in, -1.0)  # an exact input takes the same branch on both sides
-        for kink in p.rule.kinks:
-            smooth &= ~rows_near_kink(x64, kink, np.broadcast_to(tolerance, x64.shape), rows)
-    return smooth
 
 
 def _structure_divergence(positions: Sequence[_Position], structure: tuple[int, str] | None) -> Divergence | None:

@@ -49,11 +49,11 @@ from . import _gradients
 from ._compare import Comparison, compare
 from ._divergence import Detail, first_divergence
 from ._flax_runs import FlaxRuns, as_dtype, error_scale, other_dtype
-from ._gradients import calibration_against, compare_gradients
+from ._gradients import JudgedGradients, calibration_against, judge_gradients
 from ._outputs import first_array, in_flax_layout, in_torch_order, keyed_like, output_leaves, projected_sum
 from ._prepare import CheckOptions, explicit_tolerance, floating_dtype
-from ._report import Divergence, EquivalenceReport, GradientRow, LayerRow, describe_inputs, describe_tolerance
-from ._rows import batch_rows, finite_rows, first_nonfinite, rows_near_kink, take_rows
+from ._report import Divergence, EquivalenceReport, LayerRow, describe_inputs, describe_tolerance
+from ._rows import first_nonfinite
 
 Loss = Callable[[Any], Any]
 
@@ -131,47 +131,24 @@ def check_tree(
         for c in matching.unmatched_flax
     ]
     runs.release_outputs()  # float64 call outputs: no longer needed, and the gradients are the memory peak
-    gradient_rows: tuple[GradientRow, ...] = ()
-    dropped: dict[str, int] = {}
+    judged = JudgedGradients((), 0, 0, 0)
     if grads and not problems:
         progress.step("comparing the gradients")
-        # rows with NaN or Inf anywhere in the Flax forward pass have undefined gradients: judged without them
-        values = (*output_leaves((args, kwargs)), *(leaf for call in flax_calls for leaf in output_leaves(call.output)))
-        finite = finite_rows(values, batch_rows(output_leaves(args)))
-        dropped["nonfinite"] = int(np.count_nonzero(~finite))
-
-        def judge(keep: np.ndarray) -> tuple[FlaxRuns, tuple[GradientRow, ...]]:
-            """The gradients on the kept rows (the runs at hand where every row is kept)."""
-            nonlocal calibrated
-            judged, on_torch, out = runs, (torch_args, torch_kwargs), flax_out
-            if not keep.all():
-                kept_args, kept_kwargs = take_rows((args, kwargs), keep)
-                judged = FlaxRuns(
-                    model, variables, kept_args, kept_kwargs, loss or projected_sum, wrt_inputs=wrt_inputs, other=other
-                )
-                on_torch, out = take_rows(on_torch, keep), take_rows(flax_out, keep)
-            found, count = compare_gradients(
-                judged,
-                port,
-                *on_torch,
-                matching.pairs,
-                out,
-                precision=precision,
-                tolerance=tolerance,
-                channels_last=channels_last,
-                loose=loose.pairs,
-            )
-            calibrated += count
-            return judged, found
-
-        if finite.any():
-            judged, gradient_rows = judge(finite)
-            if not all(g.comparison.ok for g in gradient_rows):  # near a kink a correct port may branch apart
-                smooth = finite.copy()
-                smooth[finite] = _rows_away_from_kinks(judged, int(np.count_nonzero(finite)), precision)
-                dropped["at_kinks"] = int(np.count_nonzero(finite & ~smooth))
-                if smooth.any() and dropped["at_kinks"]:  # judged again on the other rows
-                    _, gradient_rows = judge(smooth)
+        judged = judge_gradients(
+            runs,
+            port,
+            (torch_args, torch_kwargs),
+            matching.pairs,
+            flax_out,
+            # rows with NaN or Inf anywhere in the Flax forward pass have undefined gradients: judged without them
+            (*output_leaves((args, kwargs)), *(leaf for call in flax_calls for leaf in output_leaves(call.output))),
+            precision=precision,
+            tolerance=tolerance,
+            channels_last=channels_last,
+            loose=loose.pairs,
+        )
+        calibrated += judged.calibrated
+    gradient_rows = judged.rows
     structure = None
     if problems:
         call = matching.unmatched_flax[0]
@@ -221,10 +198,10 @@ def check_tree(
             "calibrated": calibrated,
             "inputs": describe_inputs([np.shape(a) for a in output_leaves((args, kwargs))]),
             "grads": bool(grads),
-            "gradient_rows_dropped_nonfinite": dropped.get("nonfinite", 0),
+            "gradient_rows_dropped_nonfinite": judged.dropped_nonfinite,
             # rows near a kink (relu's input within its tolerance of 0), left out where the gradients failed with
             # them and some rows remain: the gradients were then judged on the others
-            "gradient_rows_dropped_at_kinks": dropped.get("at_kinks", 0),
+            "gradient_rows_dropped_at_kinks": judged.dropped_at_kinks,
             "matched": f"{sum(p.rule is not None for p in matching.pairs)} layers, "
             f"{sum(p.rule is None for p in matching.pairs)} composites",
             "unmatched_torch": [f"{c.name} ({c.kind})" for c in matching.unmatched_torch],
@@ -266,26 +243,6 @@ def _refuse_own_compute_dtypes(model: Any, calls: Sequence[Call], dtype: Any) ->
         own = getattr(call.module, "dtype", None)
         if own is not None and jax.numpy.dtype(own) != jax.numpy.dtype(dtype):
             raise flax_model.own_compute_dtype_error(call.name or "the model", call.module, dtype, model)
-
-
-def _rows_away_from_kinks(runs: FlaxRuns, rows: int, precision: Precision) -> np.ndarray:
-    """Input rows (first axis) where no kink the Flax model meets (``bridge._jaxpr.kinks``) has an input within
-    its tolerance of the kink: the calibration of its drift against the run in the other precision, as a
-    tree's end-to-end tolerances are. Every row where the model cannot be walked op by op."""
-    smooth = np.ones(rows, bool)
-    try:
-        own, other = runs.kinks()
-    except Exception:  # the user's model code may raise anything: no row is known to be near a kink
-        return smooth
-    if len(own) != len(other):
-        return smooth
-    scale = error_scale(precision, runs.other)
-    for kink, wide in zip(own, other, strict=True):
-        if kink.input.shape != wide.input.shape:
-            continue
-        x = np.asarray(kink.input, np.float64)
-        smooth &= ~rows_near_kink(x, kink.at, calibration_against(x, wide.input, scale), rows)
-    return smooth
 
 
 def _dtype_name(value: Any) -> str:

@@ -9,6 +9,7 @@ graphdef (its structure and settings), since the object itself can change betwee
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,6 +25,7 @@ from .._jaxpr import Kink, first_narrowing, kinks
 from .._numerics import Precision, unit_roundoff
 from .._tensors import is_array, is_float, plain_tree
 from ..capture import capture_flax, capture_nnx
+from ._rows import take_rows
 
 Loss = Callable[[Any], Any]
 
@@ -51,6 +53,13 @@ class FlaxRuns:
         self.model, self.variables, self.loss = model, dict(variables or {}), loss
         self.args, self.kwargs, self.fixed = _split_fixed(tuple(args), dict(kwargs))
         self.wrt_inputs, self.other = wrt_inputs, np.dtype(other)
+
+    def on_rows(self, keep: np.ndarray) -> FlaxRuns:
+        """The same runs (model, variables, loss) on the kept rows (first axis) of the array arguments."""
+        kept = copy.copy(self)
+        vars(kept).pop("_wide", None)  # the other precision's results belong to all the rows
+        kept.args, kept.kwargs = take_rows((self.args, self.kwargs), keep)
+        return kept
 
     @property
     def differentiable(self) -> bool:

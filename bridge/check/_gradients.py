@@ -13,8 +13,8 @@ verdicts are the same.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -25,8 +25,9 @@ from .._tensors import is_float, to_numpy
 from ..match import LoosePair, Pair, tensor_holders, tied_variables
 from ._compare import compare
 from ._flax_runs import FlaxRuns, error_scale
-from ._outputs import in_flax_layout, keyed_like
+from ._outputs import in_flax_layout, keyed_like, output_leaves
 from ._report import GradientRow
+from ._rows import batch_rows, finite_rows, rows_near_kink, take_rows
 
 Loss = Callable[[Any], Any]
 
@@ -54,6 +55,92 @@ def calibration_against(value: np.ndarray, reference: Any, scale: float) -> np.n
     """``calibration`` of ``value``'s own error as measured by ``reference``, the same computation in the other
     precision; ``scale`` (``_flax_runs.error_scale``) turns their difference into that error."""
     return calibration(scale * (np.asarray(value, np.float64) - np.asarray(reference, np.float64)))
+
+
+class JudgedGradients(NamedTuple):
+    """The gradient rows, the input rows they were judged without (forward NaN/Inf; near a kink), and how
+    many comparisons needed the calibration."""
+
+    rows: tuple[GradientRow, ...]
+    dropped_nonfinite: int
+    dropped_at_kinks: int
+    calibrated: int
+
+
+def judge_gradients(
+    runs: FlaxRuns,
+    port: torch.nn.Module,
+    torch_inputs: tuple[tuple[Any, ...], dict[str, Any]],
+    pairs: Sequence[Pair],
+    flax_output: Any,
+    forward_values: Iterable[Any],
+    *,
+    precision: Precision,
+    tolerance: Tolerance | None,
+    channels_last: bool,
+    loose: Sequence[LoosePair] = (),
+) -> JudgedGradients:
+    """``compare_gradients`` on the input rows whose Flax forward pass (``forward_values``: the inputs and
+    every recorded output) is finite, NaN/Inf leaving a row's gradients undefined; where a gradient then
+    fails, judged again without the rows near a kink the model meets (relu's input within its tolerance of
+    0: a correct port may take the other branch there, or pass the gradient at 0 as ``clamp`` does), so that
+    a real mistake is still caught on the others. Chains and trees alike."""
+    rows = batch_rows(output_leaves(runs.args))
+    finite = finite_rows(forward_values, rows)
+    dropped_nonfinite = int(np.count_nonzero(~finite))
+    calibrated = 0
+
+    def judge(keep: np.ndarray) -> tuple[FlaxRuns, tuple[GradientRow, ...]]:
+        """The gradients on the kept rows (the runs at hand where every row is kept)."""
+        nonlocal calibrated
+        judged, on_torch, out = runs, torch_inputs, flax_output
+        if not keep.all():
+            judged, on_torch, out = runs.on_rows(keep), take_rows(torch_inputs, keep), take_rows(flax_output, keep)
+        found, count = compare_gradients(
+            judged,
+            port,
+            *on_torch,
+            pairs,
+            out,
+            precision=precision,
+            tolerance=tolerance,
+            channels_last=channels_last,
+            loose=loose,
+        )
+        calibrated += count
+        return judged, found
+
+    if not finite.any():
+        return JudgedGradients((), dropped_nonfinite, 0, 0)
+    judged, gradient_rows = judge(finite)
+    dropped_at_kinks = 0
+    if not all(g.comparison.ok for g in gradient_rows):
+        smooth = finite.copy()
+        smooth[finite] = _rows_away_from_kinks(judged, int(np.count_nonzero(finite)), precision)
+        dropped_at_kinks = int(np.count_nonzero(finite & ~smooth))
+        if smooth.any() and dropped_at_kinks:
+            _, gradient_rows = judge(smooth)
+    return JudgedGradients(gradient_rows, dropped_nonfinite, dropped_at_kinks, calibrated)
+
+
+def _rows_away_from_kinks(runs: FlaxRuns, rows: int, precision: Precision) -> np.ndarray:
+    """Input rows (first axis) where no kink the Flax model meets (``bridge._jaxpr.kinks``) has an input within
+    its tolerance of the kink: the calibration of its drift against the run in the other precision, as the
+    end-to-end tolerances are. Every row where the model cannot be walked op by op."""
+    smooth = np.ones(rows, bool)
+    try:
+        own, other = runs.kinks()
+    except Exception:  # the user's model code may raise anything: no row is known to be near a kink
+        return smooth
+    if len(own) != len(other):
+        return smooth
+    scale = error_scale(precision, runs.other)
+    for kink, wide in zip(own, other, strict=True):
+        if kink.input.shape != wide.input.shape:
+            continue
+        x = np.asarray(kink.input, np.float64)
+        smooth &= ~rows_near_kink(x, kink.at, calibration_against(x, wide.input, scale), rows)
+    return smooth
 
 
 def compare_gradients(

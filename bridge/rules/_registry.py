@@ -57,8 +57,6 @@ class LayerRule:
     kind: ClassVar[str]
     flax_keys: ClassVar[tuple[Any, ...]]
     torch_types: ClassVar[tuple[type[torch.nn.Module], ...]]
-    # Inputs where the layer's derivative jumps (relu: 0): gradients there depend on rounding.
-    kinks: ClassVar[tuple[float, ...]] = ()
     # torch state-dict entries with no Flax counterpart, left at torch's value (BatchNorm's counter).
     torch_only_keys: ClassVar[tuple[str, ...]] = ()
     # Whether ``error_bound`` accepts ``BoundInputs(stacked=True)`` (a leading seed axis on the inputs and

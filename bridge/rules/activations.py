@@ -46,15 +46,14 @@ class Argument(NamedTuple):
 
 
 class Activation(NamedTuple):
-    """An activation in both frameworks. ``slope`` bounds its derivative (how input errors grow);
-    ``kinks`` are the inputs where the derivative jumps (gradients there depend on rounding)."""
+    """An activation in both frameworks. ``slope`` bounds its derivative (how input errors grow). Where its
+    derivative jumps (relu at 0) is found in the model's jaxpr by the checker (``bridge._jaxpr.kinks``)."""
 
     kind: str
     function: Callable[..., jax.Array]
     torch_type: type[torch.nn.Module]
     arguments: tuple[Argument, ...] = ()
     slope: float = 1.0
-    kinks: tuple[float, ...] = ()
     exact: bool = False  # computed without rounding (relu): only the input error passes through
 
 
@@ -67,7 +66,7 @@ def _dim_to_flax(dim: Any) -> int:
 _AXIS = Argument("axis", "dim", -1, to_flax=_dim_to_flax)
 
 ACTIVATIONS: tuple[Activation, ...] = (
-    Activation("relu", jax.nn.relu, torch.nn.ReLU, kinks=(0.0,), exact=True),
+    Activation("relu", jax.nn.relu, torch.nn.ReLU, exact=True),
     Activation(
         "gelu",
         jax.nn.gelu,
@@ -78,18 +77,17 @@ ACTIVATIONS: tuple[Activation, ...] = (
     Activation("tanh", jnp.tanh, torch.nn.Tanh),
     Activation("sigmoid", jax.nn.sigmoid, torch.nn.Sigmoid),
     Activation("silu", jax.nn.silu, torch.nn.SiLU, slope=1.1),
-    Activation("elu", jax.nn.elu, torch.nn.ELU, (Argument("alpha", "alpha", 1.0),), kinks=(0.0,)),
+    Activation("elu", jax.nn.elu, torch.nn.ELU, (Argument("alpha", "alpha", 1.0),)),
     Activation(
         "leaky_relu",
         jax.nn.leaky_relu,
         torch.nn.LeakyReLU,
         (Argument("negative_slope", "negative_slope", 0.01),),
-        kinks=(0.0,),
     ),
     Activation("softplus", jax.nn.softplus, torch.nn.Softplus),
-    Activation("selu", jax.nn.selu, torch.nn.SELU, slope=1.76, kinks=(0.0,)),
-    Activation("celu", jax.nn.celu, torch.nn.CELU, (Argument("alpha", "alpha", 1.0),), kinks=(0.0,)),
-    Activation("hard_tanh", jax.nn.hard_tanh, torch.nn.Hardtanh, kinks=(-1.0, 1.0), exact=True),
+    Activation("selu", jax.nn.selu, torch.nn.SELU, slope=1.76),
+    Activation("celu", jax.nn.celu, torch.nn.CELU, (Argument("alpha", "alpha", 1.0),)),
+    Activation("hard_tanh", jax.nn.hard_tanh, torch.nn.Hardtanh, exact=True),
     Activation("softmax", jax.nn.softmax, torch.nn.Softmax, (_AXIS,)),
     Activation("log_softmax", jax.nn.log_softmax, torch.nn.LogSoftmax, (_AXIS,), slope=2.0),
 )
@@ -153,7 +151,6 @@ def _register(activation: Activation) -> type[ActivationRule]:
             "kind": activation.kind,
             "flax_keys": (activation.function,),
             "torch_types": (activation.torch_type,),
-            "kinks": activation.kinks,
             "elementwise": _AXIS not in activation.arguments,  # softmax is over an axis: not layout-free
         },
     )
