@@ -123,7 +123,7 @@ def test_user_port_with_a_bug_exits_1_and_names_it(ports_dir: Path) -> None:
     )
     assert result.returncode == 1, result.stderr
     assert result.stdout.strip() == (
-        "NOT EQUIVALENT: the Flax weights do not fit the port: layer 1 (relu): expected torch ReLU, found Tanh"
+        "NOT EQUIVALENT: the Flax weights do not fit the port: cannot load into the torch module: Flax relu -> torch 1: expected torch ReLU, found Tanh"
     )
 
 

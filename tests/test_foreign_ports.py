@@ -91,6 +91,36 @@ def test_a_port_parameter_nothing_compares_makes_the_check_fail(token_block: tup
     assert report.settings["unfilled_torch_buffers"] == ["table"]
 
 
+class _LinearWithSpare(torch.nn.Module):
+    """A Linear of the user's own holding one parameter more, which its forward never reads."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        self.weight, self.bias = linear.weight, linear.bias
+        self.spare = torch.nn.Parameter(torch.zeros(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.weight, self.bias)
+
+
+def test_a_chain_position_holding_a_parameter_nothing_compares_fails_as_a_tree_would() -> None:
+    """Chains and trees alike: a position's module holding a tensor beyond its rule's is unchecked, listed,
+    and NOT EQUIVALENT unless allowed; load_into refuses to leave it unfilled."""
+    model = nn.Sequential([nn.Dense(4), nn.relu, nn.Dense(2)])
+    x = np.random.default_rng(0).standard_normal((5, 3)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    exact = bridge.to_torch(model, variables)
+    port = torch.nn.Sequential(exact[0], exact[1], _LinearWithSpare(exact[2]))
+    report = bridge.check_equivalence(model, variables, port, x)
+    assert not report.ok
+    assert report.settings["unchecked_torch"] == ["2.spare"]
+    assert any("unchecked" in p and "2.spare" in p for p in report.problems), report.problems
+    assert all(row.ok for row in report.layers)
+    assert bridge.check_equivalence(model, variables, port, x, allow_unchecked=True).ok
+    with pytest.raises(bridge.LayerMismatchError, match=r"torch 2: torch tensors no Flax variable fills: spare"):
+        bridge.load_into(model, variables, port)
+
+
 def test_a_layer_the_port_does_not_port_is_not_filled_by_shape(token_block: tuple[nn.Module, Any]) -> None:
     model, variables = token_block
     port = bridge.load_into(model, variables, TorchTokenBlock(), inputs=X)

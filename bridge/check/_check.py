@@ -17,7 +17,7 @@ from .._numerics import Precision
 from .._tensors import is_float, to_numpy
 from .._validate import require_mapping, require_port, require_variables
 from ..capture import Step, Variables, chain_calls, discover_chain, flax_layer_outputs, torch_chain_calls
-from ..match import Pair, chain_steps, find_input_permutations, match_positions
+from ..match import LooseVariables, Pair, chain_steps, find_input_permutations, match_positions
 from ..rules import rule_or_none
 from ._check_tree import check_tree, pair_row, run_isolated
 from ._compare import compare
@@ -44,6 +44,7 @@ from ._report import (
     describe_tolerance,
 )
 from ._rows import first_nonfinite
+from ._settings import nonfinite_outputs, report_settings, unchecked_problem, unfilled_port_tensors
 from ._sweep import sweep_seeds
 
 Loss = Callable[[Any], Any]
@@ -135,8 +136,9 @@ def check_equivalence(
             arguments for the model's ``apply`` (integer arrays too).
         torch_inputs: the port's arguments where its signature differs (trees); by default ``inputs``
             as tensors, NHWC moved to NCHW when ``channels_last`` is False.
-        allow_unchecked: trees: port parameters that no Flax variable fills (so that nothing compares them)
-            are listed, and make the verdict NOT EQUIVALENT unless this is True.
+        allow_unchecked: port parameters that no Flax variable fills (so that nothing compares them: a tensor
+            outside every matched layer, or one a port's module holds beyond what its rule accounts for) are
+            listed, and make the verdict NOT EQUIVALENT unless this is True.
         mapping: ``{"Block_0/Dense_1": "blocks.0.fc2", ...}`` (fnmatch globs allowed) pairs calls before
             the structural matching (trees).
         dtype: cast both sides' floating variables and the inputs to it, chains and trees (``"float64"``
@@ -315,6 +317,10 @@ def _check_chain(
         gradient_rows,
         channels_last,
     )
+    # a chain has no loose variables (every one belongs to a position), but a position's module may hold more
+    unchecked, unfilled_buffers = unfilled_port_tensors(torch_module, matching.pairs, _NO_LOOSE)
+    if unchecked and not options.allow_unchecked:
+        problems.append(unchecked_problem(unchecked))
     ok = not problems and all(row.ok for row in rows) and output.ok and all(g.comparison.ok for g in gradient_rows)
     return EquivalenceReport(
         ok=ok,
@@ -327,20 +333,21 @@ def _check_chain(
             "flax": first_nonfinite(flax_outputs),
             "torch": first_nonfinite([to_numpy(c.output) for c in torch_calls]),
         },
-        settings={
-            "dtype": np.dtype(x.dtype).name,
-            "tolerance": describe_tolerance(tolerance),
-            "inputs": describe_inputs([x.shape], seed if inputs is None else None),
-            "grads": bool(options.grads),
-            "gradient_rows_dropped_at_kinks": judged.dropped_at_kinks,
-            # NaN/Inf in a row's forward pass leave its gradients undefined (JAX's relu passes 0 at NaN,
-            # torch's NaN): such rows are not judged, their outputs are (NaN against NaN is equal)
-            "gradient_rows_dropped_nonfinite": judged.dropped_nonfinite,
-            "nonfinite_outputs": {
-                "flax": int(np.count_nonzero(~np.isfinite(flax_final))),
-                "torch": int(np.count_nonzero(~np.isfinite(np.asarray(to_numpy(torch_final), np.float64)))),
-            },
-        },
+        settings=report_settings(
+            dtype=np.dtype(x.dtype).name,
+            tolerance=describe_tolerance(tolerance),
+            inputs=describe_inputs([x.shape], seed if inputs is None else None),
+            grads=bool(options.grads),
+            judged=judged,
+            calibrated=0,  # a chain's tolerances are its rules' bounds, propagated: no float64 run
+            pairs=matching.pairs,
+            unmatched_torch=matching.unmatched_torch,
+            loose=_NO_LOOSE,
+            unchecked=unchecked,
+            unfilled_buffers=unfilled_buffers,
+            not_judged=(),
+            nonfinite=nonfinite_outputs(flax_outputs[-1], torch_final),
+        ),
     )
 
 
@@ -354,6 +361,9 @@ def assert_equivalent(
     if not report.ok:
         raise NotEquivalentError(f"the torch port is not equivalent to the Flax model:\n{report}", report)
     return report
+
+
+_NO_LOOSE = LooseVariables((), (), ())
 
 
 class _Position(NamedTuple):

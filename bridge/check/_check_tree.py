@@ -36,12 +36,10 @@ from .._tensors import is_array, is_float
 from ..capture import Call, capture_flax, capture_torch
 from ..match import (
     Pair,
-    describe_ties,
     find_input_permutations,
     match_calls,
     match_loose,
     pair_own_calls,
-    tied_variables,
     unpaired_flax,
 )
 from ..rules import BoundInputs, LayerRule
@@ -54,6 +52,7 @@ from ._outputs import first_array, in_flax_layout, in_torch_order, keyed_like, o
 from ._prepare import CheckOptions, explicit_tolerance, floating_dtype
 from ._report import Divergence, EquivalenceReport, LayerRow, describe_inputs, describe_tolerance
 from ._rows import first_nonfinite
+from ._settings import nonfinite_outputs, report_settings, unchecked_problem, unfilled_port_tensors
 
 Loss = Callable[[Any], Any]
 
@@ -165,15 +164,9 @@ def check_tree(
     )
     # parameters nothing compares: silently unchecked is how a wrong port passes (a buffer no Flax variable
     # fills is a constant of the port's, a rotary table: its effect is judged through the outputs)
-    parameter_names = {name for name, _ in port.named_parameters()}
-    unchecked = [name for name in loose.unfilled_torch if name in parameter_names]
+    unchecked, unfilled_buffers = unfilled_port_tensors(port, judged_pairs, loose)
     if unchecked and not options.allow_unchecked:
-        problems.append(
-            f"{len(unchecked)} port parameters are compared with no Flax variable (unchecked): "
-            + ", ".join(unchecked[:8])
-            + (", ..." if len(unchecked) > 8 else "")
-            + "; port or pair them (mapping=), or pass allow_unchecked=True if they do not matter"
-        )
+        problems.append(unchecked_problem(unchecked))
     ok = not problems and all(r.ok for r in rows) and output.ok and all(g.comparison.ok for g in gradient_rows)
     return EquivalenceReport(
         ok=ok,
@@ -189,32 +182,21 @@ def check_tree(
             )
             for side in ("flax", "torch")
         },
-        settings={
-            "dtype": computes_in,
-            "tolerance": describe_tolerance(tolerance),
-            # Comparisons judged with the float64 calibration added: those that did not pass the rounding bounds
-            # alone, and every gradient once the float64 pass has run (the calibration only widens a tolerance,
-            # so a comparison passing without it passes with it: the verdicts are those of always calibrating)
-            "calibrated": calibrated,
-            "inputs": describe_inputs([np.shape(a) for a in output_leaves((args, kwargs))]),
-            "grads": bool(grads),
-            "gradient_rows_dropped_nonfinite": judged.dropped_nonfinite,
-            # rows near a kink (relu's input within its tolerance of 0), left out where the gradients failed with
-            # them and some rows remain: the gradients were then judged on the others
-            "gradient_rows_dropped_at_kinks": judged.dropped_at_kinks,
-            "matched": f"{sum(p.rule is not None for p in matching.pairs)} layers, "
-            f"{sum(p.rule is None for p in matching.pairs)} composites",
-            "unmatched_torch": [f"{c.name} ({c.kind})" for c in matching.unmatched_torch],
-            "tied": describe_ties(tied_variables(matching.pairs)),
-            # blocks whose own comparison failed while every matched layer and the output pass: the two sides
-            # take their arguments (a 0/1 mask vs an additive one) or cut their blocks differently
-            "composites_not_judged": not_judged,
-            # variables outside rule-backed layers, paired with port tensors of their shape (gradient rows too)
-            "loose_variables": [f"{p.flax_path} <-> {p.torch_name}" for p in loose.pairs],
-            "unchecked_torch": unchecked,
-            "unfilled_torch_buffers": [name for name in loose.unfilled_torch if name not in parameter_names],
-            "unpaired_flax_variables": list(loose.unfilled_flax),
-        },
+        settings=report_settings(
+            dtype=computes_in,
+            tolerance=describe_tolerance(tolerance),
+            inputs=describe_inputs([np.shape(a) for a in output_leaves((args, kwargs))]),
+            grads=bool(grads),
+            judged=judged,
+            calibrated=calibrated,
+            pairs=matching.pairs,
+            unmatched_torch=matching.unmatched_torch,
+            loose=loose,
+            unchecked=unchecked,
+            unfilled_buffers=unfilled_buffers,
+            not_judged=not_judged,
+            nonfinite=nonfinite_outputs(flax_out, keyed_like(torch_out, flax_out)),
+        ),
     )
 
 

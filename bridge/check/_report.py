@@ -176,12 +176,11 @@ def report_cells(report: EquivalenceReport) -> tuple[tuple[str, ...], list[tuple
     )
     rows: list[tuple[str, ...]] = []
     first = report.first_divergence
-    tree = "matched" in report.settings  # a call tree: each call indented under the one it runs in
     for row in report.layers:
         c = row.end_to_end
         marker = ">>" if first is not None and first.index == row.index else ("ok" if row.ok else "!!")
         path = row.flax_path or "-"
-        if tree and path != "(model)":
+        if path != "(model)":  # each call indented under the one it runs in (a chain's positions one level in)
             path = "  " * (path.count("/") + 1) + path.rsplit("/", 1)[-1]
         rows.append(
             (

@@ -36,6 +36,7 @@ from ..match import (
     signature,
     tensor_holders,
     tied_variables,
+    unaccounted_tensors,
     unpaired_flax,
 )
 from ._convert import check_variable_names, example_inputs, flatten_permutations, plan
@@ -261,12 +262,8 @@ def _planned_copies(
             else:
                 filled[id(tensor)] = (f"{pair.flax.name}", array)
                 copies.append((tensor, array))
-        left = [
-            n
-            for n in tensors
-            if n not in {held for held, _ in holders.values()}
-            and n.rsplit(".", 1)[-1] not in (*pair.rule.torch_only_keys, *constants)
-        ]
+        held_names = [name for name, _ in holders.values()]
+        left = unaccounted_tensors(pair.rule, pair.flax.module, pair.flax.variables, tensors, held_names)
         if left:
             problems.append(f"{where}: torch tensors no Flax variable fills: {', '.join(sorted(left))}")
         for name, value in constants.items():

@@ -118,3 +118,18 @@ def _rule_submodule(rule: LayerRule, module: torch.nn.Module) -> str | None:
     if len(found) != 1:
         return None
     return f"{found[0]}." if found[0] else ""
+
+
+def unaccounted_tensors(
+    rule: LayerRule,
+    layer: Any,
+    variables: Mapping[str, Mapping[str, Any]],
+    tensors: Mapping[str, Any],
+    held: Iterable[str],
+) -> list[str]:
+    """The names among ``tensors`` (a matched port module's, ``port_tensors``) that no Flax variable fills: not
+    ``held`` (``tensor_holders``' names), nor a constant of the rule (a LayerNorm's weight of ones), nor an entry
+    it leaves to torch (BatchNorm's counter); sorted."""
+    accounted = set(held)
+    left_to_torch = (*rule.torch_only_keys, *rule.torch_constants(layer, variables))
+    return sorted(n for n in tensors if n not in accounted and n.rsplit(".", 1)[-1] not in left_to_torch)
