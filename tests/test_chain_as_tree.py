@@ -11,19 +11,9 @@ import numpy as np
 import pytest
 import torch
 from conftest import sequential_mlp
+from tree_models import Wrapped
 
 import bridge
-
-
-class Wrapped(torch.nn.Module):
-    """The port as torch users often hold it: a Sequential inside a module (so it is checked as a tree)."""
-
-    def __init__(self, net: torch.nn.Sequential) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
 
 
 def _scale_weight(port: torch.nn.Sequential) -> None:
@@ -106,6 +96,41 @@ def test_a_chain_and_its_wrapped_port_get_the_same_verdict_and_report(mistake: s
         assert (first_chain.flax_path, first_chain.kind) == (first_tree.flax_path, first_tree.kind)
         assert first_tree.torch_name == "net." + first_chain.torch_name
         assert first_chain.hint == first_tree.hint
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES), ids=list(MISTAKES))
+def test_the_nnx_form_gets_the_verdict_of_the_linen_form_as_a_chain_and_as_a_tree(mistake: str) -> None:
+    """The same model written in NNX (``to_nnx`` of the correct port: the same weights), checked against the
+    same planted port as a chain and wrapped as a tree: every form finds the same verdict, at the same torch
+    module, diagnosed alike."""
+    model = sequential_mlp(8, 3)
+    x = np.random.default_rng(1).normal(size=(16, 5)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    port = bridge.to_torch(model, variables)
+    nnx_model = bridge.to_nnx(port)
+    plant = MISTAKES[mistake]
+    if plant is not None:
+        plant(port)
+    reports = {
+        "linen chain": bridge.check_equivalence(model, variables, port, x),
+        "linen tree": bridge.check_equivalence(model, variables, Wrapped(port), x),
+        "nnx chain": bridge.check_equivalence(nnx_model, None, port, x),
+        "nnx tree": bridge.check_equivalence(nnx_model, None, Wrapped(port), x),
+    }
+    for form, report in reports.items():
+        assert report.ok is (plant is None), f"{form}:\n{report}"
+        first = report.first_divergence
+        reference = reports["linen chain"].first_divergence
+        if reference is None:
+            assert first is None, form
+            continue
+        assert first is not None, form
+        # the same torch module, diagnosed alike (NNX names its layer Linear and its path layers/2: not compared)
+        assert (first.torch_name.removeprefix("net."), first.mode, first.hint) == (
+            reference.torch_name,
+            reference.mode,
+            reference.hint,
+        ), form
 
 
 def test_inputs_drawn_for_a_chain_are_described_alike_on_both_paths() -> None:

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 import torch
+from tree_models import Wrapped
 
 import bridge
 from bridge.torch_layers import ChannelsFirstFlatten, FlaxConv1d, FlaxConv2d
@@ -203,14 +204,6 @@ def test_a_channels_first_output_reaches_the_loss_and_the_input_gradient_in_flax
 def test_a_wrapped_stock_port_loads_as_the_chain_does() -> None:
     """One loader, two ways to find the flatten's order: a chain's by probing its nn.Flatten before any value
     is copied, a tree's from the loaded port's recorded values; both permute the Linear's columns alike."""
-
-    class Wrapped(torch.nn.Module):
-        def __init__(self, net: torch.nn.Sequential) -> None:
-            super().__init__()
-            self.net = net
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.net(x)
 
     model, variables, x = _build("2d")
     as_chain = bridge.load_into(model, variables, _stock_torch_port(), channels_last=False)

@@ -349,3 +349,15 @@ class ClampedPort(torch.nn.Module):
 # SeparateAttention's projections by their names: a port whose forward uses them swapped ("swapped") is loaded so,
 # and the check then finds the swap (without it, load_into picks the assignment that computes Flax's output)
 SEPARATE_BY_NAME = {"*query": "attention.q_proj", "*key": "attention.k_proj", "*value": "attention.v_proj"}
+
+
+class Wrapped(torch.nn.Module):
+    """A port as torch users often hold it: a Sequential inside a module, so that it is checked and loaded as a
+    call tree (its modules named under ``net.``)."""
+
+    def __init__(self, net: torch.nn.Sequential) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)

@@ -7,6 +7,7 @@ This file is the package's face: other packages import these names from here, ne
 from ._capture import chain_calls as chain_calls
 from ._capture import flax_layer_outputs as flax_layer_outputs
 from ._capture import torch_chain_calls as torch_chain_calls
+from ._capture import torch_positions as torch_positions
 from ._capture_tree import Call as Call
 from ._capture_tree import capture_flax as capture_flax
 from ._capture_tree import capture_nnx as capture_nnx

@@ -7,6 +7,7 @@ torch ``nn.Sequential``, in call order.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,9 +58,12 @@ def torch_layer_outputs(torch_module: torch.nn.Sequential, x: torch.Tensor) -> t
     return result, outputs
 
 
-def chain_calls(steps: Sequence[Step], x: Any, outputs: Sequence[Any]) -> list[Call]:
+def chain_calls(steps: Sequence[Step], x: Any = None, outputs: Sequence[Any] | None = None) -> list[Call]:
     """The Flax chain's positions as calls (``index`` the position, named by the layer's path; ``""`` for a
-    function), each with its input (the output before it) and output, as the tree capture records them."""
+    function), each with its input (the output before it) and output, as the tree capture records them; without
+    ``outputs`` (nothing run: a load), with neither."""
+    if outputs is None:
+        return [Call(s.index, "/".join(s.flax_path), s.kind, s.layer, None, variables=s.variables) for s in steps]
     inputs = [x, *outputs[:-1]]
     return [
         Call(s.index, "/".join(s.flax_path), s.kind, s.layer, None, (x_in,), {}, y, s.variables)
@@ -67,13 +71,17 @@ def chain_calls(steps: Sequence[Step], x: Any, outputs: Sequence[Any]) -> list[C
     ]
 
 
+def torch_positions(torch_module: torch.nn.Sequential) -> list[Call]:
+    """Each child of a torch ``nn.Sequential`` as a call named by its position (``"2"``), nothing run (a load)."""
+    return [Call(i, str(i), type(child).__name__, child, None) for i, child in enumerate(torch_module)]
+
+
 def torch_chain_calls(torch_module: torch.nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, list[Call]]:
-    """``(output, calls)`` of one forward pass of a torch ``nn.Sequential``: one call per child in call order,
-    named by its position (``"2"``), with its input and output."""
+    """``(output, calls)`` of one forward pass of a torch ``nn.Sequential``: its positions (``torch_positions``)
+    in call order, each with its input and output."""
     final, outputs = torch_layer_outputs(torch_module, x)
-    children = list(torch_module)
     inputs = [x, *outputs[:-1]]
     return final, [
-        Call(i, str(i), type(child).__name__, child, None, (x_in,), {}, y)
-        for i, (child, x_in, y) in enumerate(zip(children, inputs, outputs, strict=False))
+        dataclasses.replace(call, args=(x_in,), output=y)
+        for call, x_in, y in zip(torch_positions(torch_module), inputs, outputs, strict=False)
     ]

@@ -20,7 +20,17 @@ from .._arguments import call_arguments, torch_arguments
 from .._errors import InvalidArgumentError, LayerMismatchError, ReassignedWarning, TiedWeightsWarning
 from .._tensors import is_float, to_numpy, to_tensor, torch_dtype
 from .._validate import require_mapping, require_port, require_variables
-from ..capture import Call, Step, Variables, capture_flax, capture_torch, keyed_like, output_leaves
+from ..capture import (
+    Call,
+    Step,
+    Variables,
+    capture_flax,
+    capture_torch,
+    chain_calls,
+    keyed_like,
+    output_leaves,
+    torch_positions,
+)
 from ..match import (
     LoosePair,
     LooseVariables,
@@ -155,8 +165,7 @@ def _chain_matching(
     planned = plan(model, variables, steps)  # every position has a rule (else UnknownLayerError, naming it)
     for step, rule in planned:
         check_variable_names(step, rule.param_maps(step.layer, step.variables))
-    flax_calls = [Call(s.index, "/".join(s.flax_path), s.kind, s.layer, None, variables=s.variables) for s in steps]
-    torch_calls = [Call(i, str(i), type(child).__name__, child, None) for i, child in enumerate(port)]
+    flax_calls, torch_calls = chain_calls(steps), torch_positions(port)  # nothing run
     permutations = {} if channels_last or len(port) != len(steps) else flatten_permutations(planned, port)
     matching, structure = match_positions(flax_calls, torch_calls, [rule for _, rule in planned], permutations)
     return matching, None if structure is None else structure[1]
