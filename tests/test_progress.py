@@ -140,4 +140,5 @@ def test_show_progress_gives_a_chain_checks_phases() -> None:
         "running the torch chain",
         "comparing 3 positions end to end and isolated",
         "comparing the gradients",
+        "locating the first divergence",  # the phases after the pairing are a tree's
     ]

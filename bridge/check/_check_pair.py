@@ -1,12 +1,14 @@
-"""Check any Flax model (linen or NNX) against any torch port: capture both call trees, match them by structure,
-compare every matched call end to end and isolated, compare the gradients of every matched parameter.
+"""Check any Flax model (linen or NNX) against any torch port, chains and trees by one procedure: run both and
+pair their calls (a chain's positions in order; a tree's module calls by structure), compare every pair end to
+end and isolated, compare the gradients of every matched parameter, find the first divergence, report.
 
-Tolerances. A matched call whose rule has an error analysis (Dense, Conv, norms, Embed) gets that rule's
-bound in isolation; a rule-backed call without one (attention) a calibrated one: the call run alone in
-float64 on the same inputs shows the reference's own rounding error d, and a correct port may differ
-by ``C_CALIBRATION * (|d| + rms(d))`` plus a few roundings of the output. End to end, the whole model
-run in float64 shows how the errors before each call have grown, and the same calibration is added;
-composites take that drift in isolation too (it bounds their own error, with no extra run).
+Tolerances of a chain: each rule's bound, propagated from position to position. Of a tree: a matched call whose
+rule has an error analysis (Dense, Conv, norms, Embed) gets that rule's bound in isolation; a rule-backed call
+without one (attention) a calibrated one: the call run alone in float64 on the same inputs shows the reference's
+own rounding error d, and a correct port may differ by ``C_CALIBRATION * (|d| + rms(d))`` plus a few roundings
+of the output. End to end, the whole model run in float64 shows how the errors before each call have grown, and
+the same calibration is added; composites take that drift in isolation too (it bounds their own error, with no
+extra run).
 
 Cost. Every comparison is judged by the rounding bounds alone first; the float64 runs (one compiled pass
 for every call's output and the gradients, ``bridge.check._flax_runs``) happen only when one fails them, and
@@ -17,39 +19,60 @@ are those of calibrating everything (``_gradients.CALIBRATE_LAZILY``; the tests 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 from flax import nnx
 
 from .. import _flax_model as flax_model
 from .. import _progress as progress
-from .._arguments import call_arguments, port_keywords, torch_arguments
+from .._arguments import call_arguments, port_keywords, torch_argument, torch_arguments
 from .._errors import InvalidArgumentError
 from .._jaxpr import first_narrowing
 from .._numerics import Precision, Tolerance, function_rounding
-from .._tensors import is_array, is_float
-from ..capture import Call, capture_flax, capture_torch
+from .._tensors import is_array, is_float, to_numpy
+from ..capture import (
+    Call,
+    Step,
+    capture_flax,
+    capture_torch,
+    chain_calls,
+    discover_chain,
+    flax_layer_outputs,
+    torch_chain_calls,
+)
 from ..match import (
+    LooseVariables,
+    Matching,
     Pair,
     find_input_permutations,
     match_calls,
     match_loose,
+    match_positions,
     pair_own_calls,
     unpaired_flax,
 )
-from ..rules import BoundInputs, LayerRule
+from ..rules import BoundInputs, LayerRule, rule_or_none
 from . import _gradients
 from ._compare import Comparison, compare
 from ._divergence import Detail, first_divergence
 from ._flax_runs import FlaxRuns, as_dtype, error_scale, other_dtype
 from ._gradients import JudgedGradients, calibration_against, judge_gradients
 from ._outputs import first_array, in_flax_layout, in_torch_order, keyed_like, output_leaves, projected_sum
-from ._prepare import CheckOptions, explicit_tolerance, floating_dtype
+from ._prepare import (
+    CheckOptions,
+    cast_compute_dtype,
+    cast_pair,
+    chain_inputs,
+    explicit_tolerance,
+    floating_dtype,
+    layer_bounds,
+    refuse_training_mode,
+)
 from ._report import Divergence, EquivalenceReport, LayerRow, describe_inputs, describe_tolerance
 from ._rows import first_nonfinite
 from ._settings import nonfinite_outputs, report_settings, unchecked_problem, unfilled_port_tensors
@@ -57,86 +80,87 @@ from ._settings import nonfinite_outputs, report_settings, unchecked_problem, un
 Loss = Callable[[Any], Any]
 
 
-def check_tree(
-    model: nn.Module, variables: Mapping[str, Any], port: torch.nn.Module, inputs: Any, options: CheckOptions
+class _Captured(NamedTuple):
+    """Both sides run once and their calls paired: what the comparisons need, however it was found."""
+
+    model: Any  # as checked (cast to ``dtype`` for a chain)
+    variables: Any
+    port: torch.nn.Module
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    torch_args: tuple[Any, ...]
+    torch_kwargs: dict[str, Any]
+    flax_out: Any
+    torch_out: Any
+    flax_calls: list[Call]
+    matching: Matching
+    loose: LooseVariables
+    channels_last: bool
+    # a chain of other lengths: (position, description); None when the lengths agree, and for every tree
+    structure: tuple[int, str] | None
+    inputs_drawn_from: int | None  # the seed a chain's rows were drawn from (None: given)
+
+
+def check_pair(
+    model: Any,
+    variables: Any,
+    port: torch.nn.Module,
+    inputs: Any,
+    options: CheckOptions,
+    steps: tuple[Step, ...] | None,
 ) -> EquivalenceReport:
-    """``check_equivalence`` for a model that is not one chain (see ``bridge.check_equivalence``). Explicit
-    ``rtol``/``atol`` judge every call, the output and the gradients instead of the derived tolerances (no
-    calibration); ``dtype`` is the dtype both sides were cast to, which a call computing in a dtype of its own
-    (``nn.Dense(dtype=jnp.float32)``) would silently ignore: such a call is refused; with ``allow_unchecked``,
-    port parameters that no Flax variable fills do not make the verdict NOT EQUIVALENT (they are still
-    listed)."""
-    torch_inputs, channels_last, mapping = options.torch_inputs, options.channels_last, options.mapping
-    grads, loss, dtype = options.grads, options.loss, options.dtype
-    tolerance = explicit_tolerance(options.rtol, options.atol, floating_dtype(inputs))
-    if inputs is None:
-        raise InvalidArgumentError(
-            f"{type(model).__name__} is not one nn.Sequential chain: pass inputs= (an array, a tuple of "
-            "positional arguments or a dict of keyword arguments for its apply)"
-        )
-    args, kwargs = call_arguments(inputs)
-    for value in (*args, *kwargs.values()):
-        if isinstance(value, jax.Array | np.ndarray) and value.size == 0:
-            raise InvalidArgumentError(f"an input of shape {tuple(value.shape)} holds no values: give at least one row")
-    if torch_inputs is None:
-        torch_args, torch_kwargs = torch_arguments(args, kwargs, channels_last)
-        torch_kwargs = port_keywords(port, torch_kwargs)
-    else:
-        torch_args, torch_kwargs = torch_arguments(*call_arguments(torch_inputs), True)
-        channels_last = channels_last and not _given_channels_first((args, kwargs), (torch_args, torch_kwargs))
-    progress.step("running the Flax model, recording its calls")
-    flax_out, flax_calls = capture_flax(model, variables, args, kwargs)
-    if dtype is not None:
-        _refuse_own_compute_dtypes(model, flax_calls, dtype)
+    """``check_equivalence`` once the pair's way of being paired is known (see ``bridge.check_equivalence``):
+    ``steps``, a chain's positions, paired with the port's children in order; None, both call trees captured
+    and matched by structure. Everything after the pairing is one procedure. The tolerance is the one thing
+    chosen by the pairing: a chain of rule-backed positions propagates its rules' bounds position by
+    position; a tree's calls get their rule's bound in isolation and the float64 run's drift end to end
+    (``calibrated`` lazily). Explicit ``rtol``/``atol`` judge every call, the output and the gradients instead
+    (no calibration); with ``allow_unchecked``, port parameters that no Flax variable fills do not make the
+    verdict NOT EQUIVALENT (they are still listed)."""
+    captured = (
+        _capture_tree(model, variables, port, inputs, options)
+        if steps is None
+        else _capture_chain(model, variables, port, inputs, options, steps)
+    )
+    model, variables, port = captured.model, captured.variables, captured.port
+    args, kwargs, flax_out, torch_out = captured.args, captured.kwargs, captured.flax_out, captured.torch_out
+    flax_calls, matching, loose, channels_last = (
+        captured.flax_calls,
+        captured.matching,
+        captured.loose,
+        captured.channels_last,
+    )
+    tolerance = explicit_tolerance(options.rtol, options.atol, floating_dtype(args))
     computes_in = _dtype_name(flax_out)
     precision = Precision.of(computes_in)
     other = other_dtype(computes_in)  # the calibration's reference: float64 (float32 for float64)
-    # one floating array fed to both sides alike: its gradient is compared too, as a chain's input is
-    wrt_inputs = torch_inputs is None and _one_floating_argument(args, kwargs)
-    runs = FlaxRuns(model, variables, args, kwargs, loss or projected_sum, wrt_inputs=wrt_inputs, other=other)
-    if tolerance is None and np.dtype(computes_in).itemsize == 8:
-        _refuse_narrowing(model, runs, flax_calls)
-
-    def wide() -> list[Any]:  # every call's output in the other precision, or [] where that run differs
-        outputs = runs.wide_outputs()
-        return outputs if outputs is not None and len(outputs) == len(flax_calls) else []
-
-    progress.step(f"running the port, recording its calls ({len(flax_calls)} Flax calls)")
-    with torch.no_grad():
-        torch_out, torch_calls = capture_torch(port, torch_args, torch_kwargs)
-    progress.step(f"matching {len(flax_calls)} Flax calls with {len(torch_calls)} torch calls")
-    matching = match_calls(flax_calls, torch_calls, mapping)
-    find_input_permutations(matching.pairs)
-    loose = match_loose(matching, flax_model.all_variables(model, variables), port, by_value=True)
-    pair_own_calls(matching, loose, flax_calls, torch_calls)
-    rows, details, calibrated = [], [], 0
-    for number, pair in enumerate(matching.pairs):
-        progress.step(f"comparing call {number + 1} of {len(matching.pairs)}: {pair.flax.name or '(model)'}")
-        isolated_out = run_isolated(pair, channels_last)
-        row, detail = _compare_pair(number, pair, isolated_out, None, other, channels_last, tolerance)
-        if tolerance is None and (not row.ok or not _gradients.CALIBRATE_LAZILY):  # again, calibrated: only wider
-            row, detail = _compare_pair(number, pair, isolated_out, wide(), other, channels_last)
-            calibrated += 1
-        rows.append(row)
-        details.append(detail)
-    output = _compare_outputs(flax_out, torch_out, None, other, channels_last, tolerance)
-    if tolerance is None and (not output.ok or not _gradients.CALIBRATE_LAZILY):
-        output = _compare_outputs(flax_out, torch_out, wide()[:1], other, channels_last)
-        calibrated += 1
-    judged_pairs, rows, details, not_judged = _composites_not_judged(matching.pairs, rows, details, output.ok)
-    problems = [
+    # one floating array fed to both sides alike: its gradient is compared too
+    wrt_inputs = options.torch_inputs is None and _one_floating_argument(args, kwargs)
+    loss = options.loss or projected_sum
+    runs = FlaxRuns(model, variables, args, kwargs, loss, wrt_inputs=wrt_inputs, other=other)
+    calibrated = 0
+    if steps is not None:  # the rules' bounds, propagated along the chain
+        rows, details, output = _chain_rows(captured, steps, tolerance)
+        judged_pairs, not_judged = matching.pairs, list[str]()
+    else:
+        if tolerance is None and np.dtype(computes_in).itemsize == 8:
+            _refuse_narrowing(model, runs, flax_calls)
+        rows, details, output, calibrated = _calibrated_rows(captured, runs, tolerance, other)
+        judged_pairs, rows, details, not_judged = _composites_not_judged(matching.pairs, rows, details, output.ok)
+    problems = [captured.structure[1]] if captured.structure is not None else []
+    problems += [
         unpaired_flax(c, flax_calls)
         + (": port it, or pair it with mapping={'" + c.name + "': 'torch.name'}" if c.name else "")
-        for c in matching.unmatched_flax
+        for c in ([] if captured.structure is not None else matching.unmatched_flax)
     ]
     runs.release_outputs()  # float64 call outputs: no longer needed, and the gradients are the memory peak
     judged = JudgedGradients((), 0, 0, 0)
-    if grads and not problems:
+    if options.grads and not problems:
         progress.step("comparing the gradients")
         judged = judge_gradients(
             runs,
             port,
-            (torch_args, torch_kwargs),
+            (captured.torch_args, captured.torch_kwargs),
             matching.pairs,
             flax_out,
             # rows with NaN or Inf anywhere in the Flax forward pass have undefined gradients: judged without them
@@ -148,10 +172,7 @@ def check_tree(
         )
         calibrated += judged.calibrated
     gradient_rows = judged.rows
-    structure = None
-    if problems:
-        call = matching.unmatched_flax[0]
-        structure = Divergence(call.index, call.name, "", call.kind, "structure", problems[0])
+    structure = _structure_divergence(captured, problems)
 
     def rerun(pair: Pair, module: torch.nn.Module) -> np.ndarray | None:  # a candidate repair, in Flax's layout
         out = run_isolated(pair, channels_last, module)
@@ -185,8 +206,8 @@ def check_tree(
         settings=report_settings(
             dtype=computes_in,
             tolerance=describe_tolerance(tolerance),
-            inputs=describe_inputs([np.shape(a) for a in output_leaves((args, kwargs))]),
-            grads=bool(grads),
+            inputs=describe_inputs([np.shape(a) for a in output_leaves((args, kwargs))], captured.inputs_drawn_from),
+            grads=bool(options.grads),
             judged=judged,
             calibrated=calibrated,
             pairs=matching.pairs,
@@ -198,6 +219,187 @@ def check_tree(
             nonfinite=nonfinite_outputs(flax_out, keyed_like(torch_out, flax_out)),
         ),
     )
+
+
+def _capture_tree(model: Any, variables: Any, port: torch.nn.Module, inputs: Any, options: CheckOptions) -> _Captured:
+    """Both models run once on ``inputs`` with every module call recorded, the calls matched by structure
+    (``match_calls``), a flatten's permutations found from the values, the variables outside rule-backed
+    layers paired (``match_loose``). ``dtype`` is the dtype both sides were cast to, which a call computing in
+    a dtype of its own (``nn.Dense(dtype=jnp.float32)``) would silently ignore: such a call is refused."""
+    channels_last, torch_inputs = options.channels_last, options.torch_inputs
+    if inputs is None:
+        raise InvalidArgumentError(
+            f"{type(model).__name__} is not one nn.Sequential chain: pass inputs= (an array, a tuple of "
+            "positional arguments or a dict of keyword arguments for its apply)"
+        )
+    variables = variables if variables is not None else {}
+    args, kwargs = call_arguments(inputs)
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, jax.Array | np.ndarray) and value.size == 0:
+            raise InvalidArgumentError(f"an input of shape {tuple(value.shape)} holds no values: give at least one row")
+    if torch_inputs is None:
+        torch_args, torch_kwargs = torch_arguments(args, kwargs, channels_last)
+        torch_kwargs = port_keywords(port, torch_kwargs)
+    else:
+        torch_args, torch_kwargs = torch_arguments(*call_arguments(torch_inputs), True)
+        channels_last = channels_last and not _given_channels_first((args, kwargs), (torch_args, torch_kwargs))
+    progress.step("running the Flax model, recording its calls")
+    flax_out, flax_calls = capture_flax(model, variables, args, kwargs)
+    if options.dtype is not None:
+        _refuse_own_compute_dtypes(model, flax_calls, options.dtype)
+    progress.step(f"running the port, recording its calls ({len(flax_calls)} Flax calls)")
+    with torch.no_grad():
+        torch_out, torch_calls = capture_torch(port, torch_args, torch_kwargs)
+    progress.step(f"matching {len(flax_calls)} Flax calls with {len(torch_calls)} torch calls")
+    matching = match_calls(flax_calls, torch_calls, options.mapping)
+    find_input_permutations(matching.pairs)
+    loose = match_loose(matching, flax_model.all_variables(model, variables), port, by_value=True)
+    pair_own_calls(matching, loose, flax_calls, torch_calls)
+    return _Captured(
+        model,
+        variables,
+        port,
+        args,
+        kwargs,
+        torch_args,
+        torch_kwargs,
+        flax_out,
+        torch_out,
+        flax_calls,
+        matching,
+        loose,
+        channels_last,
+        None,
+        None,
+    )
+
+
+def _capture_chain(
+    model: Any, variables: Any, port: torch.nn.Module, inputs: Any, options: CheckOptions, steps: tuple[Step, ...]
+) -> _Captured:
+    """Both sides run once on the chain's input (given, else ``n_inputs`` rows drawn from ``seed`` for its first
+    layer), each position recorded as a call, paired in order (``match_positions``); with ``dtype``, both
+    sides cast to it first, every position computing in it."""
+    dtype, channels_last = options.dtype, options.channels_last
+    if dtype is not None:
+        model, variables, port = cast_pair(model, variables, port, dtype)
+        model, steps = cast_compute_dtype(model, variables, discover_chain(model, variables), dtype)
+    refuse_training_mode(steps)
+    rules = [rule_or_none(step.layer) for step in steps]
+    x = chain_inputs(inputs, steps, rules, options.seed, options.n_inputs, dtype)
+    progress.step(f"running the Flax chain ({len(steps)} positions)")
+    flax_outputs = [np.asarray(y) for y in flax_layer_outputs(model, variables, jnp.asarray(x))]
+    progress.step("running the torch chain")
+    torch_x = torch_argument(x, channels_last)
+    assert isinstance(port, torch.nn.Sequential)  # chain_steps pairs chains with Sequentials only
+    with torch.no_grad():
+        torch_out, torch_calls = torch_chain_calls(port, torch_x)
+    flax_calls = chain_calls(steps, x, flax_outputs)
+    matching, structure = match_positions(flax_calls, torch_calls, rules)
+    if not channels_last:  # torch's flatten of NCHW feeds the next layer another order, found from the values
+        find_input_permutations(matching.pairs)
+    drawn_from = options.seed if inputs is None else None
+    return _Captured(
+        model,
+        variables,
+        port,
+        (x,),
+        {},
+        (torch_x,),
+        {},
+        flax_outputs[-1],
+        torch_out,
+        flax_calls,
+        matching,
+        _NO_LOOSE,  # every variable belongs to a position (discover_chain), every port tensor to a child
+        channels_last,
+        structure,
+        drawn_from,
+    )
+
+
+_NO_LOOSE = LooseVariables((), (), ())
+
+
+def _chain_rows(
+    captured: _Captured, steps: tuple[Step, ...], tolerance: Tolerance | None
+) -> tuple[list[LayerRow], list[Detail | None], Comparison]:
+    """Each position's row and the output's, the tolerances propagated by the rules: a position's end-to-end
+    bound grows from its input's (the bound of the position before it), its isolated bound is its own
+    rounding; a position past the end of a shorter torch chain gets a row with nothing to compare."""
+    matching, channels_last = captured.matching, captured.channels_last
+    rows: list[LayerRow] = []
+    details: list[Detail | None] = []
+    tol_in: np.ndarray = np.zeros(np.shape(captured.args[0]))
+    paired = {p.flax.index: p for p in matching.pairs}
+    # a position feeding a layer that reads a flatten's features in torch's order gives them in that order
+    out_permutations = [p.input_permutation for p in matching.pairs[1:]] + [None]
+    progress.step(f"comparing {len(steps)} positions end to end and isolated")
+    for step, call in zip(steps, [*(p.flax for p in matching.pairs), *matching.unmatched_flax], strict=True):
+        x_in, y = call.args[0], call.output
+        rule = rule_or_none(step.layer)
+        bound_e2e, bound_iso, precision = layer_bounds(step, rule, x_in, y, tol_in, tolerance)
+        pair = paired.get(step.index)
+        if pair is None:  # past the end of a shorter torch chain: nothing to compare against
+            rows.append(LayerRow(step.index, step.kind, call.name, "", "", compare(y, np.empty(0), bound_e2e), None))
+            details.append(Detail(x_in, y, None, bound_iso, precision))
+        else:
+            permutation = out_permutations[step.index]
+            torch_y = in_flax_layout(to_numpy(pair.torch.output), y, channels_last, permutation)
+            isolated = run_isolated(pair, channels_last)
+            isolated = np.full((0,), np.nan) if isolated is None else isolated  # the row shows it could not run
+            isolated_y = in_flax_layout(isolated, y, channels_last, permutation)
+            row, detail = pair_row(step.index, pair, call.name, torch_y, isolated_y, (bound_iso, bound_e2e))
+            rows.append(row)
+            details.append(detail)
+        tol_in = bound_e2e
+    flax_final = np.asarray(captured.flax_out, np.float64)
+    torch_final = in_flax_layout(to_numpy(captured.torch_out), flax_final, channels_last)
+    return rows, details, compare(flax_final, torch_final, tol_in)
+
+
+def _calibrated_rows(
+    captured: _Captured, runs: FlaxRuns, tolerance: Tolerance | None, other: np.dtype[Any]
+) -> tuple[list[LayerRow], list[Detail | None], Comparison, int]:
+    """Each matched call's row and the output's, judged by the rounding bounds first and again with the float64
+    drift added where they fail (see the module docstring); and how many needed that."""
+    matching, channels_last, flax_calls = captured.matching, captured.channels_last, captured.flax_calls
+
+    def wide() -> list[Any]:  # every call's output in the other precision, or [] where that run differs
+        outputs = runs.wide_outputs()
+        return outputs if outputs is not None and len(outputs) == len(flax_calls) else []
+
+    rows, details, calibrated = [], [], 0
+    for number, pair in enumerate(matching.pairs):
+        progress.step(f"comparing call {number + 1} of {len(matching.pairs)}: {pair.flax.name or '(model)'}")
+        isolated_out = run_isolated(pair, channels_last)
+        row, detail = _compare_pair(number, pair, isolated_out, None, other, channels_last, tolerance)
+        if tolerance is None and (not row.ok or not _gradients.CALIBRATE_LAZILY):  # again, calibrated: only wider
+            row, detail = _compare_pair(number, pair, isolated_out, wide(), other, channels_last)
+            calibrated += 1
+        rows.append(row)
+        details.append(detail)
+    flax_out, torch_out = captured.flax_out, captured.torch_out
+    output = _compare_outputs(flax_out, torch_out, None, other, channels_last, tolerance)
+    if tolerance is None and (not output.ok or not _gradients.CALIBRATE_LAZILY):
+        output = _compare_outputs(flax_out, torch_out, wide()[:1], other, channels_last)
+        calibrated += 1
+    return rows, details, output, calibrated
+
+
+def _structure_divergence(captured: _Captured, problems: Sequence[str]) -> Divergence | None:
+    """The first structure problem as the report's first divergence: where a chain of other length starts to
+    differ, or the first Flax call with no counterpart."""
+    if captured.structure is not None:
+        index, description = captured.structure
+        flax_calls, pairs = captured.flax_calls, captured.matching.pairs
+        call = flax_calls[min(index, len(flax_calls) - 1)]
+        torch_name = pairs[index].torch.name if index < len(pairs) else ""
+        return Divergence(index, call.name, torch_name, call.kind, "structure", description)
+    if problems:
+        call = captured.matching.unmatched_flax[0]
+        return Divergence(call.index, call.name, "", call.kind, "structure", problems[0])
+    return None
 
 
 def _composites_not_judged(
