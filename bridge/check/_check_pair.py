@@ -46,6 +46,7 @@ from ..capture import (
     torch_chain_calls,
 )
 from ..match import (
+    NO_LOOSE,
     LooseVariables,
     Matching,
     Pair,
@@ -311,14 +312,11 @@ def _capture_chain(
         torch_out,
         flax_calls,
         matching,
-        _NO_LOOSE,  # every variable belongs to a position (discover_chain), every port tensor to a child
+        NO_LOOSE,
         channels_last,
         structure,
         drawn_from,
     )
-
-
-_NO_LOOSE = LooseVariables((), (), ())
 
 
 def _chain_rows(

@@ -32,6 +32,7 @@ from ..capture import (
     torch_positions,
 )
 from ..match import (
+    NO_LOOSE,
     LoosePair,
     LooseVariables,
     Matching,
@@ -133,9 +134,8 @@ def load_into(
         )
         structure = None
         run = (flax_out, (torch_args, torch_kwargs))
-    # a chain has no loose variables: every one belongs to a position (discover_chain), every port tensor to a child
     loose = (
-        LooseVariables((), (), ())
+        NO_LOOSE
         if steps is not None
         else match_loose(matching, flax_model.all_variables(model, variables), port, by_value=False)
     )

@@ -4,6 +4,7 @@ chain by position (``_match_chain``), call trees (``_match_tree``) and loose var
 This file is the package's face: other packages import these names from here, never from its private modules.
 """
 
+from ._loose import NO_LOOSE as NO_LOOSE
 from ._loose import LoosePair as LoosePair
 from ._loose import LooseVariables as LooseVariables
 from ._loose import match_loose as match_loose

@@ -68,6 +68,10 @@ class LooseVariables:
     unfilled_torch: tuple[str, ...]
 
 
+# A chain's: every variable belongs to a position (``discover_chain``), every port tensor to a child.
+NO_LOOSE = LooseVariables((), (), ())
+
+
 def match_loose(
     matching: Matching, variables: Mapping[str, Any], port: torch.nn.Module, *, by_value: bool
 ) -> LooseVariables:
