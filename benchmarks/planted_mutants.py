@@ -142,10 +142,31 @@ MUTANTS = (
     ),
     Mutant(
         "check=True does not raise",
-        "bridge/convert/_native.py",
+        "bridge/check/_verify.py",
         "    if not report.ok:",
         "    if False:",
         ("tests/test_native.py",),
+    ),
+    Mutant(
+        "rows near a kink never left out of the gradients",
+        "bridge/check/_gradients.py",
+        "        if smooth.any() and dropped_at_kinks:",
+        "        if False:",
+        ("tests/test_kinks.py",),
+    ),
+    Mutant(
+        "a chain position's extra port parameter not reported as unchecked",
+        "bridge/check/_settings.py",
+        "        inside += [",
+        "        inside += [] and [",
+        ("tests/test_foreign_ports.py",),
+    ),
+    Mutant(
+        "load_into ignores a flatten's permutation when it copies",
+        "bridge/convert/_load.py",
+        "    if permutation is None:",
+        "    if True:",
+        ("tests/test_channels_first.py",),
     ),
 )
 
