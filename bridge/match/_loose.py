@@ -156,10 +156,6 @@ def _module_path(path: str) -> str:
     return "/".join(parts[1:-1])
 
 
-def _inside(module_path: str, call_name: str) -> bool:
-    return call_name == "" or module_path == call_name or module_path.startswith(call_name + "/")
-
-
 def _inside_any(module_path: str, call_names: set[str]) -> bool:
     """Whether ``module_path`` is one of ``call_names`` or lies below one (``""``, the model, holds everything):
     its prefixes looked up, so that a model of n layers costs n lookups, not n * n comparisons."""
