@@ -144,8 +144,8 @@ def test_inputs_drawn_for_a_chain_are_described_alike_on_both_paths() -> None:
     assert as_tree.ok
 
 
-def _state(port: torch.nn.Module, prefix: str = "") -> dict[str, np.ndarray]:
-    return {key.removeprefix(prefix): value.detach().numpy() for key, value in port.state_dict().items()}
+def _state(port: torch.nn.Module) -> dict[str, np.ndarray]:
+    return {key: value.detach().numpy() for key, value in port.state_dict().items()}
 
 
 def test_a_chain_and_its_wrapped_port_load_alike() -> None:
