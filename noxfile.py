@@ -88,8 +88,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
-    """Mypy (strict) on the three packages."""
-    install_project(session)
+    """Mypy (strict) on the three packages, with pytest installed: ``bridge.testing`` is a pytest plugin."""
+    install_project(session, "test")
     session.install("mypy>=1.10")
     session.run("mypy")
 
