@@ -1,7 +1,7 @@
 """One interface over the two Flax APIs: linen (a module plus its variables) and NNX (a stateful module).
 
-Everything the bridge does to the Flax side (run it, run its layers one by one, differentiate it,
-cast it) goes through these functions, so the rest of the package does not care which API built it.
+Everything the bridge does to the Flax side (run it, differentiate it, cast it) goes through these functions,
+so the rest of the package does not care which API built it.
 """
 
 from __future__ import annotations
@@ -33,40 +33,6 @@ def in_nested_apply(module: nn.Module, model: nn.Module) -> bool:
     (``self.conv.apply({"params": {"kernel": w}}, x)``: weight normalisation). Its variables are computed by
     its caller at run time, so its call is part of the caller's computation, not a layer of its own."""
     return module.scope is not None and model.scope is not None and module.scope.root is not model.scope.root
-
-
-def layer_outputs(model: Any, variables: Any, x: Any) -> list[Any]:
-    """The output of each item of the model's Sequential chain (the last is the model's output).
-
-    Linen: the model's own ``apply``, its ``nn.Sequential`` intercepted so that the items run one by
-    one (as ``nn.Sequential.__call__`` does). NNX: the items of ``nnx.Sequential.layers`` in order.
-    """
-    outputs: list[Any] = []
-    if is_nnx(model):
-        hidden = x
-        for layer in model.layers:
-            hidden = layer(hidden)
-            outputs.append(hidden)
-        return outputs
-    inside = False
-
-    def interceptor(next_fun: Any, args: Any, kwargs: Any, context: Any) -> Any:
-        nonlocal inside
-        if inside or context.method_name != "__call__" or not isinstance(context.module, nn.Sequential):
-            return next_fun(*args, **kwargs)
-        inside = True
-        try:
-            hidden = args[0]
-            for layer in context.module.layers:
-                hidden = layer(hidden)
-                outputs.append(hidden)
-            return hidden
-        finally:
-            inside = False
-
-    with nn.intercept_methods(interceptor):
-        model.apply(variables, x)
-    return outputs
 
 
 def cast(model: Any, variables: Any, dtype: Any) -> tuple[Any, Any]:

@@ -142,7 +142,7 @@ def test_load_into_fills_a_stock_channels_first_port_and_it_passes() -> None:
 def test_a_channels_first_port_checked_as_channels_last_fails_to_run() -> None:
     model, variables, x = _build("2d")
     port = bridge.to_torch(model, variables, channels_last=False)
-    with pytest.raises(bridge.LayerMismatchError, match="torch position 0"):
+    with pytest.raises(bridge.LayerMismatchError, match=r"the torch port failed in '0' \(FlaxConv2d\)"):
         bridge.check_equivalence(model, variables, port, x)
 
 

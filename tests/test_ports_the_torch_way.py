@@ -151,7 +151,7 @@ def test_a_layer_without_a_rule_that_changes_the_shape_is_checked() -> None:
     assert bridge.check_equivalence(model, variables, port, x).ok
     port[1] = torch.nn.Identity()  # the shape no longer fits the next layer
     with pytest.raises(
-        bridge.LayerMismatchError, match=r"torch position 2 \(Linear\) failed on its input of shape \(16, 8\)"
+        bridge.LayerMismatchError, match=r"the torch port failed in '2' \(Linear\) on its input of shape \(16, 8\)"
     ):
         bridge.check_equivalence(model, variables, port, x)
 
@@ -165,7 +165,7 @@ def test_a_port_layer_that_raises_any_exception_becomes_a_bridge_error() -> None
 
     port = bridge.to_torch(model, variables)
     port[1] = Raises()
-    with pytest.raises(bridge.LayerMismatchError, match=r"torch position 1 \(Raises\) failed .*: boom"):
+    with pytest.raises(bridge.LayerMismatchError, match=r"the torch port failed in '1' \(Raises\) .*: boom"):
         bridge.check_equivalence(model, variables, port, x)
 
 

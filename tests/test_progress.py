@@ -136,9 +136,10 @@ def test_show_progress_gives_a_chain_checks_phases() -> None:
     with bridge.show_progress(lines.append):
         assert bridge.check_equivalence(model, variables, port).ok
     assert [line.split(" (")[0] for line in lines] == [
-        "running the Flax chain",
-        "running the torch chain",
+        "running the Flax model, recording its calls",  # a chain is captured and paired as a tree is
+        "running the port, recording its calls",
+        "matching 4 Flax calls with 4 torch calls",  # each side's Sequential and its 3 positions (relu too)
         "comparing 3 positions end to end and isolated",
         "comparing the gradients",
-        "locating the first divergence",  # the phases after the pairing are a tree's
+        "locating the first divergence",
     ]

@@ -1,12 +1,13 @@
-"""Run a model and record what it computes: the chain's layers (``_chain``, ``_capture``) and every module
-call of a tree (``_capture_tree``); the array leaves of what they return (``_leaves``).
+"""Run a model and record what it computes: every module call (``_capture_tree``; an
+``nn.Sequential``'s layers each a call: a chain's positions, ``_capture``); the chain's layers found without running
+it (``_chain``); the array leaves of what they return (``_leaves``).
 
 This file is the package's face: other packages import these names from here, never from its private modules.
 """
 
 from ._capture import chain_calls as chain_calls
 from ._capture import flax_layer_outputs as flax_layer_outputs
-from ._capture import torch_chain_calls as torch_chain_calls
+from ._capture import positions as positions
 from ._capture import torch_positions as torch_positions
 from ._capture_tree import Call as Call
 from ._capture_tree import capture_flax as capture_flax

@@ -7,7 +7,9 @@ interception: every module reachable from the model (``nnx.iter_graph``) is name
 afterwards, whatever happens); a call is recorded when its module is one of the model's. torch: forward pre-hooks
 and hooks on every submodule (``blocks.0.fc1``). Both record calls, not modules: a module called twice
 (shared weights) gives two calls. Parameter-free functions (``jax.nn.relu``, ``F.relu``) are not calls:
-they are the glue between calls, compared through the calls around them.
+they are the glue between calls, compared through the calls around them, except inside an ``nn.Sequential``
+(linen or NNX): its layers run one by one, each a call of its own, functions included, so that a chain's
+positions are the children of its Sequential's call (the torch side's are its ``nn.Sequential``'s children).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from flax import nnx
 from .._errors import InvalidArgumentError, LayerMismatchError, UnsupportedModelError, first_line
 from .._flax_model import in_nested_apply
 from ..rules import captured_methods, rule_for_call
+from ._chain import layer_name
+from ._leaves import array_leaves
 
 
 @dataclass
@@ -47,6 +51,77 @@ class Call:
     method: str = "__call__"
 
 
+class _Recorder:
+    """The calls of one run as they start and end, each inside the call that was running when it started."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.stack: list[int] = []
+        self.failed: Call | None = None  # the innermost call that raised
+
+    def begin(
+        self, module: Any, name: str, kind: str, args: tuple[Any, ...], kwargs: dict[str, Any], method: str
+    ) -> Call:
+        parent = self.stack[-1] if self.stack else None
+        call = Call(len(self.calls), name, kind, module, parent, args, kwargs, method=method)
+        self.calls.append(call)
+        if parent is not None:
+            self.calls[parent].children.append(call.index)
+        self.stack.append(call.index)
+        return call
+
+    def run(self, call: Call, compute: Any) -> Any:
+        """``compute()`` as ``call``'s output (``call`` begun, ended whatever happens)."""
+        try:
+            call.output = compute()
+        except Exception:
+            self.failed = self.failed or call
+            raise
+        finally:
+            self.stack.pop()
+        return call.output
+
+    def sequential(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """An ``nn.Sequential``'s (linen or NNX) layers applied in order as its ``__call__`` does (a tuple output
+        spread as arguments, a dict as keywords), each function a call of its own (modules record themselves)."""
+        output: Any = None
+        for position, layer in enumerate(module.layers):
+            if position > 0:
+                args, kwargs = (
+                    (output, {})
+                    if isinstance(output, tuple)
+                    else ((), output)
+                    if isinstance(output, dict)
+                    else ((output,), {})
+                )
+            if isinstance(layer, nn.Module | nnx.Module):
+                output = layer(*args, **kwargs)
+            else:
+                call = self.begin(layer, "", layer_name(layer), tuple(args), dict(kwargs), "__call__")
+                output = self.run(call, lambda layer=layer, a=args, k=kwargs: layer(*a, **k))
+        return output
+
+    def failure(self, side: str, error: Exception, fix: str = "") -> LayerMismatchError:
+        """The error for a run that raised, naming the call that failed and the shape of its input."""
+        where = ""
+        if self.failed is not None and self.failed.parent is not None:
+            shapes = [tuple(a.shape) for a in array_leaves(self.failed.args)]
+            name = self.failed.name or self.calls[self.failed.parent].name or "the model"
+            where = f" in {name!r} ({self.failed.kind})" + (f" on its input of shape {shapes[0]}" if shapes else "")
+        return LayerMismatchError(f"the {side} failed{where or ' on the given inputs'}: {first_line(error)}{fix}")
+
+
+# An nn.Sequential's own __call__ (linen, NNX), read before any capture wraps NNX's: a subclass that overrides it
+# (``super().__call__(x) * 2``) runs its own code
+_SEQUENTIAL_CALLS = (nn.Sequential.__call__, nnx.Sequential.__call__)
+
+
+def _runs_positions(module: Any, method: str, own: Any, kwargs: dict[str, Any]) -> bool:
+    """Whether a call is an ``nn.Sequential``'s (linen or NNX) ``__call__`` as Flax wrote it (``own``), run here
+    one layer at a time."""
+    return method == "__call__" and own in _SEQUENTIAL_CALLS and bool(module.layers) and "rngs" not in kwargs
+
+
 def capture_flax(
     model: nn.Module | nnx.Module, variables: Mapping[str, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[Any, list[Call]]:
@@ -62,30 +137,22 @@ def capture_flax(
         if variables:
             raise UnsupportedModelError("an NNX model holds its own variables: pass variables=None")
         return capture_nnx(model, args, kwargs)
-    calls: list[Call] = []
-    stack: list[int] = []
+    record = _Recorder()
 
     def interceptor(next_fun: Any, call_args: Any, call_kwargs: Any, context: Any) -> Any:
         method = context.method_name
         module = context.module
         if method != "__call__" and method not in captured_methods(type(module)):
             return next_fun(*call_args, **call_kwargs)
-        if calls and in_nested_apply(module, calls[0].module):
+        if record.calls and in_nested_apply(module, record.calls[0].module):
             return next_fun(*call_args, **call_kwargs)
         path = tuple(module.scope.path) if module.scope is not None else ()
-        parent = stack[-1] if stack else None
         kind = type(module).__name__ if method == "__call__" else f"{type(module).__name__}.{method}"
-        call = Call(
-            len(calls), "/".join(path), kind, module, parent, tuple(call_args), dict(call_kwargs), method=method
-        )
-        calls.append(call)
-        if parent is not None:
-            calls[parent].children.append(call.index)
-        stack.append(call.index)
-        try:
-            call.output = next_fun(*call_args, **call_kwargs)
-        finally:
-            stack.pop()
+        call = record.begin(module, "/".join(path), kind, tuple(call_args), dict(call_kwargs), method)
+        if _runs_positions(module, method, type(module).__call__, call_kwargs):
+            record.run(call, lambda: record.sequential(module, tuple(call_args), dict(call_kwargs)))
+        else:
+            record.run(call, lambda: next_fun(*call_args, **call_kwargs))
         if module.scope is not None and rule_for_call(module, method) is not None:  # only rules read variables: a
             call.variables = {str(k): _plain(v) for k, v in module.variables.items()}  # composite's copy is skipped
         return call.output
@@ -94,11 +161,8 @@ def capture_flax(
         with nn.intercept_methods(interceptor):
             output = model.apply(variables, *args, **kwargs)
     except Exception as e:  # the user's model code may raise anything
-        where = next((c.name for c in reversed(calls) if c.output is None), "")
-        raise LayerMismatchError(
-            f"the Flax model failed{f' in {where!r}' if where else ''} on the given inputs: {first_line(e)}"
-        ) from e
-    return output, calls
+        raise record.failure("Flax model", e) from e
+    return output, record.calls
 
 
 _NO_OWN_CALL = object()
@@ -139,26 +203,21 @@ def capture_nnx(model: nnx.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
                 f"{type(module).__name__} at {path or '(model)'!r} is in training mode (NNX Dropout and BatchNorm "
                 "are by default): call model.eval() before checking, and compare against the torch model in eval mode"
             )
-    calls: list[Call] = []
-    stack: list[int] = []
+    record = _Recorder()
     owned: dict[int, dict[str, Any]] = {}
 
     def wrap(original: Any, method: str) -> Any:
         def call_and_record(module: Any, *call_args: Any, **call_kwargs: Any) -> Any:
             known = modules.get(id(module))
-            if known is None or known[1] is not module or (stack and calls[stack[-1]].module is module):
+            stack = record.stack
+            if known is None or known[1] is not module or (stack and record.calls[stack[-1]].module is module):
                 return original(module, *call_args, **call_kwargs)  # not the model's, or a super().__call__
-            parent = stack[-1] if stack else None
             kind = type(module).__name__ if method == "__call__" else f"{type(module).__name__}.{method}"
-            call = Call(len(calls), known[0], kind, module, parent, call_args, dict(call_kwargs), method=method)
-            calls.append(call)
-            if parent is not None:
-                calls[parent].children.append(call.index)
-            stack.append(call.index)
-            try:
-                call.output = original(module, *call_args, **call_kwargs)
-            finally:
-                stack.pop()
+            call = record.begin(module, known[0], kind, call_args, dict(call_kwargs), method)
+            if _runs_positions(module, method, original, call_kwargs):
+                record.run(call, lambda: record.sequential(module, call_args, dict(call_kwargs)))
+            else:
+                record.run(call, lambda: original(module, *call_args, **call_kwargs))
             if rule_for_call(module, method) is not None:  # only rules read a call's variables: others skip the copy
                 if id(module) not in owned:
                     owned[id(module)] = nnx_variables(module)
@@ -181,10 +240,7 @@ def capture_nnx(model: nnx.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
         try:
             output = model(*args, **kwargs)
         except Exception as e:  # the user's model code may raise anything
-            where = next((c.name for c in reversed(calls) if c.output is None), "")
-            raise LayerMismatchError(
-                f"the Flax model failed{f' in {where!r}' if where else ''} on the given inputs: {first_line(e)}"
-            ) from e
+            raise record.failure("Flax model", e) from e
     finally:
         for (cls, method), own in saved.items():
             if own is _NO_OWN_CALL:
@@ -192,7 +248,7 @@ def capture_nnx(model: nnx.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
                     delattr(cls, method)
             else:
                 setattr(cls, method, own)
-    return output, calls
+    return output, record.calls
 
 
 def _dtype_hint(port: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -211,23 +267,15 @@ def capture_torch(port: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str
     Raises:
         LayerMismatchError: naming the submodule that failed.
     """
-    calls: list[Call] = []
-    stack: list[int] = []
+    record = _Recorder()
     names = {id(module): name for name, module in port.named_modules()}
 
     def before(module: torch.nn.Module, call_args: tuple[Any, ...], call_kwargs: dict[str, Any]) -> None:
-        parent = stack[-1] if stack else None
         name = names.get(id(module), "?")
-        call = Call(
-            len(calls), name, type(module).__name__, module, parent, _kept(tuple(call_args)), _kept(dict(call_kwargs))
-        )
-        calls.append(call)
-        if parent is not None:
-            calls[parent].children.append(call.index)
-        stack.append(call.index)
+        record.begin(module, name, type(module).__name__, _kept(tuple(call_args)), _kept(dict(call_kwargs)), "__call__")
 
     def after(module: torch.nn.Module, call_args: Any, call_kwargs: Any, output: Any) -> None:
-        calls[stack.pop()].output = _kept(output)
+        record.calls[record.stack.pop()].output = _kept(output)
 
     handles = []
     for module in port.modules():
@@ -236,15 +284,12 @@ def capture_torch(port: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str
     try:
         output = port(*args, **kwargs)
     except Exception as e:  # the port's code may raise anything
-        failed = calls[stack[-1]] if stack else None
-        where = f" in {failed.name or 'the port'} ({failed.kind})" if failed else ""
-        raise LayerMismatchError(
-            f"the torch port failed{where} on the given inputs: {first_line(e)}{_dtype_hint(port, args, kwargs)}"
-        ) from e
+        record.failed = record.calls[record.stack[-1]] if record.stack else None
+        raise record.failure("torch port", e, _dtype_hint(port, args, kwargs)) from e
     finally:
         for handle in handles:
             handle.remove()
-    return output, calls
+    return output, record.calls
 
 
 def _plain(tree: Any) -> Any:

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 from flax import nnx
@@ -35,16 +35,7 @@ from .._errors import InvalidArgumentError
 from .._jaxpr import first_narrowing
 from .._numerics import Precision, Tolerance, function_rounding
 from .._tensors import is_array, is_float, to_numpy
-from ..capture import (
-    Call,
-    Step,
-    capture_flax,
-    capture_torch,
-    chain_calls,
-    discover_chain,
-    flax_layer_outputs,
-    torch_chain_calls,
-)
+from ..capture import Call, Step, capture_flax, capture_torch, discover_chain, positions
 from ..match import (
     NO_LOOSE,
     LooseVariables,
@@ -53,7 +44,6 @@ from ..match import (
     find_input_permutations,
     match_calls,
     match_loose,
-    match_positions,
     pair_own_calls,
     unpaired_flax,
 )
@@ -97,8 +87,6 @@ class _Captured(NamedTuple):
     matching: Matching
     loose: LooseVariables
     channels_last: bool
-    # a chain of other lengths: (position, description); None when the lengths agree, and for every tree
-    structure: tuple[int, str] | None
     inputs_drawn_from: int | None  # the seed a chain's rows were drawn from (None: given)
 
 
@@ -111,18 +99,15 @@ def check_pair(
     steps: tuple[Step, ...] | None,
 ) -> EquivalenceReport:
     """``check_equivalence`` once the pair's way of being paired is known (see ``bridge.check_equivalence``):
-    ``steps``, a chain's positions, paired with the port's children in order; None, both call trees captured
-    and matched by structure. Everything after the pairing is one procedure. The tolerance is the one thing
+    both sides captured alike (``_capture``); ``steps``, a chain's positions, paired with the port's children in
+    order (the matcher's fast path); None, the call trees matched by structure. Everything after the pairing is
+    one procedure. The tolerance is the one thing
     chosen by the pairing: a chain of rule-backed positions propagates its rules' bounds position by
     position; a tree's calls get their rule's bound in isolation and the float64 run's drift end to end
     (``calibrated`` lazily). Explicit ``rtol``/``atol`` judge every call, the output and the gradients instead
     (no calibration); with ``allow_unchecked``, port parameters that no Flax variable fills do not make the
     verdict NOT EQUIVALENT (they are still listed)."""
-    captured = (
-        _capture_tree(model, variables, port, inputs, options)
-        if steps is None
-        else _capture_chain(model, variables, port, inputs, options, steps)
-    )
+    captured = _capture(model, variables, port, inputs, options, steps)
     model, variables, port = captured.model, captured.variables, captured.port
     args, kwargs, flax_out, torch_out = captured.args, captured.kwargs, captured.flax_out, captured.torch_out
     flax_calls, matching, loose, channels_last = (
@@ -148,11 +133,11 @@ def check_pair(
             _refuse_narrowing(model, runs, flax_calls)
         rows, details, output, calibrated = _calibrated_rows(captured, runs, tolerance, other)
         judged_pairs, rows, details, not_judged = _composites_not_judged(matching.pairs, rows, details, output.ok)
-    problems = [captured.structure[1]] if captured.structure is not None else []
+    problems = [matching.structure[1]] if matching.structure is not None else []
     problems += [
         unpaired_flax(c, flax_calls)
         + (": port it, or pair it with mapping={'" + c.name + "': 'torch.name'}" if c.name else "")
-        for c in ([] if captured.structure is not None else matching.unmatched_flax)
+        for c in ([] if matching.structure is not None else matching.unmatched_flax)
     ]
     runs.release_outputs()  # float64 call outputs: no longer needed, and the gradients are the memory peak
     judged = JudgedGradients((), 0, 0, 0)
@@ -173,7 +158,7 @@ def check_pair(
         )
         calibrated += judged.calibrated
     gradient_rows = judged.rows
-    structure = _structure_divergence(captured, problems)
+    structure = _structure_divergence(matching, problems)
 
     def rerun(pair: Pair, module: torch.nn.Module) -> np.ndarray | None:  # a candidate repair, in Flax's layout
         out = run_isolated(pair, channels_last, module)
@@ -222,40 +207,55 @@ def check_pair(
     )
 
 
-def _capture_tree(model: Any, variables: Any, port: torch.nn.Module, inputs: Any, options: CheckOptions) -> _Captured:
-    """Both models run once on ``inputs`` with every module call recorded, the calls matched by structure
-    (``match_calls``), a flatten's permutations found from the values, the variables outside rule-backed
-    layers paired (``match_loose``). ``dtype`` is the dtype both sides were cast to, which a call computing in
-    a dtype of its own (``nn.Dense(dtype=jnp.float32)``) would silently ignore: such a call is refused."""
-    channels_last, torch_inputs = options.channels_last, options.torch_inputs
-    if inputs is None:
-        raise InvalidArgumentError(
-            f"{type(model).__name__} is not one nn.Sequential chain: pass inputs= (an array, a tuple of "
-            "positional arguments or a dict of keyword arguments for its apply)"
+def _capture(
+    model: Any,
+    variables: Any,
+    port: torch.nn.Module,
+    inputs: Any,
+    options: CheckOptions,
+    steps: tuple[Step, ...] | None,
+) -> _Captured:
+    """Both models run once with every call recorded (``capture_flax``, ``capture_torch``; an ``nn.Sequential``'s
+    layers are calls, functions included), then paired: a chain's positions in order, a tree's calls by structure
+    (``match_calls``) with the variables outside rule-backed layers paired too (``match_loose``); a flatten's
+    permutations are found from the values. Only the arguments differ: a chain's are its one input (given, else
+    ``n_inputs`` rows drawn from ``seed`` for its first layer), cast with both sides to ``dtype`` (every position
+    computing in it); a tree's are ``inputs`` as given (cast by the caller), and a call computing in a dtype of its
+    own (``nn.Dense(dtype=jnp.float32)``), which would silently ignore ``dtype``, is refused."""
+    chain, dtype, channels_last = steps is not None, options.dtype, options.channels_last
+    if steps is not None:
+        if dtype is not None:
+            model, variables, port = cast_pair(model, variables, port, dtype)
+            model, steps = cast_compute_dtype(model, variables, discover_chain(model, variables), dtype)
+        refuse_training_mode(steps)
+        x = chain_inputs(
+            inputs, steps, [rule_or_none(step.layer) for step in steps], options.seed, options.n_inputs, dtype
         )
-    variables = variables if variables is not None else {}
-    args, kwargs = call_arguments(inputs)
-    for value in (*args, *kwargs.values()):
-        if isinstance(value, jax.Array | np.ndarray) and value.size == 0:
-            raise InvalidArgumentError(f"an input of shape {tuple(value.shape)} holds no values: give at least one row")
-    if torch_inputs is None:
-        torch_args, torch_kwargs = torch_arguments(args, kwargs, channels_last)
-        torch_kwargs = port_keywords(port, torch_kwargs)
+        args, torch_args = (x,), (torch_argument(x, channels_last),)
+        kwargs: dict[str, Any] = {}
+        torch_kwargs: dict[str, Any] = {}
     else:
-        torch_args, torch_kwargs = torch_arguments(*call_arguments(torch_inputs), True)
-        channels_last = channels_last and not _given_channels_first((args, kwargs), (torch_args, torch_kwargs))
+        args, kwargs, torch_args, torch_kwargs, channels_last = _tree_arguments(model, port, inputs, options)
+    variables = variables if variables is not None else {}
     progress.step("running the Flax model, recording its calls")
     flax_out, flax_calls = capture_flax(model, variables, args, kwargs)
-    if options.dtype is not None:
-        _refuse_own_compute_dtypes(model, flax_calls, options.dtype)
+    if dtype is not None and not chain:
+        _refuse_own_compute_dtypes(model, flax_calls, dtype)
     progress.step(f"running the port, recording its calls ({len(flax_calls)} Flax calls)")
     with torch.no_grad():
         torch_out, torch_calls = capture_torch(port, torch_args, torch_kwargs)
     progress.step(f"matching {len(flax_calls)} Flax calls with {len(torch_calls)} torch calls")
-    matching = match_calls(flax_calls, torch_calls, options.mapping)
-    find_input_permutations(matching.pairs)
-    loose = match_loose(matching, flax_model.all_variables(model, variables), port, by_value=True)
-    pair_own_calls(matching, loose, flax_calls, torch_calls)
+    if steps is not None:  # each position a leaf holding its step's variables (a chain's rule-less layers too)
+        flax_steps = [replace(c, variables=s.variables) for c, s in zip(positions(flax_calls), steps, strict=True)]
+        matching = match_calls(flax_steps, positions(torch_calls), by_position=True)
+    else:
+        matching = match_calls(flax_calls, torch_calls, options.mapping)
+    if not chain or not channels_last:  # torch's flatten of NCHW feeds the next layer another order
+        find_input_permutations(matching.pairs)
+    loose = NO_LOOSE  # a chain's variables all belong to its positions (``discover_chain``)
+    if not chain:
+        loose = match_loose(matching, flax_model.all_variables(model, variables), port, by_value=True)
+        pair_own_calls(matching, loose, flax_calls, torch_calls)
     return _Captured(
         model,
         variables,
@@ -270,53 +270,32 @@ def _capture_tree(model: Any, variables: Any, port: torch.nn.Module, inputs: Any
         matching,
         loose,
         channels_last,
-        None,
-        None,
+        options.seed if chain and inputs is None else None,
     )
 
 
-def _capture_chain(
-    model: Any, variables: Any, port: torch.nn.Module, inputs: Any, options: CheckOptions, steps: tuple[Step, ...]
-) -> _Captured:
-    """Both sides run once on the chain's input (given, else ``n_inputs`` rows drawn from ``seed`` for its first
-    layer), each position recorded as a call, paired in order (``match_positions``); with ``dtype``, both
-    sides cast to it first, every position computing in it."""
-    dtype, channels_last = options.dtype, options.channels_last
-    if dtype is not None:
-        model, variables, port = cast_pair(model, variables, port, dtype)
-        model, steps = cast_compute_dtype(model, variables, discover_chain(model, variables), dtype)
-    refuse_training_mode(steps)
-    rules = [rule_or_none(step.layer) for step in steps]
-    x = chain_inputs(inputs, steps, rules, options.seed, options.n_inputs, dtype)
-    progress.step(f"running the Flax chain ({len(steps)} positions)")
-    flax_outputs = [np.asarray(y) for y in flax_layer_outputs(model, variables, jnp.asarray(x))]
-    progress.step("running the torch chain")
-    torch_x = torch_argument(x, channels_last)
-    assert isinstance(port, torch.nn.Sequential)  # chain_steps pairs chains with Sequentials only
-    with torch.no_grad():
-        torch_out, torch_calls = torch_chain_calls(port, torch_x)
-    flax_calls = chain_calls(steps, x, flax_outputs)
-    matching, structure = match_positions(flax_calls, torch_calls, rules)
-    if not channels_last:  # torch's flatten of NCHW feeds the next layer another order, found from the values
-        find_input_permutations(matching.pairs)
-    drawn_from = options.seed if inputs is None else None
-    return _Captured(
-        model,
-        variables,
-        port,
-        (x,),
-        {},
-        (torch_x,),
-        {},
-        flax_outputs[-1],
-        torch_out,
-        flax_calls,
-        matching,
-        NO_LOOSE,
-        channels_last,
-        structure,
-        drawn_from,
-    )
+def _tree_arguments(
+    model: Any, port: torch.nn.Module, inputs: Any, options: CheckOptions
+) -> tuple[tuple[Any, ...], dict[str, Any], tuple[Any, ...], dict[str, Any], bool]:
+    """A tree's arguments for both sides, and whether the port takes them channels-last: ``inputs`` as given,
+    the port's as ``torch_inputs`` gives them (channels-first where they hold the Flax images so), else the
+    same values as tensors."""
+    channels_last, torch_inputs = options.channels_last, options.torch_inputs
+    if inputs is None:
+        raise InvalidArgumentError(
+            f"{type(model).__name__} is not one nn.Sequential chain: pass inputs= (an array, a tuple of "
+            "positional arguments or a dict of keyword arguments for its apply)"
+        )
+    args, kwargs = call_arguments(inputs)
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, jax.Array | np.ndarray) and value.size == 0:
+            raise InvalidArgumentError(f"an input of shape {tuple(value.shape)} holds no values: give at least one row")
+    if torch_inputs is None:
+        torch_args, torch_kwargs = torch_arguments(args, kwargs, channels_last)
+        return args, kwargs, torch_args, port_keywords(port, torch_kwargs), channels_last
+    torch_args, torch_kwargs = torch_arguments(*call_arguments(torch_inputs), True)
+    channels_last = channels_last and not _given_channels_first((args, kwargs), (torch_args, torch_kwargs))
+    return args, kwargs, torch_args, torch_kwargs, channels_last
 
 
 def _chain_rows(
@@ -329,25 +308,25 @@ def _chain_rows(
     rows: list[LayerRow] = []
     details: list[Detail | None] = []
     tol_in: np.ndarray = np.zeros(np.shape(captured.args[0]))
-    paired = {p.flax.index: p for p in matching.pairs}
     # a position feeding a layer that reads a flatten's features in torch's order gives them in that order
     out_permutations = [p.input_permutation for p in matching.pairs[1:]] + [None]
     progress.step(f"comparing {len(steps)} positions end to end and isolated")
-    for step, call in zip(steps, [*(p.flax for p in matching.pairs), *matching.unmatched_flax], strict=True):
+    for position, (step, call) in enumerate(
+        zip(steps, [p.flax for p in matching.pairs] + matching.unmatched_flax, strict=True)
+    ):
         x_in, y = call.args[0], call.output
         rule = rule_or_none(step.layer)
         bound_e2e, bound_iso, precision = layer_bounds(step, rule, x_in, y, tol_in, tolerance)
-        pair = paired.get(step.index)
-        if pair is None:  # past the end of a shorter torch chain: nothing to compare against
-            rows.append(LayerRow(step.index, step.kind, call.name, "", "", compare(y, np.empty(0), bound_e2e), None))
+        if position >= len(matching.pairs):  # past the end of a shorter torch chain: nothing to compare against
+            rows.append(LayerRow(position, step.kind, call.name, "", "", compare(y, np.empty(0), bound_e2e), None))
             details.append(Detail(x_in, y, None, bound_iso, precision))
         else:
-            permutation = out_permutations[step.index]
+            pair, permutation = matching.pairs[position], out_permutations[position]
             torch_y = in_flax_layout(to_numpy(pair.torch.output), y, channels_last, permutation)
             isolated = run_isolated(pair, channels_last)
             isolated = np.full((0,), np.nan) if isolated is None else isolated  # the row shows it could not run
             isolated_y = in_flax_layout(isolated, y, channels_last, permutation)
-            row, detail = pair_row(step.index, pair, call.name, torch_y, isolated_y, (bound_iso, bound_e2e))
+            row, detail = pair_row(position, pair, call.name, torch_y, isolated_y, (bound_iso, bound_e2e))
             rows.append(row)
             details.append(detail)
         tol_in = bound_e2e
@@ -385,17 +364,17 @@ def _calibrated_rows(
     return rows, details, output, calibrated
 
 
-def _structure_divergence(captured: _Captured, problems: Sequence[str]) -> Divergence | None:
+def _structure_divergence(matching: Matching, problems: Sequence[str]) -> Divergence | None:
     """The first structure problem as the report's first divergence: where a chain of other length starts to
     differ, or the first Flax call with no counterpart."""
-    if captured.structure is not None:
-        index, description = captured.structure
-        flax_calls, pairs = captured.flax_calls, captured.matching.pairs
-        call = flax_calls[min(index, len(flax_calls) - 1)]
-        torch_name = pairs[index].torch.name if index < len(pairs) else ""
+    if matching.structure is not None:
+        index, description = matching.structure
+        flax_positions = [*(p.flax for p in matching.pairs), *matching.unmatched_flax]
+        call = flax_positions[min(index, len(flax_positions) - 1)]
+        torch_name = matching.pairs[index].torch.name if index < len(matching.pairs) else ""
         return Divergence(index, call.name, torch_name, call.kind, "structure", description)
     if problems:
-        call = captured.matching.unmatched_flax[0]
+        call = matching.unmatched_flax[0]
         return Divergence(call.index, call.name, "", call.kind, "structure", problems[0])
     return None
 

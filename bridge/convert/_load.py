@@ -42,7 +42,6 @@ from ..match import (
     find_input_permutations,
     match_calls,
     match_loose,
-    match_positions,
     port_tensors,
     signature,
     tensor_holders,
@@ -159,7 +158,7 @@ def load_into(
 def _chain_matching(
     model: Any, variables: Variables | None, steps: tuple[Step, ...], port: torch.nn.Sequential, channels_last: bool
 ) -> tuple[Matching, str | None]:
-    """A chain's positions paired with the port's children (``match_positions``), nothing run: the rules
+    """A chain's positions paired with the port's children (``match_calls``'s fast path), nothing run: the rules
     lay out each position's variables, a probe of a channels-first port's flatten gives the permutation of the
     Linear after it. Also the structure problem where the lengths differ (None when they agree)."""
     planned = plan(model, variables, steps)  # every position has a rule (else UnknownLayerError, naming it)
@@ -167,8 +166,10 @@ def _chain_matching(
         check_variable_names(step, rule.param_maps(step.layer, step.variables))
     flax_calls, torch_calls = chain_calls(steps), torch_positions(port)  # nothing run
     permutations = {} if channels_last or len(port) != len(steps) else flatten_permutations(planned, port)
-    matching, structure = match_positions(flax_calls, torch_calls, [rule for _, rule in planned], permutations)
-    return matching, None if structure is None else structure[1]
+    matching = match_calls(flax_calls, torch_calls, by_position=True)
+    for pair in matching.pairs:
+        pair.input_permutation = permutations.get(pair.flax.index)
+    return matching, None if matching.structure is None else matching.structure[1]
 
 
 def _tree_matching(

@@ -13,7 +13,6 @@ from ._match import owned_tensors as owned_tensors
 from ._match import port_tensors as port_tensors
 from ._match import tensor_holders as tensor_holders
 from ._match import unaccounted_tensors as unaccounted_tensors
-from ._match_chain import match_positions as match_positions
 from ._match_tree import Matching as Matching
 from ._match_tree import Pair as Pair
 from ._match_tree import chain_steps as chain_steps

@@ -9,7 +9,8 @@ in the port); equal signatures pair by the values a loaded port holds, then by t
 loaded port reproduces the Flax output); what stays unpaired is listed. A Flax composite
 with a rule of its own (attention) matches as one unit when a torch module fits it, else its children
 are matched. ``mapping`` (Flax path glob -> torch name glob) pairs calls first. Composites without a
-rule pair with the smallest torch subtree covering their matched leaves.
+rule pair with the smallest torch subtree covering their matched leaves. A chain (an ``nn.Sequential`` against
+a torch ``nn.Sequential``) is the fast path: its positions pair in order.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 from flax import nnx
 
-from .._errors import LayerMismatchError, UnsupportedModelError
+from .._errors import LayerMismatchError, UnsupportedModelError, at_layer
 from .._flax_model import is_nnx
 from .._tensors import channels_first_flatten_permutation, is_float, to_numpy
 from ..capture import Call, Step, discover_chain
@@ -51,11 +52,13 @@ class Pair:
 
 @dataclass
 class Matching:
-    """Every pair in Flax execution order, and what stayed unpaired on each side."""
+    """Every pair in Flax execution order, and what stayed unpaired on each side; for chain positions of other
+    lengths, ``structure``: the position where they start to differ and a description."""
 
     pairs: list[Pair]
     unmatched_flax: list[Call]
     unmatched_torch: list[Call]
+    structure: tuple[int, str] | None = None
 
 
 def signature(arrays: Mapping[str, Any]) -> Signature:
@@ -158,9 +161,19 @@ def _equal(array: np.ndarray, tensor: torch.Tensor) -> bool:
     return held.dtype == np.asarray(array).dtype and bool(np.array_equal(array, held, equal_nan=is_float(held.dtype)))
 
 
-def match_calls(flax_calls: Sequence[Call], torch_calls: Sequence[Call], mapping: Mapping[str, str] | None) -> Matching:
+def match_calls(
+    flax_calls: Sequence[Call],
+    torch_calls: Sequence[Call],
+    mapping: Mapping[str, str] | None = None,
+    *,
+    by_position: bool = False,
+) -> Matching:
     """Pair the two call trees (see the module docstring). Linear in the number of calls (times the depth
-    of the trees): candidates are looked up by signature and by a digest of their values, never scanned."""
+    of the trees): candidates are looked up by signature and by a digest of their values, never scanned.
+    ``by_position``: the calls are a chain's positions on each side (an ``nn.Sequential``'s children), the
+    simplest tree, paired in order (its fast path)."""
+    if by_position:
+        return _match_positions(flax_calls, torch_calls)
     leaves = _flax_leaves(flax_calls)
     taken: set[int] = set()
     pairs: list[Pair] = []
@@ -267,6 +280,53 @@ def match_calls(flax_calls: Sequence[Call], torch_calls: Sequence[Call], mapping
         if c.index not in paired_torch and not _covered(c, torch_calls, paired_torch) and _own_tensors(c.module)
     ]
     return Matching(pairs, sorted(unmatched, key=lambda c: c.index), leftover)
+
+
+def _match_positions(flax_calls: Sequence[Call], torch_calls: Sequence[Call]) -> Matching:
+    """Flax position i with torch child i (``arrays``: what the rule lays out for torch), what is left over on
+    either side, and a structure problem when the lengths differ (see ``_structure_problem``)."""
+    rules = [_rule(call) for call in flax_calls]
+    pairs = [
+        Pair(flax, port, rule, rule.torch_arrays(flax.module, flax.variables) if rule and flax.variables else {})
+        for flax, port, rule in zip(flax_calls, torch_calls, rules, strict=False)
+    ]
+    structure = _structure_problem(flax_calls, rules, torch_calls)
+    return Matching(pairs, list(flax_calls[len(pairs) :]), list(torch_calls[len(pairs) :]), structure)
+
+
+def _structure_problem(
+    flax_calls: Sequence[Call], rules: Sequence[LayerRule | None], torch_calls: Sequence[Call]
+) -> tuple[int, str] | None:
+    """When the torch side has more or fewer positions than the chain: the position and a description.
+
+    Kinds that differ at equal length are no problem by themselves (a custom module may compute the
+    same function); the numbers decide, and the hints name a wrong kind.
+    """
+    if len(torch_calls) == len(flax_calls):
+        return None
+
+    def fits(rule: LayerRule | None, call: Call) -> bool:
+        return rule is None or type(call.module) in rule.torch_types
+
+    pairs = zip(rules, torch_calls, strict=False)
+    first_bad = next(
+        (i for i, (rule, call) in enumerate(pairs) if not fits(rule, call)), min(len(rules), len(torch_calls))
+    )
+    if len(torch_calls) == len(flax_calls) + 1 and all(
+        fits(r, c) for r, c in zip(rules[first_bad:], torch_calls[first_bad + 1 :], strict=False)
+    ):
+        return (
+            first_bad,
+            f"torch has an extra {torch_calls[first_bad].kind} at position {first_bad} "
+            "(a doubled or inserted layer): remove it",
+        )
+    if len(torch_calls) + 1 == len(flax_calls) and all(
+        fits(r, c) for r, c in zip(rules[first_bad + 1 :], torch_calls[first_bad:], strict=False)
+    ):
+        call = flax_calls[first_bad]
+        where = at_layer(first_bad, tuple(call.name.split("/")) if call.name else (), call.kind)
+        return first_bad, f"torch lacks {where}: insert the matching torch layer at position {first_bad}"
+    return first_bad, f"the Flax chain has {len(flax_calls)} layers but the torch Sequential has {len(torch_calls)}"
 
 
 def unpaired_flax(call: Call, calls: Sequence[Call]) -> str:
