@@ -168,6 +168,13 @@ MUTANTS = (
         "    if True:",
         ("tests/test_channels_first.py",),
     ),
+    Mutant(
+        "the tolerance method chosen by the pairing (a chain's port), not per call",
+        "bridge/check/_check_pair.py",
+        "    if opening is None:\n",
+        "    if opening is None or not isinstance(captured.port, torch.nn.Sequential):\n",
+        ("tests/test_chain_as_tree.py",),
+    ),
 )
 
 

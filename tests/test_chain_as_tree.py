@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -80,8 +81,10 @@ def test_a_chain_and_its_wrapped_port_get_the_same_verdict_and_report(mistake: s
         assert t.isolated is not None
         assert c.isolated.ok is t.isolated.ok, c.flax_path
         assert c.isolated.max_abs == t.isolated.max_abs, c.flax_path
-    assert as_chain.output.shape == as_tree.output.shape
-    assert as_chain.output.ok is as_tree.output.ok
+    # the tolerance method is chosen per call, not per pairing: the positions of the Sequential the model opens
+    # with get their rules' bounds propagated on both paths (the same tolerances, to the bit)
+    assert [r.end_to_end for r in chain_dense] == [r.end_to_end for r in tree_dense]
+    assert as_chain.output == as_tree.output
     # the same gradients, input first, each with the same verdict
     assert [_flax_half(g.name) for g in as_chain.gradients] == [_flax_half(g.name) for g in as_tree.gradients]
     assert [g.comparison.ok for g in as_chain.gradients] == [g.comparison.ok for g in as_tree.gradients]
@@ -96,6 +99,53 @@ def test_a_chain_and_its_wrapped_port_get_the_same_verdict_and_report(mistake: s
         assert (first_chain.flax_path, first_chain.kind) == (first_tree.flax_path, first_tree.kind)
         assert first_tree.torch_name == "net." + first_chain.torch_name
         assert first_chain.hint == first_tree.hint
+
+
+class _OpensWithAChain(nn.Module):
+    """A tree whose first call is a chain (an ``nn.Sequential`` fed the input) and whose own code follows it."""
+
+    def setup(self) -> None:
+        self.net = sequential_mlp(8, 3)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.net(x) * 2.0
+
+
+class _TorchOpensWithAChain(torch.nn.Module):
+    def __init__(self, net: torch.nn.Sequential) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) * 2.0
+
+
+@pytest.mark.parametrize("mistake", list(MISTAKES), ids=list(MISTAKES))
+def test_a_trees_opening_chain_is_judged_by_propagated_bounds_and_the_rest_by_calibration(mistake: str) -> None:
+    """Per call: inside a tree, the positions of the chain it opens with get the same rows as that chain checked
+    alone (its rules' bounds propagated); the output, which the tree's own code computes, is judged as a tree's."""
+    x = np.random.default_rng(1).normal(size=(16, 5)).astype(np.float32)
+    model = _OpensWithAChain()
+    variables = model.init(jax.random.PRNGKey(0), x)
+    chain_variables = {"params": variables["params"]["net"]}
+    port = bridge.to_torch(sequential_mlp(8, 3), chain_variables)
+    plant = MISTAKES[mistake]
+    if plant is not None:
+        plant(port)
+    tree = bridge.check_equivalence(model, variables, _TorchOpensWithAChain(port), x, grads=False)
+    chain = bridge.check_equivalence(sequential_mlp(8, 3), chain_variables, port, x, grads=False)
+    assert tree.ok is chain.ok is (plant is None)
+    positions = [r for r in tree.layers if r.kind == "Dense"]
+    assert [r.flax_path for r in positions] == [
+        "net/layers_0",
+        "net/layers_2",
+        "net/layers_4",
+    ]
+    chain_dense = [r for r in chain.layers if r.kind == "Dense"]
+    assert [(r.end_to_end, r.isolated) for r in positions] == [(r.end_to_end, r.isolated) for r in chain_dense]
+    # the output is twice the chain's: judged by a tolerance of its own (a few roundings, calibrated if needed),
+    # not the last position's propagated bound
+    assert tree.output.tolerance_at_worst != chain.output.tolerance_at_worst
 
 
 @pytest.mark.parametrize("mistake", list(MISTAKES), ids=list(MISTAKES))

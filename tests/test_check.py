@@ -371,7 +371,10 @@ def test_bad_arguments_raise_bridge_errors() -> None:
     assert "Flax layers_2 (Dense) has no torch counterpart" in str(partial.first_divergence.hint)
     with pytest.raises(bridge.InvalidArgumentError, match="n_inputs must be an integer >= 1"):
         bridge.check_equivalence(model, variables, port, n_inputs=0)
-    with pytest.raises(bridge.LayerMismatchError, match=r"the Flax model failed in 'layers_0' \(Dense\) on its input of shape \(2, 5\): "):
+    with pytest.raises(
+        bridge.LayerMismatchError,
+        match=r"the Flax model failed in 'layers_0' \(Dense\) on its input of shape \(2, 5\): ",
+    ):
         bridge.check_equivalence(model, variables, port, np.ones((2, 5), np.float32))
     wider = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
     with pytest.raises(

@@ -139,7 +139,9 @@ def test_show_progress_gives_a_chain_checks_phases() -> None:
         "running the Flax model, recording its calls",  # a chain is captured and paired as a tree is
         "running the port, recording its calls",
         "matching 4 Flax calls with 4 torch calls",  # each side's Sequential and its 3 positions (relu too)
-        "comparing 3 positions end to end and isolated",
+        "comparing call 1 of 3: layers_0",  # one line per pair, as for a tree
+        "comparing call 2 of 3: relu",
+        "comparing call 3 of 3: layers_2",
         "comparing the gradients",
         "locating the first divergence",
     ]

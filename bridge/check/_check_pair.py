@@ -2,7 +2,9 @@
 pair their calls (a chain's positions in order; a tree's module calls by structure), compare every pair end to
 end and isolated, compare the gradients of every matched parameter, find the first divergence, report.
 
-Tolerances of a chain: each rule's bound, propagated from position to position. Of a tree: a matched call whose
+Tolerances, chosen per call. A call on the chain the model opens with (the positions of an ``nn.Sequential`` fed
+the model's input: every position of a chain) gets its rule's bound, propagated from position to position, up to
+the first position that holds variables without a rule. Any other call: a matched call whose
 rule has an error analysis (Dense, Conv, norms, Embed) gets that rule's bound in isolation; a rule-backed call
 without one (attention) a calibrated one: the call run alone in float64 on the same inputs shows the reference's
 own rounding error d, and a correct port may differ by ``C_CALIBRATION * (|d| + rms(d))`` plus a few roundings
@@ -23,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import numpy as np
 import torch
@@ -35,7 +38,7 @@ from .._errors import InvalidArgumentError
 from .._jaxpr import first_narrowing
 from .._numerics import Precision, Tolerance, function_rounding
 from .._tensors import is_array, is_float, to_numpy
-from ..capture import Call, Step, capture_flax, capture_torch, discover_chain, positions
+from ..capture import Call, Step, capture_flax, capture_torch, discover_chain, nnx_variables, positions
 from ..match import (
     NO_LOOSE,
     LooseVariables,
@@ -47,7 +50,7 @@ from ..match import (
     pair_own_calls,
     unpaired_flax,
 )
-from ..rules import BoundInputs, LayerRule, rule_or_none
+from ..rules import BoundInputs, LayerRule, rule_for_call, rule_or_none
 from . import _gradients
 from ._compare import Comparison, compare
 from ._divergence import Detail, first_divergence
@@ -101,10 +104,9 @@ def check_pair(
     """``check_equivalence`` once the pair's way of being paired is known (see ``bridge.check_equivalence``):
     both sides captured alike (``_capture``); ``steps``, a chain's positions, paired with the port's children in
     order (the matcher's fast path); None, the call trees matched by structure. Everything after the pairing is
-    one procedure. The tolerance is the one thing
-    chosen by the pairing: a chain of rule-backed positions propagates its rules' bounds position by
-    position; a tree's calls get their rule's bound in isolation and the float64 run's drift end to end
-    (``calibrated`` lazily). Explicit ``rtol``/``atol`` judge every call, the output and the gradients instead
+    one procedure, the tolerance method
+    chosen per call (``_propagated`` bounds along the chain the model opens with, the calibration elsewhere: see
+    the module docstring). Explicit ``rtol``/``atol`` judge every call, the output and the gradients instead
     (no calibration); with ``allow_unchecked``, port parameters that no Flax variable fills do not make the
     verdict NOT EQUIVALENT (they are still listed)."""
     captured = _capture(model, variables, port, inputs, options, steps)
@@ -124,15 +126,11 @@ def check_pair(
     wrt_inputs = options.torch_inputs is None and _one_floating_argument(args, kwargs)
     loss = options.loss or projected_sum
     runs = FlaxRuns(model, variables, args, kwargs, loss, wrt_inputs=wrt_inputs, other=other)
-    calibrated = 0
-    if steps is not None:  # the rules' bounds, propagated along the chain
-        rows, details, output = _chain_rows(captured, steps, tolerance)
-        judged_pairs, not_judged = matching.pairs, list[str]()
-    else:
-        if tolerance is None and np.dtype(computes_in).itemsize == 8:
-            _refuse_narrowing(model, runs, flax_calls)
-        rows, details, output, calibrated = _calibrated_rows(captured, runs, tolerance, other)
-        judged_pairs, rows, details, not_judged = _composites_not_judged(matching.pairs, rows, details, output.ok)
+    chained = _propagated(captured, tolerance)
+    if tolerance is None and np.dtype(computes_in).itemsize == 8 and len(chained) < len(matching.pairs):
+        _refuse_narrowing(model, runs, flax_calls)
+    rows, details, output, calibrated = _rows(captured, chained, runs, tolerance, other)
+    judged_pairs, rows, details, not_judged = _composites_not_judged(matching.pairs, rows, details, output.ok)
     problems = [matching.structure[1]] if matching.structure is not None else []
     problems += [
         unpaired_flax(c, flax_calls)
@@ -298,49 +296,68 @@ def _tree_arguments(
     return args, kwargs, torch_args, torch_kwargs, channels_last
 
 
-def _chain_rows(
-    captured: _Captured, steps: tuple[Step, ...], tolerance: Tolerance | None
-) -> tuple[list[LayerRow], list[Detail | None], Comparison]:
-    """Each position's row and the output's, the tolerances propagated by the rules: a position's end-to-end
-    bound grows from its input's (the bound of the position before it), its isolated bound is its own
-    rounding; a position past the end of a shorter torch chain gets a row with nothing to compare."""
-    matching, channels_last = captured.matching, captured.channels_last
-    rows: list[LayerRow] = []
-    details: list[Detail | None] = []
-    tol_in: np.ndarray = np.zeros(np.shape(captured.args[0]))
-    # a position feeding a layer that reads a flatten's features in torch's order gives them in that order
-    out_permutations = [p.input_permutation for p in matching.pairs[1:]] + [None]
-    progress.step(f"comparing {len(steps)} positions end to end and isolated")
-    for position, (step, call) in enumerate(
-        zip(steps, [p.flax for p in matching.pairs] + matching.unmatched_flax, strict=True)
-    ):
+class _Chained(NamedTuple):
+    """The bounds of a call on a chain from the model's input, propagated by the rules from the call before it."""
+
+    isolated: np.ndarray
+    end_to_end: np.ndarray
+    precision: Precision
+    next_call: int | None  # the position after it (its flatten permutation orders this one's torch output)
+
+
+def _propagated(captured: _Captured, tolerance: Tolerance | None) -> dict[int, _Chained]:
+    """The calls whose tolerance is their rules' bounds propagated along a chain, by Flax call index: the positions
+    of the ``nn.Sequential`` fed the model's own input (a chain's; in a tree, a Sequential the model opens with),
+    each bound from its input's bound by its rule (a parameter-free position without one passes its input's
+    error on, plus a rounding), up to the first position that holds variables and has no rule: from there on,
+    as everywhere else, the float64 calibration decides (``_calibrated``)."""
+    flax_calls = captured.flax_calls
+    opening = next((c for c in flax_calls if _opens_with(c, captured.args, captured.kwargs)), None)
+    if opening is None:
+        return {}
+    calls = [flax_calls[i] for i in opening.children]
+    chained: dict[int, _Chained] = {}
+    tol_in = np.zeros(np.shape(opening.args[0]))
+    for position, call in enumerate(calls):
+        rule = rule_for_call(call.module, call.method)
+        if (rule is None and _holds_variables(call.module)) or not is_array(call.output) or not call.args:
+            break
+        next_call = calls[position + 1].index if position + 1 < len(calls) else None
         x_in, y = call.args[0], call.output
-        rule = rule_or_none(step.layer)
-        bound_e2e, bound_iso, precision = layer_bounds(step, rule, x_in, y, tol_in, tolerance)
-        if position >= len(matching.pairs):  # past the end of a shorter torch chain: nothing to compare against
-            rows.append(LayerRow(position, step.kind, call.name, "", "", compare(y, np.empty(0), bound_e2e), None))
-            details.append(Detail(x_in, y, None, bound_iso, precision))
-        else:
-            pair, permutation = matching.pairs[position], out_permutations[position]
-            torch_y = in_flax_layout(to_numpy(pair.torch.output), y, channels_last, permutation)
-            isolated = run_isolated(pair, channels_last)
-            isolated = np.full((0,), np.nan) if isolated is None else isolated  # the row shows it could not run
-            isolated_y = in_flax_layout(isolated, y, channels_last, permutation)
-            row, detail = pair_row(position, pair, call.name, torch_y, isolated_y, (bound_iso, bound_e2e))
-            rows.append(row)
-            details.append(detail)
+        bound_e2e, bound_iso, precision = layer_bounds(call.module, call.variables, rule, x_in, y, tol_in, tolerance)
+        chained[call.index] = _Chained(bound_iso, bound_e2e, precision, next_call)
         tol_in = bound_e2e
-    flax_final = np.asarray(captured.flax_out, np.float64)
-    torch_final = in_flax_layout(to_numpy(captured.torch_out), flax_final, channels_last)
-    return rows, details, compare(flax_final, torch_final, tol_in)
+    return chained
 
 
-def _calibrated_rows(
-    captured: _Captured, runs: FlaxRuns, tolerance: Tolerance | None, other: np.dtype[Any]
+def _opens_with(call: Call, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether a Flax call is an ``nn.Sequential``'s fed the model's own input, unchanged."""
+    sequential = isinstance(call.module, nn.Sequential | nnx.Sequential)
+    return sequential and len(args) == 1 and not kwargs and len(call.args) == 1 and call.args[0] is args[0]
+
+
+def _is_function(call: Call) -> bool:
+    """Whether a Flax call is a function's (a position of an ``nn.Sequential``: ``relu``), not a module's."""
+    return not isinstance(call.module, nn.Module | nnx.Module)
+
+
+def _holds_variables(module: Any) -> bool:
+    """Whether a Flax layer (linen, bound; or NNX) holds variables."""
+    if isinstance(module, nnx.Module):
+        return bool(nnx_variables(module))
+    return isinstance(module, nn.Module) and module.scope is not None and bool(module.variables)
+
+
+def _rows(
+    captured: _Captured, chained: dict[int, _Chained], runs: FlaxRuns, tolerance: Tolerance | None, other: np.dtype[Any]
 ) -> tuple[list[LayerRow], list[Detail | None], Comparison, int]:
-    """Each matched call's row and the output's, judged by the rounding bounds first and again with the float64
-    drift added where they fail (see the module docstring); and how many needed that."""
+    """Each matched call's row and the output's, and how many comparisons needed the float64 run. The tolerance
+    method is chosen per call: a ``chained`` call's are its propagated bounds; any other's are its rule's bound
+    in isolation, judged by the rounding bounds first and again with the float64 drift added where they fail
+    (see the module docstring). The output is judged as the last chained call when it is that call's output.
+    A chain's positions past the end of a shorter port get rows with nothing to compare."""
     matching, channels_last, flax_calls = captured.matching, captured.channels_last, captured.flax_calls
+    permutation_of = {p.flax.index: p.input_permutation for p in matching.pairs}
 
     def wide() -> list[Any]:  # every call's output in the other precision, or [] where that run differs
         outputs = runs.wide_outputs()
@@ -348,15 +365,39 @@ def _calibrated_rows(
 
     rows, details, calibrated = [], [], 0
     for number, pair in enumerate(matching.pairs):
-        progress.step(f"comparing call {number + 1} of {len(matching.pairs)}: {pair.flax.name or '(model)'}")
+        label = pair.flax.name or (pair.flax.kind if _is_function(pair.flax) else "(model)")
+        progress.step(f"comparing call {number + 1} of {len(matching.pairs)}: {label}")
         isolated_out = run_isolated(pair, channels_last)
-        row, detail = _compare_pair(number, pair, isolated_out, None, other, channels_last, tolerance)
-        if tolerance is None and (not row.ok or not _gradients.CALIBRATE_LAZILY):  # again, calibrated: only wider
-            row, detail = _compare_pair(number, pair, isolated_out, wide(), other, channels_last)
-            calibrated += 1
+        bounds = chained.get(pair.flax.index)
+        if bounds is not None:
+            permutation = permutation_of.get(bounds.next_call) if bounds.next_call is not None else None
+            y = pair.flax.output
+            torch_y = in_flax_layout(to_numpy(pair.torch.output), y, channels_last, permutation)
+            isolated = np.full((0,), np.nan) if isolated_out is None else isolated_out  # the row shows it could not run
+            isolated_y = in_flax_layout(isolated, y, channels_last, permutation)
+            bound_pair = (bounds.isolated, bounds.end_to_end)
+            row, detail = pair_row(number, pair, pair.flax.name, torch_y, isolated_y, bound_pair)
+        else:
+            row, detail = _compare_pair(number, pair, isolated_out, None, other, channels_last, tolerance)
+            if tolerance is None and (not row.ok or not _gradients.CALIBRATE_LAZILY):  # again, calibrated: only wider
+                row, detail = _compare_pair(number, pair, isolated_out, wide(), other, channels_last)
+                calibrated += 1
         rows.append(row)
         details.append(detail)
+    for call in matching.unmatched_flax if matching.structure is not None else []:
+        bounds = chained.get(call.index)
+        y = np.asarray(call.output)
+        precision = Precision.of(y.dtype if is_float(y.dtype) else np.float32)
+        iso = bounds.isolated if bounds else function_rounding(y, y, precision.storage)
+        e2e = bounds.end_to_end if bounds else iso
+        rows.append(LayerRow(len(rows), call.kind, call.name, "", "", compare(y, np.empty(0), e2e), None))
+        details.append(Detail(first_array(call.args), y, None, iso, precision))
     flax_out, torch_out = captured.flax_out, captured.torch_out
+    last = next((c for c in reversed(flax_calls) if c.index in chained and c.output is flax_out), None)
+    if last is not None:
+        flax_final = np.asarray(flax_out, np.float64)
+        torch_final = in_flax_layout(to_numpy(torch_out), flax_final, channels_last)
+        return rows, details, compare(flax_final, torch_final, chained[last.index].end_to_end), calibrated
     output = _compare_outputs(flax_out, torch_out, None, other, channels_last, tolerance)
     if tolerance is None and (not output.ok or not _gradients.CALIBRATE_LAZILY):
         output = _compare_outputs(flax_out, torch_out, wide()[:1], other, channels_last)
@@ -386,16 +427,17 @@ def _composites_not_judged(
     model's output pass: a block rerun with Flax's arguments, or paired with a smaller torch subtree (its
     norm has no rule), proves nothing where the two sides cut or call their blocks differently, so it never
     decides the verdict on its own. Returns what is kept, and the paths of the blocks left out."""
-    leaves_ok = all(r.ok for p, r in zip(pairs, rows, strict=True) if p.rule is not None)
+    leaves_ok = all(r.ok for p, r in zip(pairs, rows, strict=False) if p.rule is not None)
     kept: tuple[list[Pair], list[LayerRow], list[Detail | None]] = ([], [], [])
     dropped = []
-    for pair, row, detail in zip(pairs, rows, details, strict=True):
+    for pair, row, detail in zip(pairs, rows, details, strict=False):
         if pair.rule is None and not row.ok and leaves_ok and output_ok and pair.flax.parent is not None:
             dropped.append(f"{pair.flax.name} <-> {pair.torch.name or '(port)'}")
             continue
         for kept_list, value in zip(kept, (pair, row, detail), strict=True):
             kept_list.append(value)  # type: ignore[attr-defined]
-    return (*kept, dropped)
+    # rows past the pairs (a chain's positions past the end of a shorter port) are kept as they are
+    return kept[0], kept[1] + rows[len(pairs) :], kept[2] + details[len(pairs) :], dropped
 
 
 def _refuse_own_compute_dtypes(model: Any, calls: Sequence[Call], dtype: Any) -> None:

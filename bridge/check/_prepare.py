@@ -76,29 +76,37 @@ def output_tolerance(model: Any, variables: Variables | None, inputs: Any) -> tu
     outputs = [np.asarray(y) for y in flax_layer_outputs(model, variables, jnp.asarray(x))]
     tol_in = np.zeros(x.shape)
     for step, x_in, y in zip(steps, [x, *outputs[:-1]], outputs, strict=True):
-        tol_in = layer_bounds(step, rule_or_none(step.layer), x_in, y, tol_in, None)[0]
+        tol_in = layer_bounds(step.layer, step.variables, rule_or_none(step.layer), x_in, y, tol_in, None)[0]
     return np.asarray(outputs[-1], np.float64), tol_in
 
 
 def layer_bounds(
-    step: Step, rule: LayerRule | None, x_in: np.ndarray, y: np.ndarray, tol_in: np.ndarray, tolerance: Tolerance | None
+    layer: Any,
+    variables: Variables,
+    rule: LayerRule | None,
+    x_in: Any,
+    y: Any,
+    tol_in: np.ndarray,
+    tolerance: Tolerance | None,
 ) -> tuple[np.ndarray, np.ndarray, Precision]:
     """One position's output tolerances, end to end (its input off by ``tol_in``) and isolated, and its precision."""
     x64, y64 = np.asarray(x_in, np.float64), np.asarray(y, np.float64)
-    precision = Precision.of(y.dtype if is_float(y.dtype) else np.float32)
-    bound_e2e = layer_bound(rule, step, BoundInputs(x64, y64, tol_in, precision), tolerance)
-    bound_iso = layer_bound(rule, step, BoundInputs(x64, y64, np.zeros_like(x64), precision), tolerance)
+    precision = Precision.of(np.asarray(y).dtype if is_float(np.asarray(y).dtype) else np.float32)
+    bound_e2e = layer_bound(rule, layer, variables, BoundInputs(x64, y64, tol_in, precision), tolerance)
+    bound_iso = layer_bound(rule, layer, variables, BoundInputs(x64, y64, np.zeros_like(x64), precision), tolerance)
     return bound_e2e, bound_iso, precision
 
 
-def layer_bound(rule: LayerRule | None, step: Step, inputs: BoundInputs, tolerance: Tolerance | None) -> np.ndarray:
+def layer_bound(
+    rule: LayerRule | None, layer: Any, variables: Variables, inputs: BoundInputs, tolerance: Tolerance | None
+) -> np.ndarray:
     """The per-element tolerance of one layer's output: explicit, or derived by the layer's rule."""
     if tolerance is not None:
         return tolerance.of(inputs.y)
     if inputs.tol_in.shape != inputs.x.shape:  # the layer changes shape: its input error cannot be mapped
         inputs = inputs._replace(tol_in=np.zeros(inputs.x.shape))
     with np.errstate(invalid="ignore", over="ignore"):
-        bound = (rule or _GENERIC_RULE).error_bound(step.layer, step.variables, inputs)
+        bound = (rule or _GENERIC_RULE).error_bound(layer, variables, inputs)
     return np.broadcast_to(np.asarray(bound, np.float64), inputs.y.shape)
 
 

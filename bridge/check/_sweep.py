@@ -14,7 +14,6 @@ grads=False)`` on that seed, and one seed (the first failing, else the first) ge
 from __future__ import annotations
 
 import copy
-import dataclasses
 import numbers
 import operator
 from collections.abc import Callable, Iterable, Sequence
@@ -379,11 +378,9 @@ def _stacked_bound(
 ) -> np.ndarray:
     """The tolerance of one position for every seed: in one call where the rule takes stacked inputs, else per seed."""
     if tolerance is not None or rule.stacked_bounds:
-        return bound(rule, step, inputs, tolerance)
+        return bound(rule, step.layer, step.variables, inputs, tolerance)
     per_seed = []
     for s in range(len(inputs.x)):
-        one_seed = dataclasses.replace(step, variables=_one_seed(step.variables, s))
-        per_seed.append(
-            bound(rule, one_seed, BoundInputs(inputs.x[s], inputs.y[s], inputs.tol_in[s], inputs.precision), None)
-        )
+        one_seed = BoundInputs(inputs.x[s], inputs.y[s], inputs.tol_in[s], inputs.precision)
+        per_seed.append(bound(rule, step.layer, _one_seed(step.variables, s), one_seed, None))
     return np.stack(per_seed)
