@@ -175,6 +175,13 @@ MUTANTS = (
         "    if opening is None or not isinstance(captured.port, torch.nn.Sequential):\n",
         ("tests/test_chain_as_tree.py",),
     ),
+    Mutant(
+        "a position holding variables without a rule bounded as a parameter-free function",
+        "bridge/check/_check_pair.py",
+        "        if (rule is None and _holds_variables(call.module)) or not is_array",
+        "        if False or not is_array",
+        ("tests/test_chain_as_tree.py",),
+    ),
 )
 
 

@@ -20,11 +20,6 @@ def step(line: str) -> None:
         sink(line)
 
 
-def watching() -> bool:
-    """Whether a sink listens (to skip building lines nobody reads in a hot loop)."""
-    return _SINK.get() is not None
-
-
 @contextlib.contextmanager
 def show_progress(sink: Sink) -> Iterator[None]:
     """Send every progress line to ``sink`` while the block runs (in this thread or task)."""

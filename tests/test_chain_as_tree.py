@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -213,3 +214,53 @@ def test_a_chain_and_its_wrapped_port_load_alike() -> None:
         assert loaded.keys() == expected.keys()
         for key, value in expected.items():
             np.testing.assert_array_equal(loaded[key], value, err_msg=key)
+
+
+class _Amplify(nn.Module):
+    """A layer of the user's own with no rule that holds a parameter: ``sin(gain * x)`` with a learned gain of
+    1000, which multiplies its input's error by up to 1000 and keeps its output within [-1, 1]."""
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jnp.sin(x * self.param("gain", nn.initializers.constant(1000.0), (x.shape[-1],)))
+
+
+class _TorchAmplify(torch.nn.Module):
+    def __init__(self, gain: np.ndarray) -> None:
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.tensor(np.asarray(gain)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(x * self.gain)
+
+
+@pytest.mark.parametrize("mistake", ["correct", "shifted bias"])
+def test_a_chain_position_holding_variables_without_a_rule_hands_the_calls_after_it_to_the_calibration(
+    mistake: str,
+) -> None:
+    """No rule bounds what such a layer does to its input's error (here: up to 1000 times it): the positions
+    before it keep their propagated bounds, it and every call after it are judged by the float64 calibration,
+    which passes the correct port and still finds a shifted bias after it."""
+    model = nn.Sequential([nn.Dense(8), _Amplify(), jax.nn.relu, nn.Dense(3)])
+    x = np.random.default_rng(1).normal(size=(16, 5)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    params = variables["params"]
+    port = torch.nn.Sequential(
+        torch.nn.Linear(5, 8), _TorchAmplify(params["layers_1"]["gain"]), torch.nn.ReLU(), torch.nn.Linear(8, 3)
+    )
+    with torch.no_grad():
+        for position, name in ((0, "layers_0"), (3, "layers_3")):
+            port[position].weight.copy_(torch.tensor(np.asarray(params[name]["kernel"]).T))
+            port[position].bias.copy_(torch.tensor(np.asarray(params[name]["bias"])))
+        if mistake == "shifted bias":
+            port[3].bias.add_(1.0)
+    report = bridge.check_equivalence(model, variables, port, x, allow_unchecked=True)
+    assert report.ok is (mistake == "correct"), str(report)
+    alone = bridge.check_equivalence(
+        nn.Sequential([nn.Dense(8)]), {"params": {"layers_0": params["layers_0"]}}, port[:1], x
+    )
+    assert report.layers[0].end_to_end == alone.layers[0].end_to_end  # before it: the chain's propagated bound
+    if mistake != "correct":
+        first = report.first_divergence
+        assert first is not None
+        assert (first.flax_path, first.mode) == ("layers_3", "isolated")

@@ -16,10 +16,12 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx, traverse_util
 
-from .._errors import LayerMismatchError, UnsupportedModelError, at_layer, first_line
+from .._errors import InvalidArgumentError, LayerMismatchError, UnsupportedModelError, at_layer, first_line
 from .._tensors import plain_tree
+from ..rules import rule_or_none
 
 Variables = Mapping[str, Any]
 
@@ -153,6 +155,14 @@ def discover_chain(model: Any, variables: Variables | None = None) -> tuple[Step
     return steps
 
 
+def chain_or_none(model: Any, variables: Variables | None) -> tuple[Step, ...] | None:
+    """The steps of the chain ``model`` is (``discover_chain``), or None for a model that is not one chain."""
+    try:
+        return discover_chain(model, variables)
+    except UnsupportedModelError:
+        return None
+
+
 def _check_parameters(step: Step) -> None:
     """Parameters the bridge can convert and compare: floating point, and no layer of width 0.
 
@@ -222,3 +232,30 @@ def _check_every_variable_is_owned(name: str, steps: tuple[Step, ...], variables
             f"{name} holds variables that no layer of its nn.Sequential owns: {', '.join(stray)}; "
             "check that the variables were made by this model's init"
         )
+
+
+def drawn_rows(steps: Sequence[Step], seed: Any, n: Any) -> np.ndarray:
+    """``n`` rows of standard normal numbers drawn from ``seed``, shaped as the chain's first layer takes them: the
+    inputs a chain model is checked (``n_inputs`` rows) or loaded (two rows) on when none are given.
+
+    Raises:
+        InvalidArgumentError: a seed outside [0, 2**32), ``n`` below 1, or a first layer that does not fix the
+            input shape (the message says to pass inputs).
+    """
+    require_seed(seed)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InvalidArgumentError(f"n_inputs must be an integer >= 1, got {n!r}")
+    first = steps[0]
+    rule = rule_or_none(first.layer)
+    drawn = rule.random_input(first.layer, first.variables, np.random.default_rng(int(seed)), n) if rule else None
+    if drawn is None:
+        raise InvalidArgumentError(
+            f"{first.where} does not fix the input shape: pass inputs= (an array shaped like the model's input)"
+        )
+    return drawn
+
+
+def require_seed(seed: Any) -> None:
+    """Refuse a seed NumPy and JAX would not both take: an integer in [0, 2**32), not a bool."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= int(seed) < 2**32:
+        raise InvalidArgumentError(f"seed must be an integer in [0, 2**32), got {seed!r}")

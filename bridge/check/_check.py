@@ -9,17 +9,15 @@ from typing import Any, TypeVar, overload
 import numpy as np
 import torch
 
-from .._errors import NotEquivalentError, UnsupportedModelError
+from .._errors import NotEquivalentError
 from .._validate import require_mapping, require_port, require_variables
-from ..capture import Variables, discover_chain
+from ..capture import Variables, chain_or_none, drawn_rows
 from ..match import chain_steps
-from ..rules import rule_or_none
 from ._check_pair import check_pair
 from ._prepare import (
     CheckOptions,
     cast_inputs,
     cast_pair,
-    chain_inputs,
     explicit_tolerance,
 )
 from ._report import (
@@ -171,8 +169,8 @@ def check_equivalence(
     explicit_tolerance(rtol, atol, np.float32)  # refuses a negative rtol or atol before anything runs
     steps = chain_steps(model, variables, torch_module, inputs, torch_inputs, mapping)
     drawn = steps is None and inputs is None and torch_inputs is None
-    if drawn:  # a chain model against another kind of port: rows drawn as for a chain
-        inputs = _drawn_rows(model, variables, options)
+    if drawn and (model_steps := chain_or_none(model, variables)) is not None:
+        inputs = drawn_rows(model_steps, seed, n_inputs)  # a chain model against another kind of port: as a chain's
     if seeds is not None:
         return sweep_seeds(
             model, variables, torch_module, seeds, inputs, check_equivalence, options, chain=steps is not None
@@ -186,16 +184,6 @@ def check_equivalence(
         settings = {**report.settings, "inputs": describe_inputs([np.shape(inputs)], seed)}
         report = dataclasses.replace(report, settings=settings)
     return report
-
-
-def _drawn_rows(model: Any, variables: Variables | None, options: CheckOptions) -> np.ndarray | None:
-    """Rows drawn for a chain model's first layer (None when the model is not a chain: it needs inputs)."""
-    try:
-        steps = discover_chain(model, variables)
-    except UnsupportedModelError:
-        return None
-    rules = [rule_or_none(s.layer) for s in steps]
-    return chain_inputs(None, steps, rules, options.seed, options.n_inputs, None) if steps else None
 
 
 def assert_equivalent(

@@ -50,7 +50,7 @@ from ..match import (
     pair_own_calls,
     unpaired_flax,
 )
-from ..rules import BoundInputs, LayerRule, rule_for_call, rule_or_none
+from ..rules import BoundInputs, LayerRule, rule_for_call
 from . import _gradients
 from ._compare import Comparison, compare
 from ._divergence import Detail, first_divergence
@@ -226,9 +226,7 @@ def _capture(
             model, variables, port = cast_pair(model, variables, port, dtype)
             model, steps = cast_compute_dtype(model, variables, discover_chain(model, variables), dtype)
         refuse_training_mode(steps)
-        x = chain_inputs(
-            inputs, steps, [rule_or_none(step.layer) for step in steps], options.seed, options.n_inputs, dtype
-        )
+        x = chain_inputs(inputs, steps, options.seed, options.n_inputs, dtype)
         args, torch_args = (x,), (torch_argument(x, channels_last),)
         kwargs: dict[str, Any] = {}
         torch_kwargs: dict[str, Any] = {}
@@ -334,6 +332,11 @@ def _opens_with(call: Call, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bo
     """Whether a Flax call is an ``nn.Sequential``'s fed the model's own input, unchanged."""
     sequential = isinstance(call.module, nn.Sequential | nnx.Sequential)
     return sequential and len(args) == 1 and not kwargs and len(call.args) == 1 and call.args[0] is args[0]
+
+
+def _path(call: Call) -> str:
+    """How a row names a Flax call: its path; ``(model)`` for the model's own; nothing for a function (``relu``)."""
+    return call.name or ("" if _is_function(call) else "(model)")
 
 
 def _is_function(call: Call) -> bool:
@@ -475,7 +478,7 @@ def _compare_pair(
     isolated_y = None if isolated_out is None else in_flax_layout(isolated_out, y, channels_last)
     if tolerance is not None:
         explicit = tolerance.of(y64)
-        return pair_row(number, pair, pair.flax.name or "(model)", torch_y, isolated_y, (explicit, explicit))
+        return pair_row(number, pair, _path(pair.flax), torch_y, isolated_y, (explicit, explicit))
     wide_y = output_leaves(wide[pair.flax.index]) if wide else []
     drift: float | np.ndarray = 0.0
     if wide_y and wide_y[0].shape == y.shape:
@@ -485,7 +488,7 @@ def _compare_pair(
     else:
         x = first_array(pair.flax.args)
         bound_iso = _isolated_bound(pair, x, y64, precision, other if wide is not None else None)
-    return pair_row(number, pair, pair.flax.name or "(model)", torch_y, isolated_y, (bound_iso, bound_iso + drift))
+    return pair_row(number, pair, _path(pair.flax), torch_y, isolated_y, (bound_iso, bound_iso + drift))
 
 
 def pair_row(

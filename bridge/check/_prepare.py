@@ -18,7 +18,7 @@ from .._arguments import call_arguments
 from .._errors import InvalidArgumentError
 from .._numerics import DEFAULT_RTOL_ATOL, Precision, Tolerance
 from .._tensors import is_float, torch_dtype
-from ..capture import Step, Variables, discover_chain, flax_layer_outputs
+from ..capture import Step, Variables, discover_chain, drawn_rows, flax_layer_outputs, require_seed
 from ..rules import BoundInputs, LayerRule, rule_or_none
 from ._flax_runs import as_dtype
 from ._outputs import output_leaves
@@ -110,27 +110,18 @@ def layer_bound(
     return np.broadcast_to(np.asarray(bound, np.float64), inputs.y.shape)
 
 
-def chain_inputs(
-    inputs: Any, steps: Sequence[Step], rules: Sequence[LayerRule | None], seed: int, n_inputs: int, dtype: Any
-) -> np.ndarray:
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= int(seed) < 2**32:
-        raise InvalidArgumentError(f"seed must be an integer in [0, 2**32), got {seed!r}")
-    if inputs is not None:
+def chain_inputs(inputs: Any, steps: Sequence[Step], seed: int, n_inputs: int, dtype: Any) -> np.ndarray:
+    """A chain's input: ``inputs`` as given, else ``n_inputs`` rows drawn from ``seed`` for its first layer
+    (``drawn_rows``), cast to ``dtype`` where given."""
+    if inputs is None:
+        x = drawn_rows(steps, seed, n_inputs)
+    else:
+        require_seed(seed)
         x = np.asarray(inputs)
         if x.ndim == 0:
             raise InvalidArgumentError("inputs must have rank >= 1 (features on the last axis), got a scalar")
         if x.size == 0:
             raise InvalidArgumentError(f"inputs of shape {tuple(x.shape)} hold no values: give at least one row")
-    else:
-        if not isinstance(n_inputs, int) or n_inputs < 1:
-            raise InvalidArgumentError(f"n_inputs must be an integer >= 1, got {n_inputs!r}")
-        first, rule = steps[0], rules[0]
-        drawn = rule.random_input(first.layer, first.variables, np.random.default_rng(seed), n_inputs) if rule else None
-        if drawn is None:
-            raise InvalidArgumentError(
-                f"{first.where} does not fix the input shape: pass inputs= (an array shaped like the model's input)"
-            )
-        x = drawn
     if dtype is not None and is_float(x.dtype):
         x = x.astype(jnp.dtype(dtype))
     return x

@@ -83,7 +83,7 @@ def _sweep_chain(
     refuse_training_mode(steps)
     rules = [rule_for_flax(step.layer, step.where) for step in steps]
     dtype = options.dtype
-    xs = np.stack([chain_inputs(inputs, steps, rules, seed, options.n_inputs, dtype) for seed in seed_list])
+    xs = np.stack([chain_inputs(inputs, steps, seed, options.n_inputs, dtype) for seed in seed_list])
 
     progress.step(f"initialising {len(seed_list)} seeds in one compiled call")
     native = init_seeds(model, seed_list, xs)

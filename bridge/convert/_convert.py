@@ -17,7 +17,7 @@ from .._errors import InvalidArgumentError, LayerMismatchError, UnsupportedModel
 from .._flax_model import is_nnx
 from .._tensors import channels_first_flatten_permutation, shared_tensor, to_numpy, to_tensor
 from .._validate import require_variables
-from ..capture import Step, Variables, discover_chain
+from ..capture import Step, Variables, chain_or_none, discover_chain
 from ..match import port_tensors
 from ..rules import LayerRule, ParamMap, rule_for_flax, rule_for_torch
 
@@ -100,7 +100,7 @@ def to_torch(
         BridgeError: when a layer has no rule, or its variables do not fit it.
     """
     require_variables(variables)
-    steps = _chain_or_none(model, variables) if inputs is not None else None
+    steps = chain_or_none(model, variables) if inputs is not None else None
     if inputs is not None and steps is None:
         from ._native import native_module
 
@@ -116,14 +116,6 @@ def to_torch(
             ) from e
         raise
     return _build_torch(planned, _torch_tensors(planned, copy=copy), channels_last=channels_last)
-
-
-def _chain_or_none(model: Any, variables: Variables | None) -> tuple[Step, ...] | None:
-    """The chain's steps, or None for a model that is not one chain."""
-    try:
-        return discover_chain(model, variables)
-    except UnsupportedModelError:
-        return None
 
 
 def torch_module_for(
@@ -156,16 +148,6 @@ def channels_first_positions(steps: Sequence[Step]) -> int:
     """How many positions of a channels-first model take ``(N, C, spatial...)``: those up to the first
     flatten, which is one of them (its input is channels-first, its output flat); every one without a flatten."""
     return next((step.index + 1 for step in steps if step.kind == "flatten"), len(steps))
-
-
-def example_inputs(model: Any, variables: Any) -> Any:
-    """Two random input rows for a chain whose first layer fixes the input shape (None otherwise)."""
-    try:
-        first = discover_chain(model, variables)[0]
-    except UnsupportedModelError:
-        return None
-    rule = rule_for_flax(first.layer, first.where)
-    return rule.random_input(first.layer, first.variables, np.random.default_rng(0), 2)
 
 
 def flatten_permutations(planned: Sequence[PlannedStep], torch_module: torch.nn.Sequential) -> dict[int, np.ndarray]:

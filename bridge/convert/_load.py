@@ -27,6 +27,8 @@ from ..capture import (
     capture_flax,
     capture_torch,
     chain_calls,
+    chain_or_none,
+    drawn_rows,
     keyed_like,
     output_leaves,
     torch_positions,
@@ -49,7 +51,7 @@ from ..match import (
     unaccounted_tensors,
     unpaired_flax,
 )
-from ._convert import check_variable_names, example_inputs, flatten_permutations, plan
+from ._convert import check_variable_names, flatten_permutations, plan
 
 
 def load_into(
@@ -127,7 +129,8 @@ def load_into(
         torch_calls = [*(p.torch for p in matching.pairs), *matching.unmatched_torch]
         run = None
     else:
-        inputs = inputs if inputs is not None else example_inputs(model, variables)
+        if inputs is None and (model_steps := chain_or_none(model, variables)) is not None:
+            inputs = drawn_rows(model_steps, 0, 2)  # a chain model against another kind of port: two rows
         flax_out, flax_calls, torch_args, torch_kwargs, torch_calls, matching = _tree_matching(
             model, variables, port, inputs, torch_inputs, channels_last, mapping
         )

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from flax import nnx
 
-from .._errors import LayerMismatchError, UnsupportedModelError, at_layer
+from .._errors import LayerMismatchError, at_layer
 from .._flax_model import is_nnx
 from .._tensors import channels_first_flatten_permutation, is_float, to_numpy
-from ..capture import Call, Step, discover_chain
+from ..capture import Call, Step, chain_or_none, discover_chain
 from ..rules import LayerRule, rule_for_call
 from ._match import port_tensors
 
@@ -350,10 +350,7 @@ def chain_steps(
         return None
     if is_nnx(model):
         return discover_chain(model, variables) if isinstance(model, nnx.Sequential) else None
-    try:
-        return discover_chain(model, variables)
-    except UnsupportedModelError:
-        return None
+    return chain_or_none(model, variables)
 
 
 def tied_variables(pairs: Sequence[Pair]) -> dict[str, dict[str, torch.Tensor]]:
