@@ -308,7 +308,7 @@ def _propagated(captured: _Captured, tolerance: Tolerance | None) -> dict[int, _
     of the ``nn.Sequential`` fed the model's own input (a chain's; in a tree, a Sequential the model opens with),
     each bound from its input's bound by its rule (a parameter-free position without one passes its input's
     error on, plus a rounding), up to the first position that holds variables and has no rule: from there on,
-    as everywhere else, the float64 calibration decides (``_calibrated``)."""
+    as everywhere else, the float64 calibration decides (``_rows``)."""
     flax_calls = captured.flax_calls
     opening = next((c for c in flax_calls if _opens_with(c, captured.args, captured.kwargs)), None)
     if opening is None:
@@ -374,8 +374,8 @@ def _rows(
         bounds = chained.get(pair.flax.index)
         if bounds is not None:
             permutation = permutation_of.get(bounds.next_call) if bounds.next_call is not None else None
-            y = pair.flax.output
-            torch_y = in_flax_layout(to_numpy(pair.torch.output), y, channels_last, permutation)
+            y, torch_leaves = pair.flax.output, output_leaves(pair.torch.output)
+            torch_y = in_flax_layout(torch_leaves[0] if torch_leaves else np.zeros(0), y, channels_last, permutation)
             isolated = np.full((0,), np.nan) if isolated_out is None else isolated_out  # the row shows it could not run
             isolated_y = in_flax_layout(isolated, y, channels_last, permutation)
             bound_pair = (bounds.isolated, bounds.end_to_end)
