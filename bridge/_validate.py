@@ -3,6 +3,7 @@ and the fix, where a wrong one would otherwise fail deep inside with a raw ``Att
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -17,6 +18,16 @@ from ._errors import InvalidArgumentError
 
 # what a variable leaf may be: an array, a number, or a shape (``jax.eval_shape`` of ``model.init``)
 _LEAVES = (np.ndarray, np.generic, jax.Array, jax.ShapeDtypeStruct, int, float, bool)
+
+
+def require_seed(seed: Any, name: str = "seed") -> int:
+    """A seed ``jax.random.PRNGKey`` and NumPy both take as it is (``PRNGKey`` would silently wrap a larger one):
+    an integer, or an integral number, in [0, 2**32), not a bool; returned as an int. ``name`` is how the
+    message names it (``seed``, ``--seed``, ``every seed``)."""
+    integral = isinstance(seed, numbers.Integral) or (isinstance(seed, numbers.Real) and float(seed).is_integer())
+    if isinstance(seed, bool) or not integral or not 0 <= int(seed) < 2**32:
+        raise InvalidArgumentError(f"{name} must be an integer in [0, 2**32), got {seed!r}")
+    return int(seed)
 
 
 def require_port(port: Any, argument: str = "port") -> None:

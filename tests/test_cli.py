@@ -45,7 +45,7 @@ def test_check_options_change_the_model(capsys: pytest.CaptureFixture[str]) -> N
         (["check", "--hidden", "0"], "flax2torch check: error: hidden must be >= 1, got 0"),
         (["check", "--seed", "1.5"], "flax2torch check: error: argument --seed: invalid int value: '1.5'"),
         (["check", "--in-features", "0"], "flax2torch check: error: x must have at least one feature"),
-        (["check", "--seed", "-1"], "flax2torch check: error: seed must be >= 0"),
+        (["check", "--seed", "-1"], "flax2torch check: error: --seed must be an integer in [0, 2**32), got -1"),
         ([], "flax2torch: error: the following arguments are required: command"),
         (["frobnicate"], "flax2torch: error: argument command: invalid choice: 'frobnicate'"),
     ],

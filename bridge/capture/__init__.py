@@ -21,7 +21,6 @@ from ._chain import chain_or_none as chain_or_none
 from ._chain import discover_chain as discover_chain
 from ._chain import drawn_rows as drawn_rows
 from ._chain import layer_name as layer_name
-from ._chain import require_seed as require_seed
 from ._chain import variables_at as variables_at
 from ._leaves import array_leaves as array_leaves
 from ._leaves import keyed_like as keyed_like

@@ -21,6 +21,7 @@ from flax import nnx, traverse_util
 
 from .._errors import InvalidArgumentError, LayerMismatchError, UnsupportedModelError, at_layer, first_line
 from .._tensors import plain_tree
+from .._validate import require_seed
 from ..rules import rule_or_none
 
 Variables = Mapping[str, Any]
@@ -242,20 +243,14 @@ def drawn_rows(steps: Sequence[Step], seed: Any, n: Any) -> np.ndarray:
         InvalidArgumentError: a seed outside [0, 2**32), ``n`` below 1, or a first layer that does not fix the
             input shape (the message says to pass inputs).
     """
-    require_seed(seed)
+    seed = require_seed(seed)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InvalidArgumentError(f"n_inputs must be an integer >= 1, got {n!r}")
     first = steps[0]
     rule = rule_or_none(first.layer)
-    drawn = rule.random_input(first.layer, first.variables, np.random.default_rng(int(seed)), n) if rule else None
+    drawn = rule.random_input(first.layer, first.variables, np.random.default_rng(seed), n) if rule else None
     if drawn is None:
         raise InvalidArgumentError(
             f"{first.where} does not fix the input shape: pass inputs= (an array shaped like the model's input)"
         )
     return drawn
-
-
-def require_seed(seed: Any) -> None:
-    """Refuse a seed NumPy and JAX would not both take: an integer in [0, 2**32), not a bool."""
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= int(seed) < 2**32:
-        raise InvalidArgumentError(f"seed must be an integer in [0, 2**32), got {seed!r}")

@@ -18,7 +18,8 @@ from .._arguments import call_arguments
 from .._errors import InvalidArgumentError
 from .._numerics import DEFAULT_RTOL_ATOL, Precision, Tolerance
 from .._tensors import is_float, torch_dtype
-from ..capture import Step, Variables, discover_chain, drawn_rows, flax_layer_outputs, require_seed
+from .._validate import require_seed
+from ..capture import Step, Variables, discover_chain, drawn_rows, flax_layer_outputs
 from ..rules import BoundInputs, LayerRule, rule_or_none
 from ._flax_runs import as_dtype
 from ._outputs import output_leaves

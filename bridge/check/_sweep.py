@@ -14,7 +14,6 @@ grads=False)`` on that seed, and one seed (the first failing, else the first) ge
 from __future__ import annotations
 
 import copy
-import numbers
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -31,6 +30,7 @@ from .._arguments import call_arguments, torch_argument
 from .._errors import InvalidArgumentError, LayerMismatchError, first_line
 from .._numerics import Precision, Tolerance
 from .._tensors import is_float, to_numpy, to_tensor
+from .._validate import require_seed
 from ..capture import Step, Variables, discover_chain, flax_layer_outputs
 from ..convert import PlannedStep, flatten_permutations, load_into
 from ..match import flatten_permutation, owned_tensors
@@ -265,15 +265,7 @@ def _valid_seeds(seeds: Iterable[Any]) -> list[int]:
         raise InvalidArgumentError(f"seeds must be an iterable of integers (range(100)), got {seeds!r}") from e
     if not values:
         raise InvalidArgumentError("seeds is empty: give at least one seed")
-    result = []
-    for value in values:
-        integral = isinstance(value, numbers.Integral) or (
-            isinstance(value, numbers.Real) and float(value).is_integer()
-        )
-        if isinstance(value, bool) or not integral or not 0 <= int(value) < 2**32:
-            raise InvalidArgumentError(f"every seed must be an integer in [0, 2**32), got {value!r}")
-        result.append(int(value))
-    return result
+    return [require_seed(value, "every seed") for value in values]
 
 
 def _check_fits(template: Variables | None, first: Any) -> None:

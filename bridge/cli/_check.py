@@ -95,7 +95,8 @@ def _print_report(report: Any) -> None:
 
 def _validate_check(args: argparse.Namespace) -> None:
     """Refuse, before anything is built, options that do not apply and work that cannot fit."""
-    from ..io import require_memory, require_seed
+    from .._validate import require_seed
+    from ..io import require_memory
     from ._pair import mlp_check_bytes, require_widths
 
     if args.flax is None:
@@ -119,9 +120,9 @@ def _validate_check(args: argparse.Namespace) -> None:
     for option, value in (("--rtol", args.rtol), ("--atol", args.atol)):
         if value is not None and not (np.isfinite(value) and value >= 0):
             raise InvalidArgumentError(f"{option} must be a finite number >= 0, got {value} (inf would pass anything)")
-    require_seed(args.seed)
+    require_seed(args.seed, "--seed")
     if args.seeds > 1:
-        require_seed(args.seed + args.seeds - 1, f"--seed {args.seed} --seeds {args.seeds}: the last seed")
+        require_seed(args.seed + args.seeds - 1, f"the last seed of --seed {args.seed} --seeds {args.seeds}")
     if args.plot:
         import importlib.util
 

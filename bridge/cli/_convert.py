@@ -21,7 +21,8 @@ def run_convert(args: argparse.Namespace) -> int:
     temporary beside DST; DST is replaced only when both the conversion and the check succeed."""
     from pathlib import Path
 
-    from ..io import FLAX_FORMATS, atomic_output, checkpoint_format, replaceable, require_seed, stage
+    from .._validate import require_seed
+    from ..io import FLAX_FORMATS, atomic_output, checkpoint_format, replaceable, stage
     from ._pair import require_widths
 
     source_format, destination_format = checkpoint_format(args.source), checkpoint_format(args.destination)
@@ -30,7 +31,7 @@ def run_convert(args: argparse.Namespace) -> int:
             f"convert goes between a Flax file (.msgpack, Orbax folder) and a torch file (.safetensors, .pt); "
             f"got {source_format} -> {destination_format}"
         )
-    require_seed(args.seed)
+    require_seed(args.seed, "--seed")
     if args.flax is None:
         seed_model_defaults(args)
         require_widths(args.in_features, args.hidden, args.out)

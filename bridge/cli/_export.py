@@ -20,12 +20,13 @@ def run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .._errors import NotEquivalentError
+    from .._validate import require_seed
     from ..check import verify
     from ..convert import export_class_name, load_export, native_module, write_export
-    from ..io import atomic_output, require_seed, stage
+    from ..io import atomic_output, stage
     from ._user_code import contained, load_object
 
-    require_seed(args.seed)
+    require_seed(args.seed, "--seed")
     model = load_object(args.flax, "--flax")
     if not is_model(model):
         raise InvalidArgumentError(f"--flax {args.flax}: not a Flax module (linen or NNX)")

@@ -17,13 +17,14 @@ def run_golden(args: argparse.Namespace) -> int:
     import torch
 
     from .._tensors import to_numpy, to_tensor
+    from .._validate import require_seed
     from ..convert import seed_models, to_state_dict
-    from ..io import atomic_output, replaceable, require_memory, require_seed
+    from ..io import atomic_output, replaceable, require_memory
     from ._pair import mlp_check_bytes, require_widths
 
     if not args.destination.lower().endswith(".safetensors"):
         raise InvalidArgumentError(f"{args.destination}: golden writes a .safetensors file; name it OUT.safetensors")
-    require_seed(args.seed)
+    require_seed(args.seed, "--seed")
     require_widths(args.in_features, args.hidden, args.out)
     widths = f"widths {args.in_features}-{args.hidden}-{args.hidden}-{args.out}"
     needed = mlp_check_bytes(args.n_inputs, args.in_features, args.hidden, args.out)

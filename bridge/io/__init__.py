@@ -19,5 +19,4 @@ from ._files import replaceable as replaceable
 from ._files import save_checkpoint as save_checkpoint
 from ._files import write_checkpoint as write_checkpoint
 from ._preflight import require_memory as require_memory
-from ._preflight import require_seed as require_seed
 from ._stream import write_stream as write_stream

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .._errors import InsufficientMemoryError, InvalidArgumentError
+from .._errors import InsufficientMemoryError
 
-SEED_MAX = 2**32 - 1  # jax.random.PRNGKey and NumPy generators take seeds in 0..2**32-1
 _GIB = 2**30
 
 
@@ -62,12 +61,6 @@ def require_memory(needed: int, what: str, fix: str) -> None:
         raise InsufficientMemoryError(
             f"{what} needs about {needed / _GIB:.1f} GiB of memory, {available / _GIB:.1f} GiB is available; {fix}"
         )
-
-
-def require_seed(seed: int, option: str = "--seed") -> None:
-    """Seeds are 0..2**32-1 (``jax.random.PRNGKey`` and NumPy)."""
-    if not 0 <= seed <= SEED_MAX:
-        raise InvalidArgumentError(f"seed must be >= 0 and <= 2**32-1 ({SEED_MAX}), got {option} {seed}")
 
 
 def file_fits(path: Path, size: int, factor: float) -> None:
