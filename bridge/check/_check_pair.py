@@ -368,7 +368,7 @@ def _rows(
 
     rows, details, calibrated = [], [], 0
     for number, pair in enumerate(matching.pairs):
-        label = pair.flax.name or (pair.flax.kind if _is_function(pair.flax) else "(model)")
+        label = _path(pair.flax) or pair.flax.kind  # a function position by its kind: relu
         progress.step(f"comparing call {number + 1} of {len(matching.pairs)}: {label}")
         isolated_out = run_isolated(pair, channels_last)
         bounds = chained.get(pair.flax.index)
@@ -379,7 +379,7 @@ def _rows(
             isolated = np.full((0,), np.nan) if isolated_out is None else isolated_out  # the row shows it could not run
             isolated_y = in_flax_layout(isolated, y, channels_last, permutation)
             bound_pair = (bounds.isolated, bounds.end_to_end)
-            row, detail = pair_row(number, pair, pair.flax.name, torch_y, isolated_y, bound_pair)
+            row, detail = pair_row(number, pair, _path(pair.flax), torch_y, isolated_y, bound_pair)
         else:
             row, detail = _compare_pair(number, pair, isolated_out, None, other, channels_last, tolerance)
             if tolerance is None and (not row.ok or not _gradients.CALIBRATE_LAZILY):  # again, calibrated: only wider

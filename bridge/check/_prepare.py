@@ -92,7 +92,7 @@ def layer_bounds(
 ) -> tuple[np.ndarray, np.ndarray, Precision]:
     """One position's output tolerances, end to end (its input off by ``tol_in``) and isolated, and its precision."""
     x64, y64 = np.asarray(x_in, np.float64), np.asarray(y, np.float64)
-    precision = Precision.of(np.asarray(y).dtype if is_float(np.asarray(y).dtype) else np.float32)
+    precision = Precision.of(y.dtype if is_float(y.dtype) else np.float32)
     bound_e2e = layer_bound(rule, layer, variables, BoundInputs(x64, y64, tol_in, precision), tolerance)
     bound_iso = layer_bound(rule, layer, variables, BoundInputs(x64, y64, np.zeros_like(x64), precision), tolerance)
     return bound_e2e, bound_iso, precision
