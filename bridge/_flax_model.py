@@ -71,13 +71,6 @@ def run_layer(layer: Any, variables: Any, x: Any, **changes: Any) -> Any:
     return layer(x)
 
 
-def _string_keys(tree: Any) -> Any:
-    """NNX's pure dicts key list items by int; the chain's paths are strings."""
-    if isinstance(tree, dict):
-        return {str(key): _string_keys(value) for key, value in tree.items()}
-    return tree
-
-
 def all_variables(model: Any, variables: Any) -> dict[str, Any]:
     """Every variable of a model as nested dicts by collection (``{"params": {...}, "batch_stats": {...}}``):
     linen's ``variables`` as given, an NNX model's read from it (named by attribute path, as its calls are)."""

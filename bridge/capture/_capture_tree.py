@@ -24,6 +24,7 @@ from flax import nnx
 
 from .._errors import InvalidArgumentError, LayerMismatchError, UnsupportedModelError, first_line
 from .._flax_model import in_nested_apply
+from .._tensors import plain_tree
 from ..rules import captured_methods, rule_for_call
 from ._chain import layer_name
 from ._leaves import array_leaves
@@ -154,7 +155,7 @@ def capture_flax(
         else:
             record.run(call, lambda: next_fun(*call_args, **call_kwargs))
         if module.scope is not None and rule_for_call(module, method) is not None:  # only rules read variables: a
-            call.variables = {str(k): _plain(v) for k, v in module.variables.items()}  # composite's copy is skipped
+            call.variables = plain_tree(module.variables)  # composite's copy is skipped
         return call.output
 
     try:
@@ -183,7 +184,7 @@ def nnx_variables(module: nnx.Module) -> dict[str, Any]:
     owned: dict[str, Any] = {}
     for collection, kind in (("params", nnx.Param), ("batch_stats", nnx.BatchStat)):
         if state := nnx.to_pure_dict(nnx.state(module, kind)):
-            owned[collection] = _plain(state)
+            owned[collection] = plain_tree(state)
     return owned
 
 
@@ -290,12 +291,6 @@ def capture_torch(port: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str
         for handle in handles:
             handle.remove()
     return output, record.calls
-
-
-def _plain(tree: Any) -> Any:
-    if isinstance(tree, Mapping):
-        return {str(k): _plain(v) for k, v in tree.items()}
-    return tree
 
 
 def _kept(value: Any) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar, overload
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -28,7 +28,6 @@ from ._report import (
 from ._sweep import sweep_seeds
 
 Loss = Callable[[Any], Any]
-_Port = TypeVar("_Port", bound=torch.nn.Module)
 
 
 @overload

@@ -21,7 +21,7 @@ are those of calibrating everything (``_gradients.CALIBRATE_LAZILY``; the tests 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -70,8 +70,6 @@ from ._prepare import (
 from ._report import Divergence, EquivalenceReport, LayerRow, describe_inputs, describe_tolerance
 from ._rows import first_nonfinite
 from ._settings import nonfinite_outputs, report_settings, unchecked_problem, unfilled_port_tensors
-
-Loss = Callable[[Any], Any]
 
 
 class _Captured(NamedTuple):

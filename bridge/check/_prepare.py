@@ -4,6 +4,7 @@ mode refused, and each chain layer's tolerance (explicit, or the rounding bound 
 from __future__ import annotations
 
 import copy
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, TypeVar
 
@@ -89,21 +90,33 @@ def layer_bounds(
     y: Any,
     tol_in: np.ndarray,
     tolerance: Tolerance | None,
+    stacked: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, Precision]:
-    """One position's output tolerances, end to end (its input off by ``tol_in``) and isolated, and its precision."""
+    """One position's output tolerances, end to end (its input off by ``tol_in``) and isolated, and its precision;
+    ``stacked``: every array and variable carries a leading axis of seeds (the sweep's)."""
     x64, y64 = np.asarray(x_in, np.float64), np.asarray(y, np.float64)
     precision = Precision.of(y.dtype if is_float(y.dtype) else np.float32)
-    bound_e2e = layer_bound(rule, layer, variables, BoundInputs(x64, y64, tol_in, precision), tolerance)
-    bound_iso = layer_bound(rule, layer, variables, BoundInputs(x64, y64, np.zeros_like(x64), precision), tolerance)
-    return bound_e2e, bound_iso, precision
+    bound_e2e = layer_bound(rule, layer, variables, BoundInputs(x64, y64, tol_in, precision, stacked), tolerance)
+    isolated = BoundInputs(x64, y64, np.zeros_like(x64), precision, stacked)
+    return bound_e2e, layer_bound(rule, layer, variables, isolated, tolerance), precision
+
+
+def one_seed(tree: Any, index: int) -> Any:
+    """Seed ``index``'s slice of a stacked tree (arrays or tensors with a leading axis of seeds)."""
+    return jax.tree_util.tree_map(operator.itemgetter(index), tree)
 
 
 def layer_bound(
     rule: LayerRule | None, layer: Any, variables: Variables, inputs: BoundInputs, tolerance: Tolerance | None
 ) -> np.ndarray:
-    """The per-element tolerance of one layer's output: explicit, or derived by the layer's rule."""
+    """The per-element tolerance of one layer's output: explicit, or derived by the layer's rule (stacked seeds
+    in one call where the rule takes them, else one seed at a time)."""
     if tolerance is not None:
         return tolerance.of(inputs.y)
+    if inputs.stacked and not (rule or _GENERIC_RULE).stacked_bounds:
+        x, y, tol_in, precision, _ = inputs
+        per_seed = [BoundInputs(x[s], y[s], tol_in[s], precision) for s in range(len(x))]
+        return np.stack([layer_bound(rule, layer, one_seed(variables, s), b, None) for s, b in enumerate(per_seed)])
     if inputs.tol_in.shape != inputs.x.shape:  # the layer changes shape: its input error cannot be mapped
         inputs = inputs._replace(tol_in=np.zeros(inputs.x.shape))
     with np.errstate(invalid="ignore", over="ignore"):

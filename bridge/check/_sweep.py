@@ -14,7 +14,6 @@ grads=False)`` on that seed, and one seed (the first failing, else the first) ge
 from __future__ import annotations
 
 import copy
-import operator
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -28,16 +27,23 @@ from .. import _flax_model as flax_model
 from .. import _progress as progress
 from .._arguments import call_arguments, torch_argument
 from .._errors import InvalidArgumentError, LayerMismatchError, first_line
-from .._numerics import Precision, Tolerance
-from .._tensors import is_float, to_numpy, to_tensor
+from .._tensors import to_numpy, to_tensor
 from .._validate import require_seed
 from ..capture import Step, Variables, discover_chain, flax_layer_outputs
 from ..convert import PlannedStep, flatten_permutations, load_into
 from ..match import flatten_permutation, owned_tensors
-from ..rules import BoundInputs, LayerRule, rule_for_flax
+from ..rules import LayerRule, rule_for_flax
 from ._compare import SeedComparison, compare_per_seed
 from ._outputs import in_flax_layout, in_torch_order
-from ._prepare import CheckOptions, cast_pair, chain_inputs, explicit_tolerance, layer_bound, refuse_training_mode
+from ._prepare import (
+    CheckOptions,
+    cast_pair,
+    chain_inputs,
+    explicit_tolerance,
+    layer_bounds,
+    one_seed,
+    refuse_training_mode,
+)
 from ._report import EquivalenceReport, SeedSweepReport, describe_tolerance
 
 Params = list[dict[str, torch.Tensor]]
@@ -87,7 +93,7 @@ def _sweep_chain(
 
     progress.step(f"initialising {len(seed_list)} seeds in one compiled call")
     native = init_seeds(model, seed_list, xs)
-    first = _one_seed(native, 0)
+    first = one_seed(native, 0)
     _check_fits(template, first)
     channels_last = options.channels_last
     # raises, naming the layer, when it cannot fit
@@ -131,12 +137,8 @@ def _sweep_chain(
     for step, rule, x_in, y, torch_y, torch_iso in zip(
         stacked_steps, rules, flax_inputs, flax_outputs, torch_outputs, isolated, strict=True
     ):
-        x64, y64 = np.asarray(x_in, np.float64), np.asarray(y, np.float64)
-        precision = Precision.of(y.dtype if is_float(y.dtype) else np.float32)
-        bound_e2e = _stacked_bound(layer_bound, rule, step, BoundInputs(x64, y64, tol_in, precision, True), tolerance)
-        bound_iso = _stacked_bound(
-            layer_bound, rule, step, BoundInputs(x64, y64, np.zeros_like(x64), precision, True), tolerance
-        )
+        bound_e2e, bound_iso, _ = layer_bounds(step.layer, step.variables, rule, x_in, y, tol_in, tolerance, True)
+        y64 = np.asarray(y, np.float64)
         verdicts.append(compare_per_seed(y64, torch_y, bound_e2e))
         verdicts.append(compare_per_seed(y64, np.empty(0) if torch_iso is None else torch_iso, bound_iso))
         tol_in = bound_e2e
@@ -145,7 +147,7 @@ def _sweep_chain(
 
     detailed_index = int(np.argmin(seed_ok))  # the first failing seed; the first seed when none fails
     detailed_seed = seed_list[detailed_index]
-    own = _one_seed(native, detailed_index)
+    own = one_seed(native, detailed_index)
     detailed = check_one(
         model,
         own,
@@ -186,14 +188,14 @@ def _sweep_one_by_one(
             f"{type(model).__name__} is not one nn.Sequential chain: pass inputs= for model.init and the checks"
         )
     every_seed = _init_shared(model, seed_list, inputs)
-    _check_fits(template, _one_seed(every_seed, 0))
+    _check_fits(template, one_seed(every_seed, 0))
     fitted = copy.deepcopy(port)
     where = {"torch_inputs": options.torch_inputs, "channels_last": options.channels_last, "mapping": options.mapping}
     seed_ok: list[bool] = []
     worst: list[float] = []
     detailed_index, detailed = 0, None
     for index in range(len(seed_list)):  # only the verdicts are kept, and the report of the seed to detail
-        variables = _one_seed(every_seed, index)
+        variables = one_seed(every_seed, index)
         with progress.prefixed(f"seed {index + 1} of {len(seed_list)}: "):
             load_into(model, variables, fitted, inputs=inputs, **where)  # raises, naming the call, when it cannot fit
             report = check_one(model, variables, fitted, inputs, **options._replace(grads=False)._asdict())
@@ -204,7 +206,7 @@ def _sweep_one_by_one(
     assert detailed is not None  # seeds is never empty
     if options.grads:  # the detailed seed again, its gradients compared too
         progress.step(f"seed {seed_list[detailed_index]} again, with its gradients")
-        variables = _one_seed(every_seed, detailed_index)
+        variables = one_seed(every_seed, detailed_index)
         load_into(model, variables, fitted, inputs=inputs, **where)
         detailed = check_one(model, variables, fitted, inputs, **options._asdict())
         seed_ok[detailed_index] = detailed.ok
@@ -250,11 +252,6 @@ def init_seeds(model: Any, seeds: Sequence[int], xs: np.ndarray) -> Any:
     bit for bit those of the per-seed calls."""
     keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(seeds, jnp.uint32))
     return jax.tree_util.tree_map(np.asarray, jax.jit(jax.vmap(model.init))(keys, xs))
-
-
-def _one_seed(tree: Any, index: int) -> Any:
-    """Seed ``index``'s slice of a stacked tree (arrays or tensors with a leading axis of seeds)."""
-    return jax.tree_util.tree_map(operator.itemgetter(index), tree)
 
 
 def _valid_seeds(seeds: Iterable[Any]) -> list[int]:
@@ -312,7 +309,7 @@ def _per_seed(function: Callable[..., Any], *args: Any) -> Any:
         return torch.func.vmap(function)(*args)
     except RuntimeError:
         seeds = len(torch_tree.tree_leaves(args)[0])
-        results = [function(*_one_seed(args, s)) for s in range(seeds)]
+        results = [function(*one_seed(args, s)) for s in range(seeds)]
         return torch_tree.tree_map(lambda *ts: torch.stack(ts), *results)
 
 
@@ -359,20 +356,3 @@ def _flax_layout(ts: np.ndarray, ys: np.ndarray, channels_last: bool, permutatio
 def _flatten_order(ys: np.ndarray, ts: np.ndarray) -> np.ndarray | None:
     """The channels-first flatten permutation of a position's torch output, found from the first seed's values."""
     return flatten_permutation(ys[0], ts[0]) if ys.ndim == 3 and ys.shape == ts.shape else None
-
-
-def _stacked_bound(
-    bound: Callable[..., np.ndarray],
-    rule: LayerRule,
-    step: Step,
-    inputs: BoundInputs,
-    tolerance: Tolerance | None,
-) -> np.ndarray:
-    """The tolerance of one position for every seed: in one call where the rule takes stacked inputs, else per seed."""
-    if tolerance is not None or rule.stacked_bounds:
-        return bound(rule, step.layer, step.variables, inputs, tolerance)
-    per_seed = []
-    for s in range(len(inputs.x)):
-        one_seed = BoundInputs(inputs.x[s], inputs.y[s], inputs.tol_in[s], inputs.precision)
-        per_seed.append(bound(rule, step.layer, _one_seed(step.variables, s), one_seed, None))
-    return np.stack(per_seed)

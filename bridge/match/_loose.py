@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from flax import traverse_util
 
-from .._tensors import to_numpy
+from .._tensors import plain_tree, to_numpy
 from ..capture import Call
 from ._match import port_tensors
 from ._match_tree import Matching, Pair, pair_blocks
@@ -86,7 +86,7 @@ def match_loose(
     for name, tensor in port_tensors(port).items():
         if id(tensor) not in held and name.rsplit(".", 1)[-1] not in _TORCH_BOOKKEEPING:
             loose_torch.setdefault(name, tensor)
-    flat = traverse_util.flatten_dict(_plain(variables), sep="/")
+    flat = traverse_util.flatten_dict(plain_tree(variables), sep="/")
     loose_flax = {
         path: np.asarray(value) for path, value in sorted(flat.items()) if not _inside_any(_module_path(path), owned)
     }
@@ -143,11 +143,6 @@ def pair_own_calls(
         return
     leaves = [p for p in matching.pairs if p.rule is not None or not p.flax.children] + own
     matching.pairs = sorted([*leaves, *pair_blocks(flax_calls, torch_calls, leaves)], key=lambda p: p.flax.index)
-
-
-def _plain(variables: Mapping[str, Any]) -> dict[str, Any]:
-    """Nested plain dicts (a FrozenDict or another mapping read as one)."""
-    return {k: _plain(v) if isinstance(v, Mapping) else v for k, v in variables.items()}
 
 
 def _module_path(path: str) -> str:

@@ -21,5 +21,4 @@ from ._registry import rule_for_flax as rule_for_flax
 from ._registry import rule_for_torch as rule_for_torch
 from ._registry import rule_or_none as rule_or_none
 from ._registry import supported_flax_kinds as supported_flax_kinds
-from ._registry import torch_rule_or_none as torch_rule_or_none
 from ._registry import unregister as unregister

@@ -231,11 +231,6 @@ def rule_for_torch(module: torch.nn.Module, where: str) -> LayerRule:
     return rule
 
 
-def torch_rule_or_none(module: torch.nn.Module) -> LayerRule | None:
-    """The rule whose torch types include ``module``'s exact class, or None (a wrapper, a custom module)."""
-    return _BY_TORCH_TYPE.get(type(module))
-
-
 def supported_flax_kinds() -> list[str]:
     """Names of every Flax layer kind that has a rule, sorted."""
     return sorted({_key_name(key) for key in _BY_FLAX_KEY})
