@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import importlib
 import json
 import os
 import subprocess
@@ -445,10 +446,11 @@ def test_bad_variables_mappings_state_dicts_and_paths_are_refused_by_name() -> N
     with pytest.raises(bridge.InvalidArgumentError, match=r"path must be a file path"):
         bridge.load_checkpoint(None)  # type: ignore[arg-type]
     wrong_rank = jax.tree.map(lambda a: a[None] if a.ndim == 2 else a, variables)
-    with pytest.raises(
-        bridge.LayerMismatchError, match=r"kernel has shape \(1, 3, 4\), where a Dense holds one of rank 2"
-    ):
-        bridge.to_torch(model, wrong_rank, x)
+    for convert in (lambda: bridge.to_torch(model, wrong_rank, x), lambda: bridge.to_state_dict(model, wrong_rank)):
+        with pytest.raises(
+            bridge.LayerMismatchError, match=r"kernel has shape \(1, 3, 4\), where a Dense holds one of rank 2"
+        ):
+            convert()
 
 
 def test_load_into_a_port_on_the_meta_device_refuses_rather_than_loading_nothing() -> None:
@@ -553,6 +555,19 @@ def test_keyword_inputs_that_are_no_python_names_are_checked(
     shapes = ["--input-shape", "my-input=2,4", "--input-shape", "other input=2,5"]
     assert main(["check", "--flax", "keyword_model:Keywords", *shapes]) == 0, capsys.readouterr().err
     assert "equivalence check: EQUIVALENT" in capsys.readouterr().out
+
+
+def test_load_into_a_converted_module_takes_keyword_inputs_that_are_no_python_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``load_into`` names the port's keyword arguments as the check does (``my-input`` is ``my_input`` there)."""
+    _user_module(tmp_path, monkeypatch, "keyword_load_model", KEYWORD_MODEL)
+    model = importlib.import_module("keyword_load_model").Keywords()
+    inputs = {"my-input": np.ones((2, 4), np.float32), "other input": np.ones((2, 5), np.float32)}
+    port = bridge.to_torch(model, model.init(jax.random.PRNGKey(0), **inputs), inputs)
+    other = model.init(jax.random.PRNGKey(1), **inputs)
+    bridge.load_into(model, other, port, inputs=inputs)
+    assert bridge.check_equivalence(model, other, port, inputs).ok
 
 
 WIDE_MODEL = """

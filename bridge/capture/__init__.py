@@ -1,10 +1,11 @@
-"""Run a model and record what it computes: every module call (``_capture_tree``; an
-``nn.Sequential``'s layers each a call: a chain's positions, ``_capture``); the chain's layers found without running
-it (``_chain``); the array leaves of what they return (``_leaves``).
+"""Run a model and record what it computes: both sides' arguments (``_arguments``); every module call
+(``_capture_tree``; an ``nn.Sequential``'s layers each a call: a chain's positions, ``_capture``); the chain's
+layers found without running it (``_chain``); the array leaves of what they return (``_leaves``).
 
 This file is the package's face: other packages import these names from here, never from its private modules.
 """
 
+from ._arguments import pair_arguments as pair_arguments
 from ._capture import chain_calls as chain_calls
 from ._capture import flax_layer_outputs as flax_layer_outputs
 from ._capture import positions as positions

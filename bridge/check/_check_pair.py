@@ -33,12 +33,12 @@ from flax import nnx
 
 from .. import _flax_model as flax_model
 from .. import _progress as progress
-from .._arguments import call_arguments, port_keywords, torch_argument, torch_arguments
+from .._arguments import torch_argument, torch_arguments
 from .._errors import InvalidArgumentError
 from .._jaxpr import first_narrowing
 from .._numerics import Precision, Tolerance, function_rounding
 from .._tensors import is_array, is_float, to_numpy
-from ..capture import Call, Step, capture_flax, capture_torch, discover_chain, nnx_variables, positions
+from ..capture import Call, Step, capture_flax, capture_torch, discover_chain, nnx_variables, pair_arguments, positions
 from ..match import (
     NO_LOOSE,
     LooseVariables,
@@ -229,7 +229,9 @@ def _capture(
         kwargs: dict[str, Any] = {}
         torch_kwargs: dict[str, Any] = {}
     else:
-        args, kwargs, torch_args, torch_kwargs, channels_last = _tree_arguments(model, port, inputs, options)
+        args, kwargs, torch_args, torch_kwargs, channels_last = pair_arguments(
+            model, port, inputs, options.torch_inputs, channels_last
+        )
     variables = variables if variables is not None else {}
     progress.step("running the Flax model, recording its calls")
     flax_out, flax_calls = capture_flax(model, variables, args, kwargs)
@@ -266,30 +268,6 @@ def _capture(
         channels_last,
         options.seed if chain and inputs is None else None,
     )
-
-
-def _tree_arguments(
-    model: Any, port: torch.nn.Module, inputs: Any, options: CheckOptions
-) -> tuple[tuple[Any, ...], dict[str, Any], tuple[Any, ...], dict[str, Any], bool]:
-    """A tree's arguments for both sides, and whether the port takes them channels-last: ``inputs`` as given,
-    the port's as ``torch_inputs`` gives them (channels-first where they hold the Flax images so), else the
-    same values as tensors."""
-    channels_last, torch_inputs = options.channels_last, options.torch_inputs
-    if inputs is None:
-        raise InvalidArgumentError(
-            f"{type(model).__name__} is not one nn.Sequential chain: pass inputs= (an array, a tuple of "
-            "positional arguments or a dict of keyword arguments for its apply)"
-        )
-    args, kwargs = call_arguments(inputs)
-    for value in (*args, *kwargs.values()):
-        if isinstance(value, jax.Array | np.ndarray) and value.size == 0:
-            raise InvalidArgumentError(f"an input of shape {tuple(value.shape)} holds no values: give at least one row")
-    if torch_inputs is None:
-        torch_args, torch_kwargs = torch_arguments(args, kwargs, channels_last)
-        return args, kwargs, torch_args, port_keywords(port, torch_kwargs), channels_last
-    torch_args, torch_kwargs = torch_arguments(*call_arguments(torch_inputs), True)
-    channels_last = channels_last and not _given_channels_first((args, kwargs), (torch_args, torch_kwargs))
-    return args, kwargs, torch_args, torch_kwargs, channels_last
 
 
 class _Chained(NamedTuple):
@@ -614,16 +592,6 @@ def run_isolated(pair: Pair, channels_last: bool, module: torch.nn.Module | None
     if tuple(laid_out.shape) != tuple(expected[0].shape):
         return None  # the module takes other arguments than the Flax call (positions by offset, not by id)
     return leaves[0]
-
-
-def _given_channels_first(flax_inputs: Any, torch_inputs: Any) -> bool:
-    """Whether the port's own inputs hold the Flax model's first image (a floating array of rank >= 3) with
-    its channels moved first (a Hugging Face vision port fed NCHW pixels): the port is then channels-first."""
-    flax_first = next((a for a in output_leaves(flax_inputs) if is_float(a.dtype) and a.ndim >= 3), None)
-    torch_first = next((a for a in output_leaves(torch_inputs) if is_float(a.dtype) and a.ndim >= 3), None)
-    if flax_first is None or torch_first is None or torch_first.shape == flax_first.shape:
-        return False
-    return bool(np.array_equal(np.moveaxis(torch_first, 1, -1), flax_first))
 
 
 def _call_channels_last(pair: Pair, channels_last: bool) -> bool:

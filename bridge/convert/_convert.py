@@ -51,12 +51,13 @@ def to_state_dict(model: Any, variables: Variables | None = None) -> dict[str, t
         variables: what ``model.init`` returned (None for NNX). It is not modified.
 
     Returns:
-        New tensors (copies), laid out for torch: a Dense kernel ``(in, out)`` becomes a weight ``(out, in)``.
+        New contiguous tensors (copies) on the CPU, laid out for torch: a Dense kernel ``(in, out)`` becomes a
+        weight ``(out, in)``, as ``to_torch`` holds them.
 
     Raises:
         BridgeError: when the model is not a chain, a layer has no rule, or its variables do not fit it.
     """
-    return {key: to_tensor(array) for key, array in _torch_arrays(plan(model, variables)).items()}
+    return {key: tensor.cpu() for key, tensor in _torch_tensors(plan(model, variables), copy=True).items()}
 
 
 def to_torch(
@@ -374,19 +375,6 @@ def _contiguous_copy(source: Any, m: ParamMap) -> torch.Tensor:
         view = view if m.to_torch_axes is None else view.permute(m.to_torch_axes)
         return view.clone(memory_format=torch.contiguous_format)
     return to_tensor(m.flax_to_torch(np.asarray(source)))
-
-
-def _torch_arrays(planned: tuple[PlannedStep, ...]) -> dict[str, np.ndarray]:
-    """Each step's variables laid out for torch (views), keyed ``"<position>.<torch name>"``."""
-    arrays: dict[str, np.ndarray] = {}
-    for step, rule in planned:
-        maps = rule.param_maps(step.layer, step.variables)
-        check_variable_names(step, maps)
-        for m in maps:
-            arrays[f"{step.index}.{m.torch_name}"] = m.flax_to_torch(
-                np.asarray(step.variables[m.collection][m.flax_name])
-            )
-    return arrays
 
 
 def check_variable_names(step: Step, maps: tuple[ParamMap, ...]) -> None:

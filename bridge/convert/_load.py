@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .. import _flax_model as flax_model
-from .._arguments import call_arguments, torch_arguments
+from .._arguments import torch_arguments
 from .._errors import InvalidArgumentError, LayerMismatchError, ReassignedWarning, TiedWeightsWarning
 from .._tensors import is_float, to_numpy, to_tensor, torch_dtype
 from .._validate import require_mapping, require_port, require_variables
@@ -31,6 +31,7 @@ from ..capture import (
     drawn_rows,
     keyed_like,
     output_leaves,
+    pair_arguments,
     torch_positions,
 )
 from ..match import (
@@ -186,17 +187,7 @@ def _tree_matching(
 ) -> tuple[Any, list[Call], tuple[Any, ...], dict[str, Any], list[Call], Matching]:
     """Both models run once on ``inputs``, their calls matched by structure (``match_calls``):
     ``(Flax output, Flax calls, the port's positional and keyword arguments, its calls, matching)``."""
-    if inputs is None:
-        raise InvalidArgumentError(
-            f"{type(model).__name__} is not one nn.Sequential chain: pass inputs= (example inputs for its apply) "
-            "so that both models can be run once and their calls matched"
-        )
-    args, kwargs = call_arguments(inputs)
-    torch_args, torch_kwargs = (
-        torch_arguments(args, kwargs, channels_last)
-        if torch_inputs is None
-        else torch_arguments(*call_arguments(torch_inputs), True)
-    )
+    args, kwargs, torch_args, torch_kwargs, _ = pair_arguments(model, port, inputs, torch_inputs, channels_last)
     flax_out, flax_calls = capture_flax(model, variables if variables is not None else {}, args, kwargs)
     with torch.no_grad():
         _, torch_calls = capture_torch(port, torch_args, torch_kwargs)
