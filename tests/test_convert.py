@@ -236,3 +236,36 @@ def test_a_user_rule_converts_a_new_kind_both_ways(rng: np.random.Generator) -> 
         bridge.rules.unregister(SinRule)
     with pytest.raises(bridge.UnknownLayerError, match="no conversion rule for sin"):
         bridge.to_torch(model, variables)
+
+
+class ScaledSin(torch.nn.Module):
+    """A user's own torch layer holding a parameter its rule forgets to lay out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.empty(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * torch.sin(x)
+
+
+def test_a_user_rule_whose_torch_module_holds_a_tensor_it_never_fills_is_refused_by_layer() -> None:
+    """A rule's module with a tensor no variable fills would hold ``torch.empty``'s garbage: refused, named."""
+
+    class ForgetfulRule(bridge.LayerRule):
+        kind = "scaled sin"
+        flax_keys = (jax.numpy.sin,)
+        torch_types = (ScaledSin,)
+
+        def make_torch(self, layer: Any, variables: Any) -> torch.nn.Module:
+            return ScaledSin()
+
+    bridge.register_rule(ForgetfulRule)
+    try:
+        model = nn.Sequential([nn.Dense(4), jax.numpy.sin, nn.Dense(2)])
+        with pytest.raises(
+            bridge.LayerMismatchError, match=r"layer 1 \(sin\): the scaled sin rule left \['scale'\] unfilled"
+        ):
+            bridge.to_torch(model, init(model, 3))
+    finally:
+        bridge.rules.unregister(ForgetfulRule)

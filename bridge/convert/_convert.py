@@ -18,7 +18,6 @@ from .._flax_model import is_nnx
 from .._tensors import channels_first_flatten_permutation, shared_tensor, to_numpy, to_tensor
 from .._validate import require_variables
 from ..capture import Step, Variables, chain_or_none, discover_chain
-from ..match import port_tensors
 from ..rules import LayerRule, ParamMap, rule_for_flax, rule_for_torch
 
 
@@ -141,7 +140,7 @@ def _build_torch(
         except (LayerMismatchError, UnsupportedModelError) as e:
             raise type(e)(f"{step.where}: {e}") from e
     sequential = torch.nn.Sequential(*modules)
-    _load(sequential, planned, state, assign=True)
+    _load(sequential, planned, state)
     return sequential.eval()
 
 
@@ -317,9 +316,7 @@ def _torch_only(planned: tuple[PlannedStep, ...], key: str) -> bool:
     return name in rule.torch_only_keys or name in rule.torch_constants(step.layer, step.variables)
 
 
-def _load(
-    module: torch.nn.Module, planned: tuple[PlannedStep, ...], state: dict[str, torch.Tensor], *, assign: bool
-) -> None:
+def _load(module: torch.nn.Module, planned: tuple[PlannedStep, ...], state: dict[str, torch.Tensor]) -> None:
     """``load_state_dict`` layer by layer (torch's whole-model call is quadratic in the number of
     layers), strict about every key but those the rules leave to torch."""
     by_position: dict[str, dict[str, torch.Tensor]] = {}
@@ -329,20 +326,10 @@ def _load(
     if unexpected := sorted(set(by_position) - {str(i) for i in range(len(planned))}):
         raise LayerMismatchError(f"state dict mismatch: unexpected positions {unexpected}")
     for (step, rule), child in zip(planned, module.children(), strict=True):
-        result = child.load_state_dict(by_position.get(str(step.index), {}), strict=False, assign=assign)
-        constants = rule.torch_constants(step.layer, step.variables)
-        missing = [key for key in result.missing_keys if key not in rule.torch_only_keys and key not in constants]
-        if missing or result.unexpected_keys:  # the checks before make this unreachable; never load silently
-            raise LayerMismatchError(f"{step.where}: missing {missing}, unexpected {result.unexpected_keys}")
-        _fill_constants(child, constants)
-
-
-def _fill_constants(module: torch.nn.Module, constants: Mapping[str, float]) -> None:
-    """Set the torch tensors that hold a constant in this layer kind (a LayerNorm's weight of ones)."""
-    tensors = port_tensors(module)
-    with torch.no_grad():
-        for name, value in constants.items():
-            tensors[name].fill_(value)
+        try:  # the checks before make a mismatch unreachable
+            rule.load_torch(child, step.layer, step.variables, by_position.get(str(step.index), {}), assign=True)
+        except LayerMismatchError as e:
+            raise LayerMismatchError(f"{step.where}: {e}") from e
 
 
 def _torch_tensors(planned: tuple[PlannedStep, ...], *, copy: bool) -> dict[str, torch.Tensor]:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from flax import nnx
 
-from .._errors import BridgeError, LayerMismatchError, UnsupportedModelError, first_line
+from .._errors import BridgeError, UnsupportedModelError, first_line
 from .._flax_model import in_nested_apply
 from .._tensors import is_array, to_tensor
 from ..capture import nnx_paths, nnx_variables, variables_at
@@ -233,14 +233,7 @@ def _layer_module(rule: LayerRule, layer: nn.Module, variables: dict[str, Any]) 
     state = {
         name: to_tensor(np.ascontiguousarray(array)) for name, array in rule.torch_arrays(layer, variables).items()
     }
-    result = module.load_state_dict(state, strict=False, assign=True)
-    constants = rule.torch_constants(layer, variables)
-    missing = [k for k in result.missing_keys if k not in rule.torch_only_keys and k not in constants]
-    if missing or result.unexpected_keys:
-        raise LayerMismatchError(f"the rule left {missing} unfilled and {result.unexpected_keys} unused")
-    with torch.no_grad():
-        for name, value in constants.items():
-            module.get_parameter(name).fill_(value)
+    rule.load_torch(module, layer, variables, state, assign=True)
     for name, buffer in list(module.named_buffers()):
         if buffer.is_meta:  # a counter the rule leaves to torch (BatchNorm's num_batches_tracked)
             owner, _, leaf = name.rpartition(".")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from flax import nnx
 
-from .._errors import RuleRegistrationError, UnknownLayerError, UnsupportedModelError
+from .._errors import LayerMismatchError, RuleRegistrationError, UnknownLayerError, UnsupportedModelError
 from .._numerics import Precision, function_rounding
 from ._hints import Hint
 
@@ -101,6 +101,22 @@ class LayerRule:
     def make_torch(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> torch.nn.Module:
         """A torch module of the right kind and shapes for this Flax layer (its values are loaded after)."""
         raise NotImplementedError
+
+    def load_torch(
+        self, module: torch.nn.Module, layer: Any, variables: Any, state: Mapping[str, Any], *, assign: bool
+    ) -> None:
+        """Load ``state`` (laid out for torch) into ``make_torch``'s module and set its constants, strict about
+        every key but those left to torch: a mismatch is the rule's bug, never loaded silently."""
+        result = module.load_state_dict(state, strict=False, assign=assign)
+        constants = self.torch_constants(layer, variables)
+        missing = [key for key in result.missing_keys if key not in self.torch_only_keys and key not in constants]
+        if missing or result.unexpected_keys:
+            raise LayerMismatchError(
+                f"the {self.kind} rule left {missing} unfilled and {result.unexpected_keys} unused"
+            )
+        with torch.no_grad():
+            for name, value in constants.items():
+                module.get_parameter(name).fill_(value)
 
     def make_torch_channels_first(self, layer: Any, variables: Mapping[str, Mapping[str, Any]]) -> torch.nn.Module:
         """The torch module at a position before the flatten of a channels-first model
