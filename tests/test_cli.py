@@ -186,12 +186,32 @@ def test_saved_params_are_used(ports_dir: Path) -> None:
     assert "bad.msgpack" in result.stderr
 
 
-def test_plot_writes_a_png(tmp_path: Path) -> None:
+def test_plot_writes_a_png_and_replaces_only_its_own(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("matplotlib")
     target = tmp_path / "errors.png"
     assert main(["check", "--no-grads", "--plot", str(target)]) == 0
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["check", "--no-grads", "--plot", str(target)]) == 0  # its own earlier plot: replaced
     assert [p.name for p in tmp_path.iterdir()] == ["errors.png"]  # no temporary file left
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    capsys.readouterr()
+    assert main(["check", "--no-grads", "--plot", str(notes)]) == 2  # refused before the check runs
+    assert "--plot" in capsys.readouterr().err
+    assert notes.read_text() == "mine"
+    import flax.linen as nn
+    import jax
+    import numpy as np
+
+    import bridge
+    from bridge.check import plot_report
+
+    model = nn.Sequential([nn.Dense(3), nn.relu, nn.Dense(2)])
+    variables = model.init(jax.random.PRNGKey(0), np.ones((1, 4), np.float32))
+    report = bridge.check_equivalence(model, variables, bridge.to_torch(model, variables), grads=False)
+    with pytest.raises(bridge.InvalidArgumentError, match="not a report flax-torch-bridge wrote"):
+        plot_report(report, notes)
+    assert notes.read_text() == "mine"
 
 
 @pytest.mark.slow

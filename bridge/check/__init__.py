@@ -7,7 +7,7 @@ This file is the package's face: other packages import these names from here, ne
 from ._check import assert_equivalent as assert_equivalent
 from ._check import check_equivalence as check_equivalence
 from ._compare import Comparison as Comparison
-from ._html import may_write_page as may_write_page
+from ._html import may_write_report as may_write_report
 from ._plot import plot_report as plot_report
 from ._prepare import output_tolerance as output_tolerance
 from ._report import Divergence as Divergence

@@ -24,7 +24,10 @@ if TYPE_CHECKING:
     from ._report import EquivalenceReport, LayerRow
 
 _OPEN_DEPTH = 2
-GENERATOR = "<meta name='generator' content='flax-torch-bridge'>"  # marks a page as ours: only such a file is replaced
+# what marks a file as ours, in its first bytes: only such a file is replaced (a page's meta tag, a plot's PNG text)
+GENERATOR = "<meta name='generator' content='flax-torch-bridge'>"
+PLOT_SOFTWARE = {"Software": "flax-torch-bridge"}
+_MARKS = (GENERATOR.encode(), b"Software\x00flax-torch-bridge")
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#1d1d1f;background:#fff}
 h1{font-size:20px;margin:0 0 4px} .verdict-ok{color:#137333} .verdict-bad{color:#b3261e}
@@ -57,27 +60,28 @@ def report_html(report: EquivalenceReport, *, title: str = "flax-torch-bridge eq
     )
 
 
-def may_write_page(path: str | Path) -> bool:
-    """Whether ``path`` is free, or a regular file holding a page this package wrote (its generator tag)."""
+def may_write_report(path: str | Path) -> bool:
+    """Whether ``path`` is free, or a regular file holding a page or a plot this package wrote (its mark)."""
     target = Path(path)
     if not target.is_symlink() and not target.exists():
         return True
     try:
-        with target.open("r", encoding="utf-8", errors="replace") as handle:
-            return target.is_file() and not target.is_symlink() and GENERATOR in handle.read(4096)
+        with target.open("rb") as handle:
+            start = handle.read(4096)
     except OSError:
         return False
+    return target.is_file() and not target.is_symlink() and any(mark in start for mark in _MARKS)
 
 
-def write_html(path: str | Path, page: str) -> None:
-    """Write ``page`` to ``path`` whole or not at all (a temporary beside it, then a rename); an existing file is
-    replaced only when it is a page this package wrote.
+def write_report_file(path: str | Path, data: bytes) -> None:
+    """Write ``data`` (a page, a plot) to ``path`` whole or not at all (a temporary beside it, then a rename); an
+    existing file is replaced only when it is a report this package wrote.
 
     Raises:
         InvalidArgumentError: naming the path, when it is something else or cannot be written.
     """
     target = Path(path)
-    if not may_write_page(target):
+    if not may_write_report(target):
         raise InvalidArgumentError(
             f"{target}: exists and is not a report flax-torch-bridge wrote; not replaced: remove it or name another"
         )
@@ -88,8 +92,8 @@ def write_html(path: str | Path, page: str) -> None:
     except OSError as e:
         raise InvalidArgumentError(f"{target}: cannot write there ({e.strerror}); name a writable folder") from None
     try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as out:
-            out.write(page)
+        with os.fdopen(descriptor, "wb") as out:
+            out.write(data)
         os.replace(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)

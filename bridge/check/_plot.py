@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 
 from .._errors import InvalidArgumentError
+from ._html import PLOT_SOFTWARE, write_report_file
 from ._report import EquivalenceReport
 
 
 def plot_report(report: EquivalenceReport, path: str | Path) -> None:
-    """Write a PNG of each position's max abs error (end to end and isolated) and its tolerance.
+    """Write a PNG of each position's max abs error (end to end and isolated) and its tolerance, whole or not at
+    all; an existing file is replaced only when it is a report this package wrote.
 
     Raises:
-        InvalidArgumentError: when matplotlib is missing (install ``flax-torch-bridge[plot]``).
+        InvalidArgumentError: when matplotlib is missing (install ``flax-torch-bridge[plot]``), or ``path`` holds
+            something else.
     """
     try:
         import matplotlib
@@ -23,7 +25,6 @@ def plot_report(report: EquivalenceReport, path: str | Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise InvalidArgumentError("--plot needs matplotlib: pip install 'flax-torch-bridge[plot]'") from e
-    target = Path(path)
     positions = [row.index for row in report.layers]
     labels = [f"{row.index}\n{row.kind}" for row in report.layers]
     floor = 1e-30  # log scale: exact zeros drawn at the bottom
@@ -43,13 +44,9 @@ def plot_report(report: EquivalenceReport, path: str | Path) -> None:
     axes.set_title("flax-torch-bridge: " + ("equivalent" if report.ok else "NOT equivalent"))
     axes.legend(fontsize="small")
     figure.tight_layout()
-    handle, temporary = tempfile.mkstemp(suffix=".png", dir=target.parent if str(target.parent) else ".")
-    os.close(handle)
+    png = io.BytesIO()
     try:
-        figure.savefig(temporary, format="png")
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        figure.savefig(png, format="png", metadata=PLOT_SOFTWARE)  # the mark that lets a later plot replace it
     finally:
         plt.close(figure)
+    write_report_file(path, png.getvalue())

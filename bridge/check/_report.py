@@ -112,9 +112,9 @@ class EquivalenceReport:
         Raises:
             InvalidArgumentError: ``path`` exists and is not a report this package wrote, or cannot be written.
         """
-        from ._html import report_html, write_html
+        from ._html import report_html, write_report_file
 
-        write_html(path, report_html(self))
+        write_report_file(path, report_html(self).encode("utf-8"))
 
     def _repr_html_(self) -> str:
         """The report in a notebook (Jupyter): the page's content, without its script."""

@@ -128,10 +128,10 @@ def _validate_check(args: argparse.Namespace) -> None:
 
         if importlib.util.find_spec("matplotlib") is None:  # refused before the verdict, not after it
             raise InvalidArgumentError("--plot needs matplotlib: pip install 'flax-torch-bridge[plot]'")
-        require_writable_folder(args.plot, "--plot")
-    if args.html:
-        require_writable_folder(args.html, "--html")
-        _require_own_page(args.html)
+    for option, path in (("--plot", args.plot), ("--html", args.html)):
+        if path:
+            require_writable_folder(path, option)
+            _require_own_report(path, option)
     itemsize = 8 if args.dtype == "float64" else 4
     work = f"checking {args.n_inputs} inputs" + (f" for {args.seeds} seeds" if args.seeds > 1 else "")
     if args.flax is None:
@@ -163,11 +163,11 @@ def _print_seed_outputs(args: argparse.Namespace, pair: Pair) -> None:
     print()
 
 
-def _require_own_page(path: str) -> None:
-    """Refuse, before the check runs, an ``--html`` path that exists and is not a page the report wrote."""
-    from ..check import may_write_page
+def _require_own_report(path: str, option: str) -> None:
+    """Refuse, before the check runs, an ``--html``/``--plot`` path that exists and is not a report it wrote."""
+    from ..check import may_write_report
 
-    if not may_write_page(path):
+    if not may_write_report(path):
         raise InvalidArgumentError(
-            f"--html {path}: exists and is not a report flax-torch-bridge wrote; remove it or name another file"
+            f"{option} {path}: exists and is not a report flax-torch-bridge wrote; remove it or name another file"
         )
