@@ -160,20 +160,7 @@ def format_report(report: EquivalenceReport) -> str:
 def report_cells(report: EquivalenceReport) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
     """The table's header and rows as text (one row per call, the output, the gradients): what both the plain
     text and the terminal's drawing show; a row's first cell is ``ok``, ``!!``, or ``>>`` at the divergence."""
-    header = (
-        "",
-        "pos",
-        "layer",
-        "flax path",
-        "torch",
-        "shape",
-        "max abs",
-        "max rel",
-        "mismatch",
-        "tol",
-        "err/tol",
-        "isolated",
-    )
+    header = ("", "pos", "layer", "flax path", "torch", "shape", "max abs", "max rel", "mismatch", "tol", "err/tol")
     rows: list[tuple[str, ...]] = []
     first = report.first_divergence
     for row in report.layers:
@@ -182,58 +169,20 @@ def report_cells(report: EquivalenceReport) -> tuple[tuple[str, ...], list[tuple
         path = row.flax_path or "-"
         if path != "(model)":  # each call indented under the one it runs in (a chain's positions one level in)
             path = "  " * (path.count("/") + 1) + path.rsplit("/", 1)[-1]
-        rows.append(
-            (
-                marker,
-                str(row.index),
-                row.kind,
-                path,
-                f"{row.torch_name}:{row.torch_kind}" if row.torch_name else "(none)",
-                "x".join(map(str, c.shape)) if c.shape == c.candidate_shape else f"{c.shape} vs {c.candidate_shape}",
-                _num(c.max_abs),
-                _num(c.max_rel),
-                f"{100 * c.mismatched_fraction:.1f}%",
-                _num(c.tolerance_at_worst),
-                _ratio(c),
-                _ratio(row.isolated),
-            )
-        )
+        torch_name = f"{row.torch_name}:{row.torch_kind}" if row.torch_name else "(none)"
+        rows.append((marker, str(row.index), row.kind, path, torch_name, *_cells(c), _ratio(row.isolated)))
     o = report.output
-    rows.append(
-        (
-            "ok" if o.ok else "!!",
-            "out",
-            "output",
-            "",
-            "",
-            "x".join(map(str, o.shape)),
-            _num(o.max_abs),
-            _num(o.max_rel),
-            f"{100 * o.mismatched_fraction:.1f}%",
-            _num(o.tolerance_at_worst),
-            _ratio(o),
-            "",
-        )
-    )
+    rows.append(("ok" if o.ok else "!!", "out", "output", "", "", *_cells(o), ""))
     for g in report.gradients:
-        c = g.comparison
-        rows.append(
-            (
-                "ok" if c.ok else "!!",
-                "grad",
-                "d loss",
-                g.name,
-                "",
-                "x".join(map(str, c.shape)),
-                _num(c.max_abs),
-                _num(c.max_rel),
-                f"{100 * c.mismatched_fraction:.1f}%",
-                _num(c.tolerance_at_worst),
-                _ratio(c),
-                "",
-            )
-        )
-    return header, rows
+        rows.append(("ok" if g.comparison.ok else "!!", "grad", "d loss", g.name, "", *_cells(g.comparison), ""))
+    return (*header, "isolated"), rows
+
+
+def _cells(c: Comparison) -> tuple[str, ...]:
+    """A comparison's cells: shape (both where they differ), max abs, max rel, mismatch, tolerance, err/tol."""
+    shape = "x".join(map(str, c.shape)) if c.shape == c.candidate_shape else f"{c.shape} vs {c.candidate_shape}"
+    mismatch = f"{100 * c.mismatched_fraction:.1f}%"
+    return shape, _num(c.max_abs), _num(c.max_rel), mismatch, _num(c.tolerance_at_worst), _ratio(c)
 
 
 def report_heading(report: EquivalenceReport) -> list[str]:
