@@ -10,7 +10,6 @@ port), then the one of the same name; otherwise it stays unpaired and is named: 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -131,8 +130,7 @@ def pair_own_calls(
     own = []
     for flax_name, helds in by_module.items():
         # the torch module holding them all (a weight-normed conv: its bias, and its parametrisation's tensors)
-        levels = zip(*(held.torch_module.split(".") for held in helds), strict=False)
-        torch_name = ".".join(names[0] for names in itertools.takewhile(lambda names: len(set(names)) == 1, levels))
+        torch_name = ".".join(_shared_head([held.torch_module.split(".") for held in helds]))
         flax_call, torch_call = flax_by_name.get(flax_name), torch_by_name.get(torch_name)
         if flax_call is None or torch_call is None or flax_call.index in paired or flax_call.children:
             continue
@@ -169,9 +167,7 @@ def _owner(module_path: str, pairs: Sequence[Pair]) -> str:
         if not pair.flax.name or not pair.torch.name:
             continue
         flax_parts = pair.flax.name.split("/")
-        shared = 0
-        while shared < min(len(parts), len(flax_parts)) and parts[shared] == flax_parts[shared]:
-            shared += 1
+        shared = len(_shared_head([parts, flax_parts]))
         below = len(flax_parts) - shared
         torch_parts = pair.torch.name.split(".")
         if shared == 0 or below >= len(torch_parts) or shared < best:
@@ -180,14 +176,7 @@ def _owner(module_path: str, pairs: Sequence[Pair]) -> str:
         if shared > best:
             best, scopes = shared, []
         scopes.append(scope)
-    common = scopes[0].split(".")
-    for scope in scopes[1:]:
-        other = scope.split(".")
-        n = 0
-        while n < min(len(common), len(other)) and common[n] == other[n]:
-            n += 1
-        common = common[:n]
-    return ".".join(common)
+    return ".".join(_shared_head([scope.split(".") for scope in scopes]))
 
 
 def _laid_out(pair: LoosePair, by_value: bool) -> LoosePair:
@@ -266,9 +255,14 @@ def _under(names: Sequence[str], prefix: str) -> list[str]:
 
 def _common_tail(a: Sequence[str], b: Sequence[str]) -> int:
     """How many trailing parts two paths share."""
-    count = 0
-    for x, y in zip(reversed(a), reversed(b), strict=False):
-        if x != y:
+    return len(_shared_head([list(reversed(a)), list(reversed(b))]))
+
+
+def _shared_head(paths: Sequence[Sequence[str]]) -> list[str]:
+    """The leading parts that every path shares."""
+    head = []
+    for level in zip(*paths, strict=False):
+        if len(set(level)) != 1:
             break
-        count += 1
-    return count
+        head.append(level[0])
+    return head
