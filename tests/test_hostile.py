@@ -703,3 +703,33 @@ def test_a_timeout_that_is_no_positive_number_is_a_usage_error(value: str, capsy
 def test_a_command_within_its_timeout_is_unchanged(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "--seed", "0", "--n-inputs", "4", "--timeout", "600"]) == 0
     assert "EQUIVALENT" in capsys.readouterr().out
+
+
+CHAIN_MODEL = """
+import flax.linen as nn
+import torch
+
+def flax_model():
+    return nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
+
+def port():
+    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+"""
+
+
+def test_a_chains_mapping_is_used_or_refused_never_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--mapping`` with a chain and no ``--input-shape`` pairs its positions as given (it was dropped before)."""
+    _user_module(tmp_path, monkeypatch, "chain_mapping_model", CHAIN_MODEL)
+    check = ["check", "--flax", "chain_mapping_model:flax_model", "--in-features", "5", "--no-grads"]
+    right, swapped = tmp_path / "right.json", tmp_path / "swapped.json"
+    right.write_text(json.dumps({"layers_0": "0", "layers_2": "2"}))
+    swapped.write_text(json.dumps({"layers_0": "2", "layers_2": "0"}))
+    port = ["--torch", "chain_mapping_model:port"]
+    assert main([*check, *port, "--mapping", str(right)]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main([*check, *port, "--mapping", str(swapped)]) == 1
+    assert "NOT EQUIVALENT" in capsys.readouterr().out
+    assert main([*check, "--mapping", str(right)]) == 2  # nothing to map onto
+    assert "need --torch" in capsys.readouterr().err

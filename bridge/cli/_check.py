@@ -44,8 +44,7 @@ def run_check(args: argparse.Namespace) -> int:
         "atol": args.atol,
         "grads": args.grads,
     }
-    if args.input_shape:  # your own model and port, checked as trees
-        options.update(channels_last=not args.channels_first, mapping=pair.mapping)
+    options.update(channels_last=not args.channels_first, mapping=pair.mapping)
     if args.seeds > 1:
         sweep = check_equivalence(
             pair.model,

@@ -96,33 +96,17 @@ def build_pair(args: argparse.Namespace, seed: int) -> Pair:
         x[:1] = 1.0
         models = seed_models(seed, x, args.hidden, args.out)
         rows = np.random.default_rng(seed).standard_normal((max(args.n_inputs - 1, 0), args.in_features))
-        inputs = np.vstack([x, rows.astype(np.float32)])
-        return Pair(models.model, models.variables, models.torch_module, inputs)
+        return Pair(models.model, models.variables, models.torch_module, np.vstack([x, rows.astype(np.float32)]))
     from ._user_code import load_object
 
+    # your own model: a chain's rows drawn by the check, else inputs drawn from --input-shape (model.init on them);
+    # the port filled by structure unless --keep-torch-weights; without --torch, the model converted (to_torch)
     model = load_object(args.flax, "--flax")
+    inputs = None
     if args.input_shape:
-        return _build_tree(args, model, seed)
-    variables = _variables(model, args, seed)
-    if args.torch is None:
-        return Pair(model, variables, to_torch(model, variables), None)
-    port = load_object(args.torch, "--torch")
-    if not args.keep_torch_weights:
-        try:
-            load_into(model, variables, port)
-        except LayerMismatchError as e:
-            raise PortMismatchError(f"the Flax weights do not fit the port: {e}") from e
-    return Pair(model, variables, port.eval(), None)
-
-
-def _build_tree(args: argparse.Namespace, model: Any, seed: int) -> Pair:
-    """Any model and port: inputs drawn from ``--input-shape``/``--input-dtype``/``--input-range``, variables
-    from ``model.init`` on them (or ``--params``), the port filled by structure unless ``--keep-torch-weights``;
-    without ``--torch``, the port is the model converted (``to_torch``)."""
-    from ..convert import load_into, to_torch
-    from ._user_code import load_object
-
-    inputs, variables = inputs_and_variables(args, model, seed)
+        inputs, variables = inputs_and_variables(args, model, seed)
+    else:
+        variables = _variables(model, args, seed)
     mapping = _mapping(args.mapping)
     if args.torch is None:
         if args.mapping is not None or args.channels_first or args.keep_torch_weights:
