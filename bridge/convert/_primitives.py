@@ -326,13 +326,8 @@ def _broadcast_in_dim(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
     return emit.method("expand", x, tuple(made[d] if d in created else kept_sizes[d] for d in range(len(shape))))
 
 
-@translates("squeeze")
-def _squeeze(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
-    return emit.method("reshape", args[0], emit.shape(eqn.outvars[0]))
-
-
-@translates("expand_dims")
-def _expand_dims(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
+@translates("squeeze", "expand_dims")
+def _reshape_to_output(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
     return emit.method("reshape", args[0], emit.shape(eqn.outvars[0]))
 
 
@@ -624,16 +619,9 @@ def _gather(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
     picked = emit.method("reshape", picked, (*operand_shape[:axis], *batch_target, *operand_shape[axis + 1 :]))
     # picked is (operand dims before axis, batch dims, operand dims after); the output puts the operand's
     # dims at offset_dims and the batch dims, in order, everywhere else.
-    rank = len(operand_shape) - 1 + len(batch_shape)
-    offset_dims = tuple(numbers.offset_dims)
-    batch_positions = [d for d in range(rank) if d not in offset_dims]
     current = [*range(axis), *(f"b{i}" for i in range(len(batch_shape))), *range(axis, len(operand_shape) - 1)]
-    wanted: list[Any] = [None] * rank
-    for position, dim in zip(offset_dims, range(len(operand_shape) - 1), strict=True):
-        wanted[position] = dim
-    for position, i in zip(batch_positions, range(len(batch_shape)), strict=True):
-        wanted[position] = f"b{i}"
-    permutation = tuple(current.index(w) for w in wanted)
+    permutation, batch_positions = _gather_order(current, tuple(numbers.offset_dims))
+    rank = len(current)
     if permutation != tuple(range(rank)):
         picked = emit.method("permute", picked, permutation)
     if "FILL" not in str(p.get("mode", "")).upper():
@@ -679,18 +667,20 @@ def _gather_points(emit: Emitter, eqn: Any, args: list[Arg]) -> Arg:
         last = sizes[axis] - 1 if isinstance(sizes[axis], int) else emit.call(operator.sub, sizes[axis], 1)
         picks.append(emit.call(torch.clamp, emit.method("long", column), 0, last))
     picked = emit.call(operator.getitem, moved, tuple(picks))  # (*index batch, *rest)
-    batch_rank = len(index_shape) - 1
-    rank = batch_rank + len(rest)
-    offset_dims = tuple(numbers.offset_dims)
-    batch_positions = [d for d in range(rank) if d not in offset_dims]
-    current = [*(f"b{i}" for i in range(batch_rank)), *range(len(rest))]
-    wanted: list[Any] = [None] * rank
-    for position, dim in zip(offset_dims, range(len(rest)), strict=True):
-        wanted[position] = dim
-    for position, i in zip(batch_positions, range(batch_rank), strict=True):
-        wanted[position] = f"b{i}"
-    permutation = tuple(current.index(w) for w in wanted)
-    return picked if permutation == tuple(range(rank)) else emit.method("permute", picked, permutation)
+    current = [*(f"b{i}" for i in range(len(index_shape) - 1)), *range(len(rest))]
+    permutation, _ = _gather_order(current, tuple(numbers.offset_dims))
+    return picked if permutation == tuple(range(len(current))) else emit.method("permute", picked, permutation)
+
+
+def _gather_order(current: list[Any], offset_dims: tuple[int, ...]) -> tuple[tuple[int, ...], list[int]]:
+    """How a gather's picked values (``current``: the operand's kept dims as ints, the batch dims as ``"b<i>"``)
+    are permuted into its output, which puts the operand's dims at ``offset_dims`` and the batch dims, in order,
+    everywhere else; and where the batch dims go."""
+    batch_positions = [d for d in range(len(current)) if d not in offset_dims]
+    kept = iter(sorted(d for d in current if isinstance(d, int)))
+    batch = iter(d for d in current if isinstance(d, str))
+    wanted = [next(kept) if d in offset_dims else next(batch) for d in range(len(current))]
+    return tuple(current.index(w) for w in wanted), batch_positions
 
 
 @translates("tile")
