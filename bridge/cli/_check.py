@@ -17,9 +17,8 @@ from ._pair import (
     PortMismatchError,
     build_pair,
     print_json,
-    require_in_features,
+    require_model_widths,
     require_writable_folder,
-    seed_model_defaults,
 )
 
 
@@ -96,14 +95,13 @@ def _validate_check(args: argparse.Namespace) -> None:
     """Refuse, before anything is built, options that do not apply and work that cannot fit."""
     from .._validate import require_seed
     from ..io import require_memory
-    from ._pair import mlp_check_bytes, require_widths
+    from ._pair import mlp_check_bytes
 
     if args.flax is None:
         for option, value in (("--torch", args.torch), ("--params", args.params)):
             if value is not None:
                 raise InvalidArgumentError(f"{option} needs --flax (the model it {NEEDS_FLAX[option]})")
-    elif args.hidden is not None or args.out is not None:
-        raise InvalidArgumentError("--hidden and --out size the seed MLP; with --flax the model gives its widths")
+    require_model_widths(args)
     tree_options = (args.input_shape, args.mapping, args.channels_first or None, args.input_range)
     if args.flax is None and any(option is not None for option in tree_options):
         raise InvalidArgumentError(
@@ -134,13 +132,10 @@ def _validate_check(args: argparse.Namespace) -> None:
     itemsize = 8 if args.dtype == "float64" else 4
     work = f"checking {args.n_inputs} inputs" + (f" for {args.seeds} seeds" if args.seeds > 1 else "")
     if args.flax is None:
-        seed_model_defaults(args)
-        require_widths(args.in_features, args.hidden, args.out)
         needed = mlp_check_bytes(args.n_inputs, args.in_features, args.hidden, args.out, args.seeds, itemsize)
         widths = f"widths {args.in_features}-{args.hidden}-{args.hidden}-{args.out}"
         require_memory(needed, f"{work} at {widths}", "use fewer --n-inputs/--seeds or smaller widths")
     else:
-        require_in_features(args.in_features)
         needed = 8 * itemsize * args.seeds * args.n_inputs * args.in_features + 8 * args.n_inputs * args.in_features
         require_memory(needed, f"{work} of width {args.in_features}", "use fewer --n-inputs/--seeds")
 

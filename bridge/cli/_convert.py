@@ -9,7 +9,7 @@ from typing import Any
 from .. import _progress as progress
 from .._errors import InvalidArgumentError
 from ._exit import EXIT_MATCH, EXIT_MISMATCH
-from ._pair import flax_model_and_shapes, require_in_features, seed_model_defaults
+from ._pair import flax_model_and_shapes, require_model_widths
 
 
 class _NotEquivalentError(Exception):
@@ -23,7 +23,6 @@ def run_convert(args: argparse.Namespace) -> int:
 
     from .._validate import require_seed
     from ..io import FLAX_FORMATS, atomic_output, checkpoint_format, replaceable, stage
-    from ._pair import require_widths
 
     source_format, destination_format = checkpoint_format(args.source), checkpoint_format(args.destination)
     if (source_format in FLAX_FORMATS) == (destination_format in FLAX_FORMATS):
@@ -32,13 +31,7 @@ def run_convert(args: argparse.Namespace) -> int:
             f"got {source_format} -> {destination_format}"
         )
     require_seed(args.seed, "--seed")
-    if args.flax is None:
-        seed_model_defaults(args)
-        require_widths(args.in_features, args.hidden, args.out)
-    elif args.hidden is not None or args.out is not None:
-        raise InvalidArgumentError("--hidden and --out size the seed MLP; with --flax the model gives its widths")
-    else:
-        require_in_features(args.in_features)
+    require_model_widths(args)
     model, target = flax_model_and_shapes(args)
     destination = Path(args.destination)
     try:

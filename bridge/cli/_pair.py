@@ -63,14 +63,19 @@ def print_json(args: argparse.Namespace, payload: Any) -> None:
 NEEDS_FLAX = {"--torch": "claims to port", "--params": "holds the variables of"}
 
 
-def seed_model_defaults(args: argparse.Namespace) -> None:
-    args.hidden = 4 if args.hidden is None else args.hidden
-    args.out = 2 if args.out is None else args.out
-
-
-def require_in_features(in_features: int) -> None:
-    if in_features < 1:
-        raise InvalidArgumentError(f"--in-features must be >= 1 (the width of the model's input), got {in_features}")
+def require_model_widths(args: argparse.Namespace) -> None:
+    """The seed MLP's widths (``--hidden 4 --out 2`` by default), or, with ``--flax``, only ``--in-features``: the
+    model gives the others."""
+    if args.flax is None:
+        args.hidden = 4 if args.hidden is None else args.hidden
+        args.out = 2 if args.out is None else args.out
+        require_widths(args.in_features, args.hidden, args.out)
+    elif args.hidden is not None or args.out is not None:
+        raise InvalidArgumentError("--hidden and --out size the seed MLP; with --flax the model gives its widths")
+    elif args.in_features < 1:
+        raise InvalidArgumentError(
+            f"--in-features must be >= 1 (the width of the model's input), got {args.in_features}"
+        )
 
 
 def require_writable_folder(path: str, option: str) -> None:
