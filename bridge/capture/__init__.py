@@ -16,6 +16,7 @@ from ._capture_tree import capture_nnx as capture_nnx
 from ._capture_tree import capture_torch as capture_torch
 from ._capture_tree import nnx_paths as nnx_paths
 from ._capture_tree import nnx_variables as nnx_variables
+from ._capture_tree import refuse_training_mode as refuse_training_mode
 from ._chain import Step as Step
 from ._chain import Variables as Variables
 from ._chain import chain_or_none as chain_or_none

@@ -188,6 +188,16 @@ def nnx_variables(module: nnx.Module) -> dict[str, Any]:
     return owned
 
 
+def refuse_training_mode(layer: Any, where: str) -> None:
+    """Refuse a layer in training mode (NNX Dropout and BatchNorm are by default): random outputs, and statistics
+    that running the model would overwrite; linen layers in that mode cannot run without extra arguments at all."""
+    if getattr(layer, "deterministic", None) is False or getattr(layer, "use_running_average", None) is False:
+        raise InvalidArgumentError(
+            f"{where} is in training mode (NNX Dropout and BatchNorm are by default): call model.eval() before "
+            "checking, and compare against the torch model in eval mode"
+        )
+
+
 def capture_nnx(model: nnx.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, list[Call]]:
     """``(output, calls)`` of ``model(*args, **kwargs)`` for a Flax NNX model (see the module docstring).
     Modules that a JAX transform (``nnx.jit``, ``nnx.scan``) re-creates inside the run are not the model's
@@ -199,11 +209,7 @@ def capture_nnx(model: nnx.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     """
     modules = nnx_paths(model)
     for path, module in modules.values():
-        if getattr(module, "deterministic", None) is False or getattr(module, "use_running_average", None) is False:
-            raise InvalidArgumentError(
-                f"{type(module).__name__} at {path or '(model)'!r} is in training mode (NNX Dropout and BatchNorm "
-                "are by default): call model.eval() before checking, and compare against the torch model in eval mode"
-            )
+        refuse_training_mode(module, f"{type(module).__name__} at {path or '(model)'!r}")
     record = _Recorder()
     owned: dict[int, dict[str, Any]] = {}
 

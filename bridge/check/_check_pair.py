@@ -38,7 +38,17 @@ from .._errors import InvalidArgumentError
 from .._jaxpr import first_narrowing
 from .._numerics import Precision, Tolerance, function_rounding
 from .._tensors import is_array, is_float, to_numpy
-from ..capture import Call, Step, capture_flax, capture_torch, discover_chain, nnx_variables, pair_arguments, positions
+from ..capture import (
+    Call,
+    Step,
+    capture_flax,
+    capture_torch,
+    discover_chain,
+    nnx_variables,
+    pair_arguments,
+    positions,
+    refuse_training_mode,
+)
 from ..match import (
     NO_LOOSE,
     LooseVariables,
@@ -65,7 +75,6 @@ from ._prepare import (
     explicit_tolerance,
     floating_dtype,
     layer_bounds,
-    refuse_training_mode,
 )
 from ._report import Divergence, EquivalenceReport, LayerRow, describe_inputs, describe_tolerance
 from ._rows import first_nonfinite
@@ -223,7 +232,8 @@ def _capture(
         if dtype is not None:
             model, variables, port = cast_pair(model, variables, port, dtype)
             model, steps = cast_compute_dtype(model, variables, discover_chain(model, variables), dtype)
-        refuse_training_mode(steps)
+        for step in steps:
+            refuse_training_mode(step.layer, step.where)
         x = chain_inputs(inputs, steps, options.seed, options.n_inputs, dtype)
         args, torch_args = (x,), (torch_argument(x, channels_last),)
         kwargs: dict[str, Any] = {}

@@ -189,17 +189,3 @@ def cast_compute_dtype(model: Any, variables: Any, steps: tuple[Step, ...], dtyp
         model = model.clone(layers=layers)
         return model, discover_chain(model, variables)
     raise flax_model.own_compute_dtype_error(stale[0].where, stale[0].layer, target, model)
-
-
-def refuse_training_mode(steps: Sequence[Step]) -> None:
-    """NNX Dropout and BatchNorm default to training mode: random outputs, and statistics that running
-    the model would overwrite. Linen layers in that mode cannot run without extra arguments at all."""
-    for step in steps:
-        if (
-            getattr(step.layer, "deterministic", None) is False
-            or getattr(step.layer, "use_running_average", None) is False
-        ):
-            raise InvalidArgumentError(
-                f"{step.where} is in training mode (NNX Dropout and BatchNorm are by default): "
-                "call model.eval() before checking, and compare against the torch model in eval mode"
-            )

@@ -29,7 +29,7 @@ from .._arguments import call_arguments, torch_argument
 from .._errors import InvalidArgumentError, LayerMismatchError, first_line
 from .._tensors import to_numpy, to_tensor
 from .._validate import require_seed
-from ..capture import Step, Variables, discover_chain, flax_layer_outputs
+from ..capture import Step, Variables, discover_chain, flax_layer_outputs, refuse_training_mode
 from ..convert import PlannedStep, flatten_permutations, load_into
 from ..match import flatten_permutation, owned_tensors
 from ..rules import LayerRule, rule_for_flax
@@ -42,7 +42,6 @@ from ._prepare import (
     explicit_tolerance,
     layer_bounds,
     one_seed,
-    refuse_training_mode,
 )
 from ._report import EquivalenceReport, SeedSweepReport, describe_tolerance
 
@@ -86,7 +85,8 @@ def _sweep_chain(
 ) -> SeedSweepReport:
     """The fast path: a chain's seeds, vectorised on both sides."""
     steps = discover_chain(model, template)
-    refuse_training_mode(steps)
+    for step in steps:
+        refuse_training_mode(step.layer, step.where)
     rules = [rule_for_flax(step.layer, step.where) for step in steps]
     dtype = options.dtype
     xs = np.stack([chain_inputs(inputs, steps, seed, options.n_inputs, dtype) for seed in seed_list])
