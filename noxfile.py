@@ -49,11 +49,13 @@ def tests_all(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def hf(session: nox.Session) -> None:
-    """``convert-hf`` on tiny checkpoints that transformers 4.57 itself saves (sharded), in a session of its own:
-    transformers<5 is installed here only, never a dependency of the package."""
+    """Everything tested on Hugging Face's own code, in a session of its own (transformers<5 is installed here
+    only, never a dependency of the package): ``convert-hf`` on tiny checkpoints that transformers 4.57 itself
+    saves (sharded), and the zoo's verdicts (its Flax models against its PyTorch classes; ``nox -s zoo`` adds
+    the table)."""
     install_project(session, "test")
     session.install("transformers>=4.57,<5")
-    session.run("pytest", "-n", "auto", "tests/hf", *session.posargs)
+    session.run("pytest", "-n", "auto", "tests/hf", "tests/zoo", *session.posargs)
 
 
 @nox.session(python=PYTHON)
