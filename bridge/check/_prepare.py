@@ -1,5 +1,5 @@
-"""What a check settles before it runs anything: the inputs it draws, both sides cast to one dtype, training
-mode refused, and each chain layer's tolerance (explicit, or the rounding bound its rule derives)."""
+"""What a check settles before it runs anything: the inputs it draws, both sides cast to one dtype, and each chain
+layer's tolerance (explicit, or the rounding bound its rule derives; one seed's or a sweep's stacked seeds)."""
 
 from __future__ import annotations
 
