@@ -182,6 +182,27 @@ MUTANTS = (
         "        if False or not is_array",
         ("tests/test_chain_as_tree.py",),
     ),
+    Mutant(
+        "a plot written over whatever file is at its path",
+        "bridge/check/_plot.py",
+        "    write_report_file(path, png.getvalue())",
+        "    Path(path).write_bytes(png.getvalue())",
+        ("tests/test_cli.py",),
+    ),
+    Mutant(
+        "a chain's --mapping dropped (only a tree's reaches load_into and the check)",
+        "bridge/cli/_pair.py",
+        "    mapping = _mapping(args.mapping)",
+        "    mapping = _mapping(args.mapping) if args.input_shape else None",
+        ("tests/test_hostile.py",),
+    ),
+    Mutant(
+        "the port's keyword arguments passed under the Flax names",
+        "bridge/capture/_arguments.py",
+        "port_keywords(port, torch_kwargs), channels_last",
+        "torch_kwargs, channels_last",
+        ("tests/test_hostile.py",),
+    ),
 )
 
 
