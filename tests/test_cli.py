@@ -193,11 +193,11 @@ def test_plot_writes_a_png_and_replaces_only_its_own(tmp_path: Path, capsys: pyt
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["check", "--no-grads", "--plot", str(target)]) == 0  # its own earlier plot: replaced
     assert [p.name for p in tmp_path.iterdir()] == ["errors.png"]  # no temporary file left
-    notes = tmp_path / "notes.txt"
+    notes = tmp_path / "mine.png"  # a picture of the user's own (matplotlib's or any other program's)
     notes.write_text("mine")
     capsys.readouterr()
     assert main(["check", "--no-grads", "--plot", str(notes)]) == 2  # refused before the check runs
-    assert "--plot" in capsys.readouterr().err
+    assert "is not a report flax-torch-bridge wrote" in capsys.readouterr().err
     assert notes.read_text() == "mine"
     import flax.linen as nn
     import jax

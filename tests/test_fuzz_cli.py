@@ -170,6 +170,9 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (tmp_path / "dangling.pt").symlink_to(tmp_path / "nowhere.pt")
     (tmp_path / "folder.msgpack").mkdir()
     (tmp_path / "plain").mkdir()
+    (tmp_path / "plain.png").mkdir()
+    (tmp_path / "plain.html").mkdir()
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "nowhere.png")
     (tmp_path / "plain" / "notes.txt").write_text("not a checkpoint")
     torch.save({"0.weight": torch.zeros(4, 3).to(torch.float8_e4m3fn)}, tmp_path / "f8.pt")
     torch.save({"0.weight": torch.zeros(4, 3).to_sparse()}, tmp_path / "sparse.pt")
@@ -280,6 +283,13 @@ CLI_CASES: list[tuple[list[str], str]] = [
         "the model's code called sys.exit(0) during the command; no verdict",
     ),
     (["check", "--plot", "missing/p.png"], "--plot missing/p.png: the folder missing does not exist"),
+    (["check", "--plot", ""], "--plot '': name a .png file"),
+    (["check", "--plot", "errors.pdf"], "--plot 'errors.pdf': name a .png file"),  # it would hold PNG bytes
+    (["check", "--html", "report.png"], "--html 'report.png': name a .html or .htm file"),
+    (["check", "--html", "w.msgpack"], "--html 'w.msgpack': name a .html or .htm file"),
+    (["check", "--plot", "dangling.png"], "--plot dangling.png: is a symbolic link; name the file itself or another"),
+    (["check", "--plot", "plain.png"], "--plot plain.png: is a folder; name a .png file"),
+    (["check", "--html", "plain.html"], "--html plain.html: is a folder; name a .html file"),
     (["check", "--n-inputs", "400000000"], "needs about"),
     (["check", "--in-features", "200000", "--hidden", "40000"], "a 200000 x 40000 weight has 8000000000 elements"),
     (["check", "--hidden", "80000"], "a 80000 x 80000 weight"),

@@ -451,6 +451,9 @@ def test_bad_variables_mappings_state_dicts_and_paths_are_refused_by_name() -> N
             bridge.LayerMismatchError, match=r"kernel has shape \(1, 3, 4\), where a Dense holds one of rank 2"
         ):
             convert()
+    wide_bias = jax.tree.map(lambda a: a[None] if a.ndim == 1 else a, variables)
+    with pytest.raises(bridge.LayerMismatchError, match=r"layer 0 \(Dense at 'layers_0'\): the variables do not fit"):
+        bridge.to_torch(model, wide_bias)  # torch's own size mismatch, named by layer
 
 
 def test_load_into_a_port_on_the_meta_device_refuses_rather_than_loading_nothing() -> None:
@@ -732,4 +735,24 @@ def test_a_chains_mapping_is_used_or_refused_never_ignored(
     assert main([*check, *port, "--mapping", str(swapped)]) == 1
     assert "NOT EQUIVALENT" in capsys.readouterr().out
     assert main([*check, "--mapping", str(right)]) == 2  # nothing to map onto
-    assert "need --torch" in capsys.readouterr().err
+    assert "--mapping describes the torch port: give --torch MODULE:ATTR" in capsys.readouterr().err
+
+
+class _TwoSpellings(nn.Module):
+    """Keyword inputs whose Python spellings collide: ``my-input`` can only be ``my_input``, which is taken."""
+
+    @nn.compact
+    def __call__(self, **inputs: Any) -> Any:
+        return nn.Dense(3)(inputs["my-input"]) - nn.Dense(3)(inputs["my_input"])
+
+
+def test_inputs_whose_python_names_collide_convert_and_keep_their_own_names() -> None:
+    model = _TwoSpellings()
+    inputs = {"my-input": np.ones((2, 4), np.float32), "my_input": np.full((2, 5), 2.0, np.float32)}
+    variables = model.init(jax.random.PRNGKey(0), **inputs)
+    port = bridge.to_torch(model, variables, inputs)  # a SyntaxError (duplicate argument) before
+    assert port.meta["flax_input_names"] == {"my-input": "my_input_1", "my_input": "my_input"}
+    expected = model.apply(variables, **inputs)
+    got = port(my_input_1=torch.from_numpy(inputs["my-input"]), my_input=torch.from_numpy(inputs["my_input"]))
+    assert bridge.check_equivalence(model, variables, port, inputs).ok
+    assert got.shape == expected.shape

@@ -18,7 +18,7 @@ from ._pair import (
     build_pair,
     print_json,
     require_model_widths,
-    require_writable_folder,
+    require_report_path,
 )
 
 
@@ -125,10 +125,9 @@ def _validate_check(args: argparse.Namespace) -> None:
 
         if importlib.util.find_spec("matplotlib") is None:  # refused before the verdict, not after it
             raise InvalidArgumentError("--plot needs matplotlib: pip install 'flax-torch-bridge[plot]'")
-    for option, path in (("--plot", args.plot), ("--html", args.html)):
-        if path:
-            require_writable_folder(path, option)
-            _require_own_report(path, option)
+    for option, path, suffixes in (("--plot", args.plot, (".png",)), ("--html", args.html, (".html", ".htm"))):
+        if path is not None:
+            require_report_path(path, option, suffixes)
     itemsize = 8 if args.dtype == "float64" else 4
     work = f"checking {args.n_inputs} inputs" + (f" for {args.seeds} seeds" if args.seeds > 1 else "")
     if args.flax is None:
@@ -155,13 +154,3 @@ def _print_seed_outputs(args: argparse.Namespace, pair: Pair) -> None:
     print(f"torch: {torch_out}")
     print(f"max abs difference: {np.abs(flax_out.astype(np.float64) - torch_out).max():.3e}")
     print()
-
-
-def _require_own_report(path: str, option: str) -> None:
-    """Refuse, before the check runs, an ``--html``/``--plot`` path that exists and is not a report it wrote."""
-    from ..check import may_write_report
-
-    if not may_write_report(path):
-        raise InvalidArgumentError(
-            f"{option} {path}: exists and is not a report flax-torch-bridge wrote; remove it or name another file"
-        )

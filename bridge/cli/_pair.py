@@ -78,16 +78,29 @@ def require_model_widths(args: argparse.Namespace) -> None:
         )
 
 
-def require_writable_folder(path: str, option: str) -> None:
+def require_report_path(path: str, option: str, suffixes: tuple[str, ...]) -> None:
+    """Refuse, before the check runs, a ``--plot``/``--html`` path the report could not be written to, or must not
+    replace: no name, another file type, a missing or read-only folder, a folder, a link, a file it did not write."""
     from pathlib import Path
 
-    folder = Path(path).parent if str(Path(path).parent) else Path(".")
+    from ..check import may_write_report
+
+    target = Path(path)
+    if not path or target.suffix.lower() not in suffixes:
+        raise InvalidArgumentError(f"{option} {path!r}: name a {' or '.join(suffixes)} file")
+    folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise InvalidArgumentError(f"{option} {path}: the folder {folder} does not exist; create it first")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise InvalidArgumentError(f"{option} {path}: cannot write in the folder {folder} (permission denied)")
-    if Path(path).is_dir():
-        raise InvalidArgumentError(f"{option} {path}: is a folder; name a .png file")
+    if target.is_symlink():
+        raise InvalidArgumentError(f"{option} {path}: is a symbolic link; name the file itself or another")
+    if target.is_dir():
+        raise InvalidArgumentError(f"{option} {path}: is a folder; name a {suffixes[0]} file")
+    if not may_write_report(target):
+        raise InvalidArgumentError(
+            f"{option} {path}: exists and is not a report flax-torch-bridge wrote; remove it or name another file"
+        )
 
 
 def build_pair(args: argparse.Namespace, seed: int) -> Pair:
@@ -114,8 +127,10 @@ def build_pair(args: argparse.Namespace, seed: int) -> Pair:
         variables = _variables(model, args, seed)
     mapping = _mapping(args.mapping)
     if args.torch is None:
-        if args.mapping is not None or args.channels_first or args.keep_torch_weights:
-            raise InvalidArgumentError("--mapping, --channels-first and --keep-torch-weights need --torch")
+        port_options = {"--mapping": args.mapping, "--channels-first": args.channels_first}
+        if given := [option for option, value in port_options.items() if value]:
+            verb = "describes" if len(given) == 1 else "describe"
+            raise InvalidArgumentError(f"{' and '.join(given)} {verb} the torch port: give --torch MODULE:ATTR")
         return Pair(model, variables, to_torch(model, variables, inputs), inputs, None)
     port = load_object(args.torch, "--torch")
     if not args.keep_torch_weights:

@@ -111,7 +111,9 @@ class _Builder:
             _Variable(path, value)
             for path, value in zip(self.trace.variable_paths, self.trace.variable_values, strict=True)
         ]
-        placeholders = [self.graph.placeholder(_identifier(name)) for name in self.trace.input_names]
+        names = self.trace.input_names
+        taken = {name for name in names if _identifier(name, set()) == name}  # Python names keep their own
+        placeholders = [self.graph.placeholder(name if name in taken else _identifier(name, taken)) for name in names]
         inputs += placeholders
         self.emit.template = placeholders[0] if placeholders else None
         for var, node in zip(closed.jaxpr.invars[n:], placeholders, strict=True):
@@ -292,10 +294,17 @@ def _install(root: torch.nn.Module, target: str, value: Any, *, buffer: bool = F
         owner.add_module(leaf, value)
 
 
-def _identifier(name: str) -> str:
-    """A Python name for an input (a placeholder of the graph)."""
+def _identifier(name: str, taken: set[str]) -> str:
+    """A Python name for an input (a placeholder of the graph), apart from those ``taken`` (``my-input`` beside
+    ``my_input`` is ``my_input_1``); added to them."""
     cleaned = _attribute(name)
-    return f"_{cleaned}" if cleaned[0].isdigit() or keyword.iskeyword(cleaned) or cleaned == "self" else cleaned
+    cleaned = f"_{cleaned}" if cleaned[0].isdigit() or keyword.iskeyword(cleaned) or cleaned == "self" else cleaned
+    unique, count = cleaned, 0
+    while unique in taken:
+        count += 1
+        unique = f"{cleaned}_{count}"
+    taken.add(unique)
+    return unique
 
 
 class TorchNames:

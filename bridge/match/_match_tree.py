@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from flax import nnx
 
-from .._errors import LayerMismatchError, at_layer
+from .._errors import InvalidArgumentError, LayerMismatchError, at_layer
 from .._flax_model import is_nnx
 from .._tensors import channels_first_flatten_permutation, is_float, to_numpy
 from ..capture import Call, Step, chain_or_none, discover_chain
@@ -66,6 +66,11 @@ def signature(arrays: Mapping[str, Any]) -> Signature:
     kind: a port may hold a float32 model's weights in bfloat16, or a mixed-precision layer's in the dtype it
     computes in; the comparison then says whether that keeps the function."""
     return tuple(sorted((tuple(int(d) for d in a.shape), _kind(a.dtype)) for a in arrays.values()))
+
+
+def _shapes(held: Signature) -> str:
+    """A signature's shapes as a reader writes them: ``(3, 8), (3,)``."""
+    return ", ".join(str(shape) for shape, _ in held) or "none"
 
 
 def _kind(dtype: Any) -> str:
@@ -189,9 +194,9 @@ def match_calls(
         ]
         chosen_torch = [c for c in candidates if fnmatch.fnmatchcase(c.name, torch_glob) and c.index not in taken]
         if not chosen_flax or len(chosen_flax) != len(chosen_torch):
-            raise LayerMismatchError(
+            raise InvalidArgumentError(
                 f"mapping {flax_glob!r} -> {torch_glob!r} selects {len(chosen_flax)} Flax and {len(chosen_torch)} "
-                "torch calls; each side must select the same number (one or more)"
+                "torch calls; each side must select the same number (one or more): check the names"
             )
         for f, t in zip(chosen_flax, chosen_torch, strict=True):
             rule = _rule(f)
@@ -199,8 +204,8 @@ def match_calls(
             held = index.signature(t, _skipped(f, rule)) if rule is not None else None
             if held is not None and held != signature(arrays):
                 raise LayerMismatchError(
-                    f"mapping pairs Flax {f.name} ({f.kind}) with torch {t.name} ({t.kind}), whose tensors "
-                    f"{list(held)} do not fit the ones it needs {list(signature(arrays))}"
+                    f"mapping pairs Flax {f.name} ({f.kind}) with torch {t.name} ({t.kind}), whose tensors of shapes "
+                    f"{_shapes(held)} do not fit the ones it needs, {_shapes(signature(arrays))}"
                 )
             pairs.append(Pair(f, t, rule, arrays))
             taken.add(t.index)

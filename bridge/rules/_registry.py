@@ -107,7 +107,11 @@ class LayerRule:
     ) -> None:
         """Load ``state`` (laid out for torch) into ``make_torch``'s module and set its constants, strict about
         every key but those left to torch: a mismatch is the rule's bug, never loaded silently."""
-        result = module.load_state_dict(state, strict=False, assign=assign)
+        try:
+            result = module.load_state_dict(state, strict=False, assign=assign)
+        except RuntimeError as e:  # a variable of another shape than the module built from the layer's others
+            detail = " ".join(line.strip() for line in str(e).splitlines()[1:]) or str(e)
+            raise LayerMismatchError(f"the variables do not fit a {self.kind}: {detail}") from None
         constants = self.torch_constants(layer, variables)
         missing = [key for key in result.missing_keys if key not in self.torch_only_keys and key not in constants]
         if missing or result.unexpected_keys:
