@@ -734,6 +734,10 @@ def test_a_chains_mapping_is_used_or_refused_never_ignored(
     capsys.readouterr()
     assert main([*check, *port, "--mapping", str(swapped)]) == 1
     assert "NOT EQUIVALENT" in capsys.readouterr().out
+    typo = tmp_path / "typo.json"
+    typo.write_text(json.dumps({"layers_9": "0"}))
+    assert main([*check, *port, "--mapping", str(typo)]) == 2  # a usage error, not a verdict: nothing compared
+    assert "'layers_9' -> '0' selects 0 Flax and 1 torch calls" in capsys.readouterr().err
     assert main([*check, "--mapping", str(right)]) == 2  # nothing to map onto
     assert "--mapping describes the torch port: give --torch MODULE:ATTR" in capsys.readouterr().err
 
