@@ -326,7 +326,7 @@ def _load(module: torch.nn.Module, planned: tuple[PlannedStep, ...], state: dict
     if unexpected := sorted(set(by_position) - {str(i) for i in range(len(planned))}):
         raise LayerMismatchError(f"state dict mismatch: unexpected positions {unexpected}")
     for (step, rule), child in zip(planned, module.children(), strict=True):
-        try:  # the checks before make a mismatch unreachable
+        try:  # a user rule that leaves a tensor unfilled, a variable of another shape: named by layer
             rule.load_torch(child, step.layer, step.variables, by_position.get(str(step.index), {}), assign=True)
         except LayerMismatchError as e:
             raise LayerMismatchError(f"{step.where}: {e}") from e
